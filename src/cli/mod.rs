@@ -1,0 +1,23 @@
+//! Command-line interface: clap definitions (`args`) and one function per command.
+//! Exit codes: 0 ok, 1 operation failed, 2 bad usage or bad input.
+
+mod args;
+mod config_cmd;
+mod serve;
+
+pub use args::Cli;
+
+use args::Command;
+use std::process::ExitCode;
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Up(a) => serve::up(a, cli.log_format),
+        Command::Run(a) => serve::run(a, cli.log_format),
+        Command::Config(c) => config_cmd::run(c),
+    }
+}

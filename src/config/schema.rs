@@ -1,0 +1,209 @@
+//! The user config: exactly what a profile may say. Unknown keys are refused
+//! (`deny_unknown_fields`), so a typo never silently falls back to a default.
+//! Each field's `///` doc is the reference; README.md's profile section mirrors it.
+
+use super::ListenAddr;
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+fn local(port: u16) -> ListenAddr {
+    ListenAddr(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+}
+
+/// A role a process can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Control,
+    Agent,
+    Gateway,
+    Dbproxy,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Control, Role::Agent, Role::Gateway, Role::Dbproxy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Control => "control",
+            Role::Agent => "agent",
+            Role::Gateway => "gateway",
+            Role::Dbproxy => "dbproxy",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Top level of a profile.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserConfig {
+    /// This machine's name in the cluster; defaults to the host name.
+    pub node_name: Option<String>,
+    /// Roles this process runs: any of control, agent, gateway, dbproxy.
+    pub roles: Vec<Role>,
+    /// Where every role keeps its state; created if missing.
+    pub data_dir: PathBuf,
+    /// The zone (data center) this machine is in.
+    pub zone: Option<String>,
+    /// Seconds a graceful shutdown may take before remaining work is abandoned.
+    pub shutdown_grace_secs: u64,
+    pub log: LogConfig,
+    pub tls: TlsConfig,
+    pub control: ControlConfig,
+    pub agent: AgentConfig,
+    pub gateway: GatewayConfig,
+    pub dbproxy: DbproxyConfig,
+}
+
+impl Default for UserConfig {
+    fn default() -> Self {
+        UserConfig {
+            node_name: None,
+            roles: Vec::new(),
+            data_dir: PathBuf::from("./tessera-data"),
+            zone: None,
+            shutdown_grace_secs: 4,
+            log: LogConfig::default(),
+            tls: TlsConfig::default(),
+            control: ControlConfig::default(),
+            agent: AgentConfig::default(),
+            gateway: GatewayConfig::default(),
+            dbproxy: DbproxyConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `debug`, `tessera=debug,hyper=warn`); `RUST_LOG` wins.
+    pub level: String,
+    /// `text` or `json`; `--log-format` wins.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// `[tls]`: certificate paths. Used by the roles' mTLS once the control plane issues
+/// certificates; validated now so a profile can carry them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM CA bundle that peers' certificates must chain to.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate of this node.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of this node.
+    pub key: Option<PathBuf>,
+}
+
+/// `[control]`: the replicated control plane and its REST API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// REST API, web console, /healthz, /readyz, /metrics.
+    pub listen: ListenAddr,
+    /// Optional extra listener for /healthz, /readyz, /metrics only.
+    pub admin_listen: Option<ListenAddr>,
+    /// Raft traffic between control nodes.
+    pub peer_listen: ListenAddr,
+    /// Create a new cluster with this node as its first member.
+    pub bootstrap: bool,
+    /// Control URLs of an existing cluster to join (needs `join_token`).
+    pub join: Vec<String>,
+    /// Token from `tessera token create --role control`.
+    pub join_token: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: local(7400),
+            admin_listen: None,
+            peer_listen: local(7401),
+            bootstrap: false,
+            join: Vec::new(),
+            join_token: None,
+        }
+    }
+}
+
+/// `[agent]`: runs VM-mode workloads on this machine.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Agent API and admin endpoints.
+    pub listen: ListenAddr,
+    /// Optional extra listener for /healthz, /readyz, /metrics only.
+    pub admin_listen: Option<ListenAddr>,
+    /// Control plane URLs; defaults to the local control role when it runs in this process.
+    pub control: Vec<String>,
+    /// Token from `tessera token create --role agent`.
+    pub join_token: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig { listen: local(7402), admin_listen: None, control: Vec::new(), join_token: None }
+    }
+}
+
+/// `[gateway]`: the L7 entrance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// HTTP entrance.
+    pub listen: ListenAddr,
+    /// /healthz, /readyz, /metrics.
+    pub admin_listen: ListenAddr,
+    /// Control plane URLs; defaults to the local control role when it runs in this process.
+    pub control: Vec<String>,
+    /// Token from `tessera token create --role gateway`.
+    pub join_token: Option<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { listen: local(8080), admin_listen: local(7403), control: Vec::new(), join_token: None }
+    }
+}
+
+/// `[dbproxy]`: the MySQL-protocol proxy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbproxyConfig {
+    /// MySQL protocol listener.
+    pub listen: ListenAddr,
+    /// /healthz, /readyz, /metrics.
+    pub admin_listen: ListenAddr,
+    /// Control plane URLs; defaults to the local control role when it runs in this process.
+    pub control: Vec<String>,
+    /// Token from `tessera token create --role dbproxy`.
+    pub join_token: Option<String>,
+}
+
+impl Default for DbproxyConfig {
+    fn default() -> Self {
+        DbproxyConfig { listen: local(3307), admin_listen: local(7404), control: Vec::new(), join_token: None }
+    }
+}

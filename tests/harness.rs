@@ -1,0 +1,218 @@
+//! Starting, probing and stopping `tessera` processes. Every wait has a deadline; every
+//! process started is killed on drop; a failing test prints the child's output.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// Runs `tessera ARGS` to completion (bounded) with extra environment.
+pub fn tessera(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tessera");
+    wait_output(child, Duration::from_secs(30))
+}
+
+fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("tessera did not finish within {limit:?}: stderr: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Settings that put every listener of every role on an ephemeral loopback port.
+pub fn ephemeral_ports() -> Vec<String> {
+    [
+        "control.listen",
+        "control.peer_listen",
+        "agent.listen",
+        "gateway.listen",
+        "gateway.admin_listen",
+        "dbproxy.listen",
+        "dbproxy.admin_listen",
+    ]
+    .iter()
+    .map(|k| format!("--set={k}=\"127.0.0.1:0\""))
+    .collect()
+}
+
+/// A running `tessera` process with its own data dir.
+pub struct Node {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Node {
+    /// Starts `tessera ARGS` (the data dir is `self.data_dir`; pass it yourself) with env.
+    pub fn start(dir: tempfile::TempDir, args: &[String], env: &[(&str, &str)]) -> Node {
+        let data_dir = dir.path().join("data");
+        let out = dir.path().join("stdout.log");
+        let err = dir.path().join("stderr.log");
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap());
+        let child = cmd.spawn().expect("spawn tessera");
+        Node { child: Some(child), dir, data_dir, out, err }
+    }
+
+    /// `tessera up` with every listener on an ephemeral port.
+    pub fn up(extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["up".to_string(), "--data-dir".into(), dir.path().join("data").display().to_string()];
+        args.extend(ephemeral_ports());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::start(dir, &args, &[])
+    }
+
+    /// `tessera run --profile` with a profile written from `toml` (`DATA` = the data dir).
+    pub fn run_profile(toml: &str, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let profile = dir.path().join("profile.toml");
+        std::fs::write(&profile, toml.replace("DATA", &data.display().to_string())).unwrap();
+        let mut args = vec!["run".to_string(), "--profile".into(), profile.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::start(dir, &args, env)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn logs(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            std::fs::read_to_string(&self.out).unwrap_or_default(),
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        )
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Waits for `listeners.json`; returns role -> listener -> address.
+    pub fn listeners(&mut self) -> serde_json::Value {
+        let path = self.data_dir.join("listeners.json");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    return v;
+                }
+            }
+            if let Some(status) = self.try_exit() {
+                panic!("tessera exited ({status}) before listening\n{}", self.logs());
+            }
+            assert!(Instant::now() < deadline, "no listeners file within 60s\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn addr(&mut self, role: &str, listener: &str) -> SocketAddr {
+        let v = self.listeners();
+        let s = v["roles"][role][listener].as_str().unwrap_or_else(|| panic!("no {role}.{listener} in {v}"));
+        s.parse().unwrap()
+    }
+
+    /// Waits until `GET addr/readyz` answers 200.
+    pub fn wait_ready(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _, _)) = http_get(addr, "/readyz") {
+                return;
+            }
+            if let Some(status) = self.try_exit() {
+                panic!("tessera exited ({status}) before ready\n{}", self.logs());
+            }
+            assert!(Instant::now() < deadline, "{addr} not ready within 30s\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status and how long it took.
+    pub fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_exit() {
+                return (s, start.elapsed());
+            }
+            assert!(start.elapsed() < limit, "tessera did not exit within {limit:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A bounded HTTP/1.1 GET; returns (status, headers lowercased, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, head.to_lowercase(), body.to_string()))
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}

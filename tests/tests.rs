@@ -1,0 +1,9 @@
+//! Integration tests: the real `tessera` binary, started as separate processes on
+//! 127.0.0.1 with every listener on port 0, found through `<data_dir>/listeners.json`.
+
+mod harness;
+
+mod cli;
+mod config_errors;
+mod lifecycle;
+mod static_binary;
