@@ -27,7 +27,10 @@ pub fn router(health: Health, metrics: Metrics) -> Router {
 }
 
 fn count(s: &AdminState, path: &str, code: StatusCode) {
-    s.metrics.admin_requests.with_label_values(&[s.health.role().as_str(), path, code.as_str()]).inc();
+    s.metrics
+        .admin_requests
+        .with_label_values(&[s.health.role().as_str(), path, code.as_str()])
+        .inc();
 }
 
 async fn healthz(State(s): State<AdminState>) -> Response {
@@ -37,18 +40,36 @@ async fn healthz(State(s): State<AdminState>) -> Response {
 
 async fn readyz(State(s): State<AdminState>) -> Response {
     let ready = s.health.is_ready();
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     count(&s, "/readyz", code);
-    let body = json!({"ready": ready, "role": s.health.role().as_str(), "reason": s.health.reason()});
+    let body =
+        json!({"ready": ready, "role": s.health.role().as_str(), "reason": s.health.reason()});
     (code, Json(body)).into_response()
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> Response {
     count(&s, "/metrics", StatusCode::OK);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }

@@ -25,7 +25,10 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot prepare data_dir {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Role(#[from] RoleError),
     #[error("{role} stopped unexpectedly")]
@@ -38,7 +41,11 @@ pub enum AppError {
 pub async fn run(config: RuntimeConfig) -> Result<Outcome, AppError> {
     prepare_data_dir(&config.data_dir)?;
     let metrics = Metrics::new(&config.node_name);
-    let mut ctx = RoleContext { config: config.clone(), metrics, local_control: None };
+    let mut ctx = RoleContext {
+        config: config.clone(),
+        metrics,
+        local_control: None,
+    };
 
     // `roles` is in start order: control binds first, so co-located roles learn its address.
     let mut bound: Vec<Bound> = Vec::new();
@@ -109,10 +116,18 @@ async fn drain(
     grace: Duration,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + grace;
-    let tiers: [&[Role]; 3] = [&[Role::Gateway, Role::Dbproxy], &[Role::Agent], &[Role::Control]];
+    let tiers: [&[Role]; 3] = [
+        &[Role::Gateway, Role::Dbproxy],
+        &[Role::Agent],
+        &[Role::Control],
+    ];
     let mut running: Vec<Role> = tokens.keys().copied().collect();
     for tier in tiers {
-        let mut waiting: Vec<Role> = running.iter().copied().filter(|r| tier.contains(r)).collect();
+        let mut waiting: Vec<Role> = running
+            .iter()
+            .copied()
+            .filter(|r| tier.contains(r))
+            .collect();
         for r in &waiting {
             tokens[r].cancel();
         }
@@ -142,14 +157,22 @@ async fn drain(
 
 fn prepare_data_dir(dir: &std::path::Path) -> Result<(), AppError> {
     use std::os::unix::fs::PermissionsExt;
-    let err = |source| AppError::DataDir { path: dir.to_path_buf(), source };
+    let err = |source| AppError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(err)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
 /// One line per listener on stdout (for people), one log event each (for machines).
 fn announce(config: &RuntimeConfig, bound: &[Bound]) {
-    println!("tessera {} on node {} (data dir {})", crate::telemetry::VERSION, config.node_name, config.data_dir.display());
+    println!(
+        "tessera {} on node {} (data dir {})",
+        crate::telemetry::VERSION,
+        config.node_name,
+        config.data_dir.display()
+    );
     for b in bound {
         for (what, addr) in &b.listeners {
             tracing::info!(role = %b.role, listener = what, %addr, "Listening");
@@ -174,8 +197,11 @@ fn write_listeners(path: &std::path::Path, config: &RuntimeConfig, bound: &[Boun
     let roles: serde_json::Map<String, serde_json::Value> = bound
         .iter()
         .map(|b| {
-            let l: serde_json::Map<String, serde_json::Value> =
-                b.listeners.iter().map(|(w, a)| (w.to_string(), json!(a.to_string()))).collect();
+            let l: serde_json::Map<String, serde_json::Value> = b
+                .listeners
+                .iter()
+                .map(|(w, a)| (w.to_string(), json!(a.to_string())))
+                .collect();
             (b.role.as_str().to_string(), serde_json::Value::Object(l))
         })
         .collect();

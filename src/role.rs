@@ -27,9 +27,16 @@ impl RoleContext {
     /// control role (validation guarantees one of the two).
     pub fn control_urls(&self, configured: &[String]) -> Vec<http::Uri> {
         if configured.is_empty() {
-            return self.local_control.and_then(|a| local_url(a).parse().ok()).into_iter().collect();
+            return self
+                .local_control
+                .and_then(|a| local_url(a).parse().ok())
+                .into_iter()
+                .collect();
         }
-        configured.iter().filter_map(|u| crate::config::check_url(u).ok()).collect()
+        configured
+            .iter()
+            .filter_map(|u| crate::config::check_url(u).ok())
+            .collect()
     }
 }
 
@@ -60,7 +67,11 @@ impl Bound {
         listeners: Vec<(&'static str, SocketAddr)>,
         run: impl FnOnce(CancellationToken) -> RunFuture + Send + 'static,
     ) -> Bound {
-        Bound { role, listeners, run: Box::new(run) }
+        Bound {
+            role,
+            listeners,
+            run: Box::new(run),
+        }
     }
 
     /// Serves until `shutdown` fires and in-flight work is drained.
@@ -72,16 +83,30 @@ impl Bound {
 #[derive(Debug, thiserror::Error)]
 pub enum RoleError {
     #[error("cannot listen on {addr} (`{key}`): {source}")]
-    Bind { key: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        key: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{role}: {what} failed: {source}")]
-    Serve { role: Role, what: &'static str, source: std::io::Error },
+    Serve {
+        role: Role,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("{role}: {message}")]
     Failed { role: Role, message: String },
 }
 
 /// Binds a TCP listener, naming the config key in the error.
 pub async fn bind_tcp(key: &str, addr: SocketAddr) -> Result<TcpListener, RoleError> {
-    TcpListener::bind(addr).await.map_err(|source| RoleError::Bind { key: key.to_string(), addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RoleError::Bind {
+            key: key.to_string(),
+            addr,
+            source,
+        })
 }
 
 /// The address a listener actually got (differs from the config when the port was 0).

@@ -27,7 +27,12 @@ fn check(toml: &str, extra: &[&str], env: &[(&str, &str)]) -> (std::process::Out
 fn refused(toml: &str, extra: &[&str], env: &[(&str, &str)], needles: &[&str]) {
     let (o, path) = check(toml, extra, env);
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "expected exit 2, got {:?}: {err}", o.status);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "expected exit 2, got {:?}: {err}",
+        o.status
+    );
     for n in needles {
         let n = n.replace("FILE", &path);
         assert!(err.contains(&n), "stderr lacks `{n}`:\n{err}");
@@ -36,23 +41,57 @@ fn refused(toml: &str, extra: &[&str], env: &[(&str, &str)], needles: &[&str]) {
 
 #[test]
 fn a_good_profile_passes() {
-    let (o, _) = check(GOOD, &["--print"], &[("TESSERA_TOKEN", "client-only"), ("TESSERA_SERVER", "http://x")]);
+    let (o, _) = check(
+        GOOD,
+        &["--print"],
+        &[
+            ("TESSERA_TOKEN", "client-only"),
+            ("TESSERA_SERVER", "http://x"),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("roles: control, gateway"));
-    assert!(stdout(&o).contains("listen = \"127.0.0.1:8080\""), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("listen = \"127.0.0.1:8080\""),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
 fn unknown_key_is_named_with_a_suggestion() {
-    let toml = GOOD.replace("bootstrap = true", "bootstrap = true\nlisen = \"127.0.0.1:1\"");
-    refused(&toml, &[], &[], &["FILE", "control.lisen", "did you mean `listen`"]);
-    refused(&format!("nodename = \"x\"\n{GOOD}"), &[], &[], &["FILE", "nodename", "did you mean `node_name`"]);
+    let toml = GOOD.replace(
+        "bootstrap = true",
+        "bootstrap = true\nlisen = \"127.0.0.1:1\"",
+    );
+    refused(
+        &toml,
+        &[],
+        &[],
+        &["FILE", "control.lisen", "did you mean `listen`"],
+    );
+    refused(
+        &format!("nodename = \"x\"\n{GOOD}"),
+        &[],
+        &[],
+        &["FILE", "nodename", "did you mean `node_name`"],
+    );
 }
 
 #[test]
 fn wrong_type_is_named() {
-    refused(&format!("shutdown_grace_secs = \"soon\"\n{GOOD}"), &[], &[], &["FILE", "shutdown_grace_secs", "wrong type"]);
-    refused(&GOOD.replace("bootstrap = true", "bootstrap = \"yes\""), &[], &[], &["control.bootstrap", "wrong type"]);
+    refused(
+        &format!("shutdown_grace_secs = \"soon\"\n{GOOD}"),
+        &[],
+        &[],
+        &["FILE", "shutdown_grace_secs", "wrong type"],
+    );
+    refused(
+        &GOOD.replace("bootstrap = true", "bootstrap = \"yes\""),
+        &[],
+        &[],
+        &["control.bootstrap", "wrong type"],
+    );
 }
 
 #[test]
@@ -65,14 +104,34 @@ fn unparseable_address_is_named() {
 
 #[test]
 fn unknown_role_is_named_with_a_suggestion() {
-    refused(&GOOD.replace("\"gateway\"", "\"gatway\""), &[], &[], &["FILE", "roles", "unknown role `gatway`", "did you mean `gateway`"]);
-    refused(&GOOD.replace("roles = [\"control\", \"gateway\"]", "roles = []"), &[], &[], &["roles", "no roles"]);
+    refused(
+        &GOOD.replace("\"gateway\"", "\"gatway\""),
+        &[],
+        &[],
+        &[
+            "FILE",
+            "roles",
+            "unknown role `gatway`",
+            "did you mean `gateway`",
+        ],
+    );
+    refused(
+        &GOOD.replace("roles = [\"control\", \"gateway\"]", "roles = []"),
+        &[],
+        &[],
+        &["roles", "no roles"],
+    );
 }
 
 #[test]
 fn duplicate_ports_between_roles_are_refused() {
     let toml = format!("{GOOD}\n[gateway]\nadmin_listen = \"127.0.0.1:7400\"\n");
-    refused(&toml, &[], &[], &["gateway.admin_listen", "port 7400", "control.listen"]);
+    refused(
+        &toml,
+        &[],
+        &[],
+        &["gateway.admin_listen", "port 7400", "control.listen"],
+    );
     // A wildcard address overlaps every address on the same port.
     let toml = format!("{GOOD}\n[gateway]\nlisten = \"0.0.0.0:7401\"\n");
     refused(&toml, &[], &[], &["gateway.listen", "control.peer_listen"]);
@@ -84,7 +143,10 @@ fn control_needs_bootstrap_or_join() {
     refused(&toml, &[], &[], &["control.bootstrap", "join"]);
     let toml = GOOD.replace("bootstrap = true", "join = [\"http://10.0.0.1:7400\"]");
     refused(&toml, &[], &[], &["control.join_token"]);
-    let toml = GOOD.replace("bootstrap = true", "bootstrap = true\njoin = [\"http://10.0.0.1:7400\"]");
+    let toml = GOOD.replace(
+        "bootstrap = true",
+        "bootstrap = true\njoin = [\"http://10.0.0.1:7400\"]",
+    );
     refused(&toml, &[], &[], &["control.join", "exclude"]);
 }
 
@@ -107,12 +169,20 @@ fn unwritable_data_dir_is_refused() {
 #[test]
 fn every_problem_is_reported_at_once() {
     let toml = "roles = [\"control\", \"agent\"]\ndata_dir = \"DATA\"\nshutdown_grace_secs = 0\n";
-    refused(toml, &[], &[], &["control.bootstrap", "shutdown_grace_secs", "2 problems"]);
+    refused(
+        toml,
+        &[],
+        &[],
+        &["control.bootstrap", "shutdown_grace_secs", "2 problems"],
+    );
 }
 
 #[test]
 fn missing_and_malformed_profiles_are_refused() {
-    let o = tessera(&["config", "check", "--profile", "/nonexistent/p.toml"], &[]);
+    let o = tessera(
+        &["config", "check", "--profile", "/nonexistent/p.toml"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/nonexistent/p.toml"), "{}", stderr(&o));
     refused("roles = [control", &[], &[], &["FILE"]);
@@ -120,9 +190,24 @@ fn missing_and_malformed_profiles_are_refused() {
 
 #[test]
 fn environment_and_set_errors_name_their_source() {
-    refused(GOOD, &[], &[("TESSERA_GATEWAY__LISTEN", "nowhere")], &["TESSERA_GATEWAY__LISTEN", "IP:PORT"]);
-    refused(GOOD, &[], &[("TESSERA_CONTRL__LISTEN", "127.0.0.1:1")], &["contrl", "did you mean `control`"]);
-    refused(GOOD, &["--set", "gateway.listen=nowhere"], &[], &["--set gateway.listen=nowhere", "gateway.listen"]);
+    refused(
+        GOOD,
+        &[],
+        &[("TESSERA_GATEWAY__LISTEN", "nowhere")],
+        &["TESSERA_GATEWAY__LISTEN", "IP:PORT"],
+    );
+    refused(
+        GOOD,
+        &[],
+        &[("TESSERA_CONTRL__LISTEN", "127.0.0.1:1")],
+        &["contrl", "did you mean `control`"],
+    );
+    refused(
+        GOOD,
+        &["--set", "gateway.listen=nowhere"],
+        &[],
+        &["--set gateway.listen=nowhere", "gateway.listen"],
+    );
     refused(GOOD, &["--set", "no-equals-sign"], &[], &["KEY=VALUE"]);
 }
 

@@ -18,7 +18,11 @@ pub fn tessera(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tessera");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tessera");
     wait_output(child, Duration::from_secs(30))
 }
 
@@ -31,7 +35,10 @@ fn wait_output(mut child: Child, limit: Duration) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
-            panic!("tessera did not finish within {limit:?}: stderr: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "tessera did not finish within {limit:?}: stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -81,15 +88,26 @@ impl Node {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap());
+        cmd.stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
         let child = cmd.spawn().expect("spawn tessera");
-        Node { child: Some(child), dir, data_dir, out, err }
+        Node {
+            child: Some(child),
+            dir,
+            data_dir,
+            out,
+            err,
+        }
     }
 
     /// `tessera up` with every listener on an ephemeral port.
     pub fn up(extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let mut args = vec!["up".to_string(), "--data-dir".into(), dir.path().join("data").display().to_string()];
+        let mut args = vec![
+            "up".to_string(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+        ];
         args.extend(ephemeral_ports());
         args.extend(extra.iter().map(|s| s.to_string()));
         Node::start(dir, &args, &[])
@@ -101,7 +119,11 @@ impl Node {
         let data = dir.path().join("data");
         let profile = dir.path().join("profile.toml");
         std::fs::write(&profile, toml.replace("DATA", &data.display().to_string())).unwrap();
-        let mut args = vec!["run".to_string(), "--profile".into(), profile.display().to_string()];
+        let mut args = vec![
+            "run".to_string(),
+            "--profile".into(),
+            profile.display().to_string(),
+        ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Node::start(dir, &args, env)
     }
@@ -137,16 +159,25 @@ impl Node {
                 }
             }
             if let Some(status) = self.try_exit() {
-                panic!("tessera exited ({status}) before listening\n{}", self.logs());
+                panic!(
+                    "tessera exited ({status}) before listening\n{}",
+                    self.logs()
+                );
             }
-            assert!(Instant::now() < deadline, "no listeners file within 60s\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "no listeners file within 60s\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
 
     pub fn addr(&mut self, role: &str, listener: &str) -> SocketAddr {
         let v = self.listeners();
-        let s = v["roles"][role][listener].as_str().unwrap_or_else(|| panic!("no {role}.{listener} in {v}"));
+        let s = v["roles"][role][listener]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {role}.{listener} in {v}"));
         s.parse().unwrap()
     }
 
@@ -160,17 +191,26 @@ impl Node {
             if let Some(status) = self.try_exit() {
                 panic!("tessera exited ({status}) before ready\n{}", self.logs());
             }
-            assert!(Instant::now() < deadline, "{addr} not ready within 30s\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{addr} not ready within 30s\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
 
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{sig} failed");
     }
 
@@ -181,7 +221,11 @@ impl Node {
             if let Some(s) = self.try_exit() {
                 return (s, start.elapsed());
             }
-            assert!(start.elapsed() < limit, "tessera did not exit within {limit:?}\n{}", self.logs());
+            assert!(
+                start.elapsed() < limit,
+                "tessera did not exit within {limit:?}\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -202,12 +246,19 @@ impl Drop for Node {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     Ok((status, head.to_lowercase(), body.to_string()))
 }
 

@@ -18,7 +18,10 @@ admin_listen = "127.0.0.1:0"
 "#;
 
 fn build_info_node(metrics: &str) -> String {
-    let line = metrics.lines().find(|l| l.starts_with("tessera_build_info{")).expect("build info metric");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("tessera_build_info{"))
+        .expect("build info metric");
     let start = line.find("node=\"").expect("node label") + 6;
     line[start..].split('"').next().unwrap().to_string()
 }
@@ -36,8 +39,17 @@ fn running_node_name(extra: &[&str], env: &[(&str, &str)]) -> String {
 #[test]
 fn precedence_is_file_then_env_then_set() {
     assert_eq!(running_node_name(&[], &[]), "from-file");
-    assert_eq!(running_node_name(&[], &[("TESSERA_NODE_NAME", "from-env")]), "from-env");
-    assert_eq!(running_node_name(&["--set", "node_name=from-set"], &[("TESSERA_NODE_NAME", "from-env")]), "from-set");
+    assert_eq!(
+        running_node_name(&[], &[("TESSERA_NODE_NAME", "from-env")]),
+        "from-env"
+    );
+    assert_eq!(
+        running_node_name(
+            &["--set", "node_name=from-set"],
+            &[("TESSERA_NODE_NAME", "from-env")]
+        ),
+        "from-set"
+    );
 }
 
 #[test]
@@ -53,9 +65,19 @@ fn two_roles_in_one_process_serve_and_stop_on_sigterm() {
         assert_eq!(code, 200, "{body}");
         let (code, head, body) = http_get(addr, "/metrics").unwrap();
         assert_eq!(code, 200);
-        assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
-        for metric in ["tessera_build_info{", "process_resident_memory_bytes", "tessera_role_ready{role=\"gateway\"} 1"] {
-            assert!(body.contains(metric), "{metric} missing from /metrics:\n{body}");
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        for metric in [
+            "tessera_build_info{",
+            "process_resident_memory_bytes",
+            "tessera_role_ready{role=\"gateway\"} 1",
+        ] {
+            assert!(
+                body.contains(metric),
+                "{metric} missing from /metrics:\n{body}"
+            );
         }
     }
     // The entrance has no route table yet and says so.
@@ -71,18 +93,34 @@ fn two_roles_in_one_process_serve_and_stop_on_sigterm() {
     let (status, took) = n.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", n.logs());
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert!(!n.data_dir.join("listeners.json").exists(), "listeners file left behind");
+    assert!(
+        !n.data_dir.join("listeners.json").exists(),
+        "listeners file left behind"
+    );
 }
 
 #[test]
 fn up_runs_every_role_and_ctrl_c_exits_0_quickly() {
     let mut n = Node::up(&["--demo"]);
     let v = n.listeners();
-    for (role, listener) in [("control", "api"), ("agent", "api"), ("gateway", "admin"), ("dbproxy", "admin")] {
-        let addr: std::net::SocketAddr = v["roles"][role][listener].as_str().unwrap().parse().unwrap();
+    for (role, listener) in [
+        ("control", "api"),
+        ("agent", "api"),
+        ("gateway", "admin"),
+        ("dbproxy", "admin"),
+    ] {
+        let addr: std::net::SocketAddr = v["roles"][role][listener]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         n.wait_ready(addr);
     }
-    assert!(n.stdout().contains("console and API: http://127.0.0.1:"), "{}", n.logs());
+    assert!(
+        n.stdout().contains("console and API: http://127.0.0.1:"),
+        "{}",
+        n.logs()
+    );
     n.signal("INT");
     let (status, took) = n.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", n.logs());
@@ -122,12 +160,18 @@ fn an_agent_waits_for_a_control_plane_found_by_name() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("control plane unreachable"), "{body}");
     // Bring a control plane back on the same port; the agent becomes ready.
-    let again = CONTROL_AND_GATEWAY.replace("listen = \"127.0.0.1:0\"\npeer", &format!("listen = \"127.0.0.1:{}\"\npeer", api.port()));
+    let again = CONTROL_AND_GATEWAY.replace(
+        "listen = \"127.0.0.1:0\"\npeer",
+        &format!("listen = \"127.0.0.1:{}\"\npeer", api.port()),
+    );
     let mut control = Node::run_profile(&again, &[], &[]);
     control.wait_ready(api);
     agent.wait_ready(agent_addr);
     let (_, _, metrics) = http_get(agent_addr, "/metrics").unwrap();
-    assert!(metrics.contains("tessera_control_reachable{role=\"agent\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("tessera_control_reachable{role=\"agent\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -148,11 +192,21 @@ fn a_data_dir_is_never_shared_by_two_processes() {
     first.wait_ready(api);
     let profile = first.dir.path().join("profile.toml");
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = vec!["run".into(), "--profile".into(), profile.display().to_string()];
+    let args: Vec<String> = vec![
+        "run".into(),
+        "--profile".into(),
+        profile.display().to_string(),
+    ];
     let mut second = Node::start(dir, &args, &[]);
     let (status, _) = second.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "{}", second.logs());
-    assert!(second.stderr().contains("in use by another tessera process"), "{}", second.logs());
+    assert!(
+        second
+            .stderr()
+            .contains("in use by another tessera process"),
+        "{}",
+        second.logs()
+    );
 }
 
 #[test]
@@ -166,7 +220,11 @@ fn json_logs_are_one_object_per_line() {
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());
     for l in lines {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
-        assert!(v.get("level").is_some() && v.get("message").is_some(), "{l}");
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v.get("level").is_some() && v.get("message").is_some(),
+            "{l}"
+        );
     }
 }

@@ -5,14 +5,24 @@ use std::process::Command;
 
 #[test]
 fn binary_is_statically_linked() {
-    let out = Command::new("ldd").arg(BIN).output().expect("ldd is part of every Debian install (libc-bin)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ldd")
+        .arg(BIN)
+        .output()
+        .expect("ldd is part of every Debian install (libc-bin)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("not a dynamic executable") || text.contains("statically linked"),
         "ldd says the binary is dynamic:\n{text}"
     );
     let bytes = std::fs::read(BIN).unwrap();
-    assert!(!has_interpreter(&bytes), "the ELF file asks for a dynamic loader (PT_INTERP)");
+    assert!(
+        !has_interpreter(&bytes),
+        "the ELF file asks for a dynamic loader (PT_INTERP)"
+    );
     eprintln!("binary {BIN}: {} bytes", bytes.len());
 }
 

@@ -45,7 +45,11 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             };
             let _ = probe.await;
             health.set_not_ready("stopped");
-            result.map_err(|source| RoleError::Serve { role: Role::Agent, what: "listener", source })
+            result.map_err(|source| RoleError::Serve {
+                role: Role::Agent,
+                what: "listener",
+                source,
+            })
         })
     }))
 }

@@ -12,7 +12,12 @@ pub fn run(cmd: ConfigCommand) -> ExitCode {
             match config::resolve(&source, &Overrides(a.set)) {
                 Ok(cfg) => {
                     let roles: Vec<&str> = cfg.roles.iter().map(|r| r.as_str()).collect();
-                    println!("ok: {} is valid (node {}, roles: {})", a.profile.display(), cfg.node_name, roles.join(", "));
+                    println!(
+                        "ok: {} is valid (node {}, roles: {})",
+                        a.profile.display(),
+                        cfg.node_name,
+                        roles.join(", ")
+                    );
                     if a.print {
                         match toml::to_string_pretty(&cfg) {
                             Ok(s) => print!("{s}"),

@@ -11,7 +11,17 @@ pub fn up(a: UpArgs, log_format: Option<LogFormat>) -> ExitCode {
     let embedded = vec![
         ("roles".to_string(), format!("[{}]", roles.join(", "))),
         ("control.bootstrap".to_string(), "true".to_string()),
-        ("data_dir".to_string(), format!("\"{}\"", a.data_dir.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))),
+        (
+            "data_dir".to_string(),
+            format!(
+                "\"{}\"",
+                a.data_dir
+                    .display()
+                    .to_string()
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+            ),
+        ),
     ];
     let cfg = match config::resolve(&Source::Embedded(embedded), &Overrides(a.set)) {
         Ok(c) => c,
@@ -38,7 +48,11 @@ pub fn run(a: RunArgs, log_format: Option<LogFormat>) -> ExitCode {
 
 fn serve(cfg: RuntimeConfig, log_format: Option<LogFormat>) -> ExitCode {
     crate::telemetry::init_logging(&cfg.log.level, log_format.unwrap_or(cfg.log.format));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tessera").build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tessera")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -55,7 +69,9 @@ fn serve(cfg: RuntimeConfig, log_format: Option<LogFormat>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Outcome::DrainTimedOut) => {
-            eprintln!("error: some roles did not stop within shutdown_grace_secs; stopped them anyway");
+            eprintln!(
+                "error: some roles did not stop within shutdown_grace_secs; stopped them anyway"
+            );
             ExitCode::from(EXIT_FAILED)
         }
         Err(e) => {

@@ -54,7 +54,10 @@ mod tests {
 
     #[test]
     fn parses_ipv4_and_ipv6() {
-        assert_eq!("127.0.0.1:7400".parse::<ListenAddr>().unwrap().0.port(), 7400);
+        assert_eq!(
+            "127.0.0.1:7400".parse::<ListenAddr>().unwrap().0.port(),
+            7400
+        );
         assert!("[::1]:0".parse::<ListenAddr>().is_ok());
     }
 

@@ -32,7 +32,11 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        writeln!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -41,7 +45,10 @@ impl fmt::Display for ConfigError {
 }
 
 /// The closest candidate to a misspelt word, if it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (word.len() / 3).max(2);
     candidates
         .into_iter()
@@ -57,8 +64,14 @@ mod tests {
 
     #[test]
     fn suggests_close_words_only() {
-        assert_eq!(did_you_mean("lisen", ["listen", "admin_listen", "join"]), Some("listen"));
-        assert_eq!(did_you_mean("contrl", ["control", "agent"]), Some("control"));
+        assert_eq!(
+            did_you_mean("lisen", ["listen", "admin_listen", "join"]),
+            Some("listen")
+        );
+        assert_eq!(
+            did_you_mean("contrl", ["control", "agent"]),
+            Some("control")
+        );
         assert_eq!(did_you_mean("banana", ["control", "agent"]), None);
     }
 }

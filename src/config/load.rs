@@ -11,7 +11,13 @@ use std::path::PathBuf;
 /// Top-level keys that may come from a plain `TESSERA_KEY` variable. Anything else needs a
 /// section (`TESSERA_CONTROL__LISTEN`), so client variables such as `TESSERA_TOKEN` and
 /// `TESSERA_SERVER` never leak into a role's configuration.
-const TOP_LEVEL_ENV: [&str; 5] = ["node_name", "roles", "data_dir", "zone", "shutdown_grace_secs"];
+const TOP_LEVEL_ENV: [&str; 5] = [
+    "node_name",
+    "roles",
+    "data_dir",
+    "zone",
+    "shutdown_grace_secs",
+];
 
 /// Where the base configuration comes from.
 #[derive(Clone, Debug)]
@@ -72,7 +78,9 @@ pub fn load(source: &Source, overrides: &Overrides) -> Result<(UserConfig, Figme
     }
     match figment.extract::<UserConfig>() {
         Ok(cfg) => Ok((cfg, figment)),
-        Err(e) => Err(ConfigError { problems: e.into_iter().map(|e| describe(&figment, e)).collect() }),
+        Err(e) => Err(ConfigError {
+            problems: e.into_iter().map(|e| describe(&figment, e)).collect(),
+        }),
     }
 }
 
@@ -91,9 +99,9 @@ pub(super) fn source_of(figment: &Figment, key: &str) -> String {
 fn describe_source(md: &Metadata, key: &str) -> String {
     match &md.source {
         Some(figment::Source::File(p)) => p.display().to_string(),
-        _ if md.name.starts_with("TESSERA_") || md.name.contains("environment") => {
-            let path: Vec<&str> = key.split('.').collect();
-            format!("environment {}", md.interpolate(&Profile::Default, &path))
+        _ if md.name.contains("environment") => {
+            let var: Vec<String> = key.split('.').map(|s| s.to_uppercase()).collect();
+            format!("environment TESSERA_{}", var.join("__"))
         }
         _ => md.name.to_string(),
     }
@@ -104,23 +112,39 @@ fn describe(figment: &Figment, e: figment::Error) -> Problem {
     let mut key = e.path.join(".");
     let message = match &e.kind {
         Kind::UnknownField(field, expected) => {
-            key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+            key = if key.is_empty() {
+                field.clone()
+            } else {
+                format!("{key}.{field}")
+            };
             let hint = did_you_mean(field, expected.iter().copied())
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
-            format!("unknown key{hint}; known keys here: {}", expected.join(", "))
+            format!(
+                "unknown key{hint}; known keys here: {}",
+                expected.join(", ")
+            )
         }
         Kind::UnknownVariant(v, expected) => {
             let hint = did_you_mean(v, expected.iter().copied())
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
-            let what = if key == "roles" || key.starts_with("roles.") { "role" } else { "value" };
+            let what = if key == "roles" || key.starts_with("roles.") {
+                "role"
+            } else {
+                "value"
+            };
             if what == "role" {
                 key = "roles".into();
             }
-            format!("unknown {what} `{v}`{hint}; expected one of {}", expected.join(", "))
+            format!(
+                "unknown {what} `{v}`{hint}; expected one of {}",
+                expected.join(", ")
+            )
         }
-        Kind::InvalidType(actual, expected) => format!("wrong type: found {actual}, expected {expected}"),
+        Kind::InvalidType(actual, expected) => {
+            format!("wrong type: found {actual}, expected {expected}")
+        }
         other => other.to_string(),
     };
     let source = match &e.metadata {
@@ -128,7 +152,11 @@ fn describe(figment: &Figment, e: figment::Error) -> Problem {
         None if !key.is_empty() => source_of(figment, &key),
         None => "configuration".into(),
     };
-    Problem { source, key, message }
+    Problem {
+        source,
+        key,
+        message,
+    }
 }
 
 /// One dotted `key = value` as a provider, named for error messages (`--set k=v`).
@@ -151,12 +179,24 @@ impl KeyValue {
     }
 
     fn parse(name: &str, key: &str, raw: &str) -> Result<Self, Problem> {
-        let bad = |message: String| Problem { source: name.to_string(), key: key.to_string(), message };
+        let bad = |message: String| Problem {
+            source: name.to_string(),
+            key: key.to_string(),
+            message,
+        };
         if key.is_empty() || key.split('.').any(|s| s.is_empty()) {
-            return Err(bad("the key must be a dotted path like control.listen".into()));
+            return Err(bad(
+                "the key must be a dotted path like control.listen".into()
+            ));
         }
-        let value: Value = raw.parse().map_err(|e| bad(format!("cannot parse value `{raw}`: {e:?}")))?;
-        Ok(KeyValue { name: name.to_string(), key: key.to_string(), value })
+        let value: Value = raw
+            .parse()
+            .map_err(|e| bad(format!("cannot parse value `{raw}`: {e:?}")))?;
+        Ok(KeyValue {
+            name: name.to_string(),
+            key: key.to_string(),
+            value,
+        })
     }
 }
 

@@ -100,7 +100,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -164,7 +167,12 @@ pub struct AgentConfig {
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig { listen: local(7402), admin_listen: None, control: Vec::new(), join_token: None }
+        AgentConfig {
+            listen: local(7402),
+            admin_listen: None,
+            control: Vec::new(),
+            join_token: None,
+        }
     }
 }
 
@@ -184,7 +192,12 @@ pub struct GatewayConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { listen: local(8080), admin_listen: local(7403), control: Vec::new(), join_token: None }
+        GatewayConfig {
+            listen: local(8080),
+            admin_listen: local(7403),
+            control: Vec::new(),
+            join_token: None,
+        }
     }
 }
 
@@ -204,6 +217,11 @@ pub struct DbproxyConfig {
 
 impl Default for DbproxyConfig {
     fn default() -> Self {
-        DbproxyConfig { listen: local(3307), admin_listen: local(7404), control: Vec::new(), join_token: None }
+        DbproxyConfig {
+            listen: local(3307),
+            admin_listen: local(7404),
+            control: Vec::new(),
+            join_token: None,
+        }
     }
 }

@@ -29,7 +29,10 @@ pub struct RuntimeConfig {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_secs())
     }
 }
@@ -48,19 +51,29 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn fail(&mut self, key: &str, message: impl Into<String>) {
         let source = source_of(self.figment, key);
-        self.problems.push(Problem { source, key: key.to_string(), message: message.into() });
+        self.problems.push(Problem {
+            source,
+            key: key.to_string(),
+            message: message.into(),
+        });
     }
 }
 
 /// Validates `cfg`; `figment` is the chain it came from, used to name sources.
 pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, ConfigError> {
-    let mut c = Checker { figment, problems: Vec::new() };
+    let mut c = Checker {
+        figment,
+        problems: Vec::new(),
+    };
 
     let mut roles = cfg.roles.clone();
     roles.sort();
     roles.dedup();
     if roles.is_empty() {
-        c.fail("roles", "no roles named: list any of control, agent, gateway, dbproxy");
+        c.fail(
+            "roles",
+            "no roles named: list any of control, agent, gateway, dbproxy",
+        );
     }
 
     let node_name = cfg.node_name.clone().unwrap_or_else(host_name);
@@ -73,13 +86,25 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
         }
     }
     if !(1..=300).contains(&cfg.shutdown_grace_secs) {
-        c.fail("shutdown_grace_secs", format!("{} is out of range: expected 1 to 300 seconds", cfg.shutdown_grace_secs));
+        c.fail(
+            "shutdown_grace_secs",
+            format!(
+                "{} is out of range: expected 1 to 300 seconds",
+                cfg.shutdown_grace_secs
+            ),
+        );
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.log.level) {
-        c.fail("log.level", format!("`{}` is not a log filter: {e}", cfg.log.level));
+        c.fail(
+            "log.level",
+            format!("`{}` is not a log filter: {e}", cfg.log.level),
+        );
     }
     if let Err(m) = check_writable_dir(&cfg.data_dir) {
-        c.fail("data_dir", format!("{} is not usable: {m}", cfg.data_dir.display()));
+        c.fail(
+            "data_dir",
+            format!("{} is not usable: {m}", cfg.data_dir.display()),
+        );
     }
     check_tls(&mut c, &cfg.tls);
 
@@ -102,7 +127,11 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
 
     // Client roles with no `control` list use the co-located control role, at the
     // address it actually binds (known only at run time; see `RoleContext`).
-    for (role, urls) in [(Role::Agent, &cfg.agent.control), (Role::Gateway, &cfg.gateway.control), (Role::Dbproxy, &cfg.dbproxy.control)] {
+    for (role, urls) in [
+        (Role::Agent, &cfg.agent.control),
+        (Role::Gateway, &cfg.gateway.control),
+        (Role::Dbproxy, &cfg.dbproxy.control),
+    ] {
         if !has(role) {
             continue;
         }
@@ -116,7 +145,9 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
     check_port_clashes(&mut c, &listeners(&roles, &cfg));
 
     if !c.problems.is_empty() {
-        return Err(ConfigError { problems: c.problems });
+        return Err(ConfigError {
+            problems: c.problems,
+        });
     }
     Ok(RuntimeConfig {
         node_name,
@@ -142,7 +173,11 @@ fn listeners(roles: &[Role], cfg: &UserConfig) -> Vec<(String, ListenAddr)> {
             Role::Control => {
                 push("control.listen", cfg.control.listen);
                 push("control.peer_listen", cfg.control.peer_listen);
-                if let Some(a) = cfg.control.admin_listen.filter(|a| *a != cfg.control.listen) {
+                if let Some(a) = cfg
+                    .control
+                    .admin_listen
+                    .filter(|a| *a != cfg.control.listen)
+                {
                     push("control.admin_listen", a);
                 }
             }
@@ -170,8 +205,17 @@ fn check_port_clashes(c: &mut Checker, listeners: &[(String, ListenAddr)]) {
         if a.0.port() == 0 {
             continue;
         }
-        if let Some((other, _)) = listeners[..i].iter().find(|(_, b)| b.0.port() == a.0.port() && overlaps(a.0, b.0)) {
-            c.fail(key, format!("port {} is also used by `{other}` in this process", a.0.port()));
+        if let Some((other, _)) = listeners[..i]
+            .iter()
+            .find(|(_, b)| b.0.port() == a.0.port() && overlaps(a.0, b.0))
+        {
+            c.fail(
+                key,
+                format!(
+                    "port {} is also used by `{other}` in this process",
+                    a.0.port()
+                ),
+            );
         }
     }
 }
@@ -206,10 +250,21 @@ pub fn check_url(u: &str) -> Result<http::Uri, String> {
 
 fn check_tls(c: &mut Checker, tls: &TlsConfig) {
     if tls.cert.is_some() != tls.key.is_some() {
-        let key = if tls.cert.is_some() { "tls.key" } else { "tls.cert" };
-        c.fail(key, "`tls.cert` and `tls.key` go together: set both or neither");
+        let key = if tls.cert.is_some() {
+            "tls.key"
+        } else {
+            "tls.cert"
+        };
+        c.fail(
+            key,
+            "`tls.cert` and `tls.key` go together: set both or neither",
+        );
     }
-    for (key, path) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+    for (key, path) in [
+        ("tls.ca", &tls.ca),
+        ("tls.cert", &tls.cert),
+        ("tls.key", &tls.key),
+    ] {
         if let Some(p) = path {
             if let Err(e) = std::fs::File::open(p) {
                 c.fail(key, format!("cannot read {}: {e}", p.display()));
@@ -222,8 +277,13 @@ fn check_tls(c: &mut Checker, tls: &TlsConfig) {
 fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '_')
-        && name.chars().next().is_some_and(|ch| ch.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -244,9 +304,14 @@ fn absolute(p: &Path) -> PathBuf {
     let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     };
-    joined.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+    joined
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 /// The directory exists and takes a new file, or its nearest existing ancestor is a
@@ -257,15 +322,28 @@ fn check_writable_dir(dir: &Path) -> Result<(), String> {
     loop {
         match std::fs::metadata(probe_in) {
             Ok(m) if m.is_dir() => break,
-            Ok(_) => return Err(format!("{} exists and is not a directory", probe_in.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                probe_in = probe_in.parent().ok_or_else(|| "no existing parent directory".to_string())?;
+            Ok(_) => {
+                return Err(format!(
+                    "{} exists and is not a directory",
+                    probe_in.display()
+                ))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                probe_in = probe_in
+                    .parent()
+                    .ok_or_else(|| "no existing parent directory".to_string())?;
             }
             Err(e) => return Err(format!("{}: {e}", probe_in.display())),
         }
     }
     let probe = probe_in.join(format!(".tessera-write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"probe").map_err(|e| format!("cannot write in {}: {e}", probe_in.display()))?;
+    std::fs::write(&probe, b"probe")
+        .map_err(|e| format!("cannot write in {}: {e}", probe_in.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

@@ -18,15 +18,25 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         let node = cfg.node_name.clone();
         tokio::task::spawn_blocking(move || store::Store::open(&dir, &node))
             .await
-            .map_err(|e| RoleError::Failed { role: Role::Control, message: format!("store open task: {e}") })?
-            .map_err(|e| RoleError::Failed { role: Role::Control, message: e.to_string() })?
+            .map_err(|e| RoleError::Failed {
+                role: Role::Control,
+                message: format!("store open task: {e}"),
+            })?
+            .map_err(|e| RoleError::Failed {
+                role: Role::Control,
+                message: e.to_string(),
+            })?
     };
     tracing::info!(path = %store_dir.display(), "Store opened");
 
     let api = bind_tcp("control.listen", cfg.control.listen.0).await?;
     let api_addr = local_addr(&api, cfg.control.listen.0);
     let mut listeners = vec![("api", api_addr)];
-    let extra_admin = match cfg.control.admin_listen.filter(|a| *a != cfg.control.listen) {
+    let extra_admin = match cfg
+        .control
+        .admin_listen
+        .filter(|a| *a != cfg.control.listen)
+    {
         Some(a) => {
             let l = bind_tcp("control.admin_listen", a.0).await?;
             listeners.push(("admin", local_addr(&l, a.0)));
@@ -35,7 +45,8 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         None => None,
     };
 
-    let router = http::router(store.clone()).merge(admin::router(health.clone(), ctx.metrics.clone()));
+    let router =
+        http::router(store.clone()).merge(admin::router(health.clone(), ctx.metrics.clone()));
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
     Ok(Bound::new(Role::Control, listeners, move |shutdown| {
         Box::pin(async move {
@@ -51,7 +62,11 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             health.set_not_ready("stopped");
             // The store closes (and flushes) when its last handle drops, here.
             drop(store);
-            result.map_err(|source| RoleError::Serve { role: Role::Control, what: "API listener", source })
+            result.map_err(|source| RoleError::Serve {
+                role: Role::Control,
+                what: "API listener",
+                source,
+            })
         })
     }))
 }

@@ -18,7 +18,11 @@ pub enum StoreError {
     #[error("store {path} is in use by another tessera process (its LOCK is held); stop it or use another data_dir")]
     Locked { path: PathBuf },
     #[error("store {path} belongs to node `{found}`, not `{expected}`; a data_dir is never shared between nodes")]
-    WrongNode { path: PathBuf, found: String, expected: String },
+    WrongNode {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("store {path}: {message}")]
     Rocks { path: PathBuf, message: String },
 }
@@ -35,19 +39,32 @@ impl Store {
     pub fn open(dir: &Path, node: &str) -> Result<Store, StoreError> {
         let rocks = |e: rocksdb::Error| {
             let message = e.to_string();
-            if message.contains("lock") && (message.contains("Resource temporarily unavailable") || message.contains("No locks available")) {
-                StoreError::Locked { path: dir.to_path_buf() }
+            if message.contains("lock")
+                && (message.contains("Resource temporarily unavailable")
+                    || message.contains("No locks available"))
+            {
+                StoreError::Locked {
+                    path: dir.to_path_buf(),
+                }
             } else {
-                StoreError::Rocks { path: dir.to_path_buf(), message }
+                StoreError::Rocks {
+                    path: dir.to_path_buf(),
+                    message,
+                }
             }
         };
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Rocks { path: dir.to_path_buf(), message: e.to_string() })?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Rocks {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_keep_log_file_num(4);
-        let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(rocks)?;
         let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::Rocks {
             path: dir.to_path_buf(),
@@ -64,17 +81,23 @@ impl Store {
                 })
             }
             Some(_) => {}
-            None => db.put_cf_opt(&meta, KEY_NODE_NAME, node.as_bytes(), &sync).map_err(rocks)?,
+            None => db
+                .put_cf_opt(&meta, KEY_NODE_NAME, node.as_bytes(), &sync)
+                .map_err(rocks)?,
         }
         let cluster_id = match db.get_cf(&meta, KEY_CLUSTER_ID).map_err(rocks)? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
                 let id = new_cluster_id();
-                db.put_cf_opt(&meta, KEY_CLUSTER_ID, id.as_bytes(), &sync).map_err(rocks)?;
+                db.put_cf_opt(&meta, KEY_CLUSTER_ID, id.as_bytes(), &sync)
+                    .map_err(rocks)?;
                 id
             }
         };
-        Ok(Store { db: Arc::new(db), cluster_id })
+        Ok(Store {
+            db: Arc::new(db),
+            cluster_id,
+        })
     }
 
     /// A random identifier fixed when the store is created.
@@ -106,10 +129,16 @@ mod tests {
     #[test]
     fn reopens_with_the_same_identity_and_refuses_another_node() {
         let dir = tempfile::tempdir().unwrap();
-        let id = Store::open(dir.path(), "n1").unwrap().cluster_id().to_string();
+        let id = Store::open(dir.path(), "n1")
+            .unwrap()
+            .cluster_id()
+            .to_string();
         assert_eq!(id.len(), 32);
         assert_eq!(Store::open(dir.path(), "n1").unwrap().cluster_id(), id);
-        assert!(matches!(Store::open(dir.path(), "n2"), Err(StoreError::WrongNode { .. })));
+        assert!(matches!(
+            Store::open(dir.path(), "n2"),
+            Err(StoreError::WrongNode { .. })
+        ));
     }
 
     #[test]

@@ -29,19 +29,35 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let router = admin::router(health.clone(), ctx.metrics.clone());
     Ok(Bound::new(Role::Dbproxy, listeners, move |shutdown| {
         Box::pin(async move {
-            let probe =
-                tokio::spawn(probe::watch_control(Role::Dbproxy, urls, Duration::from_secs(5), gauge, None, shutdown.clone()));
+            let probe = tokio::spawn(probe::watch_control(
+                Role::Dbproxy,
+                urls,
+                Duration::from_secs(5),
+                gauge,
+                None,
+                shutdown.clone(),
+            ));
             health.set_ready();
-            let (a, b) = tokio::join!(refuse_all(mysql, shutdown.clone()), admin::serve(admin_l, router, shutdown));
+            let (a, b) = tokio::join!(
+                refuse_all(mysql, shutdown.clone()),
+                admin::serve(admin_l, router, shutdown)
+            );
             let _ = probe.await;
             health.set_not_ready("stopped");
-            a.and(b).map_err(|source| RoleError::Serve { role: Role::Dbproxy, what: "listener", source })
+            a.and(b).map_err(|source| RoleError::Serve {
+                role: Role::Dbproxy,
+                what: "listener",
+                source,
+            })
         })
     }))
 }
 
 async fn refuse_all(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let packet = err_packet(ER_UNKNOWN_ERROR, "tessera dbproxy: no data sources are configured yet");
+    let packet = err_packet(
+        ER_UNKNOWN_ERROR,
+        "tessera dbproxy: no data sources are configured yet",
+    );
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -27,8 +27,14 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
     Ok(Bound::new(Role::Gateway, listeners, move |shutdown| {
         Box::pin(async move {
-            let probe =
-                tokio::spawn(probe::watch_control(Role::Gateway, urls, Duration::from_secs(5), gauge, None, shutdown.clone()));
+            let probe = tokio::spawn(probe::watch_control(
+                Role::Gateway,
+                urls,
+                Duration::from_secs(5),
+                gauge,
+                None,
+                shutdown.clone(),
+            ));
             health.set_ready();
             let entrance_router = Router::new().fallback(no_route);
             let (a, b) = tokio::join!(
@@ -37,12 +43,21 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             );
             let _ = probe.await;
             health.set_not_ready("stopped");
-            a.and(b).map_err(|source| RoleError::Serve { role: Role::Gateway, what: "listener", source })
+            a.and(b).map_err(|source| RoleError::Serve {
+                role: Role::Gateway,
+                what: "listener",
+                source,
+            })
         })
     }))
 }
 
 async fn no_route() -> Response {
     let body = json!({"code": "no_route", "message": "no traffic rule matches: this gateway has no route table yet"});
-    (StatusCode::SERVICE_UNAVAILABLE, [("x-tessera-reason", "no-route-table")], Json(body)).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("x-tessera-reason", "no-route-table")],
+        Json(body),
+    )
+        .into_response()
 }

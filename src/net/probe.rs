@@ -20,7 +20,10 @@ pub async fn healthz(resolver: &Resolver, url: &http::Uri) -> Result<(), String>
     let host = url.host().ok_or("URL has no host")?;
     let https = url.scheme_str() == Some("https");
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let addrs = resolver.resolve(host, port).await.map_err(|e| e.to_string())?;
+    let addrs = resolver
+        .resolve(host, port)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut last = String::from("no address");
     for addr in addrs {
         match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(addr)).await {
@@ -41,14 +44,19 @@ pub async fn healthz(resolver: &Resolver, url: &http::Uri) -> Result<(), String>
 async fn get_healthz(stream: TcpStream, url: &http::Uri) -> Result<(), String> {
     let exchange = async {
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
         let authority = url.authority().map(|a| a.as_str()).unwrap_or("localhost");
         let req = http::Request::get("/healthz")
             .header(http::header::HOST, authority)
-            .header(http::header::USER_AGENT, concat!("tessera/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("tessera/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
@@ -58,7 +66,9 @@ async fn get_healthz(stream: TcpStream, url: &http::Uri) -> Result<(), String> {
             Err(format!("/healthz answered {}", resp.status()))
         }
     };
-    tokio::time::timeout(PROBE_TIMEOUT, exchange).await.map_err(|_| "request timed out".to_string())?
+    tokio::time::timeout(PROBE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| "request timed out".to_string())?
 }
 
 /// Probes `urls` every `every` until `shutdown`; sets `gauge` and, when `gate` is given,

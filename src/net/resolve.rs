@@ -41,14 +41,23 @@ impl Resolver {
             })
             .await
             .as_ref()
-            .map_err(|reason| ResolveError::NoConfig { host: host.to_string(), reason: reason.clone() })?;
+            .map_err(|reason| ResolveError::NoConfig {
+                host: host.to_string(),
+                reason: reason.clone(),
+            })?;
         let lookup = resolver
             .lookup_ip(bare)
             .await
-            .map_err(|e| ResolveError::Lookup { host: host.to_string(), reason: e.to_string() })?;
+            .map_err(|e| ResolveError::Lookup {
+                host: host.to_string(),
+                reason: e.to_string(),
+            })?;
         let addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
         if addrs.is_empty() {
-            return Err(ResolveError::Lookup { host: host.to_string(), reason: "no addresses".into() });
+            return Err(ResolveError::Lookup {
+                host: host.to_string(),
+                reason: "no addresses".into(),
+            });
         }
         Ok(addrs)
     }
@@ -61,13 +70,27 @@ mod tests {
     #[tokio::test]
     async fn literals_need_no_lookup() {
         let r = Resolver::default();
-        assert_eq!(r.resolve("127.0.0.9", 80).await.unwrap(), vec!["127.0.0.9:80".parse().unwrap()]);
-        assert_eq!(r.resolve("[::1]", 81).await.unwrap(), vec!["[::1]:81".parse().unwrap()]);
+        assert_eq!(
+            r.resolve("127.0.0.9", 80).await.unwrap(),
+            vec!["127.0.0.9:80".parse().unwrap()]
+        );
+        assert_eq!(
+            r.resolve("[::1]", 81).await.unwrap(),
+            vec!["[::1]:81".parse().unwrap()]
+        );
     }
 
     #[tokio::test]
     async fn localhost_comes_from_the_hosts_file() {
-        let addrs = Resolver::default().resolve("localhost", 7400).await.unwrap();
-        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 7400), "{addrs:?}");
+        let addrs = Resolver::default()
+            .resolve("localhost", 7400)
+            .await
+            .unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 7400),
+            "{addrs:?}"
+        );
     }
 }

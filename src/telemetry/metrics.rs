@@ -18,20 +18,38 @@ impl Metrics {
     pub fn new(node: &str) -> Metrics {
         let registry = Registry::new_custom(None, None).unwrap_or_default();
         let info = IntGaugeVec::new(
-            Opts::new("tessera_build_info", "Build information; the value is always 1."),
+            Opts::new(
+                "tessera_build_info",
+                "Build information; the value is always 1.",
+            ),
             &["version", "commit", "build_date", "node"],
         )
         .expect("static metric definition"); // ok: constant, valid metric name and labels
-        info.with_label_values(&[env!("CARGO_PKG_VERSION"), super::GIT_COMMIT, super::BUILD_DATE, node]).set(1);
-        let ready = IntGaugeVec::new(Opts::new("tessera_role_ready", "1 when the role is ready to serve."), &["role"])
-            .expect("static metric definition"); // ok: constant
+        info.with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            super::GIT_COMMIT,
+            super::BUILD_DATE,
+            node,
+        ])
+        .set(1);
+        let ready = IntGaugeVec::new(
+            Opts::new("tessera_role_ready", "1 when the role is ready to serve."),
+            &["role"],
+        )
+        .expect("static metric definition"); // ok: constant
         let admin_requests = IntCounterVec::new(
-            Opts::new("tessera_admin_requests_total", "Requests to admin endpoints."),
+            Opts::new(
+                "tessera_admin_requests_total",
+                "Requests to admin endpoints.",
+            ),
             &["role", "path", "code"],
         )
         .expect("static metric definition"); // ok: constant
         let control_reachable = IntGaugeVec::new(
-            Opts::new("tessera_control_reachable", "1 when the role's last probe of the control plane succeeded."),
+            Opts::new(
+                "tessera_control_reachable",
+                "1 when the role's last probe of the control plane succeeded.",
+            ),
             &["role"],
         )
         .expect("static metric definition"); // ok: constant
@@ -39,8 +57,15 @@ impl Metrics {
         let _ = registry.register(Box::new(info));
         let _ = registry.register(Box::new(ready.clone()));
         let _ = registry.register(Box::new(admin_requests.clone()));
-        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
-        Metrics { registry, ready, admin_requests, control_reachable }
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        Metrics {
+            registry,
+            ready,
+            admin_requests,
+            control_reachable,
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -67,7 +92,11 @@ impl Metrics {
         gauge.set(0);
         Health {
             role,
-            inner: Arc::new(HealthInner { ready: AtomicBool::new(false), reason: Mutex::new("starting".into()), gauge }),
+            inner: Arc::new(HealthInner {
+                ready: AtomicBool::new(false),
+                reason: Mutex::new("starting".into()),
+                gauge,
+            }),
         }
     }
 }
@@ -114,6 +143,10 @@ impl Health {
     }
 
     pub fn reason(&self) -> String {
-        self.inner.reason.lock().map(|r| r.clone()).unwrap_or_default()
+        self.inner
+            .reason
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 }
