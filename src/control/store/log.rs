@@ -1,0 +1,193 @@
+//! The Raft log and vote on rocksdb (`log` and `raft` column families). Every write that
+//! openraft must be able to rely on is synced before the call (or the append callback)
+//! returns.
+
+use super::types::*;
+use super::{decode, encode, CF_LOG, CF_RAFT};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+fn idx(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+fn synced() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+impl LogStore {
+    pub(super) fn new(db: Arc<DB>) -> Self {
+        LogStore { db }
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db.cf_handle(name).ok_or_else(|| {
+            StorageIOError::read(anyerror(format!("column family {name} missing"))).into()
+        })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let raw = self
+            .db
+            .get_cf(self.cf(CF_RAFT)?, key)
+            .map_err(|e| StorageIOError::read(&e))?;
+        raw.map(|b| decode(&b).map_err(|e| StorageIOError::read(anyerror(e)).into()))
+            .transpose()
+    }
+}
+
+pub(super) fn anyerror(msg: String) -> openraft::AnyError {
+    openraft::AnyError::error(msg)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf = self.cf(CF_LOG)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            cf,
+            IteratorMode::From(&idx(start), rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let i = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StorageIOError::read_logs(anyerror("bad log key".into())))?,
+            );
+            if !range.contains(&i) {
+                break;
+            }
+            out.push(decode(&v).map_err(|e| StorageIOError::read_log_at_index(i, anyerror(e)))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+        let last = match self
+            .db
+            .iterator_cf(self.cf(CF_LOG)?, IteratorMode::End)
+            .next()
+        {
+            Some(item) => {
+                let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                let e: Entry = decode(&v).map_err(|e| StorageIOError::read_logs(anyerror(e)))?;
+                Some(e.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.db
+            .put_cf_opt(self.cf(CF_RAFT)?, KEY_VOTE, encode(vote), &synced())
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: losing it only means re-deriving commit from a quorum after a crash.
+        self.db
+            .put_cf(self.cf(CF_RAFT)?, KEY_COMMITTED, encode(&committed))
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.cf(CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        for e in entries {
+            batch.put_cf(cf, idx(e.log_id.index), encode(&e));
+        }
+        let result = self.db.write_opt(batch, &synced());
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(&e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let cf = self.cf(CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, idx(log_id.index), idx(u64::MAX));
+        batch.delete_cf(cf, idx(u64::MAX));
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_RAFT)?, KEY_LAST_PURGED, encode(&log_id));
+        batch.delete_range_cf(
+            self.cf(CF_LOG)?,
+            idx(0),
+            idx(log_id.index.saturating_add(1)),
+        );
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,272 @@
+//! The control plane's store: one RocksDB database with column families, holding the Raft
+//! log and vote (`log`), the replicated state machine (`sm`, a revisioned key-value
+//! space), and the node's identity. This module tree is the only importer of rocksdb and
+//! openraft.
+//!
+//! Durability: log appends, votes, truncation and purges are written with `sync`. State
+//! machine writes are not synced on their own; they share the WAL with the synced log
+//! writes, and the WAL is replayed in order, so a later synced write makes them durable
+//! too. Purging the log (after a snapshot) is itself a synced write.
+
+// openraft's trait signatures fix `StorageError` (224 bytes) as the error type.
+#![allow(clippy::result_large_err)]
+
+pub mod kv;
+mod log;
+mod sm;
+pub mod types;
+
+pub use log::LogStore;
+pub use sm::StateMachine;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use types::{Event, KeyValue};
+
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_RAFT: &str = "raft";
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_SM: &str = "sm";
+pub(crate) const CF_KV: &str = "kv";
+pub(crate) const CF_HISTORY: &str = "history";
+const COLUMN_FAMILIES: [&str; 6] = [CF_META, CF_RAFT, CF_LOG, CF_SM, CF_KV, CF_HISTORY];
+
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+const KEY_NODE_NAME: &[u8] = b"node_name";
+const KEY_NODE_ID: &[u8] = b"node_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path} is in use by another tessera process (its LOCK is held); stop it or use another data_dir")]
+    Locked { path: PathBuf },
+    #[error("store {path} belongs to node `{found}`, not `{expected}`; a data_dir is never shared between nodes")]
+    WrongNode {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("store {path}: {message}")]
+    Rocks { path: PathBuf, message: String },
+}
+
+/// A handle to the open store; cheap to clone; closes when the last clone drops.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    dir: PathBuf,
+    node_id: u64,
+    cluster_id: String,
+    events: tokio::sync::broadcast::Sender<Arc<Vec<Event>>>,
+}
+
+impl Store {
+    /// Opens (creating if new) the store at `dir` for node `node`. Blocking.
+    pub fn open(dir: &Path, node: &str) -> Result<Store, StoreError> {
+        let rocks = |e: rocksdb::Error| {
+            let message = e.to_string();
+            if message.contains("lock")
+                && (message.contains("Resource temporarily unavailable")
+                    || message.contains("No locks available"))
+            {
+                StoreError::Locked {
+                    path: dir.to_path_buf(),
+                }
+            } else {
+                StoreError::Rocks {
+                    path: dir.to_path_buf(),
+                    message,
+                }
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Rocks {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_keep_log_file_num(4);
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(rocks)?;
+        let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::Rocks {
+            path: dir.to_path_buf(),
+            message: "column family `meta` missing after open".into(),
+        })?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        match db.get_cf(meta, KEY_NODE_NAME).map_err(rocks)? {
+            Some(found) if found != node.as_bytes() => {
+                return Err(StoreError::WrongNode {
+                    path: dir.to_path_buf(),
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                    expected: node.to_string(),
+                })
+            }
+            Some(_) => {}
+            None => db
+                .put_cf_opt(meta, KEY_NODE_NAME, node.as_bytes(), &sync)
+                .map_err(rocks)?,
+        }
+        let cluster_id = match db.get_cf(meta, KEY_CLUSTER_ID).map_err(rocks)? {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                let id = hex(&random_bytes::<16>());
+                db.put_cf_opt(meta, KEY_CLUSTER_ID, id.as_bytes(), &sync)
+                    .map_err(rocks)?;
+                id
+            }
+        };
+        // A node id is drawn once per store: a wiped machine comes back as a new member,
+        // never as an old id with a forgotten log.
+        let node_id = match db.get_cf(meta, KEY_NODE_ID).map_err(rocks)? {
+            Some(b) if b.len() == 8 => {
+                u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
+            }
+            _ => {
+                let id = u64::from_be_bytes(random_bytes::<8>()) >> 1 | 1;
+                db.put_cf_opt(meta, KEY_NODE_ID, id.to_be_bytes(), &sync)
+                    .map_err(rocks)?;
+                id
+            }
+        };
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        Ok(Store {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+            node_id,
+            cluster_id,
+            events,
+        })
+    }
+
+    /// A random identifier fixed when the store is created.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// This node's Raft id, fixed when the store is created.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The Raft log and vote storage.
+    pub fn log_store(&self) -> LogStore {
+        LogStore::new(self.db.clone())
+    }
+
+    /// The replicated state machine (one per Raft instance).
+    pub fn state_machine(&self) -> StateMachine {
+        StateMachine::new(self.db.clone(), self.snapshot_dir(), self.events.clone())
+    }
+
+    /// Where snapshots are kept: beside the database directory, never inside it.
+    fn snapshot_dir(&self) -> PathBuf {
+        self.dir.parent().unwrap_or(&self.dir).join("snapshots")
+    }
+
+    /// Committed changes as they are applied.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<Event>>> {
+        self.events.subscribe()
+    }
+
+    /// The value of `key` and the revision the read observed (local state; callers make
+    /// reads linearizable through Raft first).
+    pub fn get(&self, key: &str) -> Result<(Option<KeyValue>, u64), String> {
+        sm::read_get(&self.db, key)
+    }
+
+    /// Up to `limit` keys starting with `prefix`, and the revision the read observed.
+    pub fn range(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, u64), String> {
+        sm::read_range(&self.db, prefix, limit)
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut buf);
+    }
+    buf
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stored records: a format byte, then JSON. The byte lets a later release change the
+/// encoding without a flag day.
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![1u8];
+    // Serializing our own plain data types cannot fail.
+    let _ = serde_json::to_writer(&mut out, v);
+    out
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    match b.split_first() {
+        Some((1, rest)) => serde_json::from_slice(rest).map_err(|e| format!("corrupt record: {e}")),
+        Some((v, _)) => Err(format!(
+            "record format {v} is newer than this binary understands"
+        )),
+        None => Err("empty record".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopens_with_the_same_identity_and_refuses_another_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "n1").unwrap();
+        let (id, node) = (s.cluster_id().to_string(), s.node_id());
+        drop(s);
+        assert_eq!(id.len(), 32);
+        let s = Store::open(dir.path(), "n1").unwrap();
+        assert_eq!((s.cluster_id(), s.node_id()), (id.as_str(), node));
+        drop(s);
+        assert!(matches!(
+            Store::open(dir.path(), "n2"),
+            Err(StoreError::WrongNode { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_open_is_refused_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), "n1").unwrap();
+        let err = Store::open(dir.path(), "n1").err().unwrap();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod suite {
+    use super::types::*;
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
+            let store = Store::open(&dir.path().join("store"), "suite").map_err(|e| {
+                openraft::StorageIOError::write(openraft::AnyError::error(e.to_string()))
+            })?;
+            Ok((dir, store.log_store(), store.state_machine()))
+        }
+    }
+
+    /// openraft's own conformance suite for log storage and state machines.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+}

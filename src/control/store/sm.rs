@@ -1,0 +1,411 @@
+//! The replicated state machine on rocksdb: the key space (`kv`), the change history that
+//! watches replay (`history`), and what was applied (`sm`). Snapshots are files beside the
+//! database: a JSON header line, then one key per line.
+
+use super::kv::{Applier, KvRead};
+use super::log::anyerror;
+use super::types::*;
+use super::{decode, encode, CF_HISTORY, CF_KV, CF_SM};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Cursor, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+const KEY_APPLIED: &[u8] = b"last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_SNAPSHOT: &[u8] = b"snapshot_meta";
+const KEY_COMPACTED: &[u8] = b"compact_revision";
+const SNAPSHOT_FILE: &str = "current.snap";
+/// Revisions of history kept for watches to replay.
+const HISTORY_KEEP: u64 = 50_000;
+
+pub struct StateMachine {
+    db: Arc<DB>,
+    snapshots: PathBuf,
+    events: broadcast::Sender<Arc<Vec<Event>>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    format: u32,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, String> {
+    db.cf_handle(name)
+        .ok_or_else(|| format!("column family {name} missing"))
+}
+
+fn history_key(rev: u64, seq: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&rev.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Reads through a rocksdb snapshot, so a read sees one applied state.
+struct SnapRead<'a> {
+    db: &'a DB,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl<'a> SnapRead<'a> {
+    fn new(db: &'a DB) -> Self {
+        SnapRead {
+            db,
+            snap: db.snapshot(),
+        }
+    }
+
+    fn applied(&self) -> Result<u64, String> {
+        let raw = self
+            .snap
+            .get_cf(cf(self.db, CF_SM)?, KEY_APPLIED)
+            .map_err(|e| e.to_string())?;
+        let id: Option<LogId> = raw.map(|b| decode(&b)).transpose()?;
+        Ok(id.map_or(0, |l| l.index))
+    }
+}
+
+impl KvRead for SnapRead<'_> {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, String> {
+        let raw = self
+            .snap
+            .get_cf(cf(self.db, CF_KV)?, key.as_bytes())
+            .map_err(|e| e.to_string())?;
+        raw.map(|b| decode(&b)).transpose()
+    }
+
+    fn prefix(&self, prefix: &str) -> Result<Vec<KeyValue>, String> {
+        scan(self, prefix, usize::MAX)
+    }
+}
+
+fn scan(r: &SnapRead, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String> {
+    let mut out = Vec::new();
+    let mode = IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward);
+    for item in r.snap.iterator_cf(cf(r.db, CF_KV)?, mode) {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        if !k.starts_with(prefix.as_bytes()) || out.len() >= limit {
+            break;
+        }
+        out.push(decode(&v)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn read_get(db: &DB, key: &str) -> Result<(Option<KeyValue>, u64), String> {
+    let r = SnapRead::new(db);
+    Ok((r.get(key)?, r.applied()?))
+}
+
+pub(super) fn read_range(
+    db: &DB,
+    prefix: &str,
+    limit: usize,
+) -> Result<(Vec<KeyValue>, u64), String> {
+    let r = SnapRead::new(db);
+    Ok((scan(&r, prefix, limit)?, r.applied()?))
+}
+
+impl StateMachine {
+    pub(super) fn new(
+        db: Arc<DB>,
+        snapshots: PathBuf,
+        events: broadcast::Sender<Arc<Vec<Event>>>,
+    ) -> Self {
+        StateMachine {
+            db,
+            snapshots,
+            events,
+        }
+    }
+
+    fn read_sm<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let c = cf(&self.db, CF_SM).map_err(|e| StorageIOError::read_state_machine(anyerror(e)))?;
+        let raw = self
+            .db
+            .get_cf(c, key)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        raw.map(|b| decode(&b).map_err(|e| StorageIOError::read_state_machine(anyerror(e)).into()))
+            .transpose()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.read_sm::<Option<LogId>>(KEY_APPLIED)?.flatten();
+        let membership = self.read_sm(KEY_MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let db = self.db.clone();
+        let base = SnapRead::new(&db);
+        let mut applier = Applier::new(&base);
+        let mut results = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        for entry in entries {
+            let rev = entry.log_id.index;
+            last = Some(entry.log_id);
+            let r = match &entry.payload {
+                EntryPayload::Normal(cmd) => applier
+                    .apply(cmd, rev)
+                    .map_err(|e| StorageIOError::apply(entry.log_id, anyerror(e)))?,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                    CommandResult {
+                        revision: rev,
+                        ..Default::default()
+                    }
+                }
+                EntryPayload::Blank => CommandResult {
+                    revision: rev,
+                    ..Default::default()
+                },
+            };
+            results.push(r);
+        }
+        let Some(last) = last else { return Ok(results) };
+        let err =
+            |e: String| -> StorageError { StorageIOError::write_state_machine(anyerror(e)).into() };
+        let (kv_cf, hist_cf, sm_cf) = (
+            cf(&db, CF_KV).map_err(err)?,
+            cf(&db, CF_HISTORY).map_err(err)?,
+            cf(&db, CF_SM).map_err(err)?,
+        );
+        let mut batch = WriteBatch::default();
+        for (k, v) in &applier.writes {
+            match v {
+                Some(kv) => batch.put_cf(kv_cf, k.as_bytes(), encode(kv)),
+                None => batch.delete_cf(kv_cf, k.as_bytes()),
+            }
+        }
+        let mut seq_rev = (0u64, 0u32);
+        for ev in &applier.events {
+            seq_rev = if seq_rev.0 == ev.revision {
+                (ev.revision, seq_rev.1 + 1)
+            } else {
+                (ev.revision, 0)
+            };
+            batch.put_cf(hist_cf, history_key(seq_rev.0, seq_rev.1), encode(ev));
+        }
+        batch.put_cf(sm_cf, KEY_APPLIED, encode(&Some(last)));
+        if let Some(m) = &membership {
+            batch.put_cf(sm_cf, KEY_MEMBERSHIP, encode(m));
+        }
+        // Bound the history: keep the last HISTORY_KEEP revisions for watches.
+        if last.index > HISTORY_KEEP && last.index % 1024 == 0 {
+            let floor = last.index - HISTORY_KEEP;
+            batch.delete_range_cf(hist_cf, history_key(0, 0), history_key(floor, 0));
+            batch.put_cf(sm_cf, KEY_COMPACTED, encode(&floor));
+        }
+        let events = std::mem::take(&mut applier.events);
+        drop(applier);
+        drop(base);
+        db.write(batch)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        if !events.is_empty() {
+            let _ = self.events.send(Arc::new(events));
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            dir: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let sig = Some(meta.signature());
+        let bad = |e: String| -> StorageError {
+            StorageIOError::read_snapshot(sig.clone(), anyerror(e)).into()
+        };
+        let data = snapshot.into_inner();
+        let (_, kvs) = parse_snapshot(&data).map_err(bad)?;
+        let db = &self.db;
+        let (kv_cf, hist_cf, sm_cf) = (
+            cf(db, CF_KV).map_err(bad)?,
+            cf(db, CF_HISTORY).map_err(bad)?,
+            cf(db, CF_SM).map_err(bad)?,
+        );
+        let mut batch = WriteBatch::default();
+        // Keys are UTF-8, which never contains the byte 0xFF: this range covers them all.
+        batch.delete_range_cf(kv_cf, b"".as_slice(), b"\xff".as_slice());
+        batch.delete_range_cf(hist_cf, history_key(0, 0), history_key(u64::MAX, u32::MAX));
+        for kv in &kvs {
+            batch.put_cf(kv_cf, kv.key.as_bytes(), encode(kv));
+        }
+        let applied = meta.last_log_id;
+        batch.put_cf(sm_cf, KEY_APPLIED, encode(&applied));
+        batch.put_cf(sm_cf, KEY_MEMBERSHIP, encode(&meta.last_membership));
+        batch.put_cf(
+            sm_cf,
+            KEY_COMPACTED,
+            encode(&applied.map_or(0, |l| l.index)),
+        );
+        write_snapshot_file(&self.snapshots, &data)
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), anyerror(e)))?;
+        batch.put_cf(sm_cf, KEY_SNAPSHOT, encode(meta));
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        db.write_opt(batch, &sync)
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, keys = kvs.len(), "Installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(meta) = self.read_sm::<SnapshotMeta>(KEY_SNAPSHOT)? else {
+            return Ok(None);
+        };
+        let data = std::fs::read(self.snapshots.join(SNAPSHOT_FILE))
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let db = self.db.clone();
+        let dir = self.dir.clone();
+        // Serializing a large key space is CPU and disk work: keep it off the runtime threads.
+        let built = tokio::task::spawn_blocking(move || build(&db, &dir))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, anyerror(e.to_string())))?;
+        built.map_err(|e| StorageIOError::write_snapshot(None, anyerror(e)).into())
+    }
+}
+
+fn build(db: &DB, dir: &std::path::Path) -> Result<Snapshot, String> {
+    let r = SnapRead::new(db);
+    let sm = cf(db, CF_SM)?;
+    let applied: Option<LogId> = r
+        .snap
+        .get_cf(sm, KEY_APPLIED)
+        .map_err(|e| e.to_string())?
+        .map(|b| decode(&b))
+        .transpose()?
+        .flatten();
+    let membership: StoredMembership = r
+        .snap
+        .get_cf(sm, KEY_MEMBERSHIP)
+        .map_err(|e| e.to_string())?
+        .map(|b| decode(&b))
+        .transpose()?
+        .unwrap_or_default();
+    let mut data = Vec::new();
+    let header = SnapshotHeader {
+        format: 1,
+        last_applied: applied,
+        membership: membership.clone(),
+    };
+    serde_json::to_writer(&mut data, &header).map_err(|e| e.to_string())?;
+    data.push(b'\n');
+    let mut keys = 0usize;
+    for item in r.snap.iterator_cf(cf(db, CF_KV)?, IteratorMode::Start) {
+        let (_, v) = item.map_err(|e| e.to_string())?;
+        let kv: KeyValue = decode(&v)?;
+        serde_json::to_writer(&mut data, &kv).map_err(|e| e.to_string())?;
+        data.push(b'\n');
+        keys += 1;
+    }
+    let snapshot_id = match applied {
+        Some(l) => format!(
+            "{}-{}-{}",
+            l.leader_id.term,
+            l.index,
+            super::hex(&super::random_bytes::<4>())
+        ),
+        None => format!("0-0-{}", super::hex(&super::random_bytes::<4>())),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id,
+    };
+    write_snapshot_file(dir, &data)?;
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.put_cf_opt(sm, KEY_SNAPSHOT, encode(&meta), &sync)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(snapshot = %meta.snapshot_id, keys, bytes = data.len(), "Built snapshot");
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    })
+}
+
+fn parse_snapshot(data: &[u8]) -> Result<(SnapshotHeader, Vec<KeyValue>), String> {
+    let mut lines = Cursor::new(data).lines();
+    let first = lines
+        .next()
+        .ok_or("empty snapshot")?
+        .map_err(|e| e.to_string())?;
+    let header: SnapshotHeader =
+        serde_json::from_str(&first).map_err(|e| format!("bad snapshot header: {e}"))?;
+    if header.format != 1 {
+        return Err(format!(
+            "snapshot format {} is not supported",
+            header.format
+        ));
+    }
+    let mut kvs = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line.is_empty() {
+            continue;
+        }
+        kvs.push(
+            serde_json::from_str(&line).map_err(|e| format!("bad snapshot line {}: {e}", n + 2))?,
+        );
+    }
+    Ok((header, kvs))
+}
+
+/// Writes the current snapshot atomically: temp file, fsync, rename, fsync the directory.
+fn write_snapshot_file(dir: &std::path::Path, data: &[u8]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE)).map_err(|e| e.to_string())?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,151 @@
+//! The Raft type configuration and the commands the replicated state machine applies.
+
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+/// A control node as the Raft membership knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `node_name` of the profile.
+    pub name: String,
+    /// Base URL of its REST API (clients and forwarded writes).
+    pub api: String,
+    /// `host:port` of its Raft peer listener.
+    pub peer: String,
+    pub zone: Option<String>,
+}
+
+impl std::fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// tessera's Raft: u64 node ids, [`NodeInfo`] nodes, [`Command`] entries.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type NodeId = u64;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type Vote = openraft::Vote<NodeId>;
+
+/// A stored key with etcd's bookkeeping: revisions are Raft log indexes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+    /// Revision that created the key (since its last deletion).
+    pub create_revision: u64,
+    /// Revision of the last change.
+    pub mod_revision: u64,
+    /// Number of changes since creation (1 on create).
+    pub version: u64,
+}
+
+/// What a compare in a transaction looks at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareTarget {
+    /// The key's `mod_revision` (0 when absent).
+    ModRevision(u64),
+    /// The key's `create_revision` (0 when absent).
+    CreateRevision(u64),
+    /// The key's `version` (0 when absent).
+    Version(u64),
+    /// The key's value (an absent key never matches).
+    Value(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+/// A write inside a transaction or on its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+        #[serde(default)]
+        prefix: bool,
+    },
+}
+
+/// A replicated command; applied in log order by every member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+        prefix: bool,
+    },
+    Txn {
+        compare: Vec<Compare>,
+        success: Vec<Op>,
+        failure: Vec<Op>,
+    },
+}
+
+/// The outcome of one command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The revision (log index) the command committed at.
+    pub revision: u64,
+    /// For transactions: whether every compare held.
+    pub succeeded: bool,
+    /// Keys deleted.
+    pub deleted: u64,
+    /// The previous value of a single-key put or delete.
+    pub prev: Option<KeyValue>,
+}
+
+/// One change, as watches see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub revision: u64,
+    /// After a put: the new value. After a delete: the key with empty value and the
+    /// deletion revision as `mod_revision`.
+    pub kv: KeyValue,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Put,
+    Delete,
+}
