@@ -186,6 +186,10 @@ fn announce(config: &RuntimeConfig, bound: &[Bound]) {
     if let Some(c) = bound.iter().find(|b| b.role == Role::Control) {
         if let Some((_, addr)) = c.listeners.first() {
             println!("console and API: http://{addr}/");
+            println!(
+                "admin token: {}",
+                config.data_dir.join("admin.token").display()
+            );
         }
     }
     println!("Ctrl-C stops every role.");

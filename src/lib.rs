@@ -16,6 +16,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` for every role.
 //! - [`telemetry`]: logging, the metrics registry, build information.
 //! - [`net`]: name resolution safe in a static binary, control-plane probes.
+//! - [`util`]: randomness and hex.
 //!
 //! ARCHITECTURE.md is the longer map, with the rules on who may import what.
 
@@ -32,3 +33,4 @@ pub mod gateway;
 pub mod net;
 pub mod role;
 pub mod telemetry;
+pub mod util;

@@ -136,6 +136,13 @@ pub struct ControlConfig {
     pub join: Vec<String>,
     /// Token from `tessera token create --role control`.
     pub join_token: Option<String>,
+    /// Leader heartbeat interval. The defaults hold across data centers 20-50 ms apart.
+    pub heartbeat_ms: u64,
+    /// A follower starts an election after a random timeout in [min, max] without a heartbeat.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) after this many new entries.
+    pub snapshot_logs: u64,
 }
 
 impl Default for ControlConfig {
@@ -147,6 +154,10 @@ impl Default for ControlConfig {
             bootstrap: false,
             join: Vec::new(),
             join_token: None,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_logs: 10_000,
         }
     }
 }

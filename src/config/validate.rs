@@ -123,6 +123,37 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
             _ => {}
         }
         check_urls(&mut c, "control.join", &ctl.join);
+        if !(10..=5_000).contains(&ctl.heartbeat_ms) {
+            c.fail(
+                "control.heartbeat_ms",
+                format!("{} is out of range 10-5000", ctl.heartbeat_ms),
+            );
+        }
+        if ctl.election_timeout_min_ms < ctl.heartbeat_ms.saturating_mul(3) {
+            c.fail(
+                "control.election_timeout_min_ms",
+                format!(
+                    "{} must be at least 3 heartbeats ({} ms)",
+                    ctl.election_timeout_min_ms,
+                    ctl.heartbeat_ms * 3
+                ),
+            );
+        }
+        if ctl.election_timeout_max_ms <= ctl.election_timeout_min_ms {
+            c.fail(
+                "control.election_timeout_max_ms",
+                format!(
+                    "{} must be greater than election_timeout_min_ms ({})",
+                    ctl.election_timeout_max_ms, ctl.election_timeout_min_ms
+                ),
+            );
+        }
+        if ctl.snapshot_logs < 100 {
+            c.fail(
+                "control.snapshot_logs",
+                format!("{} is too small: at least 100", ctl.snapshot_logs),
+            );
+        }
     }
 
     // Client roles with no `control` list use the co-located control role, at the

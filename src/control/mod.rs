@@ -1,14 +1,25 @@
-//! The control role: the metadata store (`store`, the only importer of rocksdb) and the
-//! REST API (`http`). Raft replication, the resource model and the console build on these.
+//! The control role: the Raft-replicated store (`store`, the only importer of rocksdb and
+//! openraft) and the REST API (`http`). The API listener serves the admin endpoints too;
+//! the peer listener carries Raft RPCs between control nodes.
 
 mod http;
 pub mod store;
 
 use crate::admin;
 use crate::config::Role;
-use crate::role::{bind_tcp, local_addr, Bound, RoleContext, RoleError};
+use crate::role::{bind_tcp, local_addr, local_url, Bound, RoleContext, RoleError};
+use std::time::Duration;
+use store::types::NodeInfo;
+use store::{RaftNode, RaftSettings, Store};
 
-/// Opens the store and binds the API listener (and the optional admin-only listener).
+fn failed(message: impl std::fmt::Display) -> RoleError {
+    RoleError::Failed {
+        role: Role::Control,
+        message: message.to_string(),
+    }
+}
+
+/// Opens the store, binds the API and peer listeners, and starts Raft.
 pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let cfg = &ctx.config;
     let health = ctx.metrics.health(Role::Control);
@@ -16,22 +27,18 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let store = {
         let dir = store_dir.clone();
         let node = cfg.node_name.clone();
-        tokio::task::spawn_blocking(move || store::Store::open(&dir, &node))
+        tokio::task::spawn_blocking(move || Store::open(&dir, &node))
             .await
-            .map_err(|e| RoleError::Failed {
-                role: Role::Control,
-                message: format!("store open task: {e}"),
-            })?
-            .map_err(|e| RoleError::Failed {
-                role: Role::Control,
-                message: e.to_string(),
-            })?
+            .map_err(|e| failed(format!("store open task: {e}")))?
+            .map_err(failed)?
     };
-    tracing::info!(path = %store_dir.display(), "Store opened");
+    tracing::info!(path = %store_dir.display(), node_id = store.node_id(), "Store opened");
 
     let api = bind_tcp("control.listen", cfg.control.listen.0).await?;
     let api_addr = local_addr(&api, cfg.control.listen.0);
-    let mut listeners = vec![("api", api_addr)];
+    let peer = bind_tcp("control.peer_listen", cfg.control.peer_listen.0).await?;
+    let peer_addr = local_addr(&peer, cfg.control.peer_listen.0);
+    let mut listeners = vec![("api", api_addr), ("peer", peer_addr)];
     let extra_admin = match cfg
         .control
         .admin_listen
@@ -45,23 +52,55 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         None => None,
     };
 
+    let info = NodeInfo {
+        name: cfg.node_name.clone(),
+        api: local_url(api_addr),
+        peer: local_url(peer_addr)
+            .trim_start_matches("http://")
+            .to_string(),
+        zone: cfg.zone.clone(),
+    };
+    let settings = RaftSettings {
+        heartbeat: Duration::from_millis(cfg.control.heartbeat_ms),
+        election_min: Duration::from_millis(cfg.control.election_timeout_min_ms),
+        election_max: Duration::from_millis(cfg.control.election_timeout_max_ms),
+        snapshot_logs: cfg.control.snapshot_logs,
+    };
+    let node = RaftNode::start(store, info, &settings, cfg.control.bootstrap)
+        .await
+        .map_err(failed)?;
+    health.set_not_ready("waiting for a Raft leader");
+
     let router =
-        http::router(store.clone()).merge(admin::router(health.clone(), ctx.metrics.clone()));
+        http::router(node.clone()).merge(admin::router(health.clone(), ctx.metrics.clone()));
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
+    let peer_router = node.rpc_router();
+    let bootstrap = cfg.control.bootstrap;
+    let data_dir = cfg.data_dir.clone();
     Ok(Bound::new(Role::Control, listeners, move |shutdown| {
         Box::pin(async move {
-            health.set_ready();
+            let serve_peer = tokio::spawn(admin::serve(peer, peer_router, shutdown.clone()));
+            let readiness = tokio::spawn(track_readiness(
+                node.clone(),
+                health.clone(),
+                bootstrap,
+                data_dir,
+                shutdown.clone(),
+            ));
             let serve_api = admin::serve(api, router, shutdown.clone());
             let result = match extra_admin {
                 Some(l) => {
-                    let (a, b) = tokio::join!(serve_api, admin::serve(l, admin_router, shutdown));
+                    let (a, b) =
+                        tokio::join!(serve_api, admin::serve(l, admin_router, shutdown.clone()));
                     a.and(b)
                 }
                 None => serve_api.await,
             };
             health.set_not_ready("stopped");
-            // The store closes (and flushes) when its last handle drops, here.
-            drop(store);
+            readiness.abort();
+            // Raft stops after the API so in-flight requests could finish; peers see us leave.
+            node.shutdown().await;
+            let _ = serve_peer.await;
             result.map_err(|source| RoleError::Serve {
                 role: Role::Control,
                 what: "API listener",
@@ -69,4 +108,35 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             })
         })
     }))
+}
+
+/// Ready while a leader is known. The bootstrap node registers the admin token once it
+/// can write.
+async fn track_readiness(
+    node: RaftNode,
+    health: crate::telemetry::Health,
+    bootstrap: bool,
+    data_dir: std::path::PathBuf,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut token_done = !bootstrap;
+    loop {
+        if node.has_leader() {
+            if !token_done && node.is_leader() {
+                match http::auth::ensure_admin_token(&node, &data_dir).await {
+                    Ok(()) => token_done = true,
+                    Err(e) => tracing::warn!(error = %e, "Cannot register the admin token yet"),
+                }
+            }
+            if token_done {
+                health.set_ready();
+            }
+        } else {
+            health.set_not_ready("no Raft leader known");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }

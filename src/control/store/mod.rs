@@ -13,12 +13,17 @@
 
 pub mod kv;
 mod log;
+mod network;
+mod node;
+mod rpc;
 mod sm;
 pub mod types;
 
 pub use log::LogStore;
+pub use node::{MembersView, RaftFailure, RaftNode, RaftSettings};
 pub use sm::StateMachine;
 
+use crate::util::{hex, random_bytes};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,10 +116,14 @@ impl Store {
                 .put_cf_opt(meta, KEY_NODE_NAME, node.as_bytes(), &sync)
                 .map_err(rocks)?,
         }
+        let no_random = |e: std::io::Error| StoreError::Rocks {
+            path: dir.to_path_buf(),
+            message: format!("reading /dev/urandom: {e}"),
+        };
         let cluster_id = match db.get_cf(meta, KEY_CLUSTER_ID).map_err(rocks)? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
-                let id = hex(&random_bytes::<16>());
+                let id = hex(&random_bytes::<16>().map_err(no_random)?);
                 db.put_cf_opt(meta, KEY_CLUSTER_ID, id.as_bytes(), &sync)
                     .map_err(rocks)?;
                 id
@@ -127,7 +136,7 @@ impl Store {
                 u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
             }
             _ => {
-                let id = u64::from_be_bytes(random_bytes::<8>()) >> 1 | 1;
+                let id = u64::from_be_bytes(random_bytes::<8>().map_err(no_random)?) >> 1 | 1;
                 db.put_cf_opt(meta, KEY_NODE_ID, id.to_be_bytes(), &sync)
                     .map_err(rocks)?;
                 id
@@ -183,19 +192,6 @@ impl Store {
     pub fn range(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, u64), String> {
         sm::read_range(&self.db, prefix, limit)
     }
-}
-
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut buf = [0u8; N];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut buf);
-    }
-    buf
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Stored records: a format byte, then JSON. The byte lets a later release change the

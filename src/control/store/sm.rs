@@ -343,14 +343,10 @@ fn build(db: &DB, dir: &std::path::Path) -> Result<Snapshot, String> {
         data.push(b'\n');
         keys += 1;
     }
+    let nonce = crate::util::hex(&crate::util::random_bytes::<4>().map_err(|e| e.to_string())?);
     let snapshot_id = match applied {
-        Some(l) => format!(
-            "{}-{}-{}",
-            l.leader_id.term,
-            l.index,
-            super::hex(&super::random_bytes::<4>())
-        ),
-        None => format!("0-0-{}", super::hex(&super::random_bytes::<4>())),
+        Some(l) => format!("{}-{}-{nonce}", l.leader_id.term, l.index),
+        None => format!("0-0-{nonce}"),
     };
     let meta = SnapshotMeta {
         last_log_id: applied,

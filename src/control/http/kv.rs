@@ -1,0 +1,306 @@
+//! The raw key-value API (admin only): `GET/PUT/DELETE /api/v1/kv/{key}` (`?prefix=true`
+//! for ranges), `POST /api/v1/kv/txn`. Every answer carries the revision it committed at
+//! or observed, in the body and in `x-tessera-revision`.
+//!
+//! Limits: keys are 1-1024 bytes of UTF-8 without control characters; values are UTF-8
+//! up to 1 MiB; a transaction has at most 128 compares and 128 operations per branch;
+//! ranges return at most `limit` keys (default 1000, at most 10000).
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::forward::{not_leader, to_leader};
+use super::ApiState;
+use crate::control::store::types::{Command, CommandResult, Compare, Op};
+use crate::control::store::RaftFailure;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+pub const MAX_KEY: usize = 1024;
+pub const MAX_VALUE: usize = 1 << 20;
+const MAX_TXN_OPS: usize = 128;
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvQuery {
+    #[serde(default)]
+    prefix: bool,
+    limit: Option<usize>,
+    /// `linearizable` (default) or `stale`.
+    consistency: Option<String>,
+}
+
+pub fn validate_key(field: &str, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_field(field, "the key is empty"));
+    }
+    if key.len() > MAX_KEY {
+        return Err(ApiError::bad_field(
+            field,
+            format!("the key is {} bytes; the limit is {MAX_KEY}", key.len()),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(ApiError::bad_field(
+            field,
+            "the key contains a control character",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_value(field: &str, v: &str) -> Result<(), ApiError> {
+    if v.len() > MAX_VALUE {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("{field} is {} bytes; the limit is {MAX_VALUE}", v.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn with_revision(rev: u64, body: serde_json::Value, status: StatusCode) -> Response {
+    let mut r = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&rev.to_string()) {
+        r.headers_mut().insert("x-tessera-revision", v);
+    }
+    r
+}
+
+fn uri_pq(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| uri.path().to_string())
+}
+
+pub async fn get(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
+    validate_key("key", &key)?;
+    let stale = match q.consistency.as_deref() {
+        None | Some("linearizable") => false,
+        Some("stale") => true,
+        Some(other) => {
+            return Err(ApiError::bad_field(
+                "consistency",
+                format!("`{other}`: expected linearizable or stale"),
+            ))
+        }
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_field(
+            "limit",
+            format!("{limit} is out of range 1-{MAX_LIMIT}"),
+        ));
+    }
+    if !stale {
+        match s.node.linearize().await {
+            Ok(()) => {}
+            Err(RaftFailure::NotLeader { leader }) => {
+                let leader = not_leader(leader, &headers)?;
+                return Ok(
+                    to_leader(&leader, Method::GET, &uri_pq(&uri), &headers, Bytes::new()).await,
+                );
+            }
+            Err(e) => return Err(ApiError::unavailable(e.to_string())),
+        }
+    }
+    let store = s.node.store();
+    if q.prefix {
+        let (mut items, rev) = store
+            .range(&key, limit + 1)
+            .map_err(|e| ApiError::internal("range read", e))?;
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Ok(with_revision(
+            rev,
+            json!({"items": items, "revision": rev, "more": more}),
+            StatusCode::OK,
+        ))
+    } else {
+        let (kv, rev) = store.get(&key).map_err(|e| ApiError::internal("read", e))?;
+        match kv {
+            Some(kv) => Ok(with_revision(
+                rev,
+                json!({"kv": kv, "revision": rev}),
+                StatusCode::OK,
+            )),
+            None => Ok(with_revision(
+                rev,
+                json!({"code": "not_found", "message": format!("key `{key}` does not exist"), "revision": rev}),
+                StatusCode::NOT_FOUND,
+            )),
+        }
+    }
+}
+
+/// Replicates `cmd`, forwarding the original request to the leader when needed.
+async fn replicate(
+    s: &ApiState,
+    cmd: Command,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Result<CommandResult, Response>, ApiError> {
+    match s.node.write(cmd).await {
+        Ok(r) => Ok(Ok(r)),
+        Err(RaftFailure::NotLeader { leader }) => {
+            let leader = not_leader(leader, headers)?;
+            Ok(Err(
+                to_leader(&leader, method, &uri_pq(uri), headers, body).await
+            ))
+        }
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
+}
+
+pub async fn put(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    validate_key("key", &key)?;
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+    let value = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_field("value", "the value must be UTF-8 text"))?
+        .to_string();
+    validate_value("the value", &value)?;
+    match replicate(
+        &s,
+        Command::Put { key, value },
+        Method::PUT,
+        &uri,
+        &headers,
+        body,
+    )
+    .await?
+    {
+        Ok(r) => Ok(with_revision(
+            r.revision,
+            json!({"revision": r.revision, "prev": r.prev}),
+            StatusCode::OK,
+        )),
+        Err(forwarded) => Ok(forwarded),
+    }
+}
+
+pub async fn delete(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
+    validate_key("key", &key)?;
+    match replicate(
+        &s,
+        Command::Delete {
+            key,
+            prefix: q.prefix,
+        },
+        Method::DELETE,
+        &uri,
+        &headers,
+        Bytes::new(),
+    )
+    .await?
+    {
+        Ok(r) => Ok(with_revision(
+            r.revision,
+            json!({"revision": r.revision, "deleted": r.deleted, "prev": r.prev}),
+            StatusCode::OK,
+        )),
+        Err(forwarded) => Ok(forwarded),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnBody {
+    #[serde(default)]
+    compare: Vec<Compare>,
+    #[serde(default)]
+    success: Vec<Op>,
+    #[serde(default)]
+    failure: Vec<Op>,
+}
+
+fn validate_ops(branch: &str, ops: &[Op]) -> Result<(), ApiError> {
+    if ops.len() > MAX_TXN_OPS {
+        return Err(ApiError::bad_field(
+            branch,
+            format!("{} operations; the limit is {MAX_TXN_OPS}", ops.len()),
+        ));
+    }
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::Put { key, value } => {
+                validate_key(&format!("{branch}[{i}].key"), key)?;
+                validate_value(&format!("{branch}[{i}].value"), value)?;
+            }
+            Op::Delete { key, .. } => validate_key(&format!("{branch}[{i}].key"), key)?,
+        }
+    }
+    Ok(())
+}
+
+pub async fn txn(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+    let t: TxnBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field("body", format!("not a transaction: {e}")))?;
+    if t.compare.len() > MAX_TXN_OPS {
+        return Err(ApiError::bad_field(
+            "compare",
+            format!("{} compares; the limit is {MAX_TXN_OPS}", t.compare.len()),
+        ));
+    }
+    for (i, c) in t.compare.iter().enumerate() {
+        validate_key(&format!("compare[{i}].key"), &c.key)?;
+    }
+    validate_ops("success", &t.success)?;
+    validate_ops("failure", &t.failure)?;
+    let cmd = Command::Txn {
+        compare: t.compare,
+        success: t.success,
+        failure: t.failure,
+    };
+    match replicate(&s, cmd, Method::POST, &uri, &headers, body).await? {
+        Ok(r) => Ok(with_revision(
+            r.revision,
+            json!({"revision": r.revision, "succeeded": r.succeeded, "deleted": r.deleted}),
+            StatusCode::OK,
+        )),
+        Err(forwarded) => Ok(forwarded),
+    }
+}

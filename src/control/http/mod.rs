@@ -1,0 +1,73 @@
+//! The control REST API. Everything under `/api/v1` needs a bearer token (`auth`);
+//! errors are JSON (`error`); writes reaching a follower are forwarded to the leader
+//! (`forward`). One file per resource: `kv` (raw store, admin only), `members`.
+
+pub mod auth;
+mod error;
+mod forward;
+mod kv;
+
+use super::store::RaftNode;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use error::ApiError;
+use serde_json::json;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: RaftNode,
+}
+
+pub fn router(node: RaftNode) -> Router {
+    let state = ApiState { node };
+    let api = Router::new()
+        .route("/api/v1/kv/txn", post(kv::txn))
+        .route(
+            "/api/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/api/v1/members", get(members))
+        .route("/api/v1", get(index))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        // Values are limited to 1 MiB (checked with a JSON error); this bounds the read.
+        .layer(DefaultBodyLimit::max(kv::MAX_VALUE * 4));
+    Router::new()
+        .route("/", get(index_public))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn index_public(State(s): State<ApiState>) -> Response {
+    Json(json!({
+        "name": "tessera",
+        "version": crate::telemetry::VERSION,
+        "cluster": s.node.store().cluster_id(),
+        "api": "/api/v1",
+    }))
+    .into_response()
+}
+
+async fn index(State(s): State<ApiState>, Extension(caller): Extension<auth::Caller>) -> Response {
+    Json(json!({
+        "version": crate::telemetry::VERSION,
+        "cluster": s.node.store().cluster_id(),
+        "user": caller.user,
+        "role": caller.role,
+    }))
+    .into_response()
+}
+
+async fn members(State(s): State<ApiState>) -> Response {
+    Json(s.node.members()).into_response()
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+}

@@ -1,0 +1,190 @@
+//! Raft RPC client: one persistent HTTP/1.1 connection per peer, JSON bodies. Peers are
+//! addressed by `IP:PORT` (their `peer_listen`), so no name lookup is involved.
+//! mTLS between control nodes wraps this same connection (see `rpc.rs` for the server).
+
+use super::types::*;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+pub const PATH_APPEND: &str = "/raft/v1/append";
+pub const PATH_VOTE: &str = "/raft/v1/vote";
+pub const PATH_SNAPSHOT: &str = "/raft/v1/snapshot";
+
+/// Creates a [`PeerClient`] per target node.
+#[derive(Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
+        PeerClient {
+            target,
+            peer: node.peer.clone(),
+            sender: None,
+        }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    peer: String,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+enum CallError {
+    /// No connection could be made: openraft backs off.
+    Unreachable(TransportError),
+    Network(TransportError),
+}
+
+impl PeerClient {
+    async fn connect(&mut self, ttl: Duration) -> Result<&mut SendRequest<Full<Bytes>>, CallError> {
+        if self.sender.as_ref().is_some_and(|s| !s.is_closed()) {
+            // ok: checked just above
+            return Ok(self.sender.as_mut().expect("sender present"));
+        }
+        self.sender = None;
+        let addr: std::net::SocketAddr = self.peer.parse().map_err(|_| {
+            CallError::Unreachable(TransportError(format!(
+                "peer address `{}` is not IP:PORT",
+                self.peer
+            )))
+        })?;
+        let stream = tokio::time::timeout(ttl, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                CallError::Unreachable(TransportError(format!("connect to {addr} timed out")))
+            })?
+            .map_err(|e| {
+                CallError::Unreachable(TransportError(format!("connect to {addr}: {e}")))
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                CallError::Unreachable(TransportError(format!("handshake with {addr}: {e}")))
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(self.sender.insert(sender))
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, CallError> {
+        let body = serde_json::to_vec(req)
+            .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+        let peer = self.peer.clone();
+        let exchange = async {
+            let sender = self.connect(ttl).await?;
+            sender
+                .ready()
+                .await
+                .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+            let request = http::Request::post(path)
+                .header(http::header::HOST, &peer)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+            let resp = sender
+                .send_request(request)
+                .await
+                .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CallError::Network(TransportError(e.to_string())))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(CallError::Network(TransportError(format!(
+                    "{peer}{path} answered {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                ))));
+            }
+            serde_json::from_slice(&bytes).map_err(|e| {
+                CallError::Network(TransportError(format!("bad response from {peer}: {e}")))
+            })
+        };
+        let result = match tokio::time::timeout(ttl, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Network(TransportError(format!(
+                "{peer}{path} timed out after {ttl:?}"
+            )))),
+        };
+        if result.is_err() {
+            // A failed exchange leaves the connection in an unknown state.
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn rpc<Req: Serialize, T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &mut self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>> {
+        match self
+            .call::<Req, Result<T, RaftError<NodeId, E>>>(path, req, option.hard_ttl())
+            .await
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(CallError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(CallError::Network(e)) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.rpc(PATH_APPEND, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc(PATH_SNAPSHOT, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.rpc(PATH_VOTE, &rpc, &option).await
+    }
+}

@@ -1,0 +1,229 @@
+//! A control node's Raft instance over the [`Store`]: start (bootstrapping a new cluster
+//! once, never on restart), replicated writes, linearizable reads, membership view.
+
+use super::network::Network;
+use super::types::*;
+use super::Store;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Raft timing and snapshot policy (from `[control]`).
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_logs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftFailure {
+    /// This node is not the leader; `leader` is who is, when known.
+    #[error("not the leader")]
+    NotLeader { leader: Option<NodeInfo> },
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("raft: {0}")]
+    Fatal(String),
+}
+
+#[derive(Clone)]
+pub struct RaftNode {
+    raft: Raft,
+    store: Store,
+    info: NodeInfo,
+}
+
+/// One member as `GET /api/v1/members` shows it.
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub id: String,
+    pub name: String,
+    pub api: String,
+    pub peer: String,
+    pub zone: Option<String>,
+    /// `voter` or `learner`.
+    pub role: &'static str,
+    pub leader: bool,
+    /// Highest log index known replicated to it (leader's view; null elsewhere).
+    pub matched_index: Option<u64>,
+    /// Entries behind the leader's last log index (leader's view).
+    pub lag: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MembersView {
+    pub cluster_id: String,
+    /// This node's id.
+    pub node_id: String,
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<String>,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub members: Vec<MemberView>,
+}
+
+impl RaftNode {
+    pub async fn start(
+        store: Store,
+        info: NodeInfo,
+        s: &RaftSettings,
+        bootstrap: bool,
+    ) -> Result<RaftNode, RaftFailure> {
+        let config = Config {
+            cluster_name: "tessera".into(),
+            heartbeat_interval: s.heartbeat.as_millis() as u64,
+            election_timeout_min: s.election_min.as_millis() as u64,
+            election_timeout_max: s.election_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_logs),
+            max_in_snapshot_log_to_keep: 1000,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| RaftFailure::Fatal(format!("raft config: {e}")))?;
+        let id = store.node_id();
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            Network,
+            store.log_store(),
+            store.state_machine(),
+        )
+        .await
+        .map_err(|e| RaftFailure::Fatal(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| RaftFailure::Fatal(e.to_string()))?;
+        if bootstrap && !initialized {
+            let mut members = BTreeMap::new();
+            members.insert(id, info.clone());
+            raft.initialize(members)
+                .await
+                .map_err(|e| RaftFailure::Fatal(format!("bootstrap: {e}")))?;
+            tracing::info!(node_id = id, "Bootstrapped a new cluster");
+        }
+        Ok(RaftNode { raft, store, info })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// The RPC handlers for the peer listener.
+    pub fn rpc_router(&self) -> axum::Router {
+        super::rpc::router(self.raft.clone())
+    }
+
+    /// Replicates `cmd`; answers once it is committed and applied here.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftFailure> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(RaftFailure::NotLeader {
+                    leader: f.leader_node,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(RaftFailure::Fatal(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(RaftFailure::Fatal(e.to_string())),
+        }
+    }
+
+    /// Waits until local state reflects every write committed before this call
+    /// (read index through the leader, then until it is applied here).
+    pub async fn linearize(&self) -> Result<(), RaftFailure> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(RaftFailure::NotLeader {
+                    leader: f.leader_node,
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(RaftFailure::NoQuorum(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(RaftFailure::Fatal(e.to_string())),
+        }
+    }
+
+    /// Waits (bounded) until some node is leader and this node has applied the log it knows.
+    pub async fn wait_leader(&self, limit: Duration) -> Result<(), RaftFailure> {
+        self.raft
+            .wait(Some(limit))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map(|_| ())
+            .map_err(|e| RaftFailure::NoQuorum(e.to_string()))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+    }
+
+    pub fn has_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    pub fn members(&self) -> MembersView {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.map_or(0, |l| l.index));
+                MemberView {
+                    id: id.to_string(),
+                    name: node.name.clone(),
+                    api: node.api.clone(),
+                    peer: node.peer.clone(),
+                    zone: node.zone.clone(),
+                    role: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    },
+                    leader: m.current_leader == Some(*id),
+                    matched_index: matched,
+                    lag: matched.map(|x| last.saturating_sub(x)),
+                }
+            })
+            .collect();
+        MembersView {
+            cluster_id: self.store.cluster_id().to_string(),
+            node_id: m.id.to_string(),
+            state: format!("{:?}", m.state).to_lowercase(),
+            term: m.current_term,
+            leader: m.current_leader.map(|l| l.to_string()),
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft shutdown");
+        }
+    }
+}
