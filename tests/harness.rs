@@ -71,6 +71,8 @@ pub fn ephemeral_ports() -> Vec<String> {
 /// A running `tessera` process with its own data dir.
 pub struct Node {
     child: Option<Child>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
     pub data_dir: PathBuf,
     out: PathBuf,
@@ -83,21 +85,78 @@ impl Node {
         let data_dir = dir.path().join("data");
         let out = dir.path().join("stdout.log");
         let err = dir.path().join("stderr.log");
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap());
-        let child = cmd.spawn().expect("spawn tessera");
-        Node {
-            child: Some(child),
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut n = Node {
+            child: None,
+            args: args.to_vec(),
+            env,
             dir,
             data_dir,
             out,
             err,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
+        // Append, so a restarted process keeps the earlier output for diagnosis.
+        let open = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap()
+        };
+        cmd.stdout(open(&self.out)).stderr(open(&self.err));
+        self.child = Some(cmd.spawn().expect("spawn tessera"));
+    }
+
+    /// Stops the process (SIGTERM, bounded wait) and starts it again with the same
+    /// arguments and data dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(self.data_dir.join("listeners.json"));
+        self.spawn();
+    }
+
+    /// Starts the process again after it was stopped or killed.
+    pub fn start_again(&mut self) {
+        let _ = std::fs::remove_file(self.data_dir.join("listeners.json"));
+        self.spawn();
+    }
+
+    /// SIGTERM and a bounded wait for a clean exit.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let (status, _) = self.wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "unclean exit {status}\n{}", self.logs());
+    }
+
+    /// SIGKILL, no grace.
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The admin token `up` or the bootstrap node wrote.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string()
     }
 
     /// `tessera up` with every listener on an ephemeral port.
@@ -244,12 +303,28 @@ impl Drop for Node {
 
 /// A bounded HTTP/1.1 GET; returns (status, headers lowercased, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+    http(addr, "GET", path, None, "")
+}
+
+/// A bounded HTTP/1.1 request with an optional bearer token and a body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     )?;
+    s.write_all(body.as_bytes())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();

@@ -5,5 +5,6 @@ mod harness;
 
 mod cli;
 mod config_errors;
+mod kv_api;
 mod lifecycle;
 mod static_binary;
