@@ -13,6 +13,7 @@
 //! - [`role`]: the shape every role shares ([`role::Bound`], [`role::RoleError`]).
 //! - [`control`], [`gateway`], [`agent`], [`dbproxy`]: one home per role; roles never
 //!   import each other, they talk through the control API as they would across machines.
+//! - [`api`]: the typed client of the control API (CLI, roles, tests).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` for every role.
 //! - [`telemetry`]: logging, the metrics registry, build information.
 //! - [`net`]: name resolution safe in a static binary, control-plane probes.
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

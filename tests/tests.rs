@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod cluster;
 mod config_errors;
 mod kv_api;
 mod lifecycle;

@@ -28,6 +28,79 @@ pub enum Command {
     /// Work with profiles
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Join tokens for new machines
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Control plane members: list (default) or remove
+    Members(MembersArgs),
+}
+
+/// How client commands find the control plane and their credential.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Control plane URL
+    #[arg(long, env = "TESSERA_SERVER", default_value = "http://127.0.0.1:7400")]
+    pub server: String,
+    /// API token (default: TESSERA_TOKEN, then <data-dir>/admin.token)
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where `up` or the first control node wrote admin.token
+    #[arg(long, default_value = "./tessera-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a single-use join token for a new machine of ROLE
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// control, agent, gateway or dbproxy
+    #[arg(long)]
+    pub role: String,
+    /// How long the token is valid: 90s, 30m, 1h, 2d (at most 7d)
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    #[command(subcommand)]
+    pub command: Option<MembersCommand>,
+    /// Output format
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+    pub output: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Remove a member (by name or id) from the cluster
+    Remove { name: String },
+}
+
+/// `90s`, `30m`, `1h`, `2d` or plain seconds, to seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 90s, 30m, 1h or 2d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{unit}` is not a unit: use s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("`{s}` is out of range"))
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! Exit codes: 0 ok, 1 operation failed, 2 bad usage or bad input.
 
 mod args;
+mod client_cmd;
 mod config_cmd;
 mod serve;
 
@@ -19,5 +20,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Up(a) => serve::up(a, cli.log_format),
         Command::Run(a) => serve::run(a, cli.log_format),
         Command::Config(c) => config_cmd::run(c),
+        Command::Token(c) => client_cmd::token(c),
+        Command::Members(a) => client_cmd::members(a),
     }
 }

@@ -3,11 +3,14 @@
 //! the peer listener carries Raft RPCs between control nodes.
 
 mod http;
+mod join;
 pub mod store;
 
 use crate::admin;
 use crate::config::Role;
 use crate::role::{bind_tcp, local_addr, local_url, Bound, RoleContext, RoleError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use store::types::NodeInfo;
 use store::{RaftNode, RaftSettings, Store};
@@ -77,51 +80,87 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let peer_router = node.rpc_router();
     let bootstrap = cfg.control.bootstrap;
     let data_dir = cfg.data_dir.clone();
+    let join = (!cfg.control.join.is_empty()).then(|| {
+        (
+            cfg.control.join.clone(),
+            cfg.control.join_token.clone().unwrap_or_default(),
+        )
+    });
     Ok(Bound::new(Role::Control, listeners, move |shutdown| {
         Box::pin(async move {
             let serve_peer = tokio::spawn(admin::serve(peer, peer_router, shutdown.clone()));
+            let joined = Arc::new(AtomicBool::new(join.is_none()));
             let readiness = tokio::spawn(track_readiness(
                 node.clone(),
                 health.clone(),
                 bootstrap,
+                joined.clone(),
                 data_dir,
                 shutdown.clone(),
             ));
-            let serve_api = admin::serve(api, router, shutdown.clone());
-            let result = match extra_admin {
-                Some(l) => {
-                    let (a, b) =
-                        tokio::join!(serve_api, admin::serve(l, admin_router, shutdown.clone()));
-                    a.and(b)
+            let serve_api = async {
+                match extra_admin {
+                    Some(l) => {
+                        let (a, b) = tokio::join!(
+                            admin::serve(api, router, shutdown.clone()),
+                            admin::serve(l, admin_router, shutdown.clone())
+                        );
+                        a.and(b)
+                    }
+                    None => admin::serve(api, router, shutdown.clone()).await,
                 }
-                None => serve_api.await,
+                .map_err(|source| RoleError::Serve {
+                    role: Role::Control,
+                    what: "API listener",
+                    source,
+                })
+            };
+            // A joining node serves its peer listener (the leader replicates to it while
+            // admitting it) and fails the role if the cluster refuses it.
+            let joining = async {
+                match join {
+                    Some((urls, token)) => {
+                        join::join_cluster(&node, &urls, &token, &shutdown)
+                            .await
+                            .map_err(failed)?;
+                        joined.store(true, Ordering::SeqCst);
+                        std::future::pending::<Result<(), RoleError>>().await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let result = tokio::select! {
+                r = serve_api => r,
+                Err(e) = joining => Err(e),
             };
             health.set_not_ready("stopped");
             readiness.abort();
             // Raft stops after the API so in-flight requests could finish; peers see us leave.
             node.shutdown().await;
+            shutdown.cancel();
             let _ = serve_peer.await;
-            result.map_err(|source| RoleError::Serve {
-                role: Role::Control,
-                what: "API listener",
-                source,
-            })
+            result
         })
     }))
 }
 
-/// Ready while a leader is known. The bootstrap node registers the admin token once it
-/// can write.
+/// Ready while a leader is known, once a joining node has been admitted. The bootstrap
+/// node registers the admin token once it can write.
 async fn track_readiness(
     node: RaftNode,
     health: crate::telemetry::Health,
     bootstrap: bool,
+    joined: Arc<AtomicBool>,
     data_dir: std::path::PathBuf,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut token_done = !bootstrap;
+    // admin.token is written only after its hash is committed, so its presence means the
+    // registration is done (a restarted bootstrap node need not be the leader to be ready).
+    let mut token_done = !bootstrap || data_dir.join("admin.token").exists();
     loop {
-        if node.has_leader() {
+        if !joined.load(Ordering::SeqCst) {
+            health.set_not_ready("joining the cluster");
+        } else if node.has_leader() {
             if !token_done && node.is_leader() {
                 match http::auth::ensure_admin_token(&node, &data_dir).await {
                     Ok(()) => token_done = true,

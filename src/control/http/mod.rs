@@ -5,6 +5,7 @@
 pub mod auth;
 mod error;
 mod forward;
+mod join;
 mod kv;
 
 use super::store::RaftNode;
@@ -30,6 +31,11 @@ pub fn router(node: RaftNode) -> Router {
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/api/v1/members", get(members))
+        .route(
+            "/api/v1/members/{name}",
+            axum::routing::delete(join::remove_member),
+        )
+        .route("/api/v1/tokens", post(join::create_token))
         .route("/api/v1", get(index))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -37,8 +43,13 @@ pub fn router(node: RaftNode) -> Router {
         ))
         // Values are limited to 1 MiB (checked with a JSON error); this bounds the read.
         .layer(DefaultBodyLimit::max(kv::MAX_VALUE * 4));
+    // The join token in the body is the credential here.
+    let join_routes = Router::new()
+        .route("/api/v1/join", post(join::join))
+        .layer(DefaultBodyLimit::max(64 << 10));
     Router::new()
         .route("/", get(index_public))
+        .merge(join_routes)
         .merge(api)
         .fallback(not_found)
         .with_state(state)

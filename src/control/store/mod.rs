@@ -20,7 +20,7 @@ mod sm;
 pub mod types;
 
 pub use log::LogStore;
-pub use node::{MembersView, RaftFailure, RaftNode, RaftSettings};
+pub use node::{MembersView, RaftFailure, RaftNode, RaftSettings, MAX_VOTERS};
 pub use sm::StateMachine;
 
 use crate::util::{hex, random_bytes};

@@ -5,7 +5,7 @@ use super::network::Network;
 use super::types::*;
 use super::Store;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,8 +28,25 @@ pub enum RaftFailure {
     NotLeader { leader: Option<NodeInfo> },
     #[error("no quorum: {0}")]
     NoQuorum(String),
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("raft: {0}")]
     Fatal(String),
+}
+
+/// Voters beyond five add latency without adding much safety; further nodes stay learners.
+pub const MAX_VOTERS: usize = 5;
+
+fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> RaftFailure {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RaftFailure::NotLeader {
+            leader: f.leader_node,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            RaftFailure::Refused(e.to_string())
+        }
+        RaftError::Fatal(e) => RaftFailure::Fatal(e.to_string()),
+    }
 }
 
 #[derive(Clone)]
@@ -37,6 +54,9 @@ pub struct RaftNode {
     raft: Raft,
     store: Store,
     info: NodeInfo,
+    /// Membership changes one at a time: openraft refuses a change while another is
+    /// in flight, and concurrent joins would otherwise fail each other.
+    membership: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One member as `GET /api/v1/members` shows it.
@@ -110,7 +130,12 @@ impl RaftNode {
                 .map_err(|e| RaftFailure::Fatal(format!("bootstrap: {e}")))?;
             tracing::info!(node_id = id, "Bootstrapped a new cluster");
         }
-        Ok(RaftNode { raft, store, info })
+        Ok(RaftNode {
+            raft,
+            store,
+            info,
+            membership: Arc::default(),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -128,18 +153,11 @@ impl RaftNode {
 
     /// Replicates `cmd`; answers once it is committed and applied here.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftFailure> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(RaftFailure::NotLeader {
-                    leader: f.leader_node,
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(RaftFailure::Fatal(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(RaftFailure::Fatal(e.to_string())),
-        }
+        self.raft
+            .client_write(cmd)
+            .await
+            .map(|r| r.data)
+            .map_err(write_failure)
     }
 
     /// Waits until local state reflects every write committed before this call
@@ -219,6 +237,98 @@ impl RaftNode {
             last_applied: m.last_applied.map(|l| l.index),
             members,
         }
+    }
+
+    /// Adds `id` as a learner, waits (bounded) until it has caught up, then promotes it to
+    /// voter while there are fewer than [`MAX_VOTERS`]. Returns the role it ended with.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        info: NodeInfo,
+        catch_up: Duration,
+    ) -> Result<&'static str, RaftFailure> {
+        let _one_at_a_time = self.membership.lock().await;
+        match tokio::time::timeout(catch_up, self.raft.add_learner(id, info, true)).await {
+            Ok(r) => r.map_err(write_failure)?,
+            Err(_) => {
+                return Err(RaftFailure::NoQuorum(format!(
+                    "the new member did not catch up within {catch_up:?}"
+                )))
+            }
+        };
+        let voters: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.contains(&id) {
+            return Ok("voter");
+        }
+        if voters.len() >= MAX_VOTERS {
+            return Ok("learner");
+        }
+        let add: std::collections::BTreeSet<NodeId> = [id].into();
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(add), false)
+            .await
+            .map_err(write_failure)?;
+        Ok("voter")
+    }
+
+    /// Removes a member: a voter through a joint configuration, a learner directly.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), RaftFailure> {
+        let _one_at_a_time = self.membership.lock().await;
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let ids: std::collections::BTreeSet<NodeId> = [id].into();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(RaftFailure::Refused(
+                    "it is the only voter; a cluster needs at least one".into(),
+                ));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(ids), false)
+                .await
+                .map_err(write_failure)?;
+        } else if membership.get_node(&id).is_some() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                .await
+                .map_err(write_failure)?;
+        } else {
+            return Err(RaftFailure::Refused(format!("{id} is not a member")));
+        }
+        Ok(())
+    }
+
+    /// A member's id by name or by id.
+    pub fn find_member(&self, name_or_id: &str) -> Option<NodeId> {
+        let m = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let found = m
+            .nodes()
+            .find(|(id, n)| n.name == name_or_id || id.to_string() == name_or_id)
+            .map(|(id, _)| *id);
+        found
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
     }
 
     pub async fn shutdown(&self) {

@@ -1,0 +1,214 @@
+//! A small HTTP/1.1 client for the control API: names resolved without glibc (see
+//! `net::resolve`), a bearer token, JSON in and out, and the API's JSON errors turned
+//! into [`ClientError::Api`].
+
+use crate::net::resolve::Resolver;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("`{url}` is not a control URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{message} ({status} {code}{})", field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        field: Option<String>,
+    },
+    #[error("bad response from {url}: {reason}")]
+    BadResponse { url: String, reason: String },
+}
+
+impl ClientError {
+    /// Whether the server judged the request itself bad (so retrying cannot help).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ClientError::Api { status, .. } if *status == 400 || *status == 413 || *status == 422)
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+    field: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: http::Uri,
+    url: String,
+    token: Option<String>,
+    resolver: Arc<Resolver>,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let bad = |reason: &str| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let base: http::Uri = url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| bad("not a URL"))?;
+        match base.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(bad(
+                    "https is not supported by this build yet; use http on a trusted network",
+                ))
+            }
+            _ => return Err(bad("expected http://HOST:PORT")),
+        }
+        if base.host().is_none() {
+            return Err(bad("missing host"));
+        }
+        Ok(Client {
+            base,
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            resolver: Arc::new(Resolver::default()),
+            timeout: Duration::from_secs(90),
+        })
+    }
+
+    pub fn with_timeout(mut self, t: Duration) -> Client {
+        self.timeout = t;
+        self
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends a request; any status is returned as is.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: self.url.clone(),
+            reason,
+        };
+        let host = self.base.host().unwrap_or("localhost");
+        let port = self.base.port_u16().unwrap_or(80);
+        let addrs = self
+            .resolver
+            .resolve(host, port)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let exchange = async {
+            let mut last = String::from("no address");
+            let mut stream = None;
+            for a in addrs {
+                match tokio::net::TcpStream::connect(a).await {
+                    Ok(s) => {
+                        stream = Some(s);
+                        break;
+                    }
+                    Err(e) => last = format!("{a}: {e}"),
+                }
+            }
+            let stream = stream.ok_or_else(|| unreachable(last))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let authority = self.base.authority().map(|a| a.as_str()).unwrap_or(host);
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(http::header::HOST, authority)
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("tessera/", env!("CARGO_PKG_VERSION")),
+                );
+            if let Some(t) = &self.token {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            if body.is_some() {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            let req = req
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| ClientError::BadUrl {
+                    url: self.url.clone(),
+                    reason: e.to_string(),
+                })?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))?
+    }
+
+    /// Sends JSON (or nothing) and decodes a JSON answer; non-2xx becomes [`ClientError::Api`].
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|e| ClientError::BadResponse {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        let (status, bytes) = self.send(method, path, body).await?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: e.code,
+                    message: e.message,
+                    field: e.field,
+                },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http".into(),
+                    message: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+                    field: None,
+                },
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse {
+            url: format!("{}{path}", self.url),
+            reason: e.to_string(),
+        })
+    }
+}

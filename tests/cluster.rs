@@ -1,0 +1,273 @@
+//! Multi-process control clusters on 127.0.0.x: forming with join tokens, forwarding,
+//! leader loss, full restarts, member removal, and refused tokens.
+
+use crate::harness::{http, Node};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// A free port on `ip` (bound and released; another process could take it, rarely).
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Member {
+    node: Node,
+    api: SocketAddr,
+}
+
+/// Starts control node `i` on 127.0.0.(10+i) with fixed ports (so restarts keep them).
+fn control(i: u8, join: Option<(&SocketAddr, &str)>) -> Member {
+    let ip = format!("127.0.0.{}", 10 + i);
+    let api: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
+    let peer = format!("{ip}:{}", free_port(&ip));
+    let membership = match join {
+        None => "bootstrap = true".to_string(),
+        Some((url, token)) => format!("join = [\"http://{url}\"]\njoin_token = \"{token}\""),
+    };
+    let profile = format!(
+        "node_name = \"c{i}\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\nzone = \"z{i}\"\n[control]\nlisten = \"{api}\"\npeer_listen = \"{peer}\"\n{membership}\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n"
+    );
+    Member {
+        node: Node::run_profile(&profile, &[], &[]),
+        api,
+    }
+}
+
+fn new_token(api: SocketAddr, admin: &str, ttl: u64) -> String {
+    let (code, _, body) = http(
+        api,
+        "POST",
+        "/api/v1/tokens",
+        Some(admin),
+        &format!(r#"{{"role":"control","ttl_secs":{ttl}}}"#),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    json(&body)["token"].as_str().unwrap().to_string()
+}
+
+fn members(api: SocketAddr, admin: &str) -> Value {
+    let (code, _, body) = http(api, "GET", "/api/v1/members", Some(admin), "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    json(&body)
+}
+
+/// Retries a write for up to `limit` (through elections); returns its revision.
+fn put_eventually(
+    apis: &[SocketAddr],
+    admin: &str,
+    key: &str,
+    value: &str,
+    limit: Duration,
+) -> u64 {
+    let start = Instant::now();
+    loop {
+        for api in apis {
+            if let Ok((200, _, body)) = http(
+                *api,
+                "PUT",
+                &format!("/api/v1/kv/{key}"),
+                Some(admin),
+                value,
+            ) {
+                return json(&body)["revision"].as_u64().unwrap();
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no write succeeded within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read(api: SocketAddr, admin: &str, key: &str) -> Option<String> {
+    let (code, _, body) = http(api, "GET", &format!("/api/v1/kv/{key}"), Some(admin), "").unwrap();
+    match code {
+        200 => Some(json(&body)["kv"]["value"].as_str().unwrap().to_string()),
+        404 => None,
+        _ => panic!("read {key} on {api}: {code} {body}"),
+    }
+}
+
+/// Waits until every node answers `/readyz` 200; on timeout shows every node's log.
+fn wait_all_ready(nodes: &mut [Member]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in nodes.iter() {
+        while !matches!(crate::harness::http_get(n.api, "/readyz"), Ok((200, _, _))) {
+            if Instant::now() > deadline {
+                let logs: Vec<String> = nodes
+                    .iter()
+                    .map(|n| format!("===== {} =====\n{}", n.api, n.node.logs()))
+                    .collect();
+                panic!("not all ready within 30s\n{}", logs.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn refused_join(first: SocketAddr, token: &str, needle: &str) {
+    let mut m = control(9, Some((&first, token)));
+    let (status, _) = m.node.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", m.node.logs());
+    assert!(
+        m.node.stderr().contains(needle),
+        "expected `{needle}`:\n{}",
+        m.node.logs()
+    );
+}
+
+#[test]
+fn three_nodes_form_replicate_survive_leader_loss_and_restart() {
+    let mut c1 = control(1, None);
+    c1.node.wait_ready(c1.api);
+    let admin = c1.node.admin_token();
+    let t2 = new_token(c1.api, &admin, 600);
+    let mut c2 = control(2, Some((&c1.api, &t2)));
+    let t3 = new_token(c1.api, &admin, 600);
+    let mut c3 = control(3, Some((&c1.api, &t3)));
+    c2.node.wait_ready(c2.api);
+    c3.node.wait_ready(c3.api);
+
+    let m = members(c1.api, &admin);
+    let voters: Vec<&Value> = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["role"] == "voter")
+        .collect();
+    assert_eq!(voters.len(), 3, "{m}");
+
+    // Any node takes writes (followers forward) and linearizable reads see them.
+    let apis = [c1.api, c2.api, c3.api];
+    for (i, api) in apis.iter().enumerate() {
+        let (code, _, body) = http(
+            *api,
+            "PUT",
+            &format!("/api/v1/kv/k{i}"),
+            Some(&admin),
+            &format!("v{i}"),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    for api in &apis {
+        for i in 0..3 {
+            assert_eq!(
+                read(*api, &admin, &format!("k{i}")).as_deref(),
+                Some(format!("v{i}").as_str())
+            );
+        }
+    }
+
+    // A token works once; forged and expired ones are refused with a clear reason.
+    refused_join(c1.api, &t2, "already used");
+    refused_join(c1.api, "tsr1.0000forged", "not known");
+    let short = new_token(c1.api, &admin, 1);
+    std::thread::sleep(Duration::from_millis(2100));
+    refused_join(c1.api, &short, "expired");
+
+    // SIGKILL the leader: the others elect a new one and keep every acknowledged write.
+    let leader_id = members(c1.api, &admin)["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = members(c1.api, &admin);
+    let leader_name = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == leader_id.as_str())
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut nodes = vec![c1, c2, c3];
+    let li = nodes
+        .iter_mut()
+        .position(|n| n.node.listeners()["node"] == leader_name.as_str())
+        .unwrap();
+    nodes[li].node.kill();
+    let survivors: Vec<SocketAddr> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .map(|(_, n)| n.api)
+        .collect();
+    let rev = put_eventually(
+        &survivors,
+        &admin,
+        "after-failover",
+        "yes",
+        Duration::from_secs(15),
+    );
+    assert!(rev > 0);
+    for api in &survivors {
+        for i in 0..3 {
+            assert_eq!(
+                read(*api, &admin, &format!("k{i}")).as_deref(),
+                Some(format!("v{i}").as_str())
+            );
+        }
+    }
+    // The killed node comes back and catches up.
+    nodes[li].node.start_again();
+    let api = nodes[li].api;
+    nodes[li].node.wait_ready(api);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while read(api, &admin, "after-failover").is_none() {
+        assert!(Instant::now() < deadline, "restarted node did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Stop every node, start them all again: everything committed is still there.
+    for n in nodes.iter_mut() {
+        n.node.stop();
+    }
+    for n in nodes.iter_mut() {
+        n.node.start_again();
+    }
+    wait_all_ready(&mut nodes);
+    let apis: Vec<SocketAddr> = nodes.iter().map(|n| n.api).collect();
+    put_eventually(
+        &apis,
+        &admin,
+        "after-restart",
+        "yes",
+        Duration::from_secs(15),
+    );
+    for api in &apis {
+        assert_eq!(read(*api, &admin, "after-failover").as_deref(), Some("yes"));
+        assert_eq!(read(*api, &admin, "k2").as_deref(), Some("v2"));
+    }
+
+    // Remove one member safely.
+    let (code, _, body) = http(apis[0], "DELETE", "/api/v1/members/c3", Some(&admin), "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = members(apis[0], &admin);
+        if m["members"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member not removed: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    put_eventually(
+        &apis[..2],
+        &admin,
+        "after-remove",
+        "yes",
+        Duration::from_secs(15),
+    );
+}
