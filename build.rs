@@ -29,10 +29,16 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/HEAD");
     if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
         if let Some(branch) = head.strip_prefix("ref: ") {
-            println!("cargo:rerun-if-changed=.git/{}", branch.trim());
+            // A missing file would make cargo rebuild every time; packed refs cover it then.
+            let path = format!(".git/{}", branch.trim());
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
         }
     }
-    println!("cargo:rerun-if-changed=.git/packed-refs");
+    if std::path::Path::new(".git/packed-refs").exists() {
+        println!("cargo:rerun-if-changed=.git/packed-refs");
+    }
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian `YYYY-MM-DD` (Howard Hinnant's algorithm).

@@ -17,6 +17,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` for every role.
 //! - [`telemetry`]: logging, the metrics registry, build information.
 //! - [`net`]: name resolution safe in a static binary, control-plane probes.
+//! - [`pki`]: the cluster CA, node certificates, mutual-TLS configurations.
 //! - [`util`]: randomness and hex.
 //!
 //! ARCHITECTURE.md is the longer map, with the rules on who may import what.
@@ -33,6 +34,7 @@ pub mod control;
 pub mod dbproxy;
 pub mod gateway;
 pub mod net;
+pub mod pki;
 pub mod role;
 pub mod telemetry;
 pub mod util;

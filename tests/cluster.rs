@@ -172,7 +172,13 @@ fn three_nodes_form_replicate_survive_leader_loss_and_restart() {
 
     // A token works once; forged and expired ones are refused with a clear reason.
     refused_join(c1.api, &t2, "already used");
-    refused_join(c1.api, "tsr1.0000forged", "not known");
+    let fp = t2.split('.').nth(1).unwrap();
+    refused_join(
+        c1.api,
+        &format!("tsr1.{fp}.{}", "0".repeat(64)),
+        "not known",
+    );
+    refused_join(c1.api, "tsr1.0000forged", "not a tessera join token");
     let short = new_token(c1.api, &admin, 1);
     std::thread::sleep(Duration::from_millis(2100));
     refused_join(c1.api, &short, "expired");

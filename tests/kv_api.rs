@@ -187,3 +187,131 @@ fn a_restart_keeps_every_acknowledged_write() {
         "revisions keep increasing"
     );
 }
+
+#[test]
+fn secrets_are_out_of_reach_of_the_raw_kv_api() {
+    let (_n, api, t) = ready_control();
+    let t = Some(t.as_str());
+    for (method, path) in [
+        ("GET", "/api/v1/kv//tessera/pki/ca"),
+        ("PUT", "/api/v1/kv//tessera/pki/ca"),
+        ("DELETE", "/api/v1/kv//tessera/?prefix=true"),
+        ("DELETE", "/api/v1/kv//?prefix=true"),
+    ] {
+        let (code, _, body) = http(api, method, path, t, "x").unwrap();
+        assert_eq!(code, 403, "{method} {path}: {body}");
+        assert_eq!(json(&body)["code"], "reserved");
+    }
+    let (code, _, body) = http(api, "GET", "/api/v1/kv//?prefix=true", t, "").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        !body.contains("/tessera/pki/") && !body.contains("/tessera/tokens/"),
+        "{body}"
+    );
+    let txn = r#"{"success":[{"op":"put","key":"/tessera/tokens/x","value":"{}"}]}"#;
+    let (code, _, body) = http(api, "POST", "/api/v1/kv/txn", t, txn).unwrap();
+    assert_eq!(code, 403, "{body}");
+}
+
+#[test]
+fn the_peer_listener_speaks_only_mutual_tls() {
+    use std::io::{Read, Write};
+    let (mut n, _, _) = ready_control();
+    let peer = n.addr("control", "peer");
+    let mut s = std::net::TcpStream::connect(peer).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let _ = s.write_all(b"POST /raft/v1/vote HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        !String::from_utf8_lossy(&buf).starts_with("HTTP/"),
+        "plaintext got an HTTP answer: {buf:?}"
+    );
+    assert!(n.data_dir.join("control/pki/node.key").exists());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(n.data_dir.join("control/ca/ca.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "the CA key must be private");
+}
+
+/// Reads SSE events (id, event, data) from a raw stream until `n` arrived or time is up.
+fn read_sse(s: &mut std::net::TcpStream, n: usize) -> Vec<(u64, String, Value)> {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let events: Vec<(u64, String, Value)> = text
+            .split("\n\n")
+            .filter_map(|block| {
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_string())
+                };
+                Some((
+                    field("id:")?.parse().ok()?,
+                    field("event:")?,
+                    serde_json::from_str(&field("data:")?).ok()?,
+                ))
+            })
+            .collect();
+        if events.len() >= n || std::time::Instant::now() > deadline {
+            return events;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return events,
+            Ok(k) => text.push_str(&String::from_utf8_lossy(&buf[..k])),
+            Err(_) => {}
+        }
+    }
+}
+
+#[test]
+fn watches_replay_from_a_revision_then_follow_live() {
+    use std::io::Write;
+    let (_n, api, t) = ready_control();
+    let put = |k: &str, v: &str| {
+        json(
+            &http(api, "PUT", &format!("/api/v1/kv/{k}"), Some(&t), v)
+                .unwrap()
+                .2,
+        )["revision"]
+            .as_u64()
+            .unwrap()
+    };
+    let r1 = put("w/a", "1");
+    let r2 = put("w/b", "2");
+    let (_, _, body) = http(api, "DELETE", "/api/v1/kv/w/a", Some(&t), "").unwrap();
+    let r3 = json(&body)["revision"].as_u64().unwrap();
+    put("other", "x");
+
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    write!(s, "GET /api/v1/kv-watch?prefix=w/&since={r1} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n").unwrap();
+    let replayed = read_sse(&mut s, 2);
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|e| (e.0, e.1.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(r2, "put"), (r3, "delete")]
+    );
+    assert_eq!(replayed[0].2["kv"]["value"], "2");
+    let r4 = put("w/c", "3");
+    let all = read_sse(&mut s, 3);
+    assert_eq!(
+        all.last().map(|e| (e.0, e.1.as_str())),
+        Some((r4, "put")),
+        "{all:?}"
+    );
+
+    let (code, _, body) =
+        http(api, "GET", "/api/v1/kv-watch?since=999999999", Some(&t), "").unwrap();
+    assert_eq!(code, 400, "{body}");
+}

@@ -1,30 +1,38 @@
-//! The joining side: a control node started with `join = [URLs]` and a token asks the
-//! cluster to admit it, retrying while the cluster is unreachable or busy, and giving up
-//! at once when the cluster refuses the token. A node that already joined (its log holds
-//! a membership) does not ask again on restart.
+//! The joining side: a control node started with `join = [URLs]` and a token gets its
+//! certificate (sending a CSR; the CA it receives must match the fingerprint pinned in
+//! the token), then asks to be admitted. It retries while the cluster is unreachable or
+//! busy and gives up at once when the cluster refuses the token. A node that already
+//! joined does not ask again on restart.
 
 use super::store::RaftNode;
 use crate::api::{Client, ClientError};
+use crate::pki::{self, NodeTls};
 use http::Method;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How long a node keeps trying to reach the cluster before the role fails.
 const GIVE_UP: Duration = Duration::from_secs(180);
 
-pub async fn join_cluster(
-    node: &RaftNode,
-    urls: &[String],
-    token: &str,
-    shutdown: &CancellationToken,
-) -> Result<(), String> {
-    if node.is_initialized().await {
-        tracing::info!("Already a member; not joining again");
-        return Ok(());
+/// The CA fingerprint a join token pins.
+pub fn token_fingerprint(token: &str) -> Result<&str, String> {
+    match token.split('.').collect::<Vec<_>>().as_slice() {
+        ["tsr1", fp, secret] if fp.len() == 64 && !secret.is_empty() => Ok(fp),
+        _ => Err("join_token is not a tessera join token (expected tsr1.<ca-fingerprint>.<secret> from `tessera token create`)".into()),
     }
-    let body =
-        json!({"token": token, "node_id": node.store().node_id().to_string(), "node": node.info()});
+}
+
+/// Calls `path` on the first URL that answers, retrying transient failures until
+/// [`GIVE_UP`]; a refusal (400, 403, 404) ends it at once.
+async fn call_cluster(
+    urls: &[String],
+    path: &str,
+    body: &Value,
+    shutdown: &CancellationToken,
+) -> Result<Option<Value>, String> {
     let deadline = tokio::time::Instant::now() + GIVE_UP;
     let mut backoff = Duration::from_millis(300);
     loop {
@@ -32,14 +40,8 @@ pub async fn join_cluster(
             let client = Client::new(url, None)
                 .map_err(|e| e.to_string())?
                 .with_timeout(Duration::from_secs(90));
-            match client
-                .call::<serde_json::Value>(Method::POST, "/api/v1/join", Some(&body))
-                .await
-            {
-                Ok(v) => {
-                    tracing::info!(via = %url, role = %v["role"], "Joined the cluster");
-                    return Ok(());
-                }
+            match client.call::<Value>(Method::POST, path, Some(body)).await {
+                Ok(v) => return Ok(Some(v)),
                 Err(
                     e @ ClientError::Api {
                         status: 400 | 403 | 404,
@@ -50,19 +52,92 @@ pub async fn join_cluster(
                         "the cluster at {url} refused to admit this node: {e}"
                     ));
                 }
-                Err(e) => tracing::warn!(via = %url, error = %e, "Join attempt failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(via = %url, path, error = %e, "Join step failed; retrying")
+                }
             }
         }
         if tokio::time::Instant::now() > deadline {
             return Err(format!(
-                "could not join through {} within {GIVE_UP:?}",
+                "could not reach the cluster through {} within {GIVE_UP:?}",
                 urls.join(", ")
             ));
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub async fn join_cluster(
+    node: &RaftNode,
+    urls: &[String],
+    token: &str,
+    pki_dir: &Path,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    if node.is_initialized().await {
+        tracing::info!("Already a member; not joining again");
+        return Ok(());
+    }
+    let node_id = node.store().node_id().to_string();
+    if node.tls().client().is_none() {
+        let pinned = token_fingerprint(token)?;
+        let (key_pem, csr) = pki::new_key_and_csr(&node.info().name).map_err(|e| e.to_string())?;
+        let ips: Vec<IpAddr> = node_ips(node);
+        let body = json!({"token": token, "node_id": node_id, "name": node.info().name, "ips": ips, "csr": csr});
+        let Some(v) = call_cluster(urls, "/api/v1/join/cert", &body, shutdown).await? else {
+            return Ok(());
+        };
+        let (Some(cert), Some(ca)) = (v["cert"].as_str(), v["ca"].as_str()) else {
+            return Err("the cluster's certificate answer lacks `cert` or `ca`".into());
+        };
+        let presented = pki::fingerprint(ca).map_err(|e| e.to_string())?;
+        if presented != pinned {
+            return Err(format!("the cluster presented CA {presented}, but the join token pins {pinned}: refusing to join"));
+        }
+        let tls = NodeTls {
+            ca_pem: ca.to_string(),
+            cert_pem: cert.to_string(),
+            key_pem,
+        };
+        tls.save(pki_dir).map_err(|e| e.to_string())?;
+        node.tls().set(&tls).map_err(|e| e.to_string())?;
+        tracing::info!(dir = %pki_dir.display(), "Received this node's certificate");
+    }
+    let body = json!({"token": token, "node_id": node_id, "node": node.info()});
+    if let Some(v) = call_cluster(urls, "/api/v1/join", &body, shutdown).await? {
+        tracing::info!(role = %v["role"], "Joined the cluster");
+    }
+    Ok(())
+}
+
+/// The IPs other nodes reach this one at (its API and peer addresses).
+pub fn node_ips(node: &RaftNode) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let api = node.info().api.trim_start_matches("http://").to_string();
+    for addr in [api.as_str(), node.info().peer.as_str()] {
+        if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+            if !ips.contains(&sa.ip()) {
+                ips.push(sa.ip());
+            }
+        }
+    }
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_pin_a_fingerprint() {
+        let fp = "a".repeat(64);
+        assert_eq!(
+            super::token_fingerprint(&format!("tsr1.{fp}.secret")).unwrap(),
+            fp
+        );
+        assert!(super::token_fingerprint("tsr1.short.secret").is_err());
+        assert!(super::token_fingerprint("admin-token").is_err());
     }
 }

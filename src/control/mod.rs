@@ -8,6 +8,7 @@ pub mod store;
 
 use crate::admin;
 use crate::config::Role;
+use crate::pki::{Ca, NodeTls, TlsHandle};
 use crate::role::{bind_tcp, local_addr, local_url, Bound, RoleContext, RoleError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,7 +70,12 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         election_max: Duration::from_millis(cfg.control.election_timeout_max_ms),
         snapshot_logs: cfg.control.snapshot_logs,
     };
-    let node = RaftNode::start(store, info, &settings, cfg.control.bootstrap)
+    let control_dir = cfg.data_dir.join("control");
+    let pki_dir = control_dir.join("pki");
+    let tls = TlsHandle::default();
+    let ca =
+        setup_pki(cfg, &store, &info, &pki_dir, &control_dir.join("ca"), &tls).map_err(failed)?;
+    let node = RaftNode::start(store, info, &settings, cfg.control.bootstrap, tls)
         .await
         .map_err(failed)?;
     health.set_not_ready("waiting for a Raft leader");
@@ -77,7 +83,6 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let router =
         http::router(node.clone()).merge(admin::router(health.clone(), ctx.metrics.clone()));
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
-    let peer_router = node.rpc_router();
     let bootstrap = cfg.control.bootstrap;
     let data_dir = cfg.data_dir.clone();
     let join = (!cfg.control.join.is_empty()).then(|| {
@@ -88,12 +93,16 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     });
     Ok(Bound::new(Role::Control, listeners, move |shutdown| {
         Box::pin(async move {
-            let serve_peer = tokio::spawn(admin::serve(peer, peer_router, shutdown.clone()));
+            let serve_peer = {
+                let (node, shutdown) = (node.clone(), shutdown.clone());
+                tokio::spawn(async move { node.serve_peers(peer, shutdown).await })
+            };
             let joined = Arc::new(AtomicBool::new(join.is_none()));
             let readiness = tokio::spawn(track_readiness(
                 node.clone(),
                 health.clone(),
                 bootstrap,
+                ca,
                 joined.clone(),
                 data_dir,
                 shutdown.clone(),
@@ -120,7 +129,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             let joining = async {
                 match join {
                     Some((urls, token)) => {
-                        join::join_cluster(&node, &urls, &token, &shutdown)
+                        join::join_cluster(&node, &urls, &token, &pki_dir, &shutdown)
                             .await
                             .map_err(failed)?;
                         joined.store(true, Ordering::SeqCst);
@@ -150,6 +159,7 @@ async fn track_readiness(
     node: RaftNode,
     health: crate::telemetry::Health,
     bootstrap: bool,
+    ca: Option<Ca>,
     joined: Arc<AtomicBool>,
     data_dir: std::path::PathBuf,
     shutdown: tokio_util::sync::CancellationToken,
@@ -157,17 +167,30 @@ async fn track_readiness(
     // admin.token is written only after its hash is committed, so its presence means the
     // registration is done (a restarted bootstrap node need not be the leader to be ready).
     let mut token_done = !bootstrap || data_dir.join("admin.token").exists();
+    // The CA is registered once; a node holding it checks the store until it is there.
+    let mut ca_done = ca.is_none()
+        || node
+            .store()
+            .get(http::join::CA_KEY)
+            .map(|(kv, _)| kv.is_some())
+            .unwrap_or(false);
     loop {
         if !joined.load(Ordering::SeqCst) {
             health.set_not_ready("joining the cluster");
         } else if node.has_leader() {
+            if let (Some(c), false, true) = (&ca, ca_done, node.is_leader()) {
+                match http::join::register_ca(&node, c).await {
+                    Ok(()) => ca_done = true,
+                    Err(e) => tracing::warn!(error = %e, "Cannot register the CA yet"),
+                }
+            }
             if !token_done && node.is_leader() {
                 match http::auth::ensure_admin_token(&node, &data_dir).await {
                     Ok(()) => token_done = true,
                     Err(e) => tracing::warn!(error = %e, "Cannot register the admin token yet"),
                 }
             }
-            if token_done {
+            if token_done && ca_done {
                 health.set_ready();
             }
         } else {
@@ -178,4 +201,46 @@ async fn track_readiness(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
+}
+
+/// Loads or creates this node's certificates. The bootstrap node creates the cluster CA
+/// (kept in `control/ca`, registered in the store once it leads) and signs its own
+/// certificate; a joining node gets one during the join; `[tls]` files override both.
+/// Returns the CA when this node holds it.
+fn setup_pki(
+    cfg: &crate::config::RuntimeConfig,
+    store: &Store,
+    info: &NodeInfo,
+    pki_dir: &std::path::Path,
+    ca_dir: &std::path::Path,
+    tls: &TlsHandle,
+) -> Result<Option<Ca>, String> {
+    let mut ca = Ca::load(ca_dir).map_err(|e| e.to_string())?;
+    let mut node_tls = match (&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(NodeTls::load_files(ca, cert, key).map_err(|e| e.to_string())?)
+        }
+        _ => NodeTls::load(pki_dir).map_err(|e| e.to_string())?,
+    };
+    if ca.is_none() && node_tls.is_none() && cfg.control.bootstrap {
+        let new = Ca::generate(store.cluster_id()).map_err(|e| e.to_string())?;
+        new.save(ca_dir).map_err(|e| e.to_string())?;
+        tracing::info!(dir = %ca_dir.display(), fingerprint = %new.fingerprint().unwrap_or_default(), "Created the cluster CA");
+        ca = Some(new);
+    }
+    if let (None, Some(ca)) = (&node_tls, &ca) {
+        let ips: Vec<std::net::IpAddr> =
+            [info.api.trim_start_matches("http://"), info.peer.as_str()]
+                .iter()
+                .filter_map(|a| a.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+                .collect();
+        let t = ca.issue(&info.name, &ips).map_err(|e| e.to_string())?;
+        t.save(pki_dir).map_err(|e| e.to_string())?;
+        node_tls = Some(t);
+    }
+    if let Some(t) = &node_tls {
+        tls.set(t)
+            .map_err(|e| format!("TLS material in {}: {e}", pki_dir.display()))?;
+    }
+    Ok(ca)
 }

@@ -15,6 +15,13 @@ use std::time::Duration;
 pub const FORWARDED: &str = "x-tessera-forwarded";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The path and query of `uri`, as forwarded.
+pub fn path_and_query(uri: &http::Uri) -> String {
+    uri.path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| uri.path().to_string())
+}
+
 /// Why this node cannot answer and who can.
 pub fn not_leader(leader: Option<NodeInfo>, headers: &HeaderMap) -> Result<NodeInfo, ApiError> {
     if headers.contains_key(FORWARDED) {

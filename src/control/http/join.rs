@@ -1,18 +1,26 @@
-//! Join tokens and membership changes.
+//! Join tokens, admission and membership changes.
 //!
-//! `POST /api/v1/tokens` (admin) mints a single-use token for a role with an expiry; only
-//! its SHA-256 is stored, under `/tessera/jointokens/`. `POST /api/v1/join` (no bearer:
-//! the token in the body is the credential) lets a new control node in: the token is
-//! checked and consumed atomically (a compare on its revision), the node is added as a
-//! learner, waited for until it has caught up, and promoted to voter while there are
-//! fewer than five. `DELETE /api/v1/members/{name}` (admin) removes a member safely.
+//! `POST /api/v1/tokens` (admin) mints a single-use token `tsr1.<ca-sha256>.<secret>` for
+//! a role with an expiry; only its SHA-256 is stored, under `/tessera/jointokens/`. The
+//! CA fingerprint in it lets the new machine check it is talking to the right cluster
+//! before trusting anything it is sent (as kubeadm's discovery hash does).
+//!
+//! A new control node then calls, with the token in the body as its credential:
+//! 1. `POST /api/v1/join/cert` with a CSR: the token is consumed (atomically, by a compare
+//!    on its revision; the same node may retry) and a certificate signed by the cluster CA
+//!    is returned with the CA certificate;
+//! 2. `POST /api/v1/join`: the node is added as a learner, waited for until it has caught
+//!    up, and promoted to voter while there are fewer than five.
+//!
+//! `DELETE /api/v1/members/{name}` (admin) removes a member safely.
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::forward::{not_leader, to_leader};
+use super::forward::{not_leader, path_and_query, to_leader};
 use super::ApiState;
 use crate::control::store::types::{Command, Compare, CompareOp, CompareTarget, NodeInfo, Op};
 use crate::control::store::RaftFailure;
+use crate::pki::Ca;
 use crate::util::{hex, random_bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -23,9 +31,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const JOIN_TOKEN_PREFIX: &str = "/tessera/jointokens/";
+/// The cluster CA (certificate and key), readable by control nodes only.
+pub const CA_KEY: &str = "/tessera/pki/ca";
 const ROLES: [&str; 4] = ["control", "agent", "gateway", "dbproxy"];
 const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 /// How long a joining node may take to catch up before the join is abandoned.
@@ -40,6 +51,12 @@ struct JoinToken {
     /// The node that used it: that node may retry its own join with it.
     #[serde(default)]
     used_by: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct StoredCa {
+    pub cert: String,
+    pub key: String,
 }
 
 fn now() -> u64 {
@@ -63,10 +80,32 @@ fn raft_error(e: RaftFailure) -> ApiError {
     }
 }
 
-fn pq(uri: &Uri) -> String {
-    uri.path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default()
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<(T, Bytes), ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+    let v = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field("body", format!("not {what}: {e}")))?;
+    Ok((v, body))
+}
+
+/// The cluster CA from the store.
+fn cluster_ca(s: &ApiState) -> Result<Ca, ApiError> {
+    let (kv, _) = s
+        .node
+        .store()
+        .get(CA_KEY)
+        .map_err(|e| ApiError::internal("CA read", e))?;
+    let kv = kv.ok_or_else(|| {
+        ApiError::unavailable("the cluster CA is not registered yet; retry in a moment")
+    })?;
+    let ca: StoredCa =
+        serde_json::from_str(&kv.value).map_err(|e| ApiError::internal("CA decode", e))?;
+    Ok(Ca {
+        cert_pem: ca.cert,
+        key_pem: ca.key,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,9 +123,7 @@ pub async fn create_token(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
-    let req: CreateToken = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_field("body", format!("expected {{role, ttl_secs?}}: {e}")))?;
+    let (req, body): (CreateToken, _) = parse_body(body, "{role, ttl_secs?}")?;
     if !ROLES.contains(&req.role.as_str()) {
         return Err(ApiError::bad_field(
             "role",
@@ -104,8 +141,11 @@ pub async fn create_token(
             format!("{ttl} is out of range 1-{MAX_TTL_SECS}"),
         ));
     }
+    let fp = cluster_ca(&s)?
+        .fingerprint()
+        .map_err(|e| ApiError::internal("CA fingerprint", e))?;
     let secret = random_bytes::<32>().map_err(|e| ApiError::internal("token generation", e))?;
-    let token = format!("tsr1.{}", hex(&secret));
+    let token = format!("tsr1.{fp}.{}", hex(&secret));
     let record = JoinToken {
         role: req.role.clone(),
         expires_at: now() + ttl,
@@ -119,10 +159,108 @@ pub async fn create_token(
         Ok(r) => Ok((StatusCode::CREATED, Json(json!({"token": token, "role": req.role, "expires_at": record.expires_at, "revision": r.revision}))).into_response()),
         Err(RaftFailure::NotLeader { leader }) => {
             let leader = not_leader(leader, &headers)?;
-            Ok(to_leader(&leader, Method::POST, &pq(&uri), &headers, body).await)
+            Ok(to_leader(&leader, Method::POST, &path_and_query(&uri), &headers, body).await)
         }
         Err(e) => Err(raft_error(e)),
     }
+}
+
+/// Ensures this node is the leader with current state (or says where to forward).
+async fn on_leader(s: &ApiState) -> Result<(), Result<Option<NodeInfo>, ApiError>> {
+    match s.node.linearize().await {
+        Ok(()) => Ok(()),
+        Err(RaftFailure::NotLeader { leader }) => Err(Ok(leader)),
+        Err(e) => Err(Err(raft_error(e))),
+    }
+}
+
+/// Checks `token` for a control node `node_id` and consumes it (the same node may
+/// present it again, e.g. when it retries after a lost answer).
+async fn consume(s: &ApiState, token: &str, node_id: &str) -> Result<(), ApiError> {
+    let refused = |m: &str| ApiError::new(StatusCode::FORBIDDEN, "join_refused", m.to_string());
+    let key = token_key(token);
+    let (record, _) = s
+        .node
+        .store()
+        .get(&key)
+        .map_err(|e| ApiError::internal("token read", e))?;
+    let Some(kv) = record else {
+        return Err(refused("the join token is not known to this cluster (mistyped, forged, or for another cluster)"));
+    };
+    let mut t: JoinToken =
+        serde_json::from_str(&kv.value).map_err(|e| ApiError::internal("token decode", e))?;
+    let same_node = t.used && t.used_by.as_deref() == Some(node_id);
+    if t.used && !same_node {
+        return Err(refused(
+            "the join token was already used; create a new one with `tessera token create`",
+        ));
+    }
+    if t.expires_at <= now() && !same_node {
+        return Err(refused(
+            "the join token has expired; create a new one with `tessera token create`",
+        ));
+    }
+    if t.role != "control" {
+        return Err(refused(&format!(
+            "the join token is for the {} role, not control",
+            t.role
+        )));
+    }
+    if same_node {
+        return Ok(());
+    }
+    t.used = true;
+    t.used_by = Some(node_id.to_string());
+    let value = serde_json::to_string(&t).map_err(|e| ApiError::internal("token encode", e))?;
+    let txn = Command::Txn {
+        compare: vec![Compare {
+            key: key.clone(),
+            op: CompareOp::Equal,
+            target: CompareTarget::ModRevision(kv.mod_revision),
+        }],
+        success: vec![Op::Put { key, value }],
+        failure: vec![],
+    };
+    if !s.node.write(txn).await.map_err(raft_error)?.succeeded {
+        return Err(refused(
+            "the join token was used concurrently by another node",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRequest {
+    pub token: String,
+    pub node_id: String,
+    pub name: String,
+    /// Addresses the certificate must name (the node's API and peer IPs).
+    pub ips: Vec<IpAddr>,
+    pub csr: String,
+}
+
+pub async fn join_cert(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (req, body): (CertRequest, _) = parse_body(body, "a certificate request")?;
+    if req.ips.is_empty() || req.ips.len() > 16 {
+        return Err(ApiError::bad_field("ips", "name 1 to 16 addresses"));
+    }
+    if let Err(leader) = on_leader(&s).await {
+        let leader = not_leader(leader?, &headers)?;
+        return Ok(to_leader(&leader, Method::POST, &path_and_query(&uri), &headers, body).await);
+    }
+    consume(&s, &req.token, &req.node_id).await?;
+    let ca = cluster_ca(&s)?;
+    let cert = ca
+        .sign_csr(&req.csr, &req.name, &req.ips)
+        .map_err(|e| ApiError::bad_field("csr", e.to_string()))?;
+    tracing::info!(node = %req.name, node_id = %req.node_id, "Issued a control node certificate");
+    Ok(Json(json!({"cert": cert, "ca": ca.cert_pem})).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,72 +278,16 @@ pub async fn join(
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
-    let req: JoinRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_field("body", format!("not a join request: {e}")))?;
+    let (req, body): (JoinRequest, _) = parse_body(body, "a join request")?;
     let id: u64 = req
         .node_id
         .parse()
         .map_err(|_| ApiError::bad_field("node_id", "not a node id"))?;
-    match s.node.linearize().await {
-        Ok(()) => {}
-        Err(RaftFailure::NotLeader { leader }) => {
-            let leader = not_leader(leader, &headers)?;
-            return Ok(to_leader(&leader, Method::POST, &pq(&uri), &headers, body).await);
-        }
-        Err(e) => return Err(raft_error(e)),
+    if let Err(leader) = on_leader(&s).await {
+        let leader = not_leader(leader?, &headers)?;
+        return Ok(to_leader(&leader, Method::POST, &path_and_query(&uri), &headers, body).await);
     }
-    let refused = |m: &str| ApiError::new(StatusCode::FORBIDDEN, "join_refused", m.to_string());
-    let key = token_key(&req.token);
-    let (record, _) = s
-        .node
-        .store()
-        .get(&key)
-        .map_err(|e| ApiError::internal("token read", e))?;
-    let Some(kv) = record else {
-        return Err(refused("the join token is not known to this cluster (mistyped, forged, or for another cluster)"));
-    };
-    let mut token: JoinToken =
-        serde_json::from_str(&kv.value).map_err(|e| ApiError::internal("token decode", e))?;
-    let retry_by_same_node = token.used && token.used_by.as_deref() == Some(req.node_id.as_str());
-    if token.used && !retry_by_same_node {
-        return Err(refused(
-            "the join token was already used; create a new one with `tessera token create`",
-        ));
-    }
-    if token.expires_at <= now() && !retry_by_same_node {
-        return Err(refused(
-            "the join token has expired; create a new one with `tessera token create`",
-        ));
-    }
-    if token.role != "control" {
-        return Err(refused(&format!(
-            "the join token is for the {} role, not control",
-            token.role
-        )));
-    }
-    if !retry_by_same_node {
-        // Consume the token atomically: it holds only if nobody changed it since we read it.
-        token.used = true;
-        token.used_by = Some(req.node_id.clone());
-        let value =
-            serde_json::to_string(&token).map_err(|e| ApiError::internal("token encode", e))?;
-        let consume = Command::Txn {
-            compare: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::ModRevision(kv.mod_revision),
-            }],
-            success: vec![Op::Put { key, value }],
-            failure: vec![],
-        };
-        let r = s.node.write(consume).await.map_err(raft_error)?;
-        if !r.succeeded {
-            return Err(refused(
-                "the join token was used concurrently by another node",
-            ));
-        }
-    }
+    consume(&s, &req.token, &req.node_id).await?;
     tracing::info!(node = %req.node.name, node_id = id, peer = %req.node.peer, "Admitting a control node");
     let role = s
         .node
@@ -231,8 +313,35 @@ pub async fn remove_member(
         Ok(()) => Ok(Json(json!({"removed": name, "members": s.node.members()})).into_response()),
         Err(RaftFailure::NotLeader { leader }) => {
             let leader = not_leader(leader, &headers)?;
-            Ok(to_leader(&leader, Method::DELETE, &pq(&uri), &headers, Bytes::new()).await)
+            Ok(to_leader(
+                &leader,
+                Method::DELETE,
+                &path_and_query(&uri),
+                &headers,
+                Bytes::new(),
+            )
+            .await)
         }
         Err(e) => Err(raft_error(e)),
     }
+}
+
+/// Registers the CA in the store (run by the bootstrap node once it leads).
+pub async fn register_ca(node: &crate::control::store::RaftNode, ca: &Ca) -> Result<(), String> {
+    let (existing, _) = node.store().get(CA_KEY)?;
+    if existing.is_some() {
+        return Ok(());
+    }
+    let value = serde_json::to_string(&StoredCa {
+        cert: ca.cert_pem.clone(),
+        key: ca.key_pem.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    node.write(Command::Put {
+        key: CA_KEY.to_string(),
+        value,
+    })
+    .await
+    .map_err(|e| format!("registering the CA: {e}"))?;
+    Ok(())
 }

@@ -8,7 +8,7 @@
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::forward::{not_leader, to_leader};
+use super::forward::{not_leader, path_and_query, to_leader};
 use super::ApiState;
 use crate::control::store::types::{Command, CommandResult, Compare, Op};
 use crate::control::store::RaftFailure;
@@ -56,6 +56,40 @@ pub fn validate_key(field: &str, key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Key spaces holding secrets (the CA key, token hashes): not readable or writable
+/// through the raw KV API, even by an admin.
+const RESERVED: [&str; 3] = ["/tessera/pki/", "/tessera/tokens/", "/tessera/jointokens/"];
+
+fn is_reserved(key: &str) -> bool {
+    RESERVED.iter().any(|r| key.starts_with(r))
+}
+
+/// Refuses a key (or, with `prefix`, a range) that reaches into a reserved key space.
+fn guard(field: &str, key: &str, prefix: bool) -> Result<(), ApiError> {
+    let hits = if prefix {
+        RESERVED
+            .iter()
+            .any(|r| r.starts_with(key) || key.starts_with(r))
+    } else {
+        is_reserved(key)
+    };
+    if hits {
+        let e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reserved",
+            format!(
+                "`{key}` reaches into a reserved key space ({}) that holds secrets",
+                RESERVED.join(", ")
+            ),
+        );
+        return Err(ApiError {
+            field: Some(field.to_string()),
+            ..e
+        });
+    }
+    Ok(())
+}
+
 fn validate_value(field: &str, v: &str) -> Result<(), ApiError> {
     if v.len() > MAX_VALUE {
         return Err(ApiError::new(
@@ -75,12 +109,6 @@ fn with_revision(rev: u64, body: serde_json::Value, status: StatusCode) -> Respo
     r
 }
 
-fn uri_pq(uri: &Uri) -> String {
-    uri.path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| uri.path().to_string())
-}
-
 pub async fn get(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -92,6 +120,9 @@ pub async fn get(
     caller.require_admin()?;
     let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
     validate_key("key", &key)?;
+    if !q.prefix {
+        guard("key", &key, false)?;
+    }
     let stale = match q.consistency.as_deref() {
         None | Some("linearizable") => false,
         Some("stale") => true,
@@ -114,9 +145,14 @@ pub async fn get(
             Ok(()) => {}
             Err(RaftFailure::NotLeader { leader }) => {
                 let leader = not_leader(leader, &headers)?;
-                return Ok(
-                    to_leader(&leader, Method::GET, &uri_pq(&uri), &headers, Bytes::new()).await,
-                );
+                return Ok(to_leader(
+                    &leader,
+                    Method::GET,
+                    &path_and_query(&uri),
+                    &headers,
+                    Bytes::new(),
+                )
+                .await);
             }
             Err(e) => return Err(ApiError::unavailable(e.to_string())),
         }
@@ -128,6 +164,8 @@ pub async fn get(
             .map_err(|e| ApiError::internal("range read", e))?;
         let more = items.len() > limit;
         items.truncate(limit);
+        // Ranges skip reserved keys rather than refusing a broad prefix like "/".
+        items.retain(|kv| !is_reserved(&kv.key));
         Ok(with_revision(
             rev,
             json!({"items": items, "revision": rev, "more": more}),
@@ -163,9 +201,14 @@ async fn replicate(
         Ok(r) => Ok(Ok(r)),
         Err(RaftFailure::NotLeader { leader }) => {
             let leader = not_leader(leader, headers)?;
-            Ok(Err(
-                to_leader(&leader, method, &uri_pq(uri), headers, body).await
-            ))
+            Ok(Err(to_leader(
+                &leader,
+                method,
+                &path_and_query(uri),
+                headers,
+                body,
+            )
+            .await))
         }
         Err(e) => Err(ApiError::unavailable(e.to_string())),
     }
@@ -181,6 +224,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
     validate_key("key", &key)?;
+    guard("key", &key, false)?;
     let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
     let value = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_field("value", "the value must be UTF-8 text"))?
@@ -216,6 +260,7 @@ pub async fn delete(
     caller.require_admin()?;
     let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
     validate_key("key", &key)?;
+    guard("key", &key, q.prefix)?;
     match replicate(
         &s,
         Command::Delete {
@@ -287,6 +332,17 @@ pub async fn txn(
     }
     for (i, c) in t.compare.iter().enumerate() {
         validate_key(&format!("compare[{i}].key"), &c.key)?;
+    }
+    for (i, c) in t.compare.iter().enumerate() {
+        guard(&format!("compare[{i}].key"), &c.key, false)?;
+    }
+    for (branch, ops) in [("success", &t.success), ("failure", &t.failure)] {
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                Op::Put { key, .. } => guard(&format!("{branch}[{i}].key"), key, false)?,
+                Op::Delete { key, prefix } => guard(&format!("{branch}[{i}].key"), key, *prefix)?,
+            }
+        }
     }
     validate_ops("success", &t.success)?;
     validate_ops("failure", &t.failure)?;

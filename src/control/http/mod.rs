@@ -5,8 +5,9 @@
 pub mod auth;
 mod error;
 mod forward;
-mod join;
+pub mod join;
 mod kv;
+mod watch;
 
 use super::store::RaftNode;
 use axum::extract::{DefaultBodyLimit, State};
@@ -30,6 +31,7 @@ pub fn router(node: RaftNode) -> Router {
             "/api/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
+        .route("/api/v1/kv-watch", get(watch::watch))
         .route("/api/v1/members", get(members))
         .route(
             "/api/v1/members/{name}",
@@ -46,6 +48,7 @@ pub fn router(node: RaftNode) -> Router {
     // The join token in the body is the credential here.
     let join_routes = Router::new()
         .route("/api/v1/join", post(join::join))
+        .route("/api/v1/join/cert", post(join::join_cert))
         .layer(DefaultBodyLimit::max(64 << 10));
     Router::new()
         .route("/", get(index_public))

@@ -188,6 +188,17 @@ impl Store {
         sm::read_get(&self.db, key)
     }
 
+    /// Changes after revision `after` under `prefix` (at most `limit`), the compaction
+    /// floor (a watch from below it cannot be served), and the applied revision.
+    pub fn history(
+        &self,
+        after: u64,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<(Vec<Event>, u64, u64), String> {
+        sm::read_history(&self.db, after, prefix, limit)
+    }
+
     /// Up to `limit` keys starting with `prefix`, and the revision the read observed.
     pub fn range(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, u64), String> {
         sm::read_range(&self.db, prefix, limit)

@@ -3,6 +3,7 @@
 //! mTLS between control nodes wraps this same connection (see `rpc.rs` for the server).
 
 use super::types::*;
+use crate::pki::TlsHandle;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -23,9 +24,12 @@ pub const PATH_APPEND: &str = "/raft/v1/append";
 pub const PATH_VOTE: &str = "/raft/v1/vote";
 pub const PATH_SNAPSHOT: &str = "/raft/v1/snapshot";
 
-/// Creates a [`PeerClient`] per target node.
-#[derive(Clone, Default)]
-pub struct Network;
+/// Creates a [`PeerClient`] per target node; every connection is mutual TLS with the
+/// cluster CA (see `crate::pki`).
+#[derive(Clone)]
+pub struct Network {
+    pub tls: TlsHandle,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -34,6 +38,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             peer: node.peer.clone(),
+            tls: self.tls.clone(),
             sender: None,
         }
     }
@@ -42,6 +47,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     peer: String,
+    tls: TlsHandle,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
@@ -77,6 +83,24 @@ impl PeerClient {
                 CallError::Unreachable(TransportError(format!("connect to {addr}: {e}")))
             })?;
         let _ = stream.set_nodelay(true);
+        let config = self.tls.client().ok_or_else(|| {
+            CallError::Unreachable(TransportError("this node has no certificate yet".into()))
+        })?;
+        // The peer's certificate must name its IP: a node cannot pose as another.
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let stream = tokio::time::timeout(
+            ttl,
+            tokio_rustls::TlsConnector::from(config).connect(name, stream),
+        )
+        .await
+        .map_err(|_| {
+            CallError::Unreachable(TransportError(format!(
+                "TLS handshake with {addr} timed out"
+            )))
+        })?
+        .map_err(|e| {
+            CallError::Unreachable(TransportError(format!("TLS handshake with {addr}: {e}")))
+        })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| {

@@ -4,6 +4,7 @@
 use super::network::Network;
 use super::types::*;
 use super::Store;
+use crate::pki::TlsHandle;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::Serialize;
@@ -57,6 +58,7 @@ pub struct RaftNode {
     /// Membership changes one at a time: openraft refuses a change while another is
     /// in flight, and concurrent joins would otherwise fail each other.
     membership: Arc<tokio::sync::Mutex<()>>,
+    tls: TlsHandle,
 }
 
 /// One member as `GET /api/v1/members` shows it.
@@ -95,6 +97,7 @@ impl RaftNode {
         info: NodeInfo,
         s: &RaftSettings,
         bootstrap: bool,
+        tls: TlsHandle,
     ) -> Result<RaftNode, RaftFailure> {
         let config = Config {
             cluster_name: "tessera".into(),
@@ -112,7 +115,7 @@ impl RaftNode {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            Network,
+            Network { tls: tls.clone() },
             store.log_store(),
             store.state_machine(),
         )
@@ -135,6 +138,7 @@ impl RaftNode {
             store,
             info,
             membership: Arc::default(),
+            tls,
         })
     }
 
@@ -146,9 +150,24 @@ impl RaftNode {
         &self.info
     }
 
-    /// The RPC handlers for the peer listener.
-    pub fn rpc_router(&self) -> axum::Router {
-        super::rpc::router(self.raft.clone())
+    /// Serves Raft RPCs on the peer listener (mutual TLS) until `shutdown`.
+    pub async fn serve_peers(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        super::rpc::serve_tls(
+            listener,
+            super::rpc::router(self.raft.clone()),
+            self.tls.clone(),
+            shutdown,
+        )
+        .await
+    }
+
+    /// This node's TLS material (set once it has a certificate).
+    pub fn tls(&self) -> &TlsHandle {
+        &self.tls
     }
 
     /// Replicates `cmd`; answers once it is committed and applied here.

@@ -43,3 +43,54 @@ async fn snapshot(
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
     Json(raft.install_snapshot(req).await)
 }
+
+/// Serves `router` on `listener` over mutual TLS until `shutdown`. A connection that
+/// does not present a certificate from the cluster CA is dropped during the handshake;
+/// there is no plaintext mode.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: crate::pki::TlsHandle,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Peer accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(config) = tls.server() else {
+            tracing::debug!(%remote, "Peer connection refused: no certificate yet");
+            continue;
+        };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+            let stream =
+                match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%remote, error = %e, "Peer TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+            tokio::select! {
+                _ = conn => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}

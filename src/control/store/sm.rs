@@ -113,6 +113,45 @@ pub(super) fn read_range(
     Ok((scan(&r, prefix, limit)?, r.applied()?))
 }
 
+/// Changes after revision `after` under `prefix` (at most `limit`), the oldest revision
+/// still kept (older ones are compacted), and the applied revision the read observed.
+pub(super) fn read_history(
+    db: &DB,
+    after: u64,
+    prefix: &str,
+    limit: usize,
+) -> Result<(Vec<Event>, u64, u64), String> {
+    let r = SnapRead::new(db);
+    let compacted: u64 = r
+        .snap
+        .get_cf(cf(db, CF_SM)?, KEY_COMPACTED)
+        .map_err(|e| e.to_string())?
+        .map(|b| decode(&b))
+        .transpose()?
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    let mode = IteratorMode::From(
+        &history_key(after.saturating_add(1), 0),
+        rocksdb::Direction::Forward,
+    );
+    for item in r.snap.iterator_cf(cf(db, CF_HISTORY)?, mode) {
+        let (_, v) = item.map_err(|e| e.to_string())?;
+        let ev: Event = decode(&v)?;
+        // Never split one revision's events (a transaction has several) across batches.
+        if out.len() >= limit
+            && out
+                .last()
+                .is_some_and(|l: &Event| l.revision != ev.revision)
+        {
+            break;
+        }
+        if ev.kv.key.starts_with(prefix) {
+            out.push(ev);
+        }
+    }
+    Ok((out, compacted, r.applied()?))
+}
+
 impl StateMachine {
     pub(super) fn new(
         db: Arc<DB>,

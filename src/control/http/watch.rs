@@ -1,0 +1,148 @@
+//! `GET /api/v1/kv-watch?prefix=P&since=REV` (admin): Server-Sent Events, one event per
+//! change under `P`, each with its revision as the SSE id. `since` is the last revision
+//! the client has seen (also taken from `Last-Event-ID` on reconnect): the stream
+//! replays every later change still in the history, then follows live, so a client that
+//! reconnects with `since` misses nothing. A `since` older than the kept history answers
+//! 410 `compacted`. Without `since` the stream starts at the current revision.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::kv::validate_key;
+use super::ApiState;
+use crate::control::store::types::Event;
+use crate::control::store::Store;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+const REPLAY_BATCH: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchQuery {
+    #[serde(default)]
+    prefix: String,
+    since: Option<u64>,
+}
+
+pub async fn watch(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    q: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
+    if !q.prefix.is_empty() {
+        validate_key("prefix", &q.prefix)?;
+    }
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_field("Last-Event-ID", "not a revision"))?,
+        ),
+        None => None,
+    };
+    let store = s.node.store().clone();
+    // Subscribe before reading history, so nothing falls between the two.
+    let live = store.subscribe();
+    let since = match q.since.or(last_event_id) {
+        Some(since) => {
+            let (_, compacted, applied) = store
+                .history(since, &q.prefix, 1)
+                .map_err(|e| ApiError::internal("history read", e))?;
+            if since < compacted {
+                return Err(ApiError::new(StatusCode::GONE, "compacted", format!("revision {since} is compacted; the oldest revision still kept is {compacted}")));
+            }
+            if since > applied {
+                return Err(ApiError::bad_field(
+                    "since",
+                    format!("revision {since} is in the future (current {applied})"),
+                ));
+            }
+            since
+        }
+        None => {
+            store
+                .history(u64::MAX - 1, "", 1)
+                .map_err(|e| ApiError::internal("history read", e))?
+                .2
+        }
+    };
+    let (tx, rx) = mpsc::channel::<SseEvent>(256);
+    tokio::spawn(pump(store, q.prefix, since, live, tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|ev| (Ok::<_, Infallible>(ev), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn sse(ev: &Event) -> SseEvent {
+    let kind = match ev.kind {
+        crate::control::store::types::EventKind::Put => "put",
+        crate::control::store::types::EventKind::Delete => "delete",
+    };
+    SseEvent::default()
+        .id(ev.revision.to_string())
+        .event(kind)
+        .json_data(ev)
+        .unwrap_or_default()
+}
+
+/// Replays history after `last`, then forwards live events; on lag, replays again.
+async fn pump(
+    store: Store,
+    prefix: String,
+    mut last: u64,
+    mut live: broadcast::Receiver<std::sync::Arc<Vec<Event>>>,
+    tx: mpsc::Sender<SseEvent>,
+) {
+    loop {
+        // Replay from history until caught up with what is applied.
+        loop {
+            let Ok((events, _, _)) = store.history(last, &prefix, REPLAY_BATCH) else {
+                return;
+            };
+            let done = events.len() < REPLAY_BATCH;
+            for ev in &events {
+                if tx.send(sse(ev)).await.is_err() {
+                    return;
+                }
+                last = ev.revision;
+            }
+            if done {
+                break;
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                batch = live.recv() => match batch {
+                    Ok(batch) => {
+                        for ev in batch.iter().filter(|e| e.revision > last && e.kv.key.starts_with(&prefix)) {
+                            if tx.send(sse(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if let Some(ev) = batch.last() {
+                            last = last.max(ev.revision);
+                        }
+                    }
+                    // Too slow to follow live: catch up from the history instead.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}

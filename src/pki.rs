@@ -1,0 +1,373 @@
+//! The cluster's own PKI: a CA created by the first control node, node certificates signed
+//! from CSRs (the private key never leaves the node that made it), and the rustls
+//! configurations for mutual TLS. Every connection between roles authenticates both ends
+//! with certificates from this CA.
+
+use crate::util::hex;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use time::{Duration, OffsetDateTime};
+
+const CA_YEARS: i64 = 10;
+const NODE_DAYS: i64 = 365;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The cluster CA: its certificate and (on control nodes only) its private key.
+#[derive(Clone)]
+pub struct Ca {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn validity(days: i64) -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    // An hour of slack for clocks that disagree a little.
+    (now - Duration::hours(1), now + Duration::days(days))
+}
+
+impl Ca {
+    pub fn generate(cluster_id: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            format!("tessera cluster CA {cluster_id}"),
+        );
+        dn.push(DnType::OrganizationName, "tessera");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        (params.not_before, params.not_after) = validity(CA_YEARS * 366);
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Saves the CA (key 0600) as `ca.pem` and `ca.key` in `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = |p: &Path, e: std::io::Error| PkiError::File {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+        for (name, body, mode) in [
+            (CA_FILE, &self.cert_pem, 0o644),
+            (CA_KEY_FILE, &self.key_pem, 0o600),
+        ] {
+            let path = dir.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&path)
+                .map_err(|e| err(&path, e))?;
+            f.write_all(body.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| err(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Loads the CA saved by [`Ca::save`], if this node has it.
+    pub fn load(dir: &Path) -> Result<Option<Ca>, PkiError> {
+        if !dir.join(CA_KEY_FILE).exists() {
+            return Ok(None);
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f)).map_err(|e| PkiError::File {
+                path: dir.join(f),
+                message: e.to_string(),
+            })
+        };
+        Ok(Some(Ca {
+            cert_pem: read(CA_FILE)?,
+            key_pem: read(CA_KEY_FILE)?,
+        }))
+    }
+
+    /// SHA-256 of the CA certificate (DER), hex: what join tokens carry to pin the CA.
+    pub fn fingerprint(&self) -> Result<String, PkiError> {
+        fingerprint(&self.cert_pem)
+    }
+
+    /// Signs a node certificate for the public key in `csr_pem`. Only the key is taken
+    /// from the CSR: names, usages and validity are set here, so a CSR cannot ask for more.
+    pub fn sign_csr(&self, csr_pem: &str, name: &str, ips: &[IpAddr]) -> Result<String, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Invalid(format!("bad CSR: {e}")))?;
+        let key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, key)?;
+        let params = node_params(name, ips)?;
+        Ok(params.signed_by(&csr.public_key, &issuer)?.pem())
+    }
+
+    /// A key and certificate for this node, signed directly (the bootstrap node).
+    pub fn issue(&self, name: &str, ips: &[IpAddr]) -> Result<NodeTls, PkiError> {
+        let (key_pem, csr_pem) = new_key_and_csr(name)?;
+        let cert_pem = self.sign_csr(&csr_pem, name, ips)?;
+        Ok(NodeTls {
+            ca_pem: self.cert_pem.clone(),
+            cert_pem,
+            key_pem,
+        })
+    }
+}
+
+fn node_params(name: &str, ips: &[IpAddr]) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    for ip in ips {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    (params.not_before, params.not_after) = validity(NODE_DAYS);
+    Ok(params)
+}
+
+/// A new private key and a CSR for it (the key stays with the caller).
+pub fn new_key_and_csr(name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let params = CertificateParams::new(vec![name.to_string()])?;
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// SHA-256 (hex) of the first certificate in `pem`.
+pub fn fingerprint(pem: &str) -> Result<String, PkiError> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("bad certificate: {e}")))?;
+    Ok(hex(&Sha256::digest(der.as_ref())))
+}
+
+/// This node's CA bundle, certificate and key, as PEM.
+#[derive(Clone)]
+pub struct NodeTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+const CA_FILE: &str = "ca.pem";
+const CERT_FILE: &str = "node.pem";
+const KEY_FILE: &str = "node.key";
+const CA_KEY_FILE: &str = "ca.key";
+
+impl NodeTls {
+    /// Loads `ca.pem`, `node.pem`, `node.key` from `dir`; `None` when absent.
+    pub fn load(dir: &Path) -> Result<Option<NodeTls>, PkiError> {
+        if !dir.join(KEY_FILE).exists() {
+            return Ok(None);
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f)).map_err(|e| PkiError::File {
+                path: dir.join(f),
+                message: e.to_string(),
+            })
+        };
+        Ok(Some(NodeTls {
+            ca_pem: read(CA_FILE)?,
+            cert_pem: read(CERT_FILE)?,
+            key_pem: read(KEY_FILE)?,
+        }))
+    }
+
+    /// Loads explicitly configured files (`[tls]` of the profile).
+    pub fn load_files(ca: &Path, cert: &Path, key: &Path) -> Result<NodeTls, PkiError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| PkiError::File {
+                path: p.to_path_buf(),
+                message: e.to_string(),
+            })
+        };
+        Ok(NodeTls {
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        })
+    }
+
+    /// Writes the three files into `dir` (created 0700; the key 0600), key last.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let err = |p: &Path, e: std::io::Error| PkiError::File {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err(dir, e))?;
+        for (name, body, mode) in [
+            (CA_FILE, &self.ca_pem, 0o644),
+            (CERT_FILE, &self.cert_pem, 0o644),
+            (KEY_FILE, &self.key_pem, 0o600),
+        ] {
+            let path = dir.join(name);
+            let tmp = dir.join(format!("{name}.tmp"));
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(mode)
+                    .open(&tmp)?;
+                f.write_all(body.as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            };
+            write().map_err(|e| err(&path, e))?;
+        }
+        Ok(())
+    }
+
+    fn parts(
+        &self,
+    ) -> Result<
+        (
+            rustls::RootCertStore,
+            Vec<CertificateDer<'static>>,
+            PrivateKeyDer<'static>,
+        ),
+        PkiError,
+    > {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.map_err(|e| PkiError::Invalid(format!("bad CA certificate: {e}")))?)?;
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| PkiError::Invalid(format!("bad node certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| PkiError::Invalid(format!("bad node key: {e}")))?;
+        Ok((roots, chain, key))
+    }
+
+    /// Server side of mutual TLS: a client certificate from our CA is required.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let (roots, chain, key) = self.parts()?;
+        let provider = provider();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| PkiError::Invalid(format!("client verifier: {e}")))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+
+    /// Client side of mutual TLS: trusts only our CA and presents this node's certificate.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, PkiError> {
+        let (roots, chain, key) = self.parts()?;
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS material that may arrive after start (a joining node gets its certificate while
+/// already running): connectors and acceptors read it on each new connection.
+#[derive(Clone, Default)]
+pub struct TlsHandle {
+    inner: Arc<RwLock<Option<Configs>>>,
+}
+
+#[derive(Clone)]
+struct Configs {
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TlsHandle {
+    pub fn set(&self, tls: &NodeTls) -> Result<(), PkiError> {
+        let configs = Configs {
+            client: Arc::new(tls.client_config()?),
+            server: Arc::new(tls.server_config()?),
+        };
+        if let Ok(mut g) = self.inner.write() {
+            *g = Some(configs);
+        }
+        Ok(())
+    }
+
+    pub fn client(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.inner
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|c| c.client.clone()))
+    }
+
+    pub fn server(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.inner
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|c| c.server.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_signs_csrs_and_fingerprints_are_stable() {
+        let ca = Ca::generate("test").unwrap();
+        let fp = ca.fingerprint().unwrap();
+        assert_eq!(fp.len(), 64);
+        assert_eq!(fp, fingerprint(&ca.cert_pem).unwrap());
+        let node = ca.issue("n1", &["127.0.0.1".parse().unwrap()]).unwrap();
+        node.server_config().unwrap();
+        node.client_config().unwrap();
+        assert!(ca.sign_csr("not a csr", "x", &[]).is_err());
+    }
+}
