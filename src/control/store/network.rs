@@ -62,10 +62,10 @@ enum CallError {
 }
 
 impl PeerClient {
-    async fn connect(&mut self, ttl: Duration) -> Result<&mut SendRequest<Full<Bytes>>, CallError> {
+    /// Makes sure `self.sender` holds an open connection, dialing a new one if needed.
+    async fn connect(&mut self, ttl: Duration) -> Result<(), CallError> {
         if self.sender.as_ref().is_some_and(|s| !s.is_closed()) {
-            // ok: checked just above
-            return Ok(self.sender.as_mut().expect("sender present"));
+            return Ok(());
         }
         self.sender = None;
         let addr: std::net::SocketAddr = self.peer.parse().map_err(|_| {
@@ -109,7 +109,8 @@ impl PeerClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(self.sender.insert(sender))
+        self.sender = Some(sender);
+        Ok(())
     }
 
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
@@ -122,7 +123,12 @@ impl PeerClient {
             .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
         let peer = self.peer.clone();
         let exchange = async {
-            let sender = self.connect(ttl).await?;
+            self.connect(ttl).await?;
+            let Some(sender) = self.sender.as_mut() else {
+                return Err(CallError::Unreachable(TransportError(
+                    "no connection".into(),
+                )));
+            };
             sender
                 .ready()
                 .await
