@@ -71,30 +71,13 @@ impl Ca {
 
     /// Saves the CA (key 0600) as `ca.pem` and `ca.key` in `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let err = |p: &Path, e: std::io::Error| PkiError::File {
-            path: p.to_path_buf(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
-        for (name, body, mode) in [
-            (CA_FILE, &self.cert_pem, 0o644),
-            (CA_KEY_FILE, &self.key_pem, 0o600),
-        ] {
-            let path = dir.join(name);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(&path)
-                .map_err(|e| err(&path, e))?;
-            f.write_all(body.as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| err(&path, e))?;
-        }
-        Ok(())
+        write_files(
+            dir,
+            &[
+                (CA_FILE, &self.cert_pem, 0o644),
+                (CA_KEY_FILE, &self.key_pem, 0o600),
+            ],
+        )
     }
 
     /// Loads the CA saved by [`Ca::save`], if this node has it.
@@ -102,15 +85,9 @@ impl Ca {
         if !dir.join(CA_KEY_FILE).exists() {
             return Ok(None);
         }
-        let read = |f: &str| {
-            std::fs::read_to_string(dir.join(f)).map_err(|e| PkiError::File {
-                path: dir.join(f),
-                message: e.to_string(),
-            })
-        };
         Ok(Some(Ca {
-            cert_pem: read(CA_FILE)?,
-            key_pem: read(CA_KEY_FILE)?,
+            cert_pem: read_file(&dir.join(CA_FILE))?,
+            key_pem: read_file(&dir.join(CA_KEY_FILE))?,
         }))
     }
 
@@ -196,66 +173,33 @@ impl NodeTls {
         if !dir.join(KEY_FILE).exists() {
             return Ok(None);
         }
-        let read = |f: &str| {
-            std::fs::read_to_string(dir.join(f)).map_err(|e| PkiError::File {
-                path: dir.join(f),
-                message: e.to_string(),
-            })
-        };
-        Ok(Some(NodeTls {
-            ca_pem: read(CA_FILE)?,
-            cert_pem: read(CERT_FILE)?,
-            key_pem: read(KEY_FILE)?,
-        }))
+        Self::load_files(
+            &dir.join(CA_FILE),
+            &dir.join(CERT_FILE),
+            &dir.join(KEY_FILE),
+        )
+        .map(Some)
     }
 
     /// Loads explicitly configured files (`[tls]` of the profile).
     pub fn load_files(ca: &Path, cert: &Path, key: &Path) -> Result<NodeTls, PkiError> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| PkiError::File {
-                path: p.to_path_buf(),
-                message: e.to_string(),
-            })
-        };
         Ok(NodeTls {
-            ca_pem: read(ca)?,
-            cert_pem: read(cert)?,
-            key_pem: read(key)?,
+            ca_pem: read_file(ca)?,
+            cert_pem: read_file(cert)?,
+            key_pem: read_file(key)?,
         })
     }
 
-    /// Writes the three files into `dir` (created 0700; the key 0600), key last.
+    /// Writes the three files into `dir` (the key 0600), key last.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let err = |p: &Path, e: std::io::Error| PkiError::File {
-            path: p.to_path_buf(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| err(dir, e))?;
-        for (name, body, mode) in [
-            (CA_FILE, &self.ca_pem, 0o644),
-            (CERT_FILE, &self.cert_pem, 0o644),
-            (KEY_FILE, &self.key_pem, 0o600),
-        ] {
-            let path = dir.join(name);
-            let tmp = dir.join(format!("{name}.tmp"));
-            let write = || -> std::io::Result<()> {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(mode)
-                    .open(&tmp)?;
-                f.write_all(body.as_bytes())?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            };
-            write().map_err(|e| err(&path, e))?;
-        }
-        Ok(())
+        write_files(
+            dir,
+            &[
+                (CA_FILE, &self.ca_pem, 0o644),
+                (CERT_FILE, &self.cert_pem, 0o644),
+                (KEY_FILE, &self.key_pem, 0o600),
+            ],
+        )
     }
 
     fn parts(
@@ -309,6 +253,44 @@ impl NodeTls {
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(cfg)
     }
+}
+
+fn read_file(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|e| PkiError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Writes each `(name, body, mode)` into `dir` (created 0700) atomically: temp file,
+/// fsync, rename. Keys are written 0600 from the first byte.
+fn write_files(dir: &Path, files: &[(&str, &String, u32)]) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |p: &Path, e: std::io::Error| PkiError::File {
+        path: p.to_path_buf(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(dir, e))?;
+    for (name, body, mode) in files {
+        let path = dir.join(name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(*mode)
+                .open(&tmp)?;
+            f.write_all(body.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| err(&path, e))?;
+    }
+    Ok(())
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -33,13 +33,16 @@ async fn call_cluster(
     body: &Value,
     shutdown: &CancellationToken,
 ) -> Result<Option<Value>, String> {
+    let clients = urls
+        .iter()
+        .map(|u| Client::new(u, None).map(|c| c.with_timeout(Duration::from_secs(90))))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + GIVE_UP;
     let mut backoff = Duration::from_millis(300);
     loop {
-        for url in urls {
-            let client = Client::new(url, None)
-                .map_err(|e| e.to_string())?
-                .with_timeout(Duration::from_secs(90));
+        for client in &clients {
+            let url = client.url();
             match client.call::<Value>(Method::POST, path, Some(body)).await {
                 Ok(v) => return Ok(Some(v)),
                 Err(

@@ -57,3 +57,15 @@ impl IntoResponse for ApiError {
         (self.status, Json(&self)).into_response()
     }
 }
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(e: axum::extract::rejection::BytesRejection) -> Self {
+        ApiError::new(e.status(), "bad_body", e.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::bad_field("query", e.body_text())
+    }
+}

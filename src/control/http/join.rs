@@ -84,7 +84,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     what: &str,
 ) -> Result<(T, Bytes), ApiError> {
-    let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+    let body = body?;
     let v = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_field("body", format!("not {what}: {e}")))?;
     Ok((v, body))

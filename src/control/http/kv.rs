@@ -118,7 +118,7 @@ pub async fn get(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
+    let Query(q) = q?;
     validate_key("key", &key)?;
     if !q.prefix {
         guard("key", &key, false)?;
@@ -225,7 +225,7 @@ pub async fn put(
     caller.require_admin()?;
     validate_key("key", &key)?;
     guard("key", &key, false)?;
-    let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+    let body = body?;
     let value = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_field("value", "the value must be UTF-8 text"))?
         .to_string();
@@ -258,7 +258,7 @@ pub async fn delete(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
+    let Query(q) = q?;
     validate_key("key", &key)?;
     guard("key", &key, q.prefix)?;
     match replicate(
@@ -321,7 +321,7 @@ pub async fn txn(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let body = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+    let body = body?;
     let t: TxnBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_field("body", format!("not a transaction: {e}")))?;
     if t.compare.len() > MAX_TXN_OPS {

@@ -38,7 +38,7 @@ pub async fn watch(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
+    let Query(q) = q?;
     if !q.prefix.is_empty() {
         validate_key("prefix", &q.prefix)?;
     }

@@ -57,7 +57,7 @@ pub struct RaftNode {
     info: NodeInfo,
     /// Membership changes one at a time: openraft refuses a change while another is
     /// in flight, and concurrent joins would otherwise fail each other.
-    membership: Arc<tokio::sync::Mutex<()>>,
+    membership_lock: Arc<tokio::sync::Mutex<()>>,
     tls: TlsHandle,
 }
 
@@ -137,7 +137,7 @@ impl RaftNode {
             raft,
             store,
             info,
-            membership: Arc::default(),
+            membership_lock: Arc::default(),
             tls,
         })
     }
@@ -266,7 +266,7 @@ impl RaftNode {
         info: NodeInfo,
         catch_up: Duration,
     ) -> Result<&'static str, RaftFailure> {
-        let _one_at_a_time = self.membership.lock().await;
+        let _one_at_a_time = self.membership_lock.lock().await;
         match tokio::time::timeout(catch_up, self.raft.add_learner(id, info, true)).await {
             Ok(r) => r.map_err(write_failure)?,
             Err(_) => {
@@ -275,14 +275,7 @@ impl RaftNode {
                 )))
             }
         };
-        let voters: Vec<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters: Vec<NodeId> = self.membership().voter_ids().collect();
         if voters.contains(&id) {
             return Ok("voter");
         }
@@ -299,14 +292,8 @@ impl RaftNode {
 
     /// Removes a member: a voter through a joint configuration, a learner directly.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), RaftFailure> {
-        let _one_at_a_time = self.membership.lock().await;
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let _one_at_a_time = self.membership_lock.lock().await;
+        let membership = self.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let ids: std::collections::BTreeSet<NodeId> = [id].into();
         if voters.contains(&id) {
@@ -330,15 +317,19 @@ impl RaftNode {
         Ok(())
     }
 
-    /// A member's id by name or by id.
-    pub fn find_member(&self, name_or_id: &str) -> Option<NodeId> {
-        let m = self
-            .raft
+    /// The membership this node currently knows.
+    fn membership(&self) -> openraft::Membership<NodeId, NodeInfo> {
+        self.raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
-            .clone();
+            .clone()
+    }
+
+    /// A member's id by name or by id.
+    pub fn find_member(&self, name_or_id: &str) -> Option<NodeId> {
+        let m = self.membership();
         let found = m
             .nodes()
             .find(|(id, n)| n.name == name_or_id || id.to_string() == name_or_id)
