@@ -265,8 +265,7 @@ fn read_file(path: &Path) -> Result<String, PkiError> {
 /// Writes each `(name, body, mode)` into `dir` (created 0700) atomically: temp file,
 /// fsync, rename. Keys are written 0600 from the first byte.
 fn write_files(dir: &Path, files: &[(&str, &String, u32)]) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let err = |p: &Path, e: std::io::Error| PkiError::File {
         path: p.to_path_buf(),
         message: e.to_string(),
@@ -276,19 +275,7 @@ fn write_files(dir: &Path, files: &[(&str, &String, u32)]) -> Result<(), PkiErro
         .map_err(|e| err(dir, e))?;
     for (name, body, mode) in files {
         let path = dir.join(name);
-        let tmp = dir.join(format!("{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(*mode)
-                .open(&tmp)?;
-            f.write_all(body.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| err(&path, e))?;
+        crate::util::write_atomic(&path, body.as_bytes(), *mode).map_err(|e| err(&path, e))?;
     }
     Ok(())
 }

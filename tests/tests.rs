@@ -3,9 +3,11 @@
 
 mod harness;
 
+mod backup;
 mod cli;
 mod cluster;
 mod config_errors;
 mod kv_api;
+mod leases;
 mod lifecycle;
 mod static_binary;

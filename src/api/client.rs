@@ -27,6 +27,9 @@ pub enum ClientError {
     },
     #[error("bad response from {url}: {reason}")]
     BadResponse { url: String, reason: String },
+    /// A local failure while handling the answer (e.g. writing a file).
+    #[error("{0}")]
+    Local(String),
 }
 
 impl ClientError {
@@ -191,24 +194,29 @@ impl Client {
         };
         let (status, bytes) = self.send(method, path, body).await?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.code,
-                    message: e.message,
-                    field: e.field,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
-                    field: None,
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse {
             url: format!("{}{path}", self.url),
             reason: e.to_string(),
         })
+    }
+}
+
+/// The error a non-2xx answer stands for (the API's JSON error, or the start of the body).
+pub fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => ClientError::Api {
+            status: status.as_u16(),
+            code: e.code,
+            message: e.message,
+            field: e.field,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "http".into(),
+            message: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+            field: None,
+        },
     }
 }

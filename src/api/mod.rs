@@ -2,4 +2,4 @@
 
 mod client;
 
-pub use client::{Client, ClientError};
+pub use client::{api_error, Client, ClientError};

@@ -33,6 +33,38 @@ pub enum Command {
     Token(TokenCommand),
     /// Control plane members: list (default) or remove
     Members(MembersArgs),
+    /// Metadata backup and restore
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a consistent, checksummed backup of the control plane's store to FILE
+    Save(SnapshotSaveArgs),
+    /// Check FILE and stage it in a fresh data dir; the next start of a node with
+    /// `bootstrap = true` on that data dir creates a new cluster from it
+    Restore(SnapshotRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotSaveArgs {
+    /// Where to write the backup (it holds the cluster CA key: it is written 0600)
+    pub file: PathBuf,
+    /// Give up after this long: 30s, 10m
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotRestoreArgs {
+    /// A file written by `tessera snapshot save`
+    pub file: PathBuf,
+    /// The data dir of the node that will start the new cluster (must hold no store yet)
+    #[arg(long, default_value = "./tessera-data")]
+    pub data_dir: PathBuf,
 }
 
 /// How client commands find the control plane and their credential.

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::process::ExitCode;
 
 /// Runs one client operation on a small runtime and maps its error to an exit code.
-fn block_on<F: Future<Output = Result<(), ClientError>>>(
+pub(super) fn block_on<F: Future<Output = Result<(), ClientError>>>(
     f: impl FnOnce(Client) -> F,
     args: &ClientArgs,
 ) -> ExitCode {

@@ -5,6 +5,7 @@ mod args;
 mod client_cmd;
 mod config_cmd;
 mod serve;
+mod snapshot_cmd;
 
 pub use args::Cli;
 
@@ -22,5 +23,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Config(c) => config_cmd::run(c),
         Command::Token(c) => client_cmd::token(c),
         Command::Members(a) => client_cmd::members(a),
+        Command::Snapshot(c) => snapshot_cmd::run(c),
     }
 }

@@ -143,6 +143,16 @@ pub struct ControlConfig {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log behind it) after this many new entries.
     pub snapshot_logs: u64,
+    /// Revisions of change history kept for watches to replay; the leader compacts
+    /// older history automatically.
+    pub history_revisions: u64,
+    /// `IP:PORT` other control nodes dial for Raft traffic, when it differs from
+    /// `peer_listen` (a wildcard listen address, NAT, a relay). Outgoing peer
+    /// connections leave from `peer_listen`'s IP when it is a specific address.
+    pub peer_advertise: Option<ListenAddr>,
+    /// `http://IP:PORT` other control nodes use to reach this node's API (forwarded
+    /// writes), when it differs from `listen`.
+    pub api_advertise: Option<String>,
 }
 
 impl Default for ControlConfig {
@@ -158,6 +168,9 @@ impl Default for ControlConfig {
             election_timeout_min_ms: 600,
             election_timeout_max_ms: 1200,
             snapshot_logs: 10_000,
+            history_revisions: 50_000,
+            peer_advertise: None,
+            api_advertise: None,
         }
     }
 }

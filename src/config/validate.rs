@@ -154,6 +154,47 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
                 format!("{} is too small: at least 100", ctl.snapshot_logs),
             );
         }
+        if ctl.history_revisions < 1000 {
+            c.fail(
+                "control.history_revisions",
+                format!("{} is too small: at least 1000", ctl.history_revisions),
+            );
+        }
+        match &ctl.peer_advertise {
+            Some(a) if a.0.ip().is_unspecified() || a.0.port() == 0 => c.fail(
+                "control.peer_advertise",
+                format!("{a} is not an address other nodes can dial: name a specific IP and port"),
+            ),
+            None if ctl.peer_listen.0.ip().is_unspecified() => c.fail(
+                "control.peer_advertise",
+                format!("peer_listen {} is a wildcard: set peer_advertise to the IP:PORT other control nodes dial", ctl.peer_listen),
+            ),
+            _ => {}
+        }
+        match &ctl.api_advertise {
+            Some(u) => {
+                let ip_host = check_url(u).map(|uri| {
+                    uri.authority()
+                        .is_some_and(|a| a.as_str().parse::<std::net::SocketAddr>().is_ok())
+                });
+                match ip_host {
+                    Err(m) => c.fail("control.api_advertise", format!("`{u}`: {m}")),
+                    Ok(false) => c.fail(
+                        "control.api_advertise",
+                        format!("`{u}`: name the host as IP:PORT, e.g. http://10.0.0.5:7400"),
+                    ),
+                    Ok(true) => {}
+                }
+            }
+            None if ctl.listen.0.ip().is_unspecified() => c.fail(
+                "control.api_advertise",
+                format!(
+                    "listen {} is a wildcard: set api_advertise to the URL other control nodes use",
+                    ctl.listen
+                ),
+            ),
+            None => {}
+        }
     }
 
     // Client roles with no `control` list use the co-located control role, at the

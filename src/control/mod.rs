@@ -2,6 +2,7 @@
 //! openraft) and the REST API (`http`). The API listener serves the admin endpoints too;
 //! the peer listener carries Raft RPCs between control nodes.
 
+pub mod housekeeping;
 mod http;
 mod join;
 pub mod store;
@@ -58,20 +59,33 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
 
     let info = NodeInfo {
         name: cfg.node_name.clone(),
-        api: local_url(api_addr),
-        peer: local_url(peer_addr)
-            .trim_start_matches("http://")
-            .to_string(),
+        api: cfg
+            .control
+            .api_advertise
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| local_url(api_addr)),
+        peer: match cfg.control.peer_advertise {
+            Some(a) => a.to_string(),
+            None => local_url(peer_addr)
+                .trim_start_matches("http://")
+                .to_string(),
+        },
         zone: cfg.zone.clone(),
     };
+    // Outgoing connections leave from the listeners' own IPs when they are specific.
+    let specific = |ip: std::net::IpAddr| (!ip.is_unspecified()).then_some(ip);
     let settings = RaftSettings {
         heartbeat: Duration::from_millis(cfg.control.heartbeat_ms),
         election_min: Duration::from_millis(cfg.control.election_timeout_min_ms),
         election_max: Duration::from_millis(cfg.control.election_timeout_max_ms),
         snapshot_logs: cfg.control.snapshot_logs,
+        source: specific(peer_addr.ip()),
     };
+    let egress = specific(api_addr.ip());
     let control_dir = cfg.data_dir.join("control");
     let pki_dir = control_dir.join("pki");
+    restore_staged(cfg, &store, &info, &control_dir).await?;
     let tls = TlsHandle::default();
     let ca =
         setup_pki(cfg, &store, &info, &pki_dir, &control_dir.join("ca"), &tls).map_err(failed)?;
@@ -80,8 +94,10 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         .map_err(failed)?;
     health.set_not_ready("waiting for a Raft leader");
 
-    let router =
-        http::router(node.clone()).merge(admin::router(health.clone(), ctx.metrics.clone()));
+    let clock = housekeeping::LeaseClock::default();
+    let router = http::router(node.clone(), clock.clone(), egress)
+        .merge(admin::router(health.clone(), ctx.metrics.clone()));
+    let history_revisions = cfg.control.history_revisions;
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
     let bootstrap = cfg.control.bootstrap;
     let data_dir = cfg.data_dir.clone();
@@ -97,6 +113,12 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 let (node, shutdown) = (node.clone(), shutdown.clone());
                 tokio::spawn(async move { node.serve_peers(peer, shutdown).await })
             };
+            let chores = tokio::spawn(housekeeping::run(
+                node.clone(),
+                clock,
+                history_revisions,
+                shutdown.clone(),
+            ));
             let joined = Arc::new(AtomicBool::new(join.is_none()));
             let readiness = tokio::spawn(track_readiness(
                 node.clone(),
@@ -144,6 +166,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             };
             health.set_not_ready("stopped");
             readiness.abort();
+            chores.abort();
             // Raft stops after the API so in-flight requests could finish; peers see us leave.
             node.shutdown().await;
             shutdown.cancel();
@@ -151,6 +174,67 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             result
         })
     }))
+}
+
+/// Where `tessera snapshot restore` stages a backup for the node's first start.
+pub const STAGED_RESTORE: &str = "restore.snap";
+
+/// Applies a staged backup to a fresh store: the node starts as the only member of a new
+/// cluster holding the backup's data at its revision, with the backed-up cluster CA (so
+/// join tokens and certificates keep working as before).
+async fn restore_staged(
+    cfg: &crate::config::RuntimeConfig,
+    store: &Store,
+    info: &NodeInfo,
+    control_dir: &std::path::Path,
+) -> Result<(), RoleError> {
+    let staged = control_dir.join(STAGED_RESTORE);
+    if !staged.exists() {
+        return Ok(());
+    }
+    if !cfg.control.bootstrap {
+        return Err(failed(format!(
+            "{} holds a staged restore: start this node with `bootstrap = true` to create the new cluster from it",
+            staged.display()
+        )));
+    }
+    let (store, info, path, ca_dir) = (
+        store.clone(),
+        info.clone(),
+        staged.clone(),
+        control_dir.join("ca"),
+    );
+    let done = tokio::task::spawn_blocking(move || -> Result<(u64, usize), String> {
+        let file = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (body, _) = store::backup::open(&file)?;
+        let restored = store.restore(body, info)?;
+        // The backup carries the cluster CA; this node keeps using it.
+        if let (Some(kv), None) = (
+            store.get(http::join::CA_KEY)?.0,
+            Ca::load(&ca_dir).map_err(|e| e.to_string())?,
+        ) {
+            let ca: http::join::StoredCa = serde_json::from_str(&kv.value)
+                .map_err(|e| format!("the backed-up CA record: {e}"))?;
+            Ca {
+                cert_pem: ca.cert,
+                key_pem: ca.key,
+            }
+            .save(&ca_dir)
+            .map_err(|e| e.to_string())?;
+        }
+        let applied = path.with_extension("snap.applied");
+        std::fs::rename(&path, &applied).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(restored)
+    })
+    .await
+    .map_err(|e| failed(format!("restore task: {e}")))?
+    .map_err(|e| failed(format!("restoring {}: {e}", staged.display())))?;
+    tracing::info!(
+        revision = done.0,
+        keys = done.1,
+        "Restored the store from a backup; this node is the only member of a new cluster"
+    );
+    Ok(())
 }
 
 /// Ready while a leader is known, once a joining node has been admitted. The bootstrap

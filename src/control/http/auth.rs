@@ -103,7 +103,7 @@ pub async fn ensure_admin_token(node: &RaftNode, data_dir: &Path) -> Result<(), 
             role: "admin".into(),
         })
         .map_err(|e| e.to_string())?;
-        node.write(Command::Put { key, value })
+        node.write(Command::put(key, value))
             .await
             .map_err(|e| format!("registering the admin token: {e}"))?;
     }

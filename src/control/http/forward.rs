@@ -34,13 +34,14 @@ pub fn not_leader(leader: Option<NodeInfo>, headers: &HeaderMap) -> Result<NodeI
 
 /// Sends the same request to `leader` and relays its answer.
 pub async fn to_leader(
+    state: &super::ApiState,
     leader: &NodeInfo,
     method: Method,
     path_and_query: &str,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    match send(leader, method, path_and_query, headers, body).await {
+    match send(state.egress, leader, method, path_and_query, headers, body).await {
         Ok(r) => r,
         Err(e) => ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -52,6 +53,7 @@ pub async fn to_leader(
 }
 
 async fn send(
+    egress: Option<std::net::IpAddr>,
     leader: &NodeInfo,
     method: Method,
     pq: &str,
@@ -71,7 +73,7 @@ async fn send(
         .parse()
         .map_err(|_| format!("leader address {authority} is not IP:PORT"))?;
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
+        let stream = crate::net::connect_from(addr, egress)
             .await
             .map_err(|e| e.to_string())?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -155,11 +155,11 @@ pub async fn create_token(
     };
     let value =
         serde_json::to_string(&record).map_err(|e| ApiError::internal("token encoding", e))?;
-    match s.node.write(Command::Put { key: token_key(&token), value }).await {
+    match s.node.write(Command::put(token_key(&token), value)).await {
         Ok(r) => Ok((StatusCode::CREATED, Json(json!({"token": token, "role": req.role, "expires_at": record.expires_at, "revision": r.revision}))).into_response()),
         Err(RaftFailure::NotLeader { leader }) => {
             let leader = not_leader(leader, &headers)?;
-            Ok(to_leader(&leader, Method::POST, &path_and_query(&uri), &headers, body).await)
+            Ok(to_leader(&s, &leader, Method::POST, &path_and_query(&uri), &headers, body).await)
         }
         Err(e) => Err(raft_error(e)),
     }
@@ -218,7 +218,11 @@ async fn consume(s: &ApiState, token: &str, node_id: &str) -> Result<(), ApiErro
             op: CompareOp::Equal,
             target: CompareTarget::ModRevision(kv.mod_revision),
         }],
-        success: vec![Op::Put { key, value }],
+        success: vec![Op::Put {
+            key,
+            value,
+            lease: 0,
+        }],
         failure: vec![],
     };
     if !s.node.write(txn).await.map_err(raft_error)?.succeeded {
@@ -252,7 +256,15 @@ pub async fn join_cert(
     }
     if let Err(leader) = on_leader(&s).await {
         let leader = not_leader(leader?, &headers)?;
-        return Ok(to_leader(&leader, Method::POST, &path_and_query(&uri), &headers, body).await);
+        return Ok(to_leader(
+            &s,
+            &leader,
+            Method::POST,
+            &path_and_query(&uri),
+            &headers,
+            body,
+        )
+        .await);
     }
     consume(&s, &req.token, &req.node_id).await?;
     let ca = cluster_ca(&s)?;
@@ -285,7 +297,15 @@ pub async fn join(
         .map_err(|_| ApiError::bad_field("node_id", "not a node id"))?;
     if let Err(leader) = on_leader(&s).await {
         let leader = not_leader(leader?, &headers)?;
-        return Ok(to_leader(&leader, Method::POST, &path_and_query(&uri), &headers, body).await);
+        return Ok(to_leader(
+            &s,
+            &leader,
+            Method::POST,
+            &path_and_query(&uri),
+            &headers,
+            body,
+        )
+        .await);
     }
     consume(&s, &req.token, &req.node_id).await?;
     tracing::info!(node = %req.node.name, node_id = id, peer = %req.node.peer, "Admitting a control node");
@@ -314,6 +334,7 @@ pub async fn remove_member(
         Err(RaftFailure::NotLeader { leader }) => {
             let leader = not_leader(leader, &headers)?;
             Ok(to_leader(
+                &s,
                 &leader,
                 Method::DELETE,
                 &path_and_query(&uri),
@@ -337,11 +358,8 @@ pub async fn register_ca(node: &crate::control::store::RaftNode, ca: &Ca) -> Res
         key: ca.key_pem.clone(),
     })
     .map_err(|e| e.to_string())?;
-    node.write(Command::Put {
-        key: CA_KEY.to_string(),
-        value,
-    })
-    .await
-    .map_err(|e| format!("registering the CA: {e}"))?;
+    node.write(Command::put(CA_KEY, value))
+        .await
+        .map_err(|e| format!("registering the CA: {e}"))?;
     Ok(())
 }

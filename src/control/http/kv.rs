@@ -2,6 +2,9 @@
 //! for ranges), `POST /api/v1/kv/txn`. Every answer carries the revision it committed at
 //! or observed, in the body and in `x-tessera-revision`.
 //!
+//! `PUT ?lease=ID` attaches the key to a lease; `POST /api/v1/kv-compact` drops old
+//! history; `GET /api/v1/snapshot` is a consistent backup.
+//!
 //! Limits: keys are 1-1024 bytes of UTF-8 without control characters; values are UTF-8
 //! up to 1 MiB; a transaction has at most 128 compares and 128 operations per branch;
 //! ranges return at most `limit` keys (default 1000, at most 10000).
@@ -101,7 +104,36 @@ fn validate_value(field: &str, v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn with_revision(rev: u64, body: serde_json::Value, status: StatusCode) -> Response {
+/// Makes local state reflect every write committed before this call (read index through
+/// the leader), or, on a follower that cannot, answers with the leader's response to the
+/// same request.
+pub(super) async fn linearize_or_forward(
+    s: &ApiState,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<Response>, ApiError> {
+    match s.node.linearize().await {
+        Ok(()) => Ok(None),
+        Err(RaftFailure::NotLeader { leader }) => {
+            let leader = not_leader(leader, headers)?;
+            Ok(Some(
+                to_leader(
+                    s,
+                    &leader,
+                    method,
+                    &path_and_query(uri),
+                    headers,
+                    Bytes::new(),
+                )
+                .await,
+            ))
+        }
+        Err(e) => Err(ApiError::unavailable(e.to_string())),
+    }
+}
+
+pub(super) fn with_revision(rev: u64, body: serde_json::Value, status: StatusCode) -> Response {
     let mut r = (status, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&rev.to_string()) {
         r.headers_mut().insert("x-tessera-revision", v);
@@ -141,20 +173,8 @@ pub async fn get(
         ));
     }
     if !stale {
-        match s.node.linearize().await {
-            Ok(()) => {}
-            Err(RaftFailure::NotLeader { leader }) => {
-                let leader = not_leader(leader, &headers)?;
-                return Ok(to_leader(
-                    &leader,
-                    Method::GET,
-                    &path_and_query(&uri),
-                    &headers,
-                    Bytes::new(),
-                )
-                .await);
-            }
-            Err(e) => return Err(ApiError::unavailable(e.to_string())),
+        if let Some(answer) = linearize_or_forward(&s, Method::GET, &uri, &headers).await? {
+            return Ok(answer);
         }
     }
     let store = s.node.store();
@@ -189,7 +209,7 @@ pub async fn get(
 }
 
 /// Replicates `cmd`, forwarding the original request to the leader when needed.
-async fn replicate(
+pub(super) async fn replicate(
     s: &ApiState,
     cmd: Command,
     method: Method,
@@ -202,6 +222,7 @@ async fn replicate(
         Err(RaftFailure::NotLeader { leader }) => {
             let leader = not_leader(leader, headers)?;
             Ok(Err(to_leader(
+                s,
                 &leader,
                 method,
                 &path_and_query(uri),
@@ -214,15 +235,37 @@ async fn replicate(
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutQuery {
+    /// Attach the key to this lease.
+    #[serde(default)]
+    lease: u64,
+}
+
+/// A command that every member refused alike (it changed nothing).
+fn refused(r: &CommandResult) -> Result<(), ApiError> {
+    match &r.refused {
+        Some(why) if why.starts_with("lease") => Err(ApiError {
+            field: Some("lease".into()),
+            ..ApiError::new(StatusCode::NOT_FOUND, "lease_not_found", why.clone())
+        }),
+        Some(why) => Err(ApiError::new(StatusCode::CONFLICT, "refused", why.clone())),
+        None => Ok(()),
+    }
+}
+
 pub async fn put(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
+    q: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
+    let Query(q) = q?;
     validate_key("key", &key)?;
     guard("key", &key, false)?;
     let body = body?;
@@ -230,21 +273,20 @@ pub async fn put(
         .map_err(|_| ApiError::bad_field("value", "the value must be UTF-8 text"))?
         .to_string();
     validate_value("the value", &value)?;
-    match replicate(
-        &s,
-        Command::Put { key, value },
-        Method::PUT,
-        &uri,
-        &headers,
-        body,
-    )
-    .await?
-    {
-        Ok(r) => Ok(with_revision(
-            r.revision,
-            json!({"revision": r.revision, "prev": r.prev}),
-            StatusCode::OK,
-        )),
+    let cmd = Command::Put {
+        key,
+        value,
+        lease: q.lease,
+    };
+    match replicate(&s, cmd, Method::PUT, &uri, &headers, body).await? {
+        Ok(r) => {
+            refused(&r)?;
+            Ok(with_revision(
+                r.revision,
+                json!({"revision": r.revision, "prev": r.prev}),
+                StatusCode::OK,
+            ))
+        }
         Err(forwarded) => Ok(forwarded),
     }
 }
@@ -303,7 +345,7 @@ fn validate_ops(branch: &str, ops: &[Op]) -> Result<(), ApiError> {
     }
     for (i, op) in ops.iter().enumerate() {
         match op {
-            Op::Put { key, value } => {
+            Op::Put { key, value, .. } => {
                 validate_key(&format!("{branch}[{i}].key"), key)?;
                 validate_value(&format!("{branch}[{i}].value"), value)?;
             }
@@ -352,11 +394,117 @@ pub async fn txn(
         failure: t.failure,
     };
     match replicate(&s, cmd, Method::POST, &uri, &headers, body).await? {
+        Ok(r) => {
+            refused(&r)?;
+            Ok(with_revision(
+                r.revision,
+                json!({"revision": r.revision, "succeeded": r.succeeded, "deleted": r.deleted}),
+                StatusCode::OK,
+            ))
+        }
+        Err(forwarded) => Ok(forwarded),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactBody {
+    revision: u64,
+}
+
+/// `POST /api/v1/kv-compact {"revision": R}`: drops the change history before `R`, so
+/// watches can no longer start below it. Keys and their current values are untouched.
+pub async fn compact(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let body = body?;
+    let c: CompactBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field("body", format!("expected {{\"revision\": N}}: {e}")))?;
+    let (floor, current) = s
+        .node
+        .store()
+        .compaction()
+        .map_err(|e| ApiError::internal("compaction read", e))?;
+    if c.revision > current {
+        return Err(ApiError::bad_field(
+            "revision",
+            format!("{} is in the future (current {current})", c.revision),
+        ));
+    }
+    if c.revision < floor {
+        return Err(ApiError {
+            field: Some("revision".into()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "compacted",
+                format!(
+                    "the history is already compacted to {floor}, past {}",
+                    c.revision
+                ),
+            )
+        });
+    }
+    let cmd = Command::Compact {
+        revision: c.revision,
+    };
+    match replicate(&s, cmd, Method::POST, &uri, &headers, body).await? {
         Ok(r) => Ok(with_revision(
             r.revision,
-            json!({"revision": r.revision, "succeeded": r.succeeded, "deleted": r.deleted}),
+            json!({"revision": r.revision, "compacted": c.revision}),
             StatusCode::OK,
         )),
         Err(forwarded) => Ok(forwarded),
     }
+}
+
+/// `GET /api/v1/kv-compact`: the compaction floor and the current revision.
+pub async fn compaction(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let (floor, rev) = s
+        .node
+        .store()
+        .compaction()
+        .map_err(|e| ApiError::internal("compaction read", e))?;
+    Ok(with_revision(
+        rev,
+        json!({"compacted": floor, "revision": rev}),
+        StatusCode::OK,
+    ))
+}
+
+/// `GET /api/v1/snapshot`: a consistent, checksummed backup of the whole store (see
+/// `store::backup`). It holds the cluster CA key and token hashes: admin only.
+pub async fn snapshot(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    if let Some(answer) = linearize_or_forward(&s, Method::GET, &uri, &headers).await? {
+        return Ok(answer);
+    }
+    let store = s.node.store().clone();
+    let (file, rev) = tokio::task::spawn_blocking(move || store.backup())
+        .await
+        .map_err(|e| ApiError::internal("snapshot task", e))?
+        .map_err(|e| ApiError::internal("snapshot", e))?;
+    tracing::info!(revision = rev, bytes = file.len(), user = %caller.user, "Served a snapshot");
+    let mut r = (
+        [(http::header::CONTENT_TYPE, "application/octet-stream")],
+        file,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&rev.to_string()) {
+        r.headers_mut().insert("x-tessera-revision", v);
+    }
+    Ok(r)
 }

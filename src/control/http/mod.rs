@@ -1,14 +1,17 @@
 //! The control REST API. Everything under `/api/v1` needs a bearer token (`auth`);
 //! errors are JSON (`error`); writes reaching a follower are forwarded to the leader
-//! (`forward`). One file per resource: `kv` (raw store, admin only), `members`.
+//! (`forward`). One file per resource: `kv` (raw store, compaction and backups, admin
+//! only), `lease`, `watch`, `join` (tokens, certificates, membership).
 
 pub mod auth;
 mod error;
 mod forward;
 pub mod join;
 mod kv;
+mod lease;
 mod watch;
 
+use super::housekeeping::LeaseClock;
 use super::store::RaftNode;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::Uri;
@@ -21,12 +24,28 @@ use serde_json::json;
 #[derive(Clone)]
 pub struct ApiState {
     pub node: RaftNode,
+    /// Lease deadlines (meaningful on the leader).
+    pub leases: LeaseClock,
+    /// The IP forwarded requests leave from.
+    pub egress: Option<std::net::IpAddr>,
 }
 
-pub fn router(node: RaftNode) -> Router {
-    let state = ApiState { node };
+pub fn router(node: RaftNode, leases: LeaseClock, egress: Option<std::net::IpAddr>) -> Router {
+    let state = ApiState {
+        node,
+        leases,
+        egress,
+    };
     let api = Router::new()
         .route("/api/v1/kv/txn", post(kv::txn))
+        .route("/api/v1/kv-compact", get(kv::compaction).post(kv::compact))
+        .route("/api/v1/snapshot", get(kv::snapshot))
+        .route("/api/v1/leases", get(lease::list).post(lease::grant))
+        .route(
+            "/api/v1/leases/{id}",
+            get(lease::show).delete(lease::revoke),
+        )
+        .route("/api/v1/leases/{id}/keepalive", post(lease::keepalive))
         .route(
             "/api/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),

@@ -3,7 +3,9 @@
 //! the client has seen (also taken from `Last-Event-ID` on reconnect): the stream
 //! replays every later change still in the history, then follows live, so a client that
 //! reconnects with `since` misses nothing. A `since` older than the kept history answers
-//! 410 `compacted`. Without `since` the stream starts at the current revision.
+//! 410 `compacted`; a stream that falls behind a compaction (or whose node installs a
+//! snapshot) ends with a `compacted` event. Without `since` the stream starts at the
+//! current revision.
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -99,6 +101,17 @@ fn sse(ev: &Event) -> SseEvent {
         .unwrap_or_default()
 }
 
+/// The last event of a stream that cannot continue from `last`.
+fn gone(last: u64, floor: u64) -> SseEvent {
+    SseEvent::default().event("compacted").data(
+        serde_json::json!({
+            "code": "compacted",
+            "message": format!("the history after revision {last} is no longer kept (oldest: {floor}); re-read the keys and watch from the new revision"),
+        })
+        .to_string(),
+    )
+}
+
 /// Replays history after `last`, then forwards live events; on lag, replays again.
 async fn pump(
     store: Store,
@@ -110,9 +123,15 @@ async fn pump(
     loop {
         // Replay from history until caught up with what is applied.
         loop {
-            let Ok((events, _, _)) = store.history(last, &prefix, REPLAY_BATCH) else {
+            let Ok((events, floor, _)) = store.history(last, &prefix, REPLAY_BATCH) else {
                 return;
             };
+            if last < floor {
+                // Compacted while this watch fell behind: end with a reason; resuming
+                // from `last` then answers 410.
+                let _ = tx.send(gone(last, floor)).await;
+                return;
+            }
             let done = events.len() < REPLAY_BATCH;
             for ev in &events {
                 if tx.send(sse(ev)).await.is_err() {
@@ -128,6 +147,11 @@ async fn pump(
             tokio::select! {
                 _ = tx.closed() => return,
                 batch = live.recv() => match batch {
+                    Ok(batch) if batch.is_empty() => {
+                        // This node installed a snapshot: its history restarted.
+                        let _ = tx.send(gone(last, last + 1)).await;
+                        return;
+                    }
                     Ok(batch) => {
                         for ev in batch.iter().filter(|e| e.revision > last && e.kv.key.starts_with(&prefix)) {
                             if tx.send(sse(ev)).await.is_err() {

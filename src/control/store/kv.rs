@@ -3,20 +3,29 @@
 //! the state machine can commit them in one atomic rocksdb write.
 
 use super::types::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Read access to the committed key space.
+/// Read access to the committed state.
 pub trait KvRead {
     fn get(&self, key: &str) -> Result<Option<KeyValue>, String>;
     /// Every key starting with `prefix`, in key order.
     fn prefix(&self, prefix: &str) -> Result<Vec<KeyValue>, String>;
+    fn lease(&self, id: u64) -> Result<Option<Lease>, String>;
+    /// The keys attached to lease `id`.
+    fn lease_keys(&self, id: u64) -> Result<Vec<String>, String>;
 }
 
-/// Applies commands over a base key space, buffering the result.
+/// Applies commands over a base state, buffering the result.
 pub struct Applier<'a> {
     base: &'a dyn KvRead,
     /// key -> new value (`None` = deleted), the overlay of this batch.
     pub writes: BTreeMap<String, Option<KeyValue>>,
+    /// lease id -> new record (`None` = revoked).
+    pub leases: BTreeMap<u64, Option<Lease>>,
+    /// (lease, key) -> attached (`true`) or detached (`false`).
+    pub lease_index: BTreeMap<(u64, String), bool>,
+    /// The highest compaction revision asked for in this batch.
+    pub compact: Option<u64>,
     pub events: Vec<Event>,
 }
 
@@ -25,6 +34,9 @@ impl<'a> Applier<'a> {
         Applier {
             base,
             writes: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            lease_index: BTreeMap::new(),
+            compact: None,
             events: Vec::new(),
         }
     }
@@ -34,6 +46,29 @@ impl<'a> Applier<'a> {
             Some(v) => Ok(v.clone()),
             None => self.base.get(key),
         }
+    }
+
+    fn lease(&self, id: u64) -> Result<Option<Lease>, String> {
+        match self.leases.get(&id) {
+            Some(l) => Ok(l.clone()),
+            None => self.base.lease(id),
+        }
+    }
+
+    fn lease_keys(&self, id: u64) -> Result<Vec<String>, String> {
+        let mut keys: BTreeSet<String> = self.base.lease_keys(id)?.into_iter().collect();
+        for ((_, k), attached) in self
+            .lease_index
+            .range((id, String::new())..)
+            .take_while(|((l, _), _)| *l == id)
+        {
+            if *attached {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
     }
 
     fn prefix_keys(&self, prefix: &str) -> Result<Vec<String>, String> {
@@ -56,20 +91,57 @@ impl<'a> Applier<'a> {
             .collect())
     }
 
-    /// Applies `cmd` at `revision`.
+    /// Why a put naming `lease` must be refused, if it must.
+    fn missing_lease(&self, lease: u64) -> Result<Option<String>, String> {
+        if lease != 0 && self.lease(lease)?.is_none() {
+            return Ok(Some(format!(
+                "lease {lease} does not exist (expired or revoked)"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Applies `cmd` at `revision`. An `Err` is a storage failure; a command that must
+    /// change nothing comes back with `refused` set.
     pub fn apply(&mut self, cmd: &Command, revision: u64) -> Result<CommandResult, String> {
         let mut result = CommandResult {
             revision,
             ..Default::default()
         };
         match cmd {
-            Command::Put { key, value } => {
-                result.prev = self.put(key, value, revision)?;
+            Command::Put { key, value, lease } => {
+                result.refused = self.missing_lease(*lease)?;
+                if result.refused.is_none() {
+                    result.prev = self.put(key, value, *lease, revision)?;
+                }
             }
             Command::Delete { key, prefix } => {
                 let (n, prev) = self.delete(key, *prefix, revision)?;
                 result.deleted = n;
                 result.prev = prev;
+            }
+            Command::LeaseGrant { ttl_secs } => {
+                self.leases.insert(
+                    revision,
+                    Some(Lease {
+                        id: revision,
+                        ttl_secs: *ttl_secs,
+                    }),
+                );
+            }
+            Command::LeaseRevoke { id } => {
+                if self.lease(*id)?.is_none() {
+                    result.refused = Some(format!("lease {id} does not exist"));
+                } else {
+                    for key in self.lease_keys(*id)? {
+                        result.deleted += self.delete(&key, false, revision)?.0;
+                    }
+                    self.leases.insert(*id, None);
+                }
+            }
+            Command::Compact { revision: to } => {
+                let to = (*to).min(revision);
+                self.compact = Some(self.compact.map_or(to, |c| c.max(to)));
             }
             Command::Txn {
                 compare,
@@ -84,10 +156,20 @@ impl<'a> Applier<'a> {
                     }
                 }
                 result.succeeded = ok;
-                for op in if ok { success } else { failure } {
+                let branch = if ok { success } else { failure };
+                // A branch applies whole or not at all.
+                for op in branch {
+                    if let Op::Put { lease, .. } = op {
+                        if let Some(why) = self.missing_lease(*lease)? {
+                            result.refused = Some(why);
+                            return Ok(result);
+                        }
+                    }
+                }
+                for op in branch {
                     match op {
-                        Op::Put { key, value } => {
-                            self.put(key, value, revision)?;
+                        Op::Put { key, value, lease } => {
+                            self.put(key, value, *lease, revision)?;
                         }
                         Op::Delete { key, prefix } => {
                             result.deleted += self.delete(key, *prefix, revision)?.0;
@@ -99,14 +181,30 @@ impl<'a> Applier<'a> {
         Ok(result)
     }
 
-    fn put(&mut self, key: &str, value: &str, revision: u64) -> Result<Option<KeyValue>, String> {
+    fn put(
+        &mut self,
+        key: &str,
+        value: &str,
+        lease: u64,
+        revision: u64,
+    ) -> Result<Option<KeyValue>, String> {
         let prev = self.get(key)?;
+        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if old_lease != lease {
+            if old_lease != 0 {
+                self.lease_index.insert((old_lease, key.to_string()), false);
+            }
+            if lease != 0 {
+                self.lease_index.insert((lease, key.to_string()), true);
+            }
+        }
         let kv = KeyValue {
             key: key.to_string(),
             value: value.to_string(),
             create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
             mod_revision: revision,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
+            lease,
         };
         self.events.push(Event {
             kind: EventKind::Put,
@@ -132,6 +230,9 @@ impl<'a> Applier<'a> {
         for k in &keys {
             let old = self.get(k)?;
             if let Some(old) = &old {
+                if old.lease != 0 {
+                    self.lease_index.insert((old.lease, k.clone()), false);
+                }
                 self.events.push(Event {
                     kind: EventKind::Delete,
                     revision,
@@ -141,6 +242,7 @@ impl<'a> Applier<'a> {
                         create_revision: old.create_revision,
                         mod_revision: revision,
                         version: 0,
+                        lease: 0,
                     },
                 });
             }
@@ -180,7 +282,7 @@ mod tests {
     use super::*;
 
     #[derive(Default)]
-    struct Map(BTreeMap<String, KeyValue>);
+    struct Map(BTreeMap<String, KeyValue>, BTreeMap<u64, Lease>);
 
     impl KvRead for Map {
         fn get(&self, key: &str) -> Result<Option<KeyValue>, String> {
@@ -194,26 +296,41 @@ mod tests {
                 .map(|(_, v)| v.clone())
                 .collect())
         }
+        fn lease(&self, id: u64) -> Result<Option<Lease>, String> {
+            Ok(self.1.get(&id).cloned())
+        }
+        fn lease_keys(&self, id: u64) -> Result<Vec<String>, String> {
+            Ok(self
+                .0
+                .values()
+                .filter(|kv| kv.lease == id)
+                .map(|kv| kv.key.clone())
+                .collect())
+        }
     }
 
     fn commit(base: &mut Map, cmds: &[(Command, u64)]) -> Vec<CommandResult> {
         let mut a = Applier::new(&*base);
         let results: Vec<_> = cmds.iter().map(|(c, r)| a.apply(c, *r).unwrap()).collect();
         let writes = std::mem::take(&mut a.writes);
+        let leases = std::mem::take(&mut a.leases);
         for (k, v) in writes {
             match v {
                 Some(kv) => base.0.insert(k, kv),
                 None => base.0.remove(&k),
             };
         }
+        for (id, l) in leases {
+            match l {
+                Some(l) => base.1.insert(id, l),
+                None => base.1.remove(&id),
+            };
+        }
         results
     }
 
     fn put(k: &str, v: &str) -> Command {
-        Command::Put {
-            key: k.into(),
-            value: v.into(),
-        }
+        Command::put(k, v)
     }
 
     #[test]
@@ -274,10 +391,12 @@ mod tests {
             success: vec![Op::Put {
                 key: "k".into(),
                 value: "new".into(),
+                lease: 0,
             }],
             failure: vec![Op::Put {
                 key: "lost".into(),
                 value: "1".into(),
+                lease: 0,
             }],
         };
         let r = commit(&mut m, &[(cas(9), 11)]);
@@ -297,10 +416,96 @@ mod tests {
             success: vec![Op::Put {
                 key: "n".into(),
                 value: "1".into(),
+                lease: 0,
             }],
             failure: vec![],
         };
         assert!(commit(&mut m, &[(create_if_absent.clone(), 13)])[0].succeeded);
         assert!(!commit(&mut m, &[(create_if_absent, 14)])[0].succeeded);
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_and_only_its_keys() {
+        let mut m = Map::default();
+        let leased = |k: &str, lease| Command::Put {
+            key: k.into(),
+            value: "v".into(),
+            lease,
+        };
+        let r = commit(&mut m, &[(Command::LeaseGrant { ttl_secs: 5 }, 3)]);
+        assert!(r[0].refused.is_none());
+        assert_eq!(m.1[&3].ttl_secs, 5);
+        // A put naming a missing lease changes nothing, alone or in a transaction.
+        let r = commit(&mut m, &[(leased("/x", 99), 4)]);
+        assert!(r[0].refused.as_deref().unwrap().contains("99"));
+        let txn = Command::Txn {
+            compare: vec![],
+            success: vec![
+                Op::Put {
+                    key: "/y".into(),
+                    value: "v".into(),
+                    lease: 0,
+                },
+                Op::Put {
+                    key: "/z".into(),
+                    value: "v".into(),
+                    lease: 99,
+                },
+            ],
+            failure: vec![],
+        };
+        assert!(commit(&mut m, &[(txn, 5)])[0].refused.is_some());
+        assert!(m.0.is_empty());
+        // Attach two keys in the same batch as the grant's successor; move one away.
+        commit(
+            &mut m,
+            &[
+                (leased("/a", 3), 6),
+                (leased("/b", 3), 7),
+                (put("/c", "plain"), 8),
+                (leased("/b", 0), 9),
+            ],
+        );
+        assert_eq!(m.0["/a"].lease, 3);
+        assert_eq!(m.0["/b"].lease, 0);
+        let r = commit(&mut m, &[(Command::LeaseRevoke { id: 3 }, 10)]);
+        assert_eq!(r[0].deleted, 1);
+        assert_eq!(m.0.keys().collect::<Vec<_>>(), vec!["/b", "/c"]);
+        assert!(m.1.is_empty());
+        // Revoking again is refused, not an error.
+        assert!(commit(&mut m, &[(Command::LeaseRevoke { id: 3 }, 11)])[0]
+            .refused
+            .is_some());
+    }
+
+    #[test]
+    fn lease_index_overlay_sees_attach_and_revoke_in_one_batch() {
+        let mut m = Map::default();
+        let mut a = Applier::new(&m);
+        a.apply(&Command::LeaseGrant { ttl_secs: 1 }, 1).unwrap();
+        a.apply(
+            &Command::Put {
+                key: "k".into(),
+                value: "v".into(),
+                lease: 1,
+            },
+            2,
+        )
+        .unwrap();
+        let r = a.apply(&Command::LeaseRevoke { id: 1 }, 3).unwrap();
+        assert_eq!(r.deleted, 1);
+        assert_eq!(a.writes["k"], None);
+        assert_eq!(a.leases[&1], None);
+        m.0.clear();
+    }
+
+    #[test]
+    fn compaction_never_passes_its_own_revision() {
+        let m = Map::default();
+        let mut a = Applier::new(&m);
+        a.apply(&Command::Compact { revision: 50 }, 10).unwrap();
+        assert_eq!(a.compact, Some(10));
+        a.apply(&Command::Compact { revision: 5 }, 11).unwrap();
+        assert_eq!(a.compact, Some(10));
     }
 }

@@ -191,3 +191,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+/// Seeds an empty log as if everything up to `last` had been applied and purged, with
+/// `vote` as the last vote cast (used when a new cluster starts from a backup).
+pub(super) fn seed(
+    db: &DB,
+    batch: &mut WriteBatch,
+    last: LogId,
+    vote: &Vote,
+) -> Result<(), String> {
+    let raft = db
+        .cf_handle(CF_RAFT)
+        .ok_or_else(|| format!("column family {CF_RAFT} missing"))?;
+    let log = db
+        .cf_handle(CF_LOG)
+        .ok_or_else(|| format!("column family {CF_LOG} missing"))?;
+    if db.iterator_cf(log, IteratorMode::Start).next().is_some()
+        || db
+            .get_cf(raft, KEY_VOTE)
+            .map_err(|e| e.to_string())?
+            .is_some()
+    {
+        return Err("the store already holds a Raft log or vote".into());
+    }
+    batch.put_cf(raft, KEY_LAST_PURGED, encode(&last));
+    batch.put_cf(raft, KEY_COMMITTED, encode(&Some(last)));
+    batch.put_cf(raft, KEY_VOTE, encode(vote));
+    Ok(())
+}

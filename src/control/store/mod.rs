@@ -11,6 +11,7 @@
 // openraft's trait signatures fix `StorageError` (224 bytes) as the error type.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod kv;
 mod log;
 mod network;
@@ -27,7 +28,7 @@ use crate::util::{hex, random_bytes};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use types::{Event, KeyValue};
+use types::{Event, KeyValue, Lease, NodeInfo};
 
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_RAFT: &str = "raft";
@@ -35,7 +36,19 @@ pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_SM: &str = "sm";
 pub(crate) const CF_KV: &str = "kv";
 pub(crate) const CF_HISTORY: &str = "history";
-const COLUMN_FAMILIES: [&str; 6] = [CF_META, CF_RAFT, CF_LOG, CF_SM, CF_KV, CF_HISTORY];
+/// Leases by id, and the (lease id, key) index of attached keys.
+pub(crate) const CF_LEASE: &str = "lease";
+pub(crate) const CF_LEASE_KEYS: &str = "lease_keys";
+const COLUMN_FAMILIES: [&str; 8] = [
+    CF_META,
+    CF_RAFT,
+    CF_LOG,
+    CF_SM,
+    CF_KV,
+    CF_HISTORY,
+    CF_LEASE,
+    CF_LEASE_KEYS,
+];
 
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 const KEY_NODE_NAME: &[u8] = b"node_name";
@@ -202,6 +215,38 @@ impl Store {
     /// Up to `limit` keys starting with `prefix`, and the revision the read observed.
     pub fn range(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, u64), String> {
         sm::read_range(&self.db, prefix, limit)
+    }
+
+    /// Every lease, and the revision the read observed.
+    pub fn leases(&self) -> Result<(Vec<Lease>, u64), String> {
+        sm::read_leases(&self.db)
+    }
+
+    /// One lease with its attached keys, and the revision the read observed.
+    pub fn lease(&self, id: u64) -> Result<(Option<types::LeaseWithKeys>, u64), String> {
+        sm::read_lease(&self.db, id)
+    }
+
+    /// The compaction floor (history below it is gone) and the applied revision.
+    pub fn compaction(&self) -> Result<(u64, u64), String> {
+        sm::read_compaction(&self.db)
+    }
+
+    /// A consistent backup of the whole state, sealed with its checksum (see [`backup`]),
+    /// and the revision it is consistent at. Blocking.
+    pub fn backup(&self) -> Result<(Vec<u8>, u64), String> {
+        let (body, revision, keys) = sm::export(&self.db)?;
+        Ok((
+            backup::seal(body, revision, keys, &self.cluster_id),
+            revision,
+        ))
+    }
+
+    /// Loads a backup body (from [`backup::open`]) into this fresh store, as a new
+    /// one-member cluster whose only member is this node, described by `me`. Returns the
+    /// revision restored and the number of keys. Blocking.
+    pub fn restore(&self, body: &[u8], me: NodeInfo) -> Result<(u64, usize), String> {
+        sm::restore(&self.db, &self.snapshot_dir(), body, (self.node_id, me))
     }
 }
 

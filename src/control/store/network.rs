@@ -29,6 +29,8 @@ pub const PATH_SNAPSHOT: &str = "/raft/v1/snapshot";
 #[derive(Clone)]
 pub struct Network {
     pub tls: TlsHandle,
+    /// The IP outgoing peer connections leave from (`peer_listen`'s, when specific).
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -39,6 +41,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             peer: node.peer.clone(),
             tls: self.tls.clone(),
+            source: self.source,
             sender: None,
         }
     }
@@ -48,6 +51,7 @@ pub struct PeerClient {
     target: NodeId,
     peer: String,
     tls: TlsHandle,
+    source: Option<std::net::IpAddr>,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
@@ -74,7 +78,7 @@ impl PeerClient {
                 self.peer
             )))
         })?;
-        let stream = tokio::time::timeout(ttl, tokio::net::TcpStream::connect(addr))
+        let stream = tokio::time::timeout(ttl, crate::net::connect_from(addr, self.source))
             .await
             .map_err(|_| {
                 CallError::Unreachable(TransportError(format!("connect to {addr} timed out")))
@@ -82,7 +86,6 @@ impl PeerClient {
             .map_err(|e| {
                 CallError::Unreachable(TransportError(format!("connect to {addr}: {e}")))
             })?;
-        let _ = stream.set_nodelay(true);
         let config = self.tls.client().ok_or_else(|| {
             CallError::Unreachable(TransportError("this node has no certificate yet".into()))
         })?;

@@ -20,6 +20,8 @@ pub struct RaftSettings {
     pub election_max: Duration,
     /// Build a snapshot after this many applied entries since the last one.
     pub snapshot_logs: u64,
+    /// The IP outgoing peer connections leave from.
+    pub source: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +117,10 @@ impl RaftNode {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            Network { tls: tls.clone() },
+            Network {
+                tls: tls.clone(),
+                source: s.source,
+            },
             store.log_store(),
             store.state_machine(),
         )

@@ -5,7 +5,7 @@
 use super::kv::{Applier, KvRead};
 use super::log::anyerror;
 use super::types::*;
-use super::{decode, encode, CF_HISTORY, CF_KV, CF_SM};
+use super::{decode, encode, CF_HISTORY, CF_KV, CF_LEASE, CF_LEASE_KEYS, CF_SM};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
@@ -19,26 +19,38 @@ const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot_meta";
 const KEY_COMPACTED: &[u8] = b"compact_revision";
-const SNAPSHOT_FILE: &str = "current.snap";
-/// Revisions of history kept for watches to replay.
-const HISTORY_KEEP: u64 = 50_000;
 
 pub struct StateMachine {
     db: Arc<DB>,
     snapshots: PathBuf,
     events: broadcast::Sender<Arc<Vec<Event>>>,
+    /// Serializes changes of the current snapshot: building one runs in its own task and
+    /// can race an install.
+    snap_lock: Arc<std::sync::Mutex<()>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapshotHeader {
-    format: u32,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
+pub(super) struct SnapshotHeader {
+    pub format: u32,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    #[serde(default)]
+    pub leases: Vec<Lease>,
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, String> {
     db.cf_handle(name)
         .ok_or_else(|| format!("column family {name} missing"))
+}
+
+fn lease_id_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn lease_index_key(id: u64, key: &str) -> Vec<u8> {
+    let mut k = id.to_be_bytes().to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 fn history_key(rev: u64, seq: u32) -> [u8; 12] {
@@ -84,6 +96,67 @@ impl KvRead for SnapRead<'_> {
     fn prefix(&self, prefix: &str) -> Result<Vec<KeyValue>, String> {
         scan(self, prefix, usize::MAX)
     }
+
+    fn lease(&self, id: u64) -> Result<Option<Lease>, String> {
+        let raw = self
+            .snap
+            .get_cf(cf(self.db, CF_LEASE)?, lease_id_key(id))
+            .map_err(|e| e.to_string())?;
+        raw.map(|b| decode(&b)).transpose()
+    }
+
+    fn lease_keys(&self, id: u64) -> Result<Vec<String>, String> {
+        let start = id.to_be_bytes();
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.snap.iterator_cf(cf(self.db, CF_LEASE_KEYS)?, mode) {
+            let (k, _) = item.map_err(|e| e.to_string())?;
+            if k.len() < 8 || k[..8] != start {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k[8..]).into_owned());
+        }
+        Ok(out)
+    }
+}
+
+fn all_leases(r: &SnapRead) -> Result<Vec<Lease>, String> {
+    let mut out = Vec::new();
+    for item in r.snap.iterator_cf(cf(r.db, CF_LEASE)?, IteratorMode::Start) {
+        let (_, v) = item.map_err(|e| e.to_string())?;
+        out.push(decode(&v)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn read_leases(db: &DB) -> Result<(Vec<Lease>, u64), String> {
+    let r = SnapRead::new(db);
+    Ok((all_leases(&r)?, r.applied()?))
+}
+
+/// A lease, its attached keys and the applied revision.
+pub(super) fn read_lease(db: &DB, id: u64) -> Result<(Option<LeaseWithKeys>, u64), String> {
+    let r = SnapRead::new(db);
+    let found = match r.lease(id)? {
+        Some(l) => Some((l, r.lease_keys(id)?)),
+        None => None,
+    };
+    Ok((found, r.applied()?))
+}
+
+/// The compaction floor (watches cannot start below it) and the applied revision.
+pub(super) fn read_compaction(db: &DB) -> Result<(u64, u64), String> {
+    let r = SnapRead::new(db);
+    Ok((compacted(&r)?, r.applied()?))
+}
+
+fn compacted(r: &SnapRead) -> Result<u64, String> {
+    Ok(r.snap
+        .get_cf(cf(r.db, CF_SM)?, KEY_COMPACTED)
+        .map_err(|e| e.to_string())?
+        .map(|b| decode(&b))
+        .transpose()?
+        .unwrap_or(0))
 }
 
 fn scan(r: &SnapRead, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String> {
@@ -122,13 +195,7 @@ pub(super) fn read_history(
     limit: usize,
 ) -> Result<(Vec<Event>, u64, u64), String> {
     let r = SnapRead::new(db);
-    let compacted: u64 = r
-        .snap
-        .get_cf(cf(db, CF_SM)?, KEY_COMPACTED)
-        .map_err(|e| e.to_string())?
-        .map(|b| decode(&b))
-        .transpose()?
-        .unwrap_or(0);
+    let compacted = compacted(&r)?;
     let mut out = Vec::new();
     let mode = IteratorMode::From(
         &history_key(after.saturating_add(1), 0),
@@ -162,6 +229,7 @@ impl StateMachine {
             db,
             snapshots,
             events,
+            snap_lock: Arc::default(),
         }
     }
 
@@ -228,11 +296,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             cf(&db, CF_HISTORY).map_err(err)?,
             cf(&db, CF_SM).map_err(err)?,
         );
+        let (lease_cf, index_cf) = (
+            cf(&db, CF_LEASE).map_err(err)?,
+            cf(&db, CF_LEASE_KEYS).map_err(err)?,
+        );
         let mut batch = WriteBatch::default();
         for (k, v) in &applier.writes {
             match v {
                 Some(kv) => batch.put_cf(kv_cf, k.as_bytes(), encode(kv)),
                 None => batch.delete_cf(kv_cf, k.as_bytes()),
+            }
+        }
+        for (id, l) in &applier.leases {
+            match l {
+                Some(l) => batch.put_cf(lease_cf, lease_id_key(*id), encode(l)),
+                None => batch.delete_cf(lease_cf, lease_id_key(*id)),
+            }
+        }
+        for ((id, key), attached) in &applier.lease_index {
+            if *attached {
+                batch.put_cf(index_cf, lease_index_key(*id, key), b"");
+            } else {
+                batch.delete_cf(index_cf, lease_index_key(*id, key));
             }
         }
         let mut seq_rev = (0u64, 0u32);
@@ -248,11 +333,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(m) = &membership {
             batch.put_cf(sm_cf, KEY_MEMBERSHIP, encode(m));
         }
-        // Bound the history: keep the last HISTORY_KEEP revisions for watches.
-        if last.index > HISTORY_KEEP && last.index % 1024 == 0 {
-            let floor = last.index - HISTORY_KEEP;
-            batch.delete_range_cf(hist_cf, history_key(0, 0), history_key(floor, 0));
-            batch.put_cf(sm_cf, KEY_COMPACTED, encode(&floor));
+        if let Some(to) = applier.compact {
+            let floor = compacted(&base).map_err(err)?;
+            if to > floor {
+                batch.delete_range_cf(hist_cf, history_key(0, 0), history_key(to, 0));
+                batch.put_cf(sm_cf, KEY_COMPACTED, encode(&to));
+            }
         }
         let events = std::mem::take(&mut applier.events);
         drop(applier);
@@ -269,6 +355,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             db: self.db.clone(),
             dir: self.snapshots.clone(),
+            lock: self.snap_lock.clone(),
         }
     }
 
@@ -286,20 +373,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             StorageIOError::read_snapshot(sig.clone(), anyerror(e)).into()
         };
         let data = snapshot.into_inner();
-        let (_, kvs) = parse_snapshot(&data).map_err(bad)?;
+        let (header, kvs) = parse_snapshot(&data).map_err(bad)?;
         let db = &self.db;
-        let (kv_cf, hist_cf, sm_cf) = (
-            cf(db, CF_KV).map_err(bad)?,
-            cf(db, CF_HISTORY).map_err(bad)?,
-            cf(db, CF_SM).map_err(bad)?,
-        );
-        let mut batch = WriteBatch::default();
-        // Keys are UTF-8, which never contains the byte 0xFF: this range covers them all.
-        batch.delete_range_cf(kv_cf, b"".as_slice(), b"\xff".as_slice());
-        batch.delete_range_cf(hist_cf, history_key(0, 0), history_key(u64::MAX, u32::MAX));
-        for kv in &kvs {
-            batch.put_cf(kv_cf, kv.key.as_bytes(), encode(kv));
-        }
+        let sm_cf = cf(db, CF_SM).map_err(bad)?;
+        let mut batch = replace_state(db, &header.leases, &kvs).map_err(bad)?;
         let applied = meta.last_log_id;
         batch.put_cf(sm_cf, KEY_APPLIED, encode(&applied));
         batch.put_cf(sm_cf, KEY_MEMBERSHIP, encode(&meta.last_membership));
@@ -308,22 +385,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             KEY_COMPACTED,
             encode(&applied.map_or(0, |l| l.index)),
         );
-        write_snapshot_file(&self.snapshots, &data)
-            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), anyerror(e)))?;
-        batch.put_cf(sm_cf, KEY_SNAPSHOT, encode(meta));
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        db.write_opt(batch, &sync)
-            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        let (db, dir, lock, meta2) = (
+            self.db.clone(),
+            self.snapshots.clone(),
+            self.snap_lock.clone(),
+            meta.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            persist_current(&db, &dir, &lock, &meta2, &data, Some(batch))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), anyerror(e.to_string())))?
+        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), anyerror(e)))?;
+        // Watches on this node cannot follow a state that jumped: an empty batch tells
+        // them to end, and the client's resume from its last revision answers 410.
+        let _ = self.events.send(Arc::new(Vec::new()));
         tracing::info!(snapshot = %meta.snapshot_id, keys = kvs.len(), "Installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let _no_change_meanwhile = self.snap_lock.lock().unwrap_or_else(|p| p.into_inner());
         let Some(meta) = self.read_sm::<SnapshotMeta>(KEY_SNAPSHOT)? else {
             return Ok(None);
         };
-        let data = std::fs::read(self.snapshots.join(SNAPSHOT_FILE))
+        let data = std::fs::read(self.snapshots.join(snapshot_file(&meta.snapshot_id)))
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         Ok(Some(Snapshot {
             meta,
@@ -335,23 +421,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 pub struct SnapshotBuilder {
     db: Arc<DB>,
     dir: PathBuf,
+    lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
-        let dir = self.dir.clone();
+        let (dir, lock) = (self.dir.clone(), self.lock.clone());
         // Serializing a large key space is CPU and disk work: keep it off the runtime threads.
-        let built = tokio::task::spawn_blocking(move || build(&db, &dir))
+        let built = tokio::task::spawn_blocking(move || build(&db, &dir, &lock))
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, anyerror(e.to_string())))?;
         built.map_err(|e| StorageIOError::write_snapshot(None, anyerror(e)).into())
     }
 }
 
-fn build(db: &DB, dir: &std::path::Path) -> Result<Snapshot, String> {
-    let r = SnapRead::new(db);
-    let sm = cf(db, CF_SM)?;
+/// Serializes one consistent view: a JSON header line, then one key per line.
+fn serialize(r: &SnapRead) -> Result<(SnapshotHeader, Vec<u8>, usize), String> {
+    let sm = cf(r.db, CF_SM)?;
     let applied: Option<LogId> = r
         .snap
         .get_cf(sm, KEY_APPLIED)
@@ -370,18 +457,34 @@ fn build(db: &DB, dir: &std::path::Path) -> Result<Snapshot, String> {
     let header = SnapshotHeader {
         format: 1,
         last_applied: applied,
-        membership: membership.clone(),
+        membership,
+        leases: all_leases(r)?,
     };
     serde_json::to_writer(&mut data, &header).map_err(|e| e.to_string())?;
     data.push(b'\n');
     let mut keys = 0usize;
-    for item in r.snap.iterator_cf(cf(db, CF_KV)?, IteratorMode::Start) {
+    for item in r.snap.iterator_cf(cf(r.db, CF_KV)?, IteratorMode::Start) {
         let (_, v) = item.map_err(|e| e.to_string())?;
         let kv: KeyValue = decode(&v)?;
         serde_json::to_writer(&mut data, &kv).map_err(|e| e.to_string())?;
         data.push(b'\n');
         keys += 1;
     }
+    Ok((header, data, keys))
+}
+
+/// A consistent copy of the whole state (as a Raft snapshot carries it), for backups.
+pub(super) fn export(db: &DB) -> Result<(Vec<u8>, u64, usize), String> {
+    let r = SnapRead::new(db);
+    let (header, data, keys) = serialize(&r)?;
+    Ok((data, header.last_applied.map_or(0, |l| l.index), keys))
+}
+
+fn build(db: &DB, dir: &std::path::Path, lock: &std::sync::Mutex<()>) -> Result<Snapshot, String> {
+    let r = SnapRead::new(db);
+    let (header, data, keys) = serialize(&r)?;
+    drop(r);
+    let applied = header.last_applied;
     let nonce = crate::util::hex(&crate::util::random_bytes::<4>().map_err(|e| e.to_string())?);
     let snapshot_id = match applied {
         Some(l) => format!("{}-{}-{nonce}", l.leader_id.term, l.index),
@@ -389,14 +492,10 @@ fn build(db: &DB, dir: &std::path::Path) -> Result<Snapshot, String> {
     };
     let meta = SnapshotMeta {
         last_log_id: applied,
-        last_membership: membership,
+        last_membership: header.membership,
         snapshot_id,
     };
-    write_snapshot_file(dir, &data)?;
-    let mut sync = WriteOptions::default();
-    sync.set_sync(true);
-    db.put_cf_opt(sm, KEY_SNAPSHOT, encode(&meta), &sync)
-        .map_err(|e| e.to_string())?;
+    persist_current(db, dir, lock, &meta, &data, None)?;
     tracing::info!(snapshot = %meta.snapshot_id, keys, bytes = data.len(), "Built snapshot");
     Ok(Snapshot {
         meta,
@@ -404,7 +503,73 @@ fn build(db: &DB, dir: &std::path::Path) -> Result<Snapshot, String> {
     })
 }
 
-fn parse_snapshot(data: &[u8]) -> Result<(SnapshotHeader, Vec<KeyValue>), String> {
+/// Makes `meta`/`data` the current snapshot unless a newer one is already current (a
+/// build racing an install must not put an older snapshot back). The file is named by
+/// the snapshot id, so the meta record and the file it names always agree; the batch,
+/// when given, is committed in the same synced write as the meta.
+fn persist_current(
+    db: &DB,
+    dir: &std::path::Path,
+    lock: &std::sync::Mutex<()>,
+    meta: &SnapshotMeta,
+    data: &[u8],
+    batch: Option<WriteBatch>,
+) -> Result<bool, String> {
+    let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let sm = cf(db, CF_SM)?;
+    let current: Option<SnapshotMeta> = db
+        .get_cf(sm, KEY_SNAPSHOT)
+        .map_err(|e| e.to_string())?
+        .map(|b| decode(&b))
+        .transpose()?;
+    let mut batch = batch.unwrap_or_default();
+    let newer = current
+        .as_ref()
+        .is_some_and(|c| c.last_log_id > meta.last_log_id);
+    if !newer {
+        write_snapshot_file(dir, &snapshot_file(&meta.snapshot_id), data)?;
+        batch.put_cf(sm, KEY_SNAPSHOT, encode(meta));
+    }
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync).map_err(|e| e.to_string())?;
+    if !newer {
+        if let Some(old) = current.filter(|c| c.snapshot_id != meta.snapshot_id) {
+            let _ = std::fs::remove_file(dir.join(snapshot_file(&old.snapshot_id)));
+        }
+    }
+    Ok(!newer)
+}
+
+fn snapshot_file(id: &str) -> String {
+    format!("{id}.snap")
+}
+
+/// A batch that replaces the key space and leases with `kvs` and `leases` and clears the
+/// history (a snapshot carries no history).
+fn replace_state(db: &DB, leases: &[Lease], kvs: &[KeyValue]) -> Result<WriteBatch, String> {
+    let (kv_cf, hist_cf) = (cf(db, CF_KV)?, cf(db, CF_HISTORY)?);
+    let (lease_cf, index_cf) = (cf(db, CF_LEASE)?, cf(db, CF_LEASE_KEYS)?);
+    let mut batch = WriteBatch::default();
+    // Keys are UTF-8, which never contains the byte 0xFF: this range covers them all.
+    batch.delete_range_cf(kv_cf, b"".as_slice(), b"\xff".as_slice());
+    batch.delete_range_cf(hist_cf, history_key(0, 0), history_key(u64::MAX, u32::MAX));
+    batch.delete_range_cf(lease_cf, lease_id_key(0), lease_id_key(u64::MAX));
+    batch.delete_range_cf(index_cf, lease_id_key(0), lease_id_key(u64::MAX));
+    // The u64::MAX ends above are exclusive; ids never reach them (they are revisions).
+    for l in leases {
+        batch.put_cf(lease_cf, lease_id_key(l.id), encode(l));
+    }
+    for kv in kvs {
+        batch.put_cf(kv_cf, kv.key.as_bytes(), encode(kv));
+        if kv.lease != 0 {
+            batch.put_cf(index_cf, lease_index_key(kv.lease, &kv.key), b"");
+        }
+    }
+    Ok(batch)
+}
+
+pub(super) fn parse_snapshot(data: &[u8]) -> Result<(SnapshotHeader, Vec<KeyValue>), String> {
     let mut lines = Cursor::new(data).lines();
     let first = lines
         .next()
@@ -431,16 +596,56 @@ fn parse_snapshot(data: &[u8]) -> Result<(SnapshotHeader, Vec<KeyValue>), String
     Ok((header, kvs))
 }
 
-/// Writes the current snapshot atomically: temp file, fsync, rename, fsync the directory.
-fn write_snapshot_file(dir: &std::path::Path, data: &[u8]) -> Result<(), String> {
+/// Writes a snapshot file atomically: temp file, fsync, rename, fsync the directory.
+fn write_snapshot_file(dir: &std::path::Path, name: &str, data: &[u8]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE)).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(|e| e.to_string())?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| e.to_string())
+}
+
+/// Loads a snapshot body into an empty store as a one-member cluster of `me`: the state
+/// machine holds the data at the snapshot's revision, the log starts right after it (as
+/// if purged), and the vote carries the snapshot's term, so revisions keep growing.
+pub(super) fn restore(
+    db: &DB,
+    dir: &std::path::Path,
+    body: &[u8],
+    me: (NodeId, NodeInfo),
+) -> Result<(u64, usize), String> {
+    let sm = cf(db, CF_SM)?;
+    if db
+        .get_cf(sm, KEY_APPLIED)
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Err("the store is not empty: restore only into a fresh data_dir".into());
+    }
+    let (header, kvs) = parse_snapshot(body)?;
+    let last = header
+        .last_applied
+        .ok_or("the snapshot holds no applied state")?;
+    let (id, info) = me;
+    let membership = openraft::Membership::new(
+        vec![std::collections::BTreeSet::from([id])],
+        std::collections::BTreeMap::from([(id, info)]),
+    );
+    let stored = StoredMembership::new(Some(last), membership);
+    let mut batch = replace_state(db, &header.leases, &kvs)?;
+    batch.put_cf(sm, KEY_APPLIED, encode(&Some(last)));
+    batch.put_cf(sm, KEY_MEMBERSHIP, encode(&stored));
+    batch.put_cf(sm, KEY_COMPACTED, encode(&last.index));
+    super::log::seed(db, &mut batch, last, &Vote::new(last.leader_id.term, id))?;
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync).map_err(|e| e.to_string())?;
+    // A snapshot of the restored state, so a member that joins later can be sent it.
+    build(db, dir, &std::sync::Mutex::new(()))?;
+    Ok((last.index, kvs.len()))
 }

@@ -54,7 +54,27 @@ pub struct KeyValue {
     pub mod_revision: u64,
     /// Number of changes since creation (1 on create).
     pub version: u64,
+    /// The lease the key is attached to (0 = none); the key is deleted when it expires.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: u64,
 }
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A lease: keys attached to it are deleted when it is revoked or expires. Its id is the
+/// revision that granted it. Deadlines are not replicated: the leader keeps them in
+/// memory and gives every lease a full TTL when it takes over (as etcd does), so a
+/// lease never expires early; it may expire up to one TTL late after a failover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: u64,
+    pub ttl_secs: u64,
+}
+
+/// A lease and the keys attached to it.
+pub type LeaseWithKeys = (Lease, Vec<String>);
 
 /// What a compare in a transaction looks at.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +113,9 @@ pub enum Op {
     Put {
         key: String,
         value: String,
+        /// Attach the key to this lease (0 = none).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lease: u64,
     },
     Delete {
         key: String,
@@ -108,10 +131,24 @@ pub enum Command {
     Put {
         key: String,
         value: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lease: u64,
     },
     Delete {
         key: String,
         prefix: bool,
+    },
+    /// A new lease; its id is the revision of this command.
+    LeaseGrant {
+        ttl_secs: u64,
+    },
+    /// Ends a lease and deletes its keys (also how an expired lease is ended).
+    LeaseRevoke {
+        id: u64,
+    },
+    /// Drops the change history older than `revision` (watches cannot start before it).
+    Compact {
+        revision: u64,
     },
     Txn {
         compare: Vec<Compare>,
@@ -131,6 +168,10 @@ pub struct CommandResult {
     pub deleted: u64,
     /// The previous value of a single-key put or delete.
     pub prev: Option<KeyValue>,
+    /// Why the command changed nothing (e.g. a put naming a lease that does not exist).
+    /// Deterministic: every member refuses it alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// One change, as watches see it.
@@ -148,4 +189,15 @@ pub struct Event {
 pub enum EventKind {
     Put,
     Delete,
+}
+
+impl Command {
+    /// A plain put (no lease).
+    pub fn put(key: impl Into<String>, value: impl Into<String>) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+        }
+    }
 }
