@@ -26,6 +26,11 @@ struct Member {
 
 /// Starts control node `i` on 127.0.0.(10+i) with fixed ports (so restarts keep them).
 fn control(i: u8, join: Option<(&SocketAddr, &str)>) -> Member {
+    control_with(i, join, "")
+}
+
+/// [`control`] with extra `[control]` settings.
+fn control_with(i: u8, join: Option<(&SocketAddr, &str)>, extra: &str) -> Member {
     let ip = format!("127.0.0.{}", 10 + i);
     let api: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
     let peer = format!("{ip}:{}", free_port(&ip));
@@ -34,7 +39,7 @@ fn control(i: u8, join: Option<(&SocketAddr, &str)>) -> Member {
         Some((url, token)) => format!("join = [\"http://{url}\"]\njoin_token = \"{token}\""),
     };
     let profile = format!(
-        "node_name = \"c{i}\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\nzone = \"z{i}\"\n[control]\nlisten = \"{api}\"\npeer_listen = \"{peer}\"\n{membership}\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n"
+        "node_name = \"c{i}\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\nzone = \"z{i}\"\n[control]\nlisten = \"{api}\"\npeer_listen = \"{peer}\"\n{membership}\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n{extra}\n"
     );
     Member {
         node: Node::run_profile(&profile, &[], &[]),
@@ -276,4 +281,137 @@ fn three_nodes_form_replicate_survive_leader_loss_and_restart() {
         "yes",
         Duration::from_secs(15),
     );
+}
+
+fn stale_read(api: SocketAddr, admin: &str, key: &str) -> Option<String> {
+    let (code, _, body) = http(
+        api,
+        "GET",
+        &format!("/api/v1/kv/{key}?consistency=stale"),
+        Some(admin),
+        "",
+    )
+    .unwrap();
+    match code {
+        200 => Some(json(&body)["kv"]["value"].as_str().unwrap().to_string()),
+        404 => None,
+        _ => panic!("stale read {key} on {api}: {code} {body}"),
+    }
+}
+
+fn roles(api: SocketAddr, admin: &str) -> Vec<(String, String)> {
+    let m = members(api, admin);
+    let mut out: Vec<(String, String)> = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["name"].as_str().unwrap().to_string(),
+                x["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn five_voters_a_learner_and_a_wiped_member_rejoins_through_a_snapshot() {
+    // Frequent snapshots, so the log a new member needs is long purged.
+    let small = "snapshot_logs = 100";
+    let mut c1 = control_with(1, None, small);
+    c1.node.wait_ready(c1.api);
+    let admin = c1.node.admin_token();
+    let first = c1.api;
+    let mut nodes = vec![c1];
+    for i in 2..=3 {
+        let t = new_token(first, &admin, 600);
+        nodes.push(control_with(i, Some((&first, &t)), small));
+    }
+    wait_all_ready(&mut nodes);
+    for i in 0..400 {
+        let (code, _, body) = http(
+            nodes[i % 3].api,
+            "PUT",
+            &format!("/api/v1/kv/data/{i:04}"),
+            Some(&admin),
+            &format!("v{i}"),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    // A 4th and 5th become voters; a 6th stays a learner.
+    for i in 4..=6 {
+        let t = new_token(first, &admin, 600);
+        nodes.push(control_with(i, Some((&first, &t)), small));
+    }
+    wait_all_ready(&mut nodes);
+    let r = roles(first, &admin);
+    let voters = r.iter().filter(|(_, role)| role == "voter").count();
+    assert_eq!((r.len(), voters), (6, 5), "{r:?}");
+    // The joins ran concurrently: whichever caught up last stays a learner.
+    assert!(r[..3].iter().all(|(_, role)| role == "voter"), "{r:?}");
+
+    // c3 loses its disk. Coming back under its old name is refused until the old member
+    // is removed; then it joins as a new member and is sent a snapshot.
+    let mut old = nodes.remove(2);
+    old.node.kill();
+    std::fs::remove_dir_all(&old.node.data_dir).unwrap();
+    let t = new_token(first, &admin, 600);
+    let mut early = control_with(3, Some((&first, &t)), small);
+    let (status, _) = early.node.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", early.node.logs());
+    assert!(
+        early.node.stderr().contains("already exists"),
+        "{}",
+        early.node.logs()
+    );
+    let (code, _, body) = http(first, "DELETE", "/api/v1/members/c3", Some(&admin), "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let t = new_token(first, &admin, 600);
+    let mut back = control_with(3, Some((&first, &t)), small);
+    back.node.wait_ready(back.api);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stale_read(back.api, &admin, "data/0399").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined member did not catch up\n{}",
+            back.node.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in (0..400).step_by(37) {
+        assert_eq!(
+            stale_read(back.api, &admin, &format!("data/{i:04}")).as_deref(),
+            Some(format!("v{i}").as_str())
+        );
+    }
+    assert!(
+        back.node.stderr().contains("Installed snapshot"),
+        "the rejoined member should have caught up through a snapshot\n{}",
+        back.node.logs()
+    );
+    nodes.push(back);
+    let r = roles(first, &admin);
+    assert_eq!(r.len(), 6, "{r:?}");
+
+    // Restart everyone: all data intact, and the cluster takes writes again.
+    for n in nodes.iter_mut() {
+        n.node.stop();
+    }
+    for n in nodes.iter_mut() {
+        n.node.start_again();
+    }
+    wait_all_ready(&mut nodes);
+    let apis: Vec<SocketAddr> = nodes.iter().map(|n| n.api).collect();
+    put_eventually(&apis, &admin, "after", "yes", Duration::from_secs(15));
+    for n in &nodes {
+        for i in (0..400).step_by(53) {
+            assert_eq!(
+                read(n.api, &admin, &format!("data/{i:04}")).as_deref(),
+                Some(format!("v{i}").as_str())
+            );
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The joining side: a control node started with `join = [URLs]` and a token gets its
 //! certificate (sending a CSR; the CA it receives must match the fingerprint pinned in
 //! the token), then asks to be admitted. It retries while the cluster is unreachable or
-//! busy and gives up at once when the cluster refuses the token. A node that already
+//! busy and gives up at once when the cluster refuses the token or the name. A node that already
 //! joined does not ask again on restart.
 
 use super::store::RaftNode;
@@ -25,6 +25,10 @@ pub fn token_fingerprint(token: &str) -> Result<&str, String> {
     }
 }
 
+fn is_name_taken(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { code, .. } if code == "name_taken")
+}
+
 /// Calls `path` on the first URL that answers, retrying transient failures until
 /// [`GIVE_UP`]; a refusal (400, 403, 404) ends it at once.
 async fn call_cluster(
@@ -45,12 +49,9 @@ async fn call_cluster(
             let url = client.url();
             match client.call::<Value>(Method::POST, path, Some(body)).await {
                 Ok(v) => return Ok(Some(v)),
-                Err(
-                    e @ ClientError::Api {
-                        status: 400 | 403 | 404,
-                        ..
-                    },
-                ) => {
+                Err(e @ ClientError::Api { status, .. })
+                    if matches!(status, 400 | 403 | 404) || is_name_taken(&e) =>
+                {
                     return Err(format!(
                         "the cluster at {url} refused to admit this node: {e}"
                     ));

@@ -266,6 +266,7 @@ pub async fn join_cert(
         )
         .await);
     }
+    name_free(&s, &req.name, &req.node_id)?;
     consume(&s, &req.token, &req.node_id).await?;
     let ca = cluster_ca(&s)?;
     let cert = ca
@@ -273,6 +274,20 @@ pub async fn join_cert(
         .map_err(|e| ApiError::bad_field("csr", e.to_string()))?;
     tracing::info!(node = %req.name, node_id = %req.node_id, "Issued a control node certificate");
     Ok(Json(json!({"cert": cert, "ca": ca.cert_pem})).into_response())
+}
+
+/// A name belongs to one member: a wiped machine that comes back under its old name has
+/// a new id, and must wait until the old member is removed (as etcd requires), so a
+/// misconfigured duplicate can never push a healthy member out.
+fn name_free(s: &ApiState, name: &str, node_id: &str) -> Result<(), ApiError> {
+    match s.node.find_member(name) {
+        Some(id) if id.to_string() != node_id => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "name_taken",
+            format!("a member named `{name}` already exists (id {id}); if this machine replaces it, run `tessera members remove {name}` first, then join again with a new token"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,6 +322,7 @@ pub async fn join(
         )
         .await);
     }
+    name_free(&s, &req.node.name, &req.node_id)?;
     consume(&s, &req.token, &req.node_id).await?;
     tracing::info!(node = %req.node.name, node_id = id, peer = %req.node.peer, "Admitting a control node");
     let role = s

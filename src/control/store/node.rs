@@ -107,7 +107,9 @@ impl RaftNode {
             election_timeout_min: s.election_min.as_millis() as u64,
             election_timeout_max: s.election_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_logs),
-            max_in_snapshot_log_to_keep: 1000,
+            // Keep some log behind a snapshot so a briefly lagging follower catches up
+            // from the log, not a whole snapshot.
+            max_in_snapshot_log_to_keep: s.snapshot_logs.min(1000),
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }
