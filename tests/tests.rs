@@ -10,4 +10,6 @@ mod config_errors;
 mod kv_api;
 mod leases;
 mod lifecycle;
+mod lincheck;
+mod relay;
 mod static_binary;

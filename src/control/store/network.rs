@@ -1,4 +1,4 @@
-//! Raft RPC client: one persistent HTTP/1.1 connection per peer, JSON bodies. Peers are
+//! Raft RPC client: one persistent HTTP/2 connection per peer, JSON bodies. Peers are
 //! addressed by `IP:PORT` (their `peer_listen`), so no name lookup is involved.
 //! mTLS between control nodes wraps this same connection (see `rpc.rs` for the server).
 
@@ -6,8 +6,8 @@ use super::types::*;
 use crate::pki::TlsHandle;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -104,7 +104,11 @@ impl PeerClient {
         .map_err(|e| {
             CallError::Unreachable(TransportError(format!("TLS handshake with {addr}: {e}")))
         })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(5)))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| {
                 CallError::Unreachable(TransportError(format!("handshake with {addr}: {e}")))
@@ -136,8 +140,8 @@ impl PeerClient {
                 .ready()
                 .await
                 .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
-            let request = http::Request::post(path)
-                .header(http::header::HOST, &peer)
+            // HTTP/2 carries scheme and authority as pseudo-headers: an absolute URI.
+            let request = http::Request::post(format!("https://{peer}{path}"))
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body)))
                 .map_err(|e| CallError::Network(TransportError(e.to_string())))?;

@@ -53,7 +53,7 @@ pub async fn serve_tls(
     tls: crate::pki::TlsHandle,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     loop {
         let (tcp, remote) = tokio::select! {
@@ -85,7 +85,10 @@ pub async fn serve_tls(
                     }
                     Err(_) => return,
                 };
-            let conn = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
+                .keep_alive_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
             tokio::select! {
                 _ = conn => {}
