@@ -251,6 +251,13 @@ async fn track_readiness(
     // admin.token is written only after its hash is committed, so its presence means the
     // registration is done (a restarted bootstrap node need not be the leader to be ready).
     let mut token_done = !bootstrap || data_dir.join("admin.token").exists();
+    // The bootstrap node's store id becomes the cluster's id, registered once.
+    let mut id_done = !bootstrap
+        || node
+            .store()
+            .get(store::CLUSTER_ID_KEY)
+            .map(|(kv, _)| kv.is_some())
+            .unwrap_or(false);
     // The CA is registered once; a node holding it checks the store until it is there.
     let mut ca_done = ca.is_none()
         || node
@@ -268,13 +275,35 @@ async fn track_readiness(
                     Err(e) => tracing::warn!(error = %e, "Cannot register the CA yet"),
                 }
             }
+            if !id_done && node.is_leader() {
+                let id = node.store().local_id().to_string();
+                match node
+                    .write(store::types::Command::Txn {
+                        compare: vec![store::types::Compare {
+                            key: store::CLUSTER_ID_KEY.into(),
+                            op: store::types::CompareOp::Equal,
+                            target: store::types::CompareTarget::CreateRevision(0),
+                        }],
+                        success: vec![store::types::Op::Put {
+                            key: store::CLUSTER_ID_KEY.into(),
+                            value: id,
+                            lease: 0,
+                        }],
+                        failure: vec![],
+                    })
+                    .await
+                {
+                    Ok(_) => id_done = true,
+                    Err(e) => tracing::warn!(error = %e, "Cannot register the cluster id yet"),
+                }
+            }
             if !token_done && node.is_leader() {
                 match http::auth::ensure_admin_token(&node, &data_dir).await {
                     Ok(()) => token_done = true,
                     Err(e) => tracing::warn!(error = %e, "Cannot register the admin token yet"),
                 }
             }
-            if token_done && ca_done {
+            if token_done && ca_done && id_done {
                 health.set_ready();
             }
         } else {
@@ -307,7 +336,7 @@ fn setup_pki(
         _ => NodeTls::load(pki_dir).map_err(|e| e.to_string())?,
     };
     if ca.is_none() && node_tls.is_none() && cfg.control.bootstrap {
-        let new = Ca::generate(store.cluster_id()).map_err(|e| e.to_string())?;
+        let new = Ca::generate(store.local_id()).map_err(|e| e.to_string())?;
         new.save(ca_dir).map_err(|e| e.to_string())?;
         tracing::info!(dir = %ca_dir.display(), fingerprint = %new.fingerprint().unwrap_or_default(), "Created the cluster CA");
         ca = Some(new);

@@ -51,6 +51,8 @@ const COLUMN_FAMILIES: [&str; 8] = [
 ];
 
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+/// Where the cluster's id is replicated (written once by the bootstrap node).
+pub const CLUSTER_ID_KEY: &str = "/tessera/cluster/id";
 const KEY_NODE_NAME: &[u8] = b"node_name";
 const KEY_NODE_ID: &[u8] = b"node_id";
 
@@ -165,9 +167,19 @@ impl Store {
         })
     }
 
-    /// A random identifier fixed when the store is created.
-    pub fn cluster_id(&self) -> &str {
+    /// A random identifier fixed when the store is created: on the node that bootstraps a
+    /// cluster it becomes the cluster's id (see [`Store::cluster_id`]).
+    pub fn local_id(&self) -> &str {
         &self.cluster_id
+    }
+
+    /// The cluster's id: the bootstrap node's store id, replicated under
+    /// [`CLUSTER_ID_KEY`] once registered (until then, this store's own id).
+    pub fn cluster_id(&self) -> String {
+        match self.get(CLUSTER_ID_KEY) {
+            Ok((Some(kv), _)) => kv.value,
+            _ => self.cluster_id.clone(),
+        }
     }
 
     /// This node's Raft id, fixed when the store is created.
@@ -237,7 +249,7 @@ impl Store {
     pub fn backup(&self) -> Result<(Vec<u8>, u64), String> {
         let (body, revision, keys) = sm::export(&self.db)?;
         Ok((
-            backup::seal(body, revision, keys, &self.cluster_id),
+            backup::seal(body, revision, keys, &self.cluster_id()),
             revision,
         ))
     }
@@ -277,11 +289,11 @@ mod tests {
     fn reopens_with_the_same_identity_and_refuses_another_node() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), "n1").unwrap();
-        let (id, node) = (s.cluster_id().to_string(), s.node_id());
+        let (id, node) = (s.local_id().to_string(), s.node_id());
         drop(s);
         assert_eq!(id.len(), 32);
         let s = Store::open(dir.path(), "n1").unwrap();
-        assert_eq!((s.cluster_id(), s.node_id()), (id.as_str(), node));
+        assert_eq!((s.local_id(), s.node_id()), (id.as_str(), node));
         drop(s);
         assert!(matches!(
             Store::open(dir.path(), "n2"),

@@ -1,5 +1,7 @@
-//! Raft RPC client: one persistent HTTP/2 connection per peer, JSON bodies. Peers are
-//! addressed by `IP:PORT` (their `peer_listen`), so no name lookup is involved.
+//! Raft RPC client: one persistent HTTP/2 connection per peer, shared by every client
+//! openraft creates for that peer (it creates one per replication stream, vote round and
+//! leadership check), JSON bodies. Peers are addressed by `IP:PORT` (their advertised
+//! peer address), so no name lookup is involved.
 //! mTLS between control nodes wraps this same connection (see `rpc.rs` for the server).
 
 use super::types::*;
@@ -18,6 +20,8 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const PATH_APPEND: &str = "/raft/v1/append";
@@ -31,6 +35,14 @@ pub struct Network {
     pub tls: TlsHandle,
     /// The IP outgoing peer connections leave from (`peer_listen`'s, when specific).
     pub source: Option<std::net::IpAddr>,
+    pub pool: Pool,
+}
+
+/// Open HTTP/2 connections by peer address; a connection multiplexes every call to it.
+pub type Pool = Arc<Mutex<HashMap<String, SendRequest<Full<Bytes>>>>>;
+
+fn pool_lock(pool: &Pool) -> std::sync::MutexGuard<'_, HashMap<String, SendRequest<Full<Bytes>>>> {
+    pool.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -42,6 +54,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peer: node.peer.clone(),
             tls: self.tls.clone(),
             source: self.source,
+            pool: self.pool.clone(),
             sender: None,
         }
     }
@@ -52,6 +65,7 @@ pub struct PeerClient {
     peer: String,
     tls: TlsHandle,
     source: Option<std::net::IpAddr>,
+    pool: Pool,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
@@ -72,6 +86,12 @@ impl PeerClient {
             return Ok(());
         }
         self.sender = None;
+        if let Some(s) = pool_lock(&self.pool).get(&self.peer) {
+            if !s.is_closed() {
+                self.sender = Some(s.clone());
+                return Ok(());
+            }
+        }
         let addr: std::net::SocketAddr = self.peer.parse().map_err(|_| {
             CallError::Unreachable(TransportError(format!(
                 "peer address `{}` is not IP:PORT",
@@ -116,6 +136,7 @@ impl PeerClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        pool_lock(&self.pool).insert(self.peer.clone(), sender.clone());
         self.sender = Some(sender);
         Ok(())
     }
@@ -173,8 +194,10 @@ impl PeerClient {
             )))),
         };
         if result.is_err() {
-            // A failed exchange leaves the connection in an unknown state.
+            // A failed exchange leaves the connection in an unknown state (a partition
+            // looks like a silent one): the next call dials afresh.
             self.sender = None;
+            pool_lock(&self.pool).remove(&self.peer);
         }
         result
     }

@@ -122,6 +122,7 @@ impl RaftNode {
             Network {
                 tls: tls.clone(),
                 source: s.source,
+                pool: Default::default(),
             },
             store.log_store(),
             store.state_machine(),
@@ -254,7 +255,7 @@ impl RaftNode {
             })
             .collect();
         MembersView {
-            cluster_id: self.store.cluster_id().to_string(),
+            cluster_id: self.store.cluster_id(),
             node_id: m.id.to_string(),
             state: format!("{:?}", m.state).to_lowercase(),
             term: m.current_term,

@@ -627,7 +627,9 @@ pub(super) fn restore(
     {
         return Err("the store is not empty: restore only into a fresh data_dir".into());
     }
-    let (header, kvs) = parse_snapshot(body)?;
+    let (header, mut kvs) = parse_snapshot(body)?;
+    // A new cluster: the bootstrap step registers this store's own id.
+    kvs.retain(|kv| kv.key != super::CLUSTER_ID_KEY);
     let last = header
         .last_applied
         .ok_or("the snapshot holds no applied state")?;
