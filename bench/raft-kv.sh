@@ -141,7 +141,7 @@ run() {
   local rc=0 kv_url urls token cpu
   cpu=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -1)
   echo "# machine: nproc=$(nproc) cpu=\"${cpu:-unknown}\" kernel=$(uname -srm) mem=$(awk '/^MemTotal/ {printf "%.1fGiB", $2 / 1048576}' /proc/meminfo) loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "# tessera: $TESSERA_BIN ($("$TESSERA_BIN" --version | head -1)), 3 control nodes, defaults heartbeat 100ms election 600-1200ms${TESSERA_SET:+, --set $TESSERA_SET}"
+  echo "# tessera: $TESSERA_BIN ($("$TESSERA_BIN" --version | head -1)), 3 control nodes, defaults heartbeat 100ms election 400-800ms${TESSERA_SET:+, --set $TESSERA_SET}"
   echo "# baseline: $BASELINE sha256=$(sha256sum "$BASELINE" | cut -c1-16) (copy patched for KV_AUTH, see bench/README.md)"
   log "starting the tessera cluster in $TESSERA_CLUSTER_DIR"
   bash "$CLUSTER" start
