@@ -84,6 +84,7 @@ mod tests {
                 openraft::CommittedLeaderId::new(2, 7),
                 42,
             )),
+            revision: 42,
             membership: Default::default(),
             leases: vec![],
         })

@@ -27,10 +27,13 @@ pub struct Applier<'a> {
     /// The highest compaction revision asked for in this batch.
     pub compact: Option<u64>,
     pub events: Vec<Event>,
+    /// The last revision handed out; the next command gets `revision + 1`.
+    pub revision: u64,
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(base: &'a dyn KvRead) -> Self {
+    /// An applier over `base`, whose last revision is `revision`.
+    pub fn new(base: &'a dyn KvRead, revision: u64) -> Self {
         Applier {
             base,
             writes: BTreeMap::new(),
@@ -38,7 +41,26 @@ impl<'a> Applier<'a> {
             lease_index: BTreeMap::new(),
             compact: None,
             events: Vec::new(),
+            revision,
         }
+    }
+
+    /// Applies one replicated command (a batch: each of its commands in turn), giving
+    /// each key-space command the next revision.
+    pub fn apply_next(&mut self, cmd: &Command) -> Result<CommandResult, String> {
+        if let Command::Batch { cmds } = cmd {
+            let mut batch = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                batch.push(self.apply_next(c)?);
+            }
+            return Ok(CommandResult {
+                revision: self.revision,
+                batch,
+                ..Default::default()
+            });
+        }
+        self.revision += 1;
+        self.apply(cmd, self.revision)
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, String> {
@@ -142,6 +164,12 @@ impl<'a> Applier<'a> {
             Command::Compact { revision: to } => {
                 let to = (*to).min(revision);
                 self.compact = Some(self.compact.map_or(to, |c| c.max(to)));
+            }
+            Command::Batch { cmds } => {
+                // Batches are flattened by `apply_next`; a nested one is applied in turn.
+                for c in cmds {
+                    result.batch.push(self.apply(c, revision)?);
+                }
             }
             Command::Txn {
                 compare,
@@ -310,7 +338,7 @@ mod tests {
     }
 
     fn commit(base: &mut Map, cmds: &[(Command, u64)]) -> Vec<CommandResult> {
-        let mut a = Applier::new(&*base);
+        let mut a = Applier::new(&*base, 0);
         let results: Vec<_> = cmds.iter().map(|(c, r)| a.apply(c, *r).unwrap()).collect();
         let writes = std::mem::take(&mut a.writes);
         let leases = std::mem::take(&mut a.leases);
@@ -481,7 +509,7 @@ mod tests {
     #[test]
     fn lease_index_overlay_sees_attach_and_revoke_in_one_batch() {
         let mut m = Map::default();
-        let mut a = Applier::new(&m);
+        let mut a = Applier::new(&m, 0);
         a.apply(&Command::LeaseGrant { ttl_secs: 1 }, 1).unwrap();
         a.apply(
             &Command::Put {
@@ -502,10 +530,39 @@ mod tests {
     #[test]
     fn compaction_never_passes_its_own_revision() {
         let m = Map::default();
-        let mut a = Applier::new(&m);
+        let mut a = Applier::new(&m, 0);
         a.apply(&Command::Compact { revision: 50 }, 10).unwrap();
         assert_eq!(a.compact, Some(10));
         a.apply(&Command::Compact { revision: 5 }, 11).unwrap();
         assert_eq!(a.compact, Some(10));
+    }
+
+    #[test]
+    fn a_batch_gives_each_command_its_own_revision_and_result() {
+        let m = Map::default();
+        let mut a = Applier::new(&m, 41);
+        let r = a
+            .apply_next(&Command::Batch {
+                cmds: vec![
+                    put("a", "1"),
+                    Command::Put {
+                        key: "b".into(),
+                        value: "2".into(),
+                        lease: 7,
+                    },
+                    put("a", "3"),
+                ],
+            })
+            .unwrap();
+        let revs: Vec<u64> = r.batch.iter().map(|x| x.revision).collect();
+        assert_eq!(revs, vec![42, 43, 44]);
+        assert!(r.batch[1].refused.is_some(), "no lease 7: refused alone");
+        assert_eq!(r.batch[2].prev.as_ref().unwrap().value, "1");
+        assert_eq!(a.writes["a"].as_ref().unwrap().mod_revision, 44);
+        assert!(!a.writes.contains_key("b"));
+        assert_eq!(a.revision, 44);
+        // Every command takes a revision, even one that changed nothing.
+        let r = a.apply_next(&put("c", "x")).unwrap();
+        assert_eq!(r.revision, 45);
     }
 }

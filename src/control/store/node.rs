@@ -24,7 +24,7 @@ pub struct RaftSettings {
     pub source: Option<std::net::IpAddr>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RaftFailure {
     /// This node is not the leader; `leader` is who is, when known.
     #[error("not the leader")]
@@ -35,6 +35,56 @@ pub enum RaftFailure {
     Refused(String),
     #[error("raft: {0}")]
     Fatal(String),
+}
+
+/// Proposes queued writes until every [`RaftNode`] is gone: one at a time when they come
+/// one at a time; everything that queued up meanwhile as one batch entry under load (group
+/// commit at the Raft level: one log append, one replication round, one apply for many
+/// writes). Each write still gets its own revision and result.
+async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Proposal>) {
+    while let Some(first) = queue.recv().await {
+        let mut size = first.0.approx_size();
+        let mut waiting = vec![first];
+        while waiting.len() < BATCH_MAX_COMMANDS && size < BATCH_MAX_BYTES {
+            match queue.try_recv() {
+                Ok(p) => {
+                    size += p.0.approx_size();
+                    waiting.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        if waiting.len() == 1 {
+            let (cmd, reply) = waiting.remove(0);
+            let r = raft.client_write(cmd).await;
+            let _ = reply.send(r.map(|r| r.data).map_err(write_failure));
+            continue;
+        }
+        let (cmds, replies): (Vec<Command>, Vec<_>) = waiting.into_iter().unzip();
+        match raft.client_write(Command::Batch { cmds }).await {
+            Ok(r) if r.data.batch.len() == replies.len() => {
+                for (reply, result) in replies.into_iter().zip(r.data.batch) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Ok(r) => {
+                let e = RaftFailure::Fatal(format!(
+                    "a batch of {} commands came back with {} results",
+                    replies.len(),
+                    r.data.batch.len()
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                let e = write_failure(e);
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Voters beyond five add latency without adding much safety; further nodes stay learners.
@@ -52,9 +102,22 @@ fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Ra
     }
 }
 
+/// A write waiting for the proposer, with where its result goes.
+type Proposal = (
+    Command,
+    tokio::sync::oneshot::Sender<Result<CommandResult, RaftFailure>>,
+);
+
+/// At most this many commands, or about this many bytes, share one Raft entry.
+const BATCH_MAX_COMMANDS: usize = 512;
+const BATCH_MAX_BYTES: usize = 2 << 20;
+
 #[derive(Clone)]
 pub struct RaftNode {
     raft: Raft,
+    /// Writes go through one proposer task, which batches the ones that arrive while a
+    /// proposal is in flight into the next entry.
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
     store: Store,
     info: NodeInfo,
     /// Membership changes one at a time: openraft refuses a change while another is
@@ -141,8 +204,11 @@ impl RaftNode {
                 .map_err(|e| RaftFailure::Fatal(format!("bootstrap: {e}")))?;
             tracing::info!(node_id = id, "Bootstrapped a new cluster");
         }
+        let (proposals, queue) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(propose(raft.clone(), queue));
         Ok(RaftNode {
             raft,
+            proposals,
             store,
             info,
             membership_lock: Arc::default(),
@@ -180,11 +246,13 @@ impl RaftNode {
 
     /// Replicates `cmd`; answers once it is committed and applied here.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RaftFailure> {
-        self.raft
-            .client_write(cmd)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stopped = || RaftFailure::Fatal("this node is shutting down".into());
+        self.proposals
+            .send((cmd, tx))
             .await
-            .map(|r| r.data)
-            .map_err(write_failure)
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Waits until local state reflects every write committed before this call

@@ -19,6 +19,8 @@ const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot_meta";
 const KEY_COMPACTED: &[u8] = b"compact_revision";
+/// The last revision handed out (see `types::KeyValue`).
+const KEY_REVISION: &[u8] = b"revision";
 
 pub struct StateMachine {
     db: Arc<DB>,
@@ -33,6 +35,9 @@ pub struct StateMachine {
 pub(super) struct SnapshotHeader {
     pub format: u32,
     pub last_applied: Option<LogId>,
+    /// The revision the state is at.
+    #[serde(default)]
+    pub revision: u64,
     pub membership: StoredMembership,
     #[serde(default)]
     pub leases: Vec<Lease>,
@@ -74,13 +79,13 @@ impl<'a> SnapRead<'a> {
         }
     }
 
-    fn applied(&self) -> Result<u64, String> {
+    /// The revision this view observes.
+    fn revision(&self) -> Result<u64, String> {
         let raw = self
             .snap
-            .get_cf(cf(self.db, CF_SM)?, KEY_APPLIED)
+            .get_cf(cf(self.db, CF_SM)?, KEY_REVISION)
             .map_err(|e| e.to_string())?;
-        let id: Option<LogId> = raw.map(|b| decode(&b)).transpose()?;
-        Ok(id.map_or(0, |l| l.index))
+        Ok(raw.map(|b| decode(&b)).transpose()?.unwrap_or(0))
     }
 }
 
@@ -131,7 +136,7 @@ fn all_leases(r: &SnapRead) -> Result<Vec<Lease>, String> {
 
 pub(super) fn read_leases(db: &DB) -> Result<(Vec<Lease>, u64), String> {
     let r = SnapRead::new(db);
-    Ok((all_leases(&r)?, r.applied()?))
+    Ok((all_leases(&r)?, r.revision()?))
 }
 
 /// A lease, its attached keys and the applied revision.
@@ -141,13 +146,13 @@ pub(super) fn read_lease(db: &DB, id: u64) -> Result<(Option<LeaseWithKeys>, u64
         Some(l) => Some((l, r.lease_keys(id)?)),
         None => None,
     };
-    Ok((found, r.applied()?))
+    Ok((found, r.revision()?))
 }
 
 /// The compaction floor (watches cannot start below it) and the applied revision.
 pub(super) fn read_compaction(db: &DB) -> Result<(u64, u64), String> {
     let r = SnapRead::new(db);
-    Ok((compacted(&r)?, r.applied()?))
+    Ok((compacted(&r)?, r.revision()?))
 }
 
 fn compacted(r: &SnapRead) -> Result<u64, String> {
@@ -174,7 +179,7 @@ fn scan(r: &SnapRead, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, Strin
 
 pub(super) fn read_get(db: &DB, key: &str) -> Result<(Option<KeyValue>, u64), String> {
     let r = SnapRead::new(db);
-    Ok((r.get(key)?, r.applied()?))
+    Ok((r.get(key)?, r.revision()?))
 }
 
 pub(super) fn read_range(
@@ -183,7 +188,7 @@ pub(super) fn read_range(
     limit: usize,
 ) -> Result<(Vec<KeyValue>, u64), String> {
     let r = SnapRead::new(db);
-    Ok((scan(&r, prefix, limit)?, r.applied()?))
+    Ok((scan(&r, prefix, limit)?, r.revision()?))
 }
 
 /// Changes after revision `after` under `prefix` (at most `limit`), the oldest revision
@@ -216,7 +221,7 @@ pub(super) fn read_history(
             out.push(ev);
         }
     }
-    Ok((out, compacted, r.applied()?))
+    Ok((out, compacted, r.revision()?))
 }
 
 impl StateMachine {
@@ -263,26 +268,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let db = self.db.clone();
         let base = SnapRead::new(&db);
-        let mut applier = Applier::new(&base);
+        let base_revision = base
+            .revision()
+            .map_err(|e| StorageIOError::read_state_machine(anyerror(e)))?;
+        let mut applier = Applier::new(&base, base_revision);
         let mut results = Vec::new();
         let mut last = None;
         let mut membership = None;
         for entry in entries {
-            let rev = entry.log_id.index;
             last = Some(entry.log_id);
             let r = match &entry.payload {
                 EntryPayload::Normal(cmd) => applier
-                    .apply(cmd, rev)
+                    .apply_next(cmd)
                     .map_err(|e| StorageIOError::apply(entry.log_id, anyerror(e)))?,
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     CommandResult {
-                        revision: rev,
+                        revision: applier.revision,
                         ..Default::default()
                     }
                 }
                 EntryPayload::Blank => CommandResult {
-                    revision: rev,
+                    revision: applier.revision,
                     ..Default::default()
                 },
             };
@@ -330,6 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.put_cf(hist_cf, history_key(seq_rev.0, seq_rev.1), encode(ev));
         }
         batch.put_cf(sm_cf, KEY_APPLIED, encode(&Some(last)));
+        batch.put_cf(sm_cf, KEY_REVISION, encode(&applier.revision));
         if let Some(m) = &membership {
             batch.put_cf(sm_cf, KEY_MEMBERSHIP, encode(m));
         }
@@ -380,11 +388,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let applied = meta.last_log_id;
         batch.put_cf(sm_cf, KEY_APPLIED, encode(&applied));
         batch.put_cf(sm_cf, KEY_MEMBERSHIP, encode(&meta.last_membership));
-        batch.put_cf(
-            sm_cf,
-            KEY_COMPACTED,
-            encode(&applied.map_or(0, |l| l.index)),
-        );
+        batch.put_cf(sm_cf, KEY_REVISION, encode(&header.revision));
+        batch.put_cf(sm_cf, KEY_COMPACTED, encode(&header.revision));
         let (db, dir, lock, meta2) = (
             self.db.clone(),
             self.snapshots.clone(),
@@ -457,6 +462,7 @@ fn serialize(r: &SnapRead) -> Result<(SnapshotHeader, Vec<u8>, usize), String> {
     let header = SnapshotHeader {
         format: 1,
         last_applied: applied,
+        revision: r.revision()?,
         membership,
         leases: all_leases(r)?,
     };
@@ -477,7 +483,7 @@ fn serialize(r: &SnapRead) -> Result<(SnapshotHeader, Vec<u8>, usize), String> {
 pub(super) fn export(db: &DB) -> Result<(Vec<u8>, u64, usize), String> {
     let r = SnapRead::new(db);
     let (header, data, keys) = serialize(&r)?;
-    Ok((data, header.last_applied.map_or(0, |l| l.index), keys))
+    Ok((data, header.revision, keys))
 }
 
 fn build(db: &DB, dir: &std::path::Path, lock: &std::sync::Mutex<()>) -> Result<Snapshot, String> {
@@ -642,12 +648,13 @@ pub(super) fn restore(
     let mut batch = replace_state(db, &header.leases, &kvs)?;
     batch.put_cf(sm, KEY_APPLIED, encode(&Some(last)));
     batch.put_cf(sm, KEY_MEMBERSHIP, encode(&stored));
-    batch.put_cf(sm, KEY_COMPACTED, encode(&last.index));
+    batch.put_cf(sm, KEY_REVISION, encode(&header.revision));
+    batch.put_cf(sm, KEY_COMPACTED, encode(&header.revision));
     super::log::seed(db, &mut batch, last, &Vote::new(last.leader_id.term, id))?;
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     db.write_opt(batch, &sync).map_err(|e| e.to_string())?;
     // A snapshot of the restored state, so a member that joins later can be sent it.
     build(db, dir, &std::sync::Mutex::new(()))?;
-    Ok((last.index, kvs.len()))
+    Ok((header.revision, kvs.len()))
 }

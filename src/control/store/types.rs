@@ -43,7 +43,9 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type Vote = openraft::Vote<NodeId>;
 
-/// A stored key with etcd's bookkeeping: revisions are Raft log indexes.
+/// A stored key with etcd's bookkeeping. Revisions count the key-space commands applied
+/// (every command gets the next one, whether or not it changed anything); they are not
+/// Raft log indexes, so several commands can share one log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     pub key: String,
@@ -150,6 +152,11 @@ pub enum Command {
     Compact {
         revision: u64,
     },
+    /// Several commands proposed together (one Raft entry); each still gets its own
+    /// revision and result, in order.
+    Batch {
+        cmds: Vec<Command>,
+    },
     Txn {
         compare: Vec<Compare>,
         success: Vec<Op>,
@@ -172,6 +179,9 @@ pub struct CommandResult {
     /// Deterministic: every member refuses it alike.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// For a batch: one result per command, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<CommandResult>,
 }
 
 /// One change, as watches see it.
@@ -192,6 +202,41 @@ pub enum EventKind {
 }
 
 impl Command {
+    /// Roughly how many bytes the command carries (to bound batches).
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::Put { key, value, .. } => key.len() + value.len() + 32,
+            Command::Delete { key, .. } => key.len() + 32,
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } | Command::Compact { .. } => {
+                32
+            }
+            Command::Batch { cmds } => cmds.iter().map(Command::approx_size).sum(),
+            Command::Txn {
+                compare,
+                success,
+                failure,
+            } => {
+                let op = |o: &Op| match o {
+                    Op::Put { key, value, .. } => key.len() + value.len() + 32,
+                    Op::Delete { key, .. } => key.len() + 32,
+                };
+                compare
+                    .iter()
+                    .map(|c| {
+                        c.key.len()
+                            + 32
+                            + match &c.target {
+                                CompareTarget::Value(v) => v.len(),
+                                _ => 0,
+                            }
+                    })
+                    .sum::<usize>()
+                    + success.iter().map(op).sum::<usize>()
+                    + failure.iter().map(op).sum::<usize>()
+            }
+        }
+    }
+
     /// A plain put (no lease).
     pub fn put(key: impl Into<String>, value: impl Into<String>) -> Command {
         Command::Put {
