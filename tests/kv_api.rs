@@ -315,3 +315,30 @@ fn watches_replay_from_a_revision_then_follow_live() {
         http(api, "GET", "/api/v1/kv-watch?since=999999999", Some(&t), "").unwrap();
     assert_eq!(code, 400, "{body}");
 }
+
+#[test]
+fn raft_and_store_metrics_are_exported() {
+    let (_n, api, t) = ready_control();
+    for i in 0..5 {
+        http(api, "PUT", &format!("/api/v1/kv/m/{i}"), Some(&t), "x").unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, _, body) = crate::harness::http_get(api, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        let has = |line: &str| body.lines().any(|l| l.starts_with(line));
+        if has("tessera_raft_is_leader 1")
+            && has("tessera_raft_members{role=\"voter\"} 1")
+            && body.contains("tessera_raft_proposed_commands_total")
+            && !has("tessera_store_revision 0")
+            && has("tessera_store_revision")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics missing:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

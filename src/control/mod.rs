@@ -5,6 +5,7 @@
 pub mod housekeeping;
 mod http;
 mod join;
+mod metrics;
 pub mod store;
 
 use crate::admin;
@@ -98,6 +99,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let router = http::router(node.clone(), clock.clone(), egress)
         .merge(admin::router(health.clone(), ctx.metrics.clone()));
     let history_revisions = cfg.control.history_revisions;
+    let registry = ctx.metrics.registry().clone();
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
     let bootstrap = cfg.control.bootstrap;
     let data_dir = cfg.data_dir.clone();
@@ -119,6 +121,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 history_revisions,
                 shutdown.clone(),
             ));
+            let gauges = tokio::spawn(metrics::run(node.clone(), registry, shutdown.clone()));
             let joined = Arc::new(AtomicBool::new(join.is_none()));
             let readiness = tokio::spawn(track_readiness(
                 node.clone(),
@@ -167,6 +170,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             health.set_not_ready("stopped");
             readiness.abort();
             chores.abort();
+            gauges.abort();
             // Raft stops after the API so in-flight requests could finish; peers see us leave.
             node.shutdown().await;
             shutdown.cancel();

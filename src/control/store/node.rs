@@ -41,7 +41,12 @@ pub enum RaftFailure {
 /// one at a time; everything that queued up meanwhile as one batch entry under load (group
 /// commit at the Raft level: one log append, one replication round, one apply for many
 /// writes). Each write still gets its own revision and result.
-async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Proposal>) {
+async fn propose(
+    raft: Raft,
+    mut queue: tokio::sync::mpsc::Receiver<Proposal>,
+    proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
     while let Some(first) = queue.recv().await {
         let mut size = first.0.approx_size();
         let mut waiting = vec![first];
@@ -54,6 +59,8 @@ async fn propose(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Proposal>) {
                 Err(_) => break,
             }
         }
+        proposed.0.fetch_add(1, Relaxed);
+        proposed.1.fetch_add(waiting.len() as u64, Relaxed);
         if waiting.len() == 1 {
             let (cmd, reply) = waiting.remove(0);
             let r = raft.client_write(cmd).await;
@@ -118,6 +125,8 @@ pub struct RaftNode {
     /// Writes go through one proposer task, which batches the ones that arrive while a
     /// proposal is in flight into the next entry.
     proposals: tokio::sync::mpsc::Sender<Proposal>,
+    /// (entries proposed, commands in them) by this node's writes.
+    proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
     store: Store,
     info: NodeInfo,
     /// Membership changes one at a time: openraft refuses a change while another is
@@ -205,10 +214,13 @@ impl RaftNode {
             tracing::info!(node_id = id, "Bootstrapped a new cluster");
         }
         let (proposals, queue) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(propose(raft.clone(), queue));
+        let proposed: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)> =
+            Arc::default();
+        tokio::spawn(propose(raft.clone(), queue, proposed.clone()));
         Ok(RaftNode {
             raft,
             proposals,
+            proposed,
             store,
             info,
             membership_lock: Arc::default(),
@@ -253,6 +265,12 @@ impl RaftNode {
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
+    }
+
+    /// (Raft entries proposed, writes carried in them) since start.
+    pub fn proposal_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.proposed.0.load(Relaxed), self.proposed.1.load(Relaxed))
     }
 
     /// Waits until local state reflects every write committed before this call
