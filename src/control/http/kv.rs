@@ -231,6 +231,13 @@ pub(super) async fn replicate(
             )
             .await))
         }
+        // The client must treat the write as maybe applied (read before retrying a
+        // non-idempotent change).
+        Err(e @ RaftFailure::OutcomeUnknown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "outcome_unknown",
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::unavailable(e.to_string())),
     }
 }

@@ -33,6 +33,12 @@ pub enum RaftFailure {
     NoQuorum(String),
     #[error("refused: {0}")]
     Refused(String),
+    /// The write was proposed, then this node stopped leading before it was answered: it
+    /// may or may not be applied (the new leader may commit it).
+    #[error(
+        "leadership changed while the write was in flight; it may or may not have been applied"
+    )]
+    OutcomeUnknown,
     #[error("raft: {0}")]
     Fatal(String),
 }
@@ -63,14 +69,14 @@ async fn propose(
         proposed.1.fetch_add(waiting.len() as u64, Relaxed);
         if waiting.len() == 1 {
             let (cmd, reply) = waiting.remove(0);
-            let r = raft.client_write(cmd).await;
-            let _ = reply.send(r.map(|r| r.data).map_err(write_failure));
+            let r = write_while_leading(&raft, cmd).await;
+            let _ = reply.send(r);
             continue;
         }
         let (cmds, replies): (Vec<Command>, Vec<_>) = waiting.into_iter().unzip();
-        match raft.client_write(Command::Batch { cmds }).await {
-            Ok(r) if r.data.batch.len() == replies.len() => {
-                for (reply, result) in replies.into_iter().zip(r.data.batch) {
+        match write_while_leading(&raft, Command::Batch { cmds }).await {
+            Ok(r) if r.batch.len() == replies.len() => {
+                for (reply, result) in replies.into_iter().zip(r.batch) {
                     let _ = reply.send(Ok(result));
                 }
             }
@@ -78,19 +84,56 @@ async fn propose(
                 let e = RaftFailure::Fatal(format!(
                     "a batch of {} commands came back with {} results",
                     replies.len(),
-                    r.data.batch.len()
+                    r.batch.len()
                 ));
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
             Err(e) => {
-                let e = write_failure(e);
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
         }
+    }
+}
+
+/// `client_write`, given up on as [`RaftFailure::OutcomeUnknown`] once this node stops
+/// leading the term it proposed in. openraft answers a proposal when it is applied or
+/// when a conflicting leader truncates it, but not when the entry disappears under an
+/// installed snapshot: without this, a deposed leader (a restarted one that briefly led
+/// on its old vote, or one cut off by a partition) would wait forever.
+async fn write_while_leading(raft: &Raft, cmd: Command) -> Result<CommandResult, RaftFailure> {
+    let mut metrics = raft.metrics();
+    let (term, leading) = {
+        let m = metrics.borrow();
+        (m.current_term, m.state == ServerState::Leader)
+    };
+    if !leading {
+        // Not proposed here: openraft answers at once with who leads.
+        return raft
+            .client_write(cmd)
+            .await
+            .map(|r| r.data)
+            .map_err(write_failure);
+    }
+    let deposed = async {
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_term != term || m.state != ServerState::Leader {
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = raft.client_write(cmd) => r.map(|r| r.data).map_err(write_failure),
+        _ = deposed => Err(RaftFailure::OutcomeUnknown),
     }
 }
 
