@@ -314,19 +314,82 @@ pub fn http(
     token: Option<&str>,
     body: &str,
 ) -> std::io::Result<(u16, String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body.as_bytes())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
+    match http_within(addr, method, path, token, body, Duration::from_secs(17)) {
+        Ok(answer) => Ok(answer),
+        Err(HttpFailure::Connect(e) | HttpFailure::Exchange(e)) => Err(e),
+    }
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Why a bounded request ([`http_within`]) produced no answer.
+#[derive(Debug)]
+pub enum HttpFailure {
+    /// No connection was made: the request was certainly not sent.
+    Connect(std::io::Error),
+    /// Connected, but no complete answer within the limit (or the connection broke):
+    /// the request may or may not have been acted on.
+    Exchange(std::io::Error),
+}
+
+impl std::fmt::Display for HttpFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpFailure::Connect(e) => write!(f, "connect: {e}"),
+            HttpFailure::Exchange(e) => write!(f, "exchange: {e}"),
+        }
+    }
+}
+
+/// [`http`] bounded by `limit` in total (connect, send and the whole answer), telling a
+/// request that was never sent apart from one whose outcome is unknown.
+pub fn http_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    limit: Duration,
+) -> Result<(u16, String, String), HttpFailure> {
+    let deadline = Instant::now() + limit;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline passed"))
+    };
+    let connect_limit = limit.min(Duration::from_secs(2));
+    let mut s = TcpStream::connect_timeout(&addr, connect_limit).map_err(HttpFailure::Connect)?;
+    let exchange = |s: &mut TcpStream| -> std::io::Result<Vec<u8>> {
+        s.set_nodelay(true)?;
+        s.set_write_timeout(Some(left()?))?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body.as_bytes());
+        s.write_all(&req)?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            s.set_read_timeout(Some(left()?))?;
+            match s.read(&mut chunk) {
+                Ok(0) => return Ok(buf),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let buf = exchange(&mut s).map_err(HttpFailure::Exchange)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -334,11 +397,9 @@ pub fn http(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
+    if status == 0 {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line");
+        return Err(HttpFailure::Exchange(e));
+    }
     Ok((status, head.to_lowercase(), body.to_string()))
-}
-
-pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
 }

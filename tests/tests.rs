@@ -2,11 +2,13 @@
 //! 127.0.0.1 with every listener on port 0, found through `<data_dir>/listeners.json`.
 
 mod harness;
+mod workload;
 
 mod backup;
 mod cli;
 mod cluster;
 mod config_errors;
+mod faults;
 mod kv_api;
 mod leases;
 mod lifecycle;
