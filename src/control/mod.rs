@@ -308,7 +308,17 @@ async fn track_readiness(
                 }
             }
             if token_done && ca_done && id_done {
-                health.set_ready();
+                // A leader is ready once a quorum confirms it: a restarted node leads
+                // briefly on its old vote before it hears of a newer term.
+                let confirmed = !node.is_leader()
+                    || tokio::time::timeout(Duration::from_secs(1), node.linearize())
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                if confirmed {
+                    health.set_ready();
+                } else {
+                    health.set_not_ready("leadership not yet confirmed by a quorum");
+                }
             }
         } else {
             health.set_not_ready("no Raft leader known");
