@@ -101,7 +101,10 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".into(),
+            // openraft's info level dumps whole Raft states on every change, and it warns
+            // about every client that went away before its answer: keep its warnings and
+            // errors only (set `log.level = "info"` to see everything).
+            level: "info,openraft=warn,openraft::raft::responder=error".into(),
             format: LogFormat::Text,
         }
     }
