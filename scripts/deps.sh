@@ -4,7 +4,7 @@
 set -euo pipefail
 want=(clang libclang-dev)          # rocksdb's C++ build and its bindgen
 if [ "${1:-build}" = test ]; then
-  want+=()                         # later: mariadb-server, chromium (added with their issues)
+  want+=(curl)                     # a TLS + HTTP/2 client for peer-listener tests; later: mariadb-server, chromium
 fi
 missing=()
 for p in "${want[@]}"; do

@@ -225,7 +225,10 @@ impl NodeTls {
         Ok((roots, chain, key))
     }
 
-    /// Server side of mutual TLS: a client certificate from our CA is required.
+    /// Server side of the peer listener: a client certificate, when presented, must come
+    /// from our CA (or the handshake fails); a client without one may connect, and is
+    /// served only the join endpoints (see `control::store::rpc::serve_tls`), so a joining
+    /// node can send its token over TLS to a server it authenticated.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
         let (roots, chain, key) = self.parts()?;
         let provider = provider();
@@ -233,6 +236,7 @@ impl NodeTls {
             Arc::new(roots),
             provider.clone(),
         )
+        .allow_unauthenticated()
         .build()
         .map_err(|e| PkiError::Invalid(format!("client verifier: {e}")))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -253,6 +257,21 @@ impl NodeTls {
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         Ok(cfg)
     }
+}
+
+/// A TLS client that trusts only `ca_pem` and presents no certificate: how a joining
+/// node talks to the cluster before it has one.
+pub fn anonymous_client_config(ca_pem: &str) -> Result<rustls::ClientConfig, PkiError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.map_err(|e| PkiError::Invalid(format!("bad CA certificate: {e}")))?)?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
 }
 
 fn read_file(path: &Path) -> Result<String, PkiError> {

@@ -342,3 +342,86 @@ fn raft_and_store_metrics_are_exported() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// curl (TLS, HTTP/2 by ALPN) against the peer listener, trusting the cluster CA.
+fn curl_peer(
+    ca: &std::path::Path,
+    peer: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+    cert: Option<(&std::path::Path, &std::path::Path)>,
+) -> (String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args([
+            "-w",
+            "\n%{http_code} %{http_version}",
+            "-X",
+            "POST",
+            "-d",
+            body,
+        ])
+        .arg(format!("https://{peer}{path}"));
+    if let Some((c, k)) = cert {
+        cmd.arg("--cert").arg(c).arg("--key").arg(k);
+    }
+    let out = cmd
+        .output()
+        .expect("curl (scripts/deps.sh test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        body.to_string(),
+        format!("{status} {}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn join_tokens_travel_only_over_tls_to_an_authenticated_server() {
+    let (mut n, api, _) = ready_control();
+    let peer = n.addr("control", "peer");
+    // The plain API only tells where to go: the CA and the leader's peer address.
+    let (code, _, body) = http(api, "GET", "/api/v1/join/info", None, "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let info = json(&body);
+    assert!(info["ca"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    assert_eq!(info["leader"]["peer"], peer.to_string());
+    let (code, _, _) = http(api, "POST", "/api/v1/join", None, "{}").unwrap();
+    assert_eq!(code, 404, "no join over plain HTTP");
+
+    let ca = n.data_dir.join("control/ca/ca.pem");
+    assert!(ca.exists());
+    // Without a client certificate: the join endpoints answer, Raft does not.
+    let forged = format!("tsr1.{}.{}", "a".repeat(64), "0".repeat(64));
+    let (body, status) = curl_peer(
+        &ca,
+        peer,
+        "/api/v1/join/cert",
+        &format!(
+            r#"{{"token":"{forged}","node_id":"7","name":"x","ips":["127.0.0.1"],"csr":"x"}}"#
+        ),
+        None,
+    );
+    assert!(
+        status.starts_with("403 2") || status.starts_with("400 2"),
+        "{status}: {body}"
+    );
+    // (No body: an HTTP/2 server that answers before reading one resets the stream,
+    // which curl reports as an error.)
+    let (body, status) = curl_peer(&ca, peer, "/raft/v1/vote", "", None);
+    assert!(
+        status.starts_with("404 2"),
+        "Raft RPCs need a member certificate: {status} {body}"
+    );
+    // With the node's own certificate the Raft routes are there.
+    let pki = n.data_dir.join("control/pki");
+    let (body, status) = curl_peer(
+        &ca,
+        peer,
+        "/raft/v1/vote",
+        "{}",
+        Some((&pki.join("node.pem"), &pki.join("node.key"))),
+    );
+    assert!(!status.starts_with("404"), "{status} {body}");
+}

@@ -96,8 +96,8 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     health.set_not_ready("waiting for a Raft leader");
 
     let clock = housekeeping::LeaseClock::default();
-    let router = http::router(node.clone(), clock.clone(), egress)
-        .merge(admin::router(health.clone(), ctx.metrics.clone()));
+    let (router, join_router) = http::router(node.clone(), clock.clone(), egress);
+    let router = router.merge(admin::router(health.clone(), ctx.metrics.clone()));
     let history_revisions = cfg.control.history_revisions;
     let registry = ctx.metrics.registry().clone();
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
@@ -113,7 +113,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         Box::pin(async move {
             let serve_peer = {
                 let (node, shutdown) = (node.clone(), shutdown.clone());
-                tokio::spawn(async move { node.serve_peers(peer, shutdown).await })
+                tokio::spawn(async move { node.serve_peers(peer, join_router, shutdown).await })
             };
             let chores = tokio::spawn(housekeeping::run(
                 node.clone(),

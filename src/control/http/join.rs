@@ -90,6 +90,20 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     Ok((v, body))
 }
 
+/// `GET /api/v1/join/info` (no token): the cluster CA certificate and the leader's peer
+/// address. A joining node checks the CA against the fingerprint its token pins, then
+/// sends the token over TLS to that address (never over this plain listener).
+pub async fn info(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let ca = cluster_ca(&s)?;
+    let m = s.node.members();
+    let leader = m
+        .members
+        .iter()
+        .find(|x| x.leader)
+        .map(|x| json!({"name": x.name, "peer": x.peer}));
+    Ok(Json(json!({"ca": ca.cert_pem, "leader": leader})).into_response())
+}
+
 /// The cluster CA from the store.
 fn cluster_ca(s: &ApiState) -> Result<Ca, ApiError> {
     let (kv, _) = s

@@ -30,7 +30,13 @@ pub struct ApiState {
     pub egress: Option<std::net::IpAddr>,
 }
 
-pub fn router(node: RaftNode, leases: LeaseClock, egress: Option<std::net::IpAddr>) -> Router {
+/// The API listener's router, and the join endpoints served on the peer listener (over
+/// TLS; they never forward, a non-leader answers 503 and the joiner asks again).
+pub fn router(
+    node: RaftNode,
+    leases: LeaseClock,
+    egress: Option<std::net::IpAddr>,
+) -> (Router, Router) {
     let state = ApiState {
         node,
         leases,
@@ -64,17 +70,30 @@ pub fn router(node: RaftNode, leases: LeaseClock, egress: Option<std::net::IpAdd
         ))
         // Values are limited to 1 MiB (checked with a JSON error); this bounds the read.
         .layer(DefaultBodyLimit::max(kv::MAX_VALUE * 4));
-    // The join token in the body is the credential here.
+    // The join token in the body is the credential here; the marker header stops the
+    // handlers from forwarding the token anywhere.
     let join_routes = Router::new()
         .route("/api/v1/join", post(join::join))
         .route("/api/v1/join/cert", post(join::join_cert))
-        .layer(DefaultBodyLimit::max(64 << 10));
-    Router::new()
+        .layer(DefaultBodyLimit::max(64 << 10))
+        .layer(axum::middleware::map_request(
+            |mut req: axum::extract::Request| async move {
+                req.headers_mut().insert(
+                    forward::FORWARDED,
+                    axum::http::HeaderValue::from_static("peer"),
+                );
+                req
+            },
+        ))
+        .fallback(not_found)
+        .with_state(state.clone());
+    let api = Router::new()
         .route("/", get(index_public))
-        .merge(join_routes)
+        .route("/api/v1/join/info", get(join::info))
         .merge(api)
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state);
+    (api, join_routes)
 }
 
 async fn index_public(State(s): State<ApiState>) -> Response {

@@ -279,15 +279,18 @@ impl RaftNode {
         &self.info
     }
 
-    /// Serves Raft RPCs on the peer listener (mutual TLS) until `shutdown`.
+    /// Serves the peer listener until `shutdown`: Raft RPCs (and `join`) to members with
+    /// a certificate, `join` alone to clients without one.
     pub async fn serve_peers(
         &self,
         listener: tokio::net::TcpListener,
+        join: axum::Router,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         super::rpc::serve_tls(
             listener,
-            super::rpc::router(self.raft.clone()),
+            super::rpc::router(self.raft.clone()).merge(join.clone()),
+            join,
             self.tls.clone(),
             shutdown,
         )

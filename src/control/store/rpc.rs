@@ -44,12 +44,14 @@ async fn snapshot(
     Json(raft.install_snapshot(req).await)
 }
 
-/// Serves `router` on `listener` over mutual TLS until `shutdown`. A connection that
-/// does not present a certificate from the cluster CA is dropped during the handshake;
-/// there is no plaintext mode.
+/// Serves the peer listener over TLS until `shutdown`: a connection that presents a
+/// certificate from the cluster CA gets `router` (Raft RPCs, and the join endpoints for
+/// forwarding); one without a certificate gets only `anonymous` (the join endpoints); a
+/// certificate from another CA fails the handshake. There is no plaintext mode.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     router: Router,
+    anonymous: Router,
     tls: crate::pki::TlsHandle,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -71,7 +73,7 @@ pub async fn serve_tls(
             tracing::debug!(%remote, "Peer connection refused: no certificate yet");
             continue;
         };
-        let router = router.clone();
+        let (router, anonymous) = (router.clone(), anonymous.clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
@@ -85,6 +87,8 @@ pub async fn serve_tls(
                     }
                     Err(_) => return,
                 };
+            let authenticated = stream.get_ref().1.peer_certificates().is_some();
+            let router = if authenticated { router } else { anonymous };
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
