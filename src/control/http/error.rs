@@ -69,3 +69,15 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
         ApiError::bad_field("query", e.body_text())
     }
 }
+
+/// A JSON request body as `T` (400 naming `body` and what was expected otherwise), and
+/// the raw bytes (to forward them unchanged).
+pub fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+    what: &str,
+) -> Result<(T, bytes::Bytes), ApiError> {
+    let body = body?;
+    let v = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field("body", format!("not {what}: {e}")))?;
+    Ok((v, body))
+}

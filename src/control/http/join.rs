@@ -15,7 +15,7 @@
 //! `DELETE /api/v1/members/{name}` (admin) removes a member safely.
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{parse_body, ApiError};
 use super::forward::{not_leader, path_and_query, to_leader};
 use super::ApiState;
 use crate::control::store::types::{Command, Compare, CompareOp, CompareTarget, NodeInfo, Op};
@@ -78,16 +78,6 @@ fn raft_error(e: RaftFailure) -> ApiError {
         RaftFailure::Refused(m) => ApiError::new(StatusCode::CONFLICT, "refused", m),
         other => ApiError::unavailable(other.to_string()),
     }
-}
-
-fn parse_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    what: &str,
-) -> Result<(T, Bytes), ApiError> {
-    let body = body?;
-    let v = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_field("body", format!("not {what}: {e}")))?;
-    Ok((v, body))
 }
 
 /// `GET /api/v1/join/info` (no token): the cluster CA certificate and the leader's peer

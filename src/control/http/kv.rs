@@ -10,7 +10,7 @@
 //! ranges return at most `limit` keys (default 1000, at most 10000).
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{parse_body, ApiError};
 use super::forward::{not_leader, path_and_query, to_leader};
 use super::ApiState;
 use crate::control::store::types::{Command, CommandResult, Compare, Op};
@@ -370,9 +370,7 @@ pub async fn txn(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let body = body?;
-    let t: TxnBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_field("body", format!("not a transaction: {e}")))?;
+    let (t, body): (TxnBody, _) = parse_body(body, "a transaction")?;
     if t.compare.len() > MAX_TXN_OPS {
         return Err(ApiError::bad_field(
             "compare",
@@ -429,9 +427,7 @@ pub async fn compact(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let body = body?;
-    let c: CompactBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_field("body", format!("expected {{\"revision\": N}}: {e}")))?;
+    let (c, body): (CompactBody, _) = parse_body(body, "a compaction {\"revision\": N}")?;
     let (floor, current) = s
         .node
         .store()

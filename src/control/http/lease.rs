@@ -6,10 +6,10 @@
 //! follower forwards them), which keeps the deadlines.
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{parse_body, ApiError};
 use super::kv::{linearize_or_forward, replicate, with_revision};
 use super::ApiState;
-use crate::control::store::types::{Command, Lease};
+use crate::control::store::types::{Command, Lease, LeaseWithKeys};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -51,9 +51,7 @@ pub async fn grant(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let body = body?;
-    let g: GrantBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_field("body", format!("expected {{\"ttl_secs\": N}}: {e}")))?;
+    let (g, body): (GrantBody, _) = parse_body(body, "a lease grant {\"ttl_secs\": N}")?;
     if !(MIN_TTL_SECS..=MAX_TTL_SECS).contains(&g.ttl_secs) {
         return Err(ApiError::bad_field(
             "ttl_secs",
@@ -82,6 +80,26 @@ pub async fn grant(
     }
 }
 
+/// The lease `id` with its keys and the revision read, answered by the leader (a
+/// follower answers with the leader's response to the same request).
+async fn leader_read(
+    s: &ApiState,
+    id: u64,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Result<(LeaseWithKeys, u64), Response>, ApiError> {
+    if let Some(answer) = linearize_or_forward(s, method, uri, headers).await? {
+        return Ok(Err(answer));
+    }
+    let (found, rev) = s
+        .node
+        .store()
+        .lease(id)
+        .map_err(|e| ApiError::internal("lease read", e))?;
+    Ok(Ok((found.ok_or_else(|| not_found(id))?, rev)))
+}
+
 pub async fn keepalive(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -91,15 +109,10 @@ pub async fn keepalive(
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let id = parse_id(&id)?;
-    if let Some(answer) = linearize_or_forward(&s, Method::POST, &uri, &headers).await? {
-        return Ok(answer);
-    }
-    let (found, rev) = s
-        .node
-        .store()
-        .lease(id)
-        .map_err(|e| ApiError::internal("lease read", e))?;
-    let (lease, _) = found.ok_or_else(|| not_found(id))?;
+    let ((lease, _), rev) = match leader_read(&s, id, Method::POST, &uri, &headers).await? {
+        Ok(found) => found,
+        Err(forwarded) => return Ok(forwarded),
+    };
     s.leases.renew(&lease);
     Ok(with_revision(
         rev,
@@ -117,15 +130,10 @@ pub async fn show(
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let id = parse_id(&id)?;
-    if let Some(answer) = linearize_or_forward(&s, Method::GET, &uri, &headers).await? {
-        return Ok(answer);
-    }
-    let (found, rev) = s
-        .node
-        .store()
-        .lease(id)
-        .map_err(|e| ApiError::internal("lease read", e))?;
-    let (lease, keys) = found.ok_or_else(|| not_found(id))?;
+    let ((lease, keys), rev) = match leader_read(&s, id, Method::GET, &uri, &headers).await? {
+        Ok(found) => found,
+        Err(forwarded) => return Ok(forwarded),
+    };
     let remaining = s.leases.remaining(id).map(|d| d.as_millis() as u64);
     Ok(with_revision(
         rev,
