@@ -162,6 +162,17 @@ pub struct NodeTls {
     pub key_pem: String,
 }
 
+impl NodeTls {
+    /// When this node's certificate stops being valid.
+    pub fn not_after(&self) -> Result<OffsetDateTime, PkiError> {
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| PkiError::Invalid(format!("bad node certificate: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| PkiError::Invalid(format!("bad node certificate: {e}")))?;
+        Ok(cert.validity().not_after.to_datetime())
+    }
+}
+
 const CA_FILE: &str = "ca.pem";
 const CERT_FILE: &str = "node.pem";
 const KEY_FILE: &str = "node.key";

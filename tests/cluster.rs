@@ -415,3 +415,49 @@ fn five_voters_a_learner_and_a_wiped_member_rejoins_through_a_snapshot() {
         }
     }
 }
+
+#[test]
+fn certificates_renew_from_the_replicated_ca_without_a_restart() {
+    // Renewing when fewer than 400 days are left renews the 365-day certificates at once.
+    let renew = "cert_renew_days = 400";
+    let mut c1 = control_with(1, None, renew);
+    c1.node.wait_ready(c1.api);
+    let admin = c1.node.admin_token();
+    let t = new_token(c1.api, &admin, 600);
+    let mut c2 = control_with(2, Some((&c1.api, &t)), renew);
+    c2.node.wait_ready(c2.api);
+    let first = std::fs::read_to_string(c2.node.data_dir.join("control/pki/node.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in [&c1, &c2] {
+        while !n.node.stderr().contains("Renewed this node's certificate") {
+            assert!(Instant::now() < deadline, "no renewal\n{}", n.node.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let renewed = std::fs::read_to_string(c2.node.data_dir.join("control/pki/node.pem")).unwrap();
+    assert_ne!(first, renewed, "a new certificate is on disk");
+    // Peers keep talking with the new certificates, live and after a restart.
+    put_eventually(
+        &[c2.api],
+        &admin,
+        "after-renewal",
+        "1",
+        Duration::from_secs(10),
+    );
+    assert_eq!(read(c1.api, &admin, "after-renewal").as_deref(), Some("1"));
+    c1.node.restart();
+    c2.node.restart();
+    let mut nodes = vec![c1, c2];
+    wait_all_ready(&mut nodes);
+    put_eventually(
+        &[nodes[1].api],
+        &admin,
+        "after-restart",
+        "1",
+        Duration::from_secs(15),
+    );
+    assert_eq!(
+        read(nodes[0].api, &admin, "after-restart").as_deref(),
+        Some("1")
+    );
+}

@@ -156,6 +156,9 @@ pub struct ControlConfig {
     /// `http://IP:PORT` other control nodes use to reach this node's API (forwarded
     /// writes), when it differs from `listen`.
     pub api_advertise: Option<String>,
+    /// Renew this node's certificate (signed by the cluster CA, valid 365 days) when fewer
+    /// than this many days are left. Checked at start and hourly.
+    pub cert_renew_days: u64,
 }
 
 impl Default for ControlConfig {
@@ -174,6 +177,7 @@ impl Default for ControlConfig {
             history_revisions: 50_000,
             peer_advertise: None,
             api_advertise: None,
+            cert_renew_days: 30,
         }
     }
 }

@@ -154,6 +154,12 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
                 format!("{} is too small: at least 100", ctl.snapshot_logs),
             );
         }
+        if !(1..=3650).contains(&ctl.cert_renew_days) {
+            c.fail(
+                "control.cert_renew_days",
+                format!("{} is out of range 1-3650", ctl.cert_renew_days),
+            );
+        }
         if ctl.history_revisions < 1000 {
             c.fail(
                 "control.history_revisions",

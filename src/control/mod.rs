@@ -2,6 +2,7 @@
 //! openraft) and the REST API (`http`). The API listener serves the admin endpoints too;
 //! the peer listener carries Raft RPCs between control nodes.
 
+mod certs;
 pub mod housekeeping;
 mod http;
 mod join;
@@ -100,6 +101,8 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let router = router.merge(admin::router(health.clone(), ctx.metrics.clone()));
     let history_revisions = cfg.control.history_revisions;
     let registry = ctx.metrics.registry().clone();
+    // Certificates from `[tls]` files are the operator's; generated ones renew here.
+    let renew = (cfg.tls.cert.is_none()).then(|| (pki_dir.clone(), cfg.control.cert_renew_days));
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
     let bootstrap = cfg.control.bootstrap;
     let data_dir = cfg.data_dir.clone();
@@ -122,6 +125,9 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 shutdown.clone(),
             ));
             let gauges = tokio::spawn(metrics::run(node.clone(), registry, shutdown.clone()));
+            let renewals = renew.map(|(dir, days)| {
+                tokio::spawn(certs::run(node.clone(), dir, days, shutdown.clone()))
+            });
             let joined = Arc::new(AtomicBool::new(join.is_none()));
             let readiness = tokio::spawn(track_readiness(
                 node.clone(),
@@ -171,6 +177,9 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             readiness.abort();
             chores.abort();
             gauges.abort();
+            if let Some(r) = renewals {
+                r.abort();
+            }
             // Raft stops after the API so in-flight requests could finish; peers see us leave.
             node.shutdown().await;
             shutdown.cancel();
