@@ -16,6 +16,7 @@ pub mod kv;
 mod log;
 mod network;
 mod node;
+mod read;
 mod rpc;
 mod sm;
 pub mod types;
@@ -210,7 +211,7 @@ impl Store {
     /// The value of `key` and the revision the read observed (local state; callers make
     /// reads linearizable through Raft first).
     pub fn get(&self, key: &str) -> Result<(Option<KeyValue>, u64), String> {
-        sm::read_get(&self.db, key)
+        read::read_get(&self.db, key)
     }
 
     /// Changes after revision `after` under `prefix` (at most `limit`), the compaction
@@ -221,27 +222,27 @@ impl Store {
         prefix: &str,
         limit: usize,
     ) -> Result<(Vec<Event>, u64, u64), String> {
-        sm::read_history(&self.db, after, prefix, limit)
+        read::read_history(&self.db, after, prefix, limit)
     }
 
     /// Up to `limit` keys starting with `prefix`, and the revision the read observed.
     pub fn range(&self, prefix: &str, limit: usize) -> Result<(Vec<KeyValue>, u64), String> {
-        sm::read_range(&self.db, prefix, limit)
+        read::read_range(&self.db, prefix, limit)
     }
 
     /// Every lease, and the revision the read observed.
     pub fn leases(&self) -> Result<(Vec<Lease>, u64), String> {
-        sm::read_leases(&self.db)
+        read::read_leases(&self.db)
     }
 
     /// One lease with its attached keys, and the revision the read observed.
     pub fn lease(&self, id: u64) -> Result<(Option<types::LeaseWithKeys>, u64), String> {
-        sm::read_lease(&self.db, id)
+        read::read_lease(&self.db, id)
     }
 
     /// The compaction floor (history below it is gone) and the applied revision.
     pub fn compaction(&self) -> Result<(u64, u64), String> {
-        sm::read_compaction(&self.db)
+        read::read_compaction(&self.db)
     }
 
     /// A consistent backup of the whole state, sealed with its checksum (see [`backup`]),
