@@ -178,7 +178,7 @@ fn announce(config: &RuntimeConfig, bound: &[Bound]) {
             tracing::info!(role = %b.role, listener = what, %addr, "Listening");
             let shown = match *what {
                 "mysql" => format!("mysql://{addr}"),
-                "peer" => format!("{addr} (Raft peers, mutual TLS only)"),
+                "peer" => format!("{addr} (Raft peers over mutual TLS; joining nodes over TLS)"),
                 _ => format!("http://{addr}/"),
             };
             println!("  {:<8} {:<9} {}", b.role.as_str(), what, shown);
