@@ -25,13 +25,30 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    syncer: Arc<Syncer>,
+}
+
+/// The syncer thread's inbox. When the last [`LogStore`] clone goes, dropping this closes
+/// the inbox and joins the thread, so no flush is still running (holding the database)
+/// when the process exits.
+struct Syncer {
+    tx: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Syncs the WAL for batches of appends until every [`LogStore`] clone is gone. The
 /// thread holds the database only weakly, so closing it never waits on (or races with)
 /// this thread at process exit.
-fn spawn_syncer(db: &Arc<DB>) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
+fn spawn_syncer(db: &Arc<DB>) -> Syncer {
     let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
     let weak = Arc::downgrade(db);
     let spawned = std::thread::Builder::new()
@@ -49,12 +66,19 @@ fn spawn_syncer(db: &Arc<DB>) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>>
                 }
             }
         });
-    if let Err(e) = spawned {
-        // Without the thread every append reports an error: Raft stops rather than
-        // acknowledging writes it cannot make durable.
-        tracing::error!(error = %e, "Cannot start the log sync thread");
+    let thread = match spawned {
+        Ok(t) => Some(t),
+        Err(e) => {
+            // Without the thread every append reports an error: Raft stops rather than
+            // acknowledging writes it cannot make durable.
+            tracing::error!(error = %e, "Cannot start the log sync thread");
+            None
+        }
+    };
+    Syncer {
+        tx: Some(tx),
+        thread,
     }
-    tx
 }
 
 fn idx(i: u64) -> [u8; 8] {
@@ -69,7 +93,7 @@ fn synced() -> WriteOptions {
 
 impl LogStore {
     pub(super) fn new(db: Arc<DB>) -> Self {
-        let syncer = spawn_syncer(&db);
+        let syncer = Arc::new(spawn_syncer(&db));
         LogStore { db, syncer }
     }
 
@@ -193,9 +217,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Not synced here: the syncer makes it durable before the callback fires.
         match self.db.write(batch) {
-            Ok(()) => match self.syncer.send(callback) {
-                Ok(()) => Ok(()),
-                Err(std::sync::mpsc::SendError(callback)) => {
+            Ok(()) => match self.syncer.tx.as_ref().map(|tx| tx.send(callback)) {
+                Some(Ok(())) => Ok(()),
+                None => Err(StorageIOError::write_logs(anyerror(
+                    "the log store is closing".into(),
+                ))
+                .into()),
+                Some(Err(std::sync::mpsc::SendError(callback))) => {
                     let e = "the log sync thread is gone";
                     callback.log_io_completed(Err(std::io::Error::other(e)));
                     Err(StorageIOError::write_logs(anyerror(e.into())).into())
