@@ -169,12 +169,16 @@ pub async fn create_token(
     }
 }
 
-/// Ensures this node is the leader with current state (or says where to forward).
-async fn on_leader(s: &ApiState) -> Result<(), Result<Option<NodeInfo>, ApiError>> {
+/// The join endpoints run only on the leader and never forward (the token must not
+/// travel further than the TLS connection it came on): elsewhere a 503 tells the joining
+/// node to ask `GET /api/v1/join/info` for the leader again.
+async fn leader_only(s: &ApiState) -> Result<(), ApiError> {
     match s.node.linearize().await {
         Ok(()) => Ok(()),
-        Err(RaftFailure::NotLeader { leader }) => Err(Ok(leader)),
-        Err(e) => Err(Err(raft_error(e))),
+        Err(RaftFailure::NotLeader { .. }) => Err(ApiError::unavailable(
+            "this node is not the leader (leadership is changing); ask /api/v1/join/info again",
+        )),
+        Err(e) => Err(raft_error(e)),
     }
 }
 
@@ -250,26 +254,13 @@ pub struct CertRequest {
 
 pub async fn join_cert(
     State(s): State<ApiState>,
-    headers: HeaderMap,
-    uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (req, body): (CertRequest, _) = parse_body(body, "a certificate request")?;
+    let (req, _): (CertRequest, _) = parse_body(body, "a certificate request")?;
     if req.ips.is_empty() || req.ips.len() > 16 {
         return Err(ApiError::bad_field("ips", "name 1 to 16 addresses"));
     }
-    if let Err(leader) = on_leader(&s).await {
-        let leader = not_leader(leader?, &headers)?;
-        return Ok(to_leader(
-            &s,
-            &leader,
-            Method::POST,
-            &path_and_query(&uri),
-            &headers,
-            body,
-        )
-        .await);
-    }
+    leader_only(&s).await?;
     name_free(&s, &req.name, &req.node_id)?;
     consume(&s, &req.token, &req.node_id).await?;
     let ca = cluster_ca(&s)?;
@@ -305,27 +296,14 @@ pub struct JoinRequest {
 
 pub async fn join(
     State(s): State<ApiState>,
-    headers: HeaderMap,
-    uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (req, body): (JoinRequest, _) = parse_body(body, "a join request")?;
+    let (req, _): (JoinRequest, _) = parse_body(body, "a join request")?;
     let id: u64 = req
         .node_id
         .parse()
         .map_err(|_| ApiError::bad_field("node_id", "not a node id"))?;
-    if let Err(leader) = on_leader(&s).await {
-        let leader = not_leader(leader?, &headers)?;
-        return Ok(to_leader(
-            &s,
-            &leader,
-            Method::POST,
-            &path_and_query(&uri),
-            &headers,
-            body,
-        )
-        .await);
-    }
+    leader_only(&s).await?;
     name_free(&s, &req.node.name, &req.node_id)?;
     consume(&s, &req.token, &req.node_id).await?;
     tracing::info!(node = %req.node.name, node_id = id, peer = %req.node.peer, "Admitting a control node");

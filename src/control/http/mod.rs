@@ -70,21 +70,11 @@ pub fn router(
         ))
         // Values are limited to 1 MiB (checked with a JSON error); this bounds the read.
         .layer(DefaultBodyLimit::max(kv::MAX_VALUE * 4));
-    // The join token in the body is the credential here; the marker header stops the
-    // handlers from forwarding the token anywhere.
+    // The join token in the body is the credential here; these handlers never forward it.
     let join_routes = Router::new()
         .route("/api/v1/join", post(join::join))
         .route("/api/v1/join/cert", post(join::join_cert))
         .layer(DefaultBodyLimit::max(64 << 10))
-        .layer(axum::middleware::map_request(
-            |mut req: axum::extract::Request| async move {
-                req.headers_mut().insert(
-                    forward::FORWARDED,
-                    axum::http::HeaderValue::from_static("peer"),
-                );
-                req
-            },
-        ))
         .fallback(not_found)
         .with_state(state.clone());
     let api = Router::new()
