@@ -6,8 +6,9 @@
 //!
 //! Layout: test `t` runs nodes `i = 0..3` on 127.0.0.(40 + 4t + i). Each node has its
 //! real API and peer listeners plus two relays on its own IP: `peer_advertise` and
-//! `api_advertise` point at the relays, so every byte between nodes (Raft and forwarded
-//! writes) passes a relay that can cut it by source IP. Test clients talk to the real API
+//! `api_advertise` point at the relays, so every byte between nodes (Raft, and requests
+//! a follower forwards to the leader, which share the peer connection) passes a relay
+//! that can cut it by source IP. Test clients talk to the real API
 //! ports from 127.0.0.1 and are never cut off.
 //!
 //! Besides safety (the checkers, nothing acknowledged by an isolated minority), the tests
@@ -68,7 +69,8 @@ struct Member {
     api: SocketAddr,
     /// In front of the peer listener: what other nodes dial for Raft.
     peer_relay: Relay,
-    /// In front of the API listener: what other nodes use to forward requests.
+    /// In front of the API listener: the advertised API URL (forwarding itself goes
+    /// over the peer channel, through `peer_relay`).
     api_relay: Relay,
     /// Killed and not started again.
     down: bool,

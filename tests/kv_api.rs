@@ -378,7 +378,7 @@ fn curl_peer(
 }
 
 #[test]
-fn join_tokens_travel_only_over_tls_to_an_authenticated_server() {
+fn join_tokens_and_forwarded_requests_travel_only_over_tls() {
     let (mut n, api, _) = ready_control();
     let peer = n.addr("control", "peer");
     // The plain API only tells where to go: the CA and the leader's peer address.
@@ -424,4 +424,16 @@ fn join_tokens_travel_only_over_tls_to_an_authenticated_server() {
         Some((&pki.join("node.pem"), &pki.join("node.key"))),
     );
     assert!(!status.starts_with("404"), "{status} {body}");
+    // The API on the peer listener (where followers forward to the leader) is for
+    // members only, and still wants the caller's bearer token.
+    let (body, status) = curl_peer(&ca, peer, "/api/v1/tokens", "", None);
+    assert!(status.starts_with("404 2"), "{status} {body}");
+    let (body, status) = curl_peer(
+        &ca,
+        peer,
+        "/api/v1/tokens",
+        "",
+        Some((&pki.join("node.pem"), &pki.join("node.key"))),
+    );
+    assert!(status.starts_with("401 2"), "{status} {body}");
 }

@@ -84,7 +84,6 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         snapshot_logs: cfg.control.snapshot_logs,
         source: specific(peer_addr.ip()),
     };
-    let egress = specific(api_addr.ip());
     let control_dir = cfg.data_dir.join("control");
     let pki_dir = control_dir.join("pki");
     restore_staged(cfg, &store, &info, &control_dir).await?;
@@ -97,7 +96,11 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     health.set_not_ready("waiting for a Raft leader");
 
     let clock = housekeeping::LeaseClock::default();
-    let (router, join_router) = http::router(node.clone(), clock.clone(), egress);
+    let http::Routers {
+        api: router,
+        join: join_router,
+        forwarded,
+    } = http::routers(node.clone(), clock.clone());
     let router = router.merge(admin::router(health.clone(), ctx.metrics.clone()));
     let history_revisions = cfg.control.history_revisions;
     let registry = ctx.metrics.registry().clone();
@@ -116,7 +119,10 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         Box::pin(async move {
             let serve_peer = {
                 let (node, shutdown) = (node.clone(), shutdown.clone());
-                tokio::spawn(async move { node.serve_peers(peer, join_router, shutdown).await })
+                tokio::spawn(async move {
+                    node.serve_peers(peer, join_router, forwarded, shutdown)
+                        .await
+                })
             };
             let chores = tokio::spawn(housekeeping::run(
                 node.clone(),

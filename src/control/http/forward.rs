@@ -8,8 +8,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use std::time::Duration;
 
 pub const FORWARDED: &str = "x-tessera-forwarded";
@@ -32,7 +31,10 @@ pub fn not_leader(leader: Option<NodeInfo>, headers: &HeaderMap) -> Result<NodeI
     })
 }
 
-/// Sends the same request to `leader` and relays its answer.
+/// Sends the same request to `leader` over the peer channel (mutual TLS between
+/// members, so the caller's token never crosses the network in the clear) and relays
+/// its answer. The leader serves the forwarded request from its peer listener, which
+/// offers the API to member certificates only.
 pub async fn to_leader(
     state: &super::ApiState,
     leader: &NodeInfo,
@@ -41,8 +43,28 @@ pub async fn to_leader(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    match send(state.egress, leader, method, path_and_query, headers, body).await {
-        Ok(r) => r,
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(FORWARDED, "1");
+    for name in [
+        http::header::AUTHORIZATION,
+        http::header::CONTENT_TYPE,
+        http::header::ACCEPT,
+    ] {
+        if let Some(v) = headers.get(&name) {
+            req = req.header(name, v);
+        }
+    }
+    let sent = match req.body(Full::new(body)) {
+        Ok(req) => state.node.forward(leader, req, TIMEOUT).await,
+        Err(e) => Err(e.to_string()),
+    };
+    match sent {
+        Ok(r) => {
+            let (parts, bytes) = r.into_parts();
+            Response::from_parts(parts, Body::from(bytes))
+        }
         Err(e) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "leader_unreachable",
@@ -50,59 +72,4 @@ pub async fn to_leader(
         )
         .into_response(),
     }
-}
-
-async fn send(
-    egress: Option<std::net::IpAddr>,
-    leader: &NodeInfo,
-    method: Method,
-    pq: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Response, String> {
-    let uri: http::Uri = leader
-        .api
-        .parse()
-        .map_err(|e| format!("leader URL {}: {e}", leader.api))?;
-    let authority = uri
-        .authority()
-        .ok_or("leader URL has no host")?
-        .as_str()
-        .to_string();
-    let addr: std::net::SocketAddr = authority
-        .parse()
-        .map_err(|_| format!("leader address {authority} is not IP:PORT"))?;
-    let exchange = async {
-        let stream = crate::net::connect_from(addr, egress)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(pq)
-            .header(http::header::HOST, &authority)
-            .header(FORWARDED, "1");
-        for name in [
-            http::header::AUTHORIZATION,
-            http::header::CONTENT_TYPE,
-            http::header::ACCEPT,
-        ] {
-            if let Some(v) = headers.get(&name) {
-                req = req.header(name, v);
-            }
-        }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok::<_, String>(Response::from_parts(parts, Body::from(bytes)))
-    };
-    tokio::time::timeout(TIMEOUT, exchange)
-        .await
-        .map_err(|_| "timed out".to_string())?
 }

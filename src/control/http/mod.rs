@@ -26,22 +26,23 @@ pub struct ApiState {
     pub node: RaftNode,
     /// Lease deadlines (meaningful on the leader).
     pub leases: LeaseClock,
-    /// The IP forwarded requests leave from.
-    pub egress: Option<std::net::IpAddr>,
 }
 
-/// The API listener's router, and the join endpoints served on the peer listener (over
-/// TLS; they never forward, a non-leader answers 503 and the joiner asks again).
-pub fn router(
-    node: RaftNode,
-    leases: LeaseClock,
-    egress: Option<std::net::IpAddr>,
-) -> (Router, Router) {
-    let state = ApiState {
-        node,
-        leases,
-        egress,
-    };
+/// The control API's routers, one per place it is served.
+pub struct Routers {
+    /// The API listener: everything, public and protected.
+    pub api: Router,
+    /// The peer listener, to anyone over TLS: the join endpoints (they never forward; a
+    /// non-leader answers 503 and the joiner asks again).
+    pub join: Router,
+    /// The peer listener, to members only: the protected API, for requests a follower
+    /// forwards to the leader. No fallback, so it merges with the Raft routes.
+    pub forwarded: Router,
+}
+
+/// The API's routers (see [`Routers`]).
+pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
+    let state = ApiState { node, leases };
     let api = Router::new()
         .route("/api/v1/kv/txn", post(kv::txn))
         .route("/api/v1/kv-compact", get(kv::compaction).post(kv::compact))
@@ -77,13 +78,18 @@ pub fn router(
         .layer(DefaultBodyLimit::max(64 << 10))
         .fallback(not_found)
         .with_state(state.clone());
+    let forwarded = api.clone().with_state(state.clone());
     let api = Router::new()
         .route("/", get(index_public))
         .route("/api/v1/join/info", get(join::info))
         .merge(api)
         .fallback(not_found)
         .with_state(state);
-    (api, join_routes)
+    Routers {
+        api,
+        join: join_routes,
+        forwarded,
+    }
 }
 
 async fn index_public(State(s): State<ApiState>) -> Response {

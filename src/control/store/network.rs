@@ -1,6 +1,7 @@
 //! Raft RPC client: one persistent HTTP/2 connection per peer, shared by every client
 //! openraft creates for that peer (it creates one per replication stream, vote round and
-//! leadership check), JSON bodies. Peers are addressed by `IP:PORT` (their advertised
+//! leadership check), JSON bodies. API requests a follower forwards to the leader travel
+//! over the same connection (`Network::forward`). Peers are addressed by `IP:PORT` (their advertised
 //! peer address), so no name lookup is involved.
 //! mTLS between control nodes wraps this same connection (see `rpc.rs` for the server).
 
@@ -52,10 +53,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             peer: node.peer.clone(),
-            tls: self.tls.clone(),
-            source: self.source,
-            pool: self.pool.clone(),
-            sender: None,
+            network: self.clone(),
         }
     }
 }
@@ -63,10 +61,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     peer: String,
-    tls: TlsHandle,
-    source: Option<std::net::IpAddr>,
-    pool: Pool,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    network: Network,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,23 +74,22 @@ enum CallError {
     Network(TransportError),
 }
 
-impl PeerClient {
-    /// Makes sure `self.sender` holds an open connection, dialing a new one if needed.
-    async fn connect(&mut self, ttl: Duration) -> Result<(), CallError> {
-        if self.sender.as_ref().is_some_and(|s| !s.is_closed()) {
-            return Ok(());
-        }
-        self.sender = None;
-        if let Some(s) = pool_lock(&self.pool).get(&self.peer) {
+impl Network {
+    /// An open connection to `peer` (IP:PORT): the pooled one, or a new one, dialed from
+    /// this node's IP, mutual TLS with the cluster CA, the peer's certificate naming its IP.
+    async fn sender(
+        &self,
+        peer: &str,
+        ttl: Duration,
+    ) -> Result<SendRequest<Full<Bytes>>, CallError> {
+        if let Some(s) = pool_lock(&self.pool).get(peer) {
             if !s.is_closed() {
-                self.sender = Some(s.clone());
-                return Ok(());
+                return Ok(s.clone());
             }
         }
-        let addr: std::net::SocketAddr = self.peer.parse().map_err(|_| {
+        let addr: std::net::SocketAddr = peer.parse().map_err(|_| {
             CallError::Unreachable(TransportError(format!(
-                "peer address `{}` is not IP:PORT",
-                self.peer
+                "peer address `{peer}` is not IP:PORT"
             )))
         })?;
         let stream = tokio::time::timeout(ttl, crate::net::connect_from(addr, self.source))
@@ -136,11 +130,81 @@ impl PeerClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        pool_lock(&self.pool).insert(self.peer.clone(), sender.clone());
-        self.sender = Some(sender);
-        Ok(())
+        pool_lock(&self.pool).insert(peer.to_string(), sender.clone());
+        Ok(sender)
     }
 
+    /// Sends `request` (path and query only; scheme and authority are added) to `peer`
+    /// over the pooled connection and reads the whole answer, within `ttl`. A failed
+    /// exchange drops the connection from the pool (a partition looks like a silent
+    /// one): the next call dials afresh.
+    async fn exchange(
+        &self,
+        peer: &str,
+        request: http::Request<Full<Bytes>>,
+        ttl: Duration,
+    ) -> Result<http::Response<Bytes>, CallError> {
+        let exchange = async {
+            let mut sender = self.sender(peer, ttl).await?;
+            sender
+                .ready()
+                .await
+                .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+            let (mut parts, body) = request.into_parts();
+            // HTTP/2 carries scheme and authority as pseudo-headers: an absolute URI.
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            parts.uri =
+                format!("https://{peer}{pq}")
+                    .parse()
+                    .map_err(|e: http::uri::InvalidUri| {
+                        CallError::Network(TransportError(e.to_string()))
+                    })?;
+            let resp = sender
+                .send_request(http::Request::from_parts(parts, body))
+                .await
+                .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+            let (parts, body) = resp.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| CallError::Network(TransportError(e.to_string())))?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, bytes))
+        };
+        let result = match tokio::time::timeout(ttl, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Network(TransportError(format!(
+                "{peer} did not answer within {ttl:?}"
+            )))),
+        };
+        if result.is_err() {
+            pool_lock(&self.pool).remove(peer);
+        }
+        result
+    }
+
+    /// Sends an API request to another member over the peer channel (mutual TLS) and
+    /// returns its whole answer: how a follower forwards a request to the leader without
+    /// the caller's token ever crossing the network in the clear.
+    pub async fn forward(
+        &self,
+        peer: &str,
+        request: http::Request<Full<Bytes>>,
+        ttl: Duration,
+    ) -> Result<http::Response<Bytes>, String> {
+        self.exchange(peer, request, ttl)
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable(e) | CallError::Network(e) => e.0,
+            })
+    }
+}
+
+impl PeerClient {
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &mut self,
         path: &str,
@@ -149,57 +213,25 @@ impl PeerClient {
     ) -> Result<Resp, CallError> {
         let body = serde_json::to_vec(req)
             .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
-        let peer = self.peer.clone();
-        let exchange = async {
-            self.connect(ttl).await?;
-            let Some(sender) = self.sender.as_mut() else {
-                return Err(CallError::Unreachable(TransportError(
-                    "no connection".into(),
-                )));
-            };
-            sender
-                .ready()
-                .await
-                .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
-            // HTTP/2 carries scheme and authority as pseudo-headers: an absolute URI.
-            let request = http::Request::post(format!("https://{peer}{path}"))
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
-            let resp = sender
-                .send_request(request)
-                .await
-                .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| CallError::Network(TransportError(e.to_string())))?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(CallError::Network(TransportError(format!(
-                    "{peer}{path} answered {status}: {}",
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-                ))));
-            }
-            serde_json::from_slice(&bytes).map_err(|e| {
-                CallError::Network(TransportError(format!("bad response from {peer}: {e}")))
-            })
-        };
-        let result = match tokio::time::timeout(ttl, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Network(TransportError(format!(
-                "{peer}{path} timed out after {ttl:?}"
-            )))),
-        };
-        if result.is_err() {
-            // A failed exchange leaves the connection in an unknown state (a partition
-            // looks like a silent one): the next call dials afresh.
-            self.sender = None;
-            pool_lock(&self.pool).remove(&self.peer);
+        let request = http::Request::post(path)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+        let resp = self.network.exchange(&self.peer, request, ttl).await?;
+        let (status, bytes) = (resp.status(), resp.into_body());
+        if !status.is_success() {
+            return Err(CallError::Network(TransportError(format!(
+                "{}{path} answered {status}: {}",
+                self.peer,
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ))));
         }
-        result
+        serde_json::from_slice(&bytes).map_err(|e| {
+            CallError::Network(TransportError(format!(
+                "bad response from {}: {e}",
+                self.peer
+            )))
+        })
     }
 
     async fn rpc<Req: Serialize, T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(

@@ -105,10 +105,13 @@ async fn propose(
 /// installed snapshot: without this, a deposed leader (a restarted one that briefly led
 /// on its old vote, or one cut off by a partition) would wait forever.
 async fn write_while_leading(raft: &Raft, cmd: Command) -> Result<CommandResult, RaftFailure> {
-    let mut metrics = raft.metrics();
+    // Server metrics change only with vote, role or membership, not with every append
+    // and apply as the full metrics do: watching those would wake this task several
+    // times per write.
+    let mut metrics = raft.server_metrics();
     let (term, leading) = {
         let m = metrics.borrow();
-        (m.current_term, m.state == ServerState::Leader)
+        (m.vote.leader_id().term, m.state == ServerState::Leader)
     };
     if !leading {
         // Not proposed here: openraft answers at once with who leads.
@@ -122,7 +125,7 @@ async fn write_while_leading(raft: &Raft, cmd: Command) -> Result<CommandResult,
         loop {
             {
                 let m = metrics.borrow_and_update();
-                if m.current_term != term || m.state != ServerState::Leader {
+                if m.vote.leader_id().term != term || m.state != ServerState::Leader {
                     return;
                 }
             }
@@ -176,6 +179,8 @@ pub struct RaftNode {
     /// in flight, and concurrent joins would otherwise fail each other.
     membership_lock: Arc<tokio::sync::Mutex<()>>,
     tls: TlsHandle,
+    /// The peer channel (pooled mutual-TLS connections), shared with Raft.
+    network: Network,
 }
 
 /// One member as `GET /api/v1/members` shows it.
@@ -231,14 +236,15 @@ impl RaftNode {
         .validate()
         .map_err(|e| RaftFailure::Fatal(format!("raft config: {e}")))?;
         let id = store.node_id();
+        let network = Network {
+            tls: tls.clone(),
+            source: s.source,
+            pool: Default::default(),
+        };
         let raft = Raft::new(
             id,
             Arc::new(config),
-            Network {
-                tls: tls.clone(),
-                source: s.source,
-                pool: Default::default(),
-            },
+            network.clone(),
             store.log_store(),
             store.state_machine(),
         )
@@ -268,6 +274,7 @@ impl RaftNode {
             info,
             membership_lock: Arc::default(),
             tls,
+            network,
         })
     }
 
@@ -279,17 +286,32 @@ impl RaftNode {
         &self.info
     }
 
-    /// Serves the peer listener until `shutdown`: Raft RPCs (and `join`) to members with
-    /// a certificate, `join` alone to clients without one.
+    /// Sends an API request to `member`'s peer listener over mutual TLS (see
+    /// [`Network::forward`]) and returns its whole answer.
+    pub async fn forward(
+        &self,
+        member: &NodeInfo,
+        request: http::Request<http_body_util::Full<bytes::Bytes>>,
+        ttl: Duration,
+    ) -> Result<http::Response<bytes::Bytes>, String> {
+        self.network.forward(&member.peer, request, ttl).await
+    }
+
+    /// Serves the peer listener until `shutdown`: to members (a certificate from the
+    /// cluster CA) Raft RPCs, `join` and `forwarded` (the API, for requests another
+    /// member forwards); to clients without a certificate `join` alone.
     pub async fn serve_peers(
         &self,
         listener: tokio::net::TcpListener,
         join: axum::Router,
+        forwarded: axum::Router,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         super::rpc::serve_tls(
             listener,
-            super::rpc::router(self.raft.clone()).merge(join.clone()),
+            super::rpc::router(self.raft.clone())
+                .merge(join.clone())
+                .merge(forwarded),
             join,
             self.tls.clone(),
             shutdown,
