@@ -33,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod dbproxy;
 pub mod gateway;
+pub mod model;
 pub mod net;
 pub mod pki;
 pub mod role;

@@ -47,10 +47,13 @@ pub async fn to_leader(
         .method(method)
         .uri(path_and_query)
         .header(FORWARDED, "1");
+    // The context middleware has set who the client is and the request id.
     for name in [
         http::header::AUTHORIZATION,
         http::header::CONTENT_TYPE,
         http::header::ACCEPT,
+        http::HeaderName::from_static(super::context::FORWARDED_FOR),
+        http::HeaderName::from_static(super::context::REQUEST_ID),
     ] {
         if let Some(v) = headers.get(&name) {
             req = req.header(name, v);

@@ -67,6 +67,46 @@ fn is_reserved(key: &str) -> bool {
     RESERVED.iter().any(|r| key.starts_with(r))
 }
 
+/// Key spaces that only their own APIs write (typed resources with their validation,
+/// the audit chain, shard map history): the raw KV API reads but never writes them.
+const OWNED: [&str; 3] = [
+    "/tessera/resources/",
+    "/tessera/audit/",
+    "/tessera/history/",
+];
+
+/// Test builds of a cluster may set this to tamper with the audit chain through the
+/// raw KV API (to prove `tessera audit verify` notices); never set it in production.
+pub const TEST_TAMPER_ENV: &str = "TESSERA_TEST_ALLOW_AUDIT_TAMPERING";
+
+/// Refuses a write to a key (or, with `prefix`, a range) in a reserved or owned space.
+fn guard_write(field: &str, key: &str, prefix: bool) -> Result<(), ApiError> {
+    guard(field, key, prefix)?;
+    let tamper = std::env::var_os(TEST_TAMPER_ENV).is_some_and(|v| v == "1");
+    let hits = OWNED.iter().any(|r| {
+        let hit = if prefix {
+            r.starts_with(key) || key.starts_with(r)
+        } else {
+            key.starts_with(r)
+        };
+        hit && !(tamper && !prefix && *r == "/tessera/audit/")
+    });
+    if hits {
+        return Err(ApiError {
+            field: Some(field.to_string()),
+            ..ApiError::new(
+                StatusCode::FORBIDDEN,
+                "reserved",
+                format!(
+                    "`{key}` is written only through its own API ({}: resources, audit trail, shard map history)",
+                    OWNED.join(", ")
+                ),
+            )
+        });
+    }
+    Ok(())
+}
+
 /// Refuses a key (or, with `prefix`, a range) that reaches into a reserved key space.
 fn guard(field: &str, key: &str, prefix: bool) -> Result<(), ApiError> {
     let hits = if prefix {
@@ -274,7 +314,7 @@ pub async fn put(
     caller.require_admin()?;
     let Query(q) = q?;
     validate_key("key", &key)?;
-    guard("key", &key, false)?;
+    guard_write("key", &key, false)?;
     let body = body?;
     let value = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_field("value", "the value must be UTF-8 text"))?
@@ -309,7 +349,7 @@ pub async fn delete(
     caller.require_admin()?;
     let Query(q) = q?;
     validate_key("key", &key)?;
-    guard("key", &key, q.prefix)?;
+    guard_write("key", &key, q.prefix)?;
     match replicate(
         &s,
         Command::Delete {
@@ -386,8 +426,10 @@ pub async fn txn(
     for (branch, ops) in [("success", &t.success), ("failure", &t.failure)] {
         for (i, op) in ops.iter().enumerate() {
             match op {
-                Op::Put { key, .. } => guard(&format!("{branch}[{i}].key"), key, false)?,
-                Op::Delete { key, prefix } => guard(&format!("{branch}[{i}].key"), key, *prefix)?,
+                Op::Put { key, .. } => guard_write(&format!("{branch}[{i}].key"), key, false)?,
+                Op::Delete { key, prefix } => {
+                    guard_write(&format!("{branch}[{i}].key"), key, *prefix)?
+                }
             }
         }
     }

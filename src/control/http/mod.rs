@@ -3,12 +3,15 @@
 //! (`forward`). One file per resource: `kv` (raw store, compaction and backups, admin
 //! only), `lease`, `watch`, `join` (tokens, certificates, membership).
 
+mod audit;
 pub mod auth;
+pub mod context;
 mod error;
 mod forward;
 pub mod join;
 mod kv;
 mod lease;
+mod resources;
 mod watch;
 
 use super::housekeeping::LeaseClock;
@@ -64,6 +67,19 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
             axum::routing::delete(join::remove_member),
         )
         .route("/api/v1/tokens", post(join::create_token))
+        .route("/api/v1/apply", post(resources::apply))
+        .route("/api/v1/watch", get(resources::watch))
+        .route("/api/v1/auditevents", get(audit::list))
+        .route("/api/v1/auditevents/{seq}", get(audit::show))
+        .route("/api/v1/shardmaps/{name}/history", get(resources::history))
+        .route("/api/v1/shardmaps/{name}/revert", post(resources::revert))
+        .route("/api/v1/{kinds}", get(resources::list))
+        .route(
+            "/api/v1/{kinds}/{name}",
+            get(resources::get)
+                .put(resources::put)
+                .delete(resources::delete),
+        )
         .route("/api/v1", get(index))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -78,11 +94,14 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
         .layer(DefaultBodyLimit::max(64 << 10))
         .fallback(not_found)
         .with_state(state.clone());
-    let forwarded = api.clone().with_state(state.clone());
+    let forwarded = api
+        .clone()
+        .layer(axum::middleware::from_fn(context::forwarded))
+        .with_state(state.clone());
     let api = Router::new()
         .route("/", get(index_public))
         .route("/api/v1/join/info", get(join::info))
-        .merge(api)
+        .merge(api.layer(axum::middleware::from_fn(context::direct)))
         .fallback(not_found)
         .with_state(state);
     Routers {

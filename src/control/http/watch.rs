@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde::Deserialize;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -44,6 +45,23 @@ pub async fn watch(
     if !q.prefix.is_empty() {
         validate_key("prefix", &q.prefix)?;
     }
+    let prefix = q.prefix.clone();
+    let render = move |ev: &Event| ev.kv.key.starts_with(&prefix).then(|| sse(ev));
+    stream(&s, q.prefix, q.since, &headers, Arc::new(render))
+}
+
+/// Turns a stored change into the SSE event a watcher gets (None: not for it).
+pub type Render = Arc<dyn Fn(&Event) -> Option<SseEvent> + Send + Sync>;
+
+/// An SSE stream of the changes under `prefix` after `since` (or `Last-Event-ID`, or
+/// now), each rendered by `render`.
+pub fn stream(
+    s: &ApiState,
+    prefix: String,
+    since: Option<u64>,
+    headers: &HeaderMap,
+    render: Render,
+) -> Result<Response, ApiError> {
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
@@ -56,10 +74,10 @@ pub async fn watch(
     let store = s.node.store().clone();
     // Subscribe before reading history, so nothing falls between the two.
     let live = store.subscribe();
-    let since = match q.since.or(last_event_id) {
+    let since = match since.or(last_event_id) {
         Some(since) => {
             let (_, compacted, applied) = store
-                .history(since, &q.prefix, 1)
+                .history(since, &prefix, 1)
                 .map_err(|e| ApiError::internal("history read", e))?;
             if since < compacted {
                 return Err(ApiError::new(StatusCode::GONE, "compacted", format!("revision {since} is compacted; the oldest revision still kept is {compacted}")));
@@ -80,7 +98,7 @@ pub async fn watch(
         }
     };
     let (tx, rx) = mpsc::channel::<SseEvent>(256);
-    tokio::spawn(pump(store, q.prefix, since, live, tx));
+    tokio::spawn(pump(store, prefix, since, live, tx, render));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|ev| (Ok::<_, Infallible>(ev), rx))
     });
@@ -119,6 +137,7 @@ async fn pump(
     mut last: u64,
     mut live: broadcast::Receiver<std::sync::Arc<Vec<Event>>>,
     tx: mpsc::Sender<SseEvent>,
+    render: Render,
 ) {
     loop {
         // Replay from history until caught up with what is applied.
@@ -134,8 +153,10 @@ async fn pump(
             }
             let done = events.len() < REPLAY_BATCH;
             for ev in &events {
-                if tx.send(sse(ev)).await.is_err() {
-                    return;
+                if let Some(out) = render(ev) {
+                    if tx.send(out).await.is_err() {
+                        return;
+                    }
                 }
                 last = ev.revision;
             }
@@ -154,8 +175,10 @@ async fn pump(
                     }
                     Ok(batch) => {
                         for ev in batch.iter().filter(|e| e.revision > last && e.kv.key.starts_with(&prefix)) {
-                            if tx.send(sse(ev)).await.is_err() {
-                                return;
+                            if let Some(out) = render(ev) {
+                                if tx.send(out).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                         if let Some(ev) = batch.last() {

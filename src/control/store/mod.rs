@@ -230,6 +230,26 @@ impl Store {
         read::read_range(&self.db, prefix, limit)
     }
 
+    /// Up to `limit` keys starting with `prefix`, from key `from` (inclusive) on.
+    pub fn range_from(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, u64), String> {
+        read::read_range_from(&self.db, prefix, from, limit)
+    }
+
+    /// `keys` and up to `limit` keys under `prefix`, read from one snapshot.
+    pub fn get_and_range(
+        &self,
+        keys: &[&str],
+        prefix: &str,
+        limit: usize,
+    ) -> Result<types::KeysAndRange, String> {
+        read::read_keys_and_range(&self.db, keys, prefix, limit)
+    }
+
     /// Every lease, and the revision the read observed.
     pub fn leases(&self) -> Result<(Vec<Lease>, u64), String> {
         read::read_leases(&self.db)

@@ -374,6 +374,13 @@ impl RaftNode {
         m.state == ServerState::Leader
     }
 
+    /// The leader this node knows of, if any.
+    pub fn leader_info(&self) -> Option<NodeInfo> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).cloned()
+    }
+
     pub fn has_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader.is_some()
     }

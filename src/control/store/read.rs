@@ -136,8 +136,19 @@ pub(super) fn compacted(r: &SnapRead) -> Result<u64, String> {
 }
 
 fn scan(r: &SnapRead, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, String> {
+    scan_from(r, prefix, prefix, limit)
+}
+
+/// Keys under `prefix` from `from` (inclusive) on, at most `limit`.
+fn scan_from(
+    r: &SnapRead,
+    prefix: &str,
+    from: &str,
+    limit: usize,
+) -> Result<Vec<KeyValue>, String> {
     let mut out = Vec::new();
-    let mode = IteratorMode::From(prefix.as_bytes(), rocksdb::Direction::Forward);
+    let start = if from > prefix { from } else { prefix };
+    let mode = IteratorMode::From(start.as_bytes(), rocksdb::Direction::Forward);
     for item in r.snap.iterator_cf(cf(r.db, CF_KV)?, mode) {
         let (k, v) = item.map_err(|e| e.to_string())?;
         if !k.starts_with(prefix.as_bytes()) || out.len() >= limit {
@@ -160,6 +171,31 @@ pub(super) fn read_range(
 ) -> Result<(Vec<KeyValue>, u64), String> {
     let r = SnapRead::new(db);
     Ok((scan(&r, prefix, limit)?, r.revision()?))
+}
+
+pub(super) fn read_range_from(
+    db: &DB,
+    prefix: &str,
+    from: &str,
+    limit: usize,
+) -> Result<(Vec<KeyValue>, u64), String> {
+    let r = SnapRead::new(db);
+    Ok((scan_from(&r, prefix, from, limit)?, r.revision()?))
+}
+
+/// Several keys and one range, all from one consistent snapshot.
+pub(super) fn read_keys_and_range(
+    db: &DB,
+    keys: &[&str],
+    prefix: &str,
+    limit: usize,
+) -> Result<super::types::KeysAndRange, String> {
+    let r = SnapRead::new(db);
+    let got = keys
+        .iter()
+        .map(|k| r.get(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((got, scan(&r, prefix, limit)?, r.revision()?))
 }
 
 /// Changes after revision `after` under `prefix` (at most `limit`), the oldest revision

@@ -75,6 +75,9 @@ pub struct Lease {
     pub ttl_secs: u64,
 }
 
+/// Keys read by name (None = absent), keys read by prefix, and the revision observed.
+pub type KeysAndRange = (Vec<Option<KeyValue>>, Vec<KeyValue>, u64);
+
 /// A lease and the keys attached to it.
 pub type LeaseWithKeys = (Lease, Vec<String>);
 
