@@ -161,6 +161,11 @@ impl Node {
 
     /// `tessera up` with every listener on an ephemeral port.
     pub fn up(extra: &[&str]) -> Node {
+        Node::up_with_env(extra, &[])
+    }
+
+    /// [`Node::up`] with extra environment.
+    pub fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let mut args = vec![
             "up".to_string(),
@@ -169,7 +174,7 @@ impl Node {
         ];
         args.extend(ephemeral_ports());
         args.extend(extra.iter().map(|s| s.to_string()));
-        Node::start(dir, &args, &[])
+        Node::start(dir, &args, env)
     }
 
     /// `tessera run --profile` with a profile written from `toml` (`DATA` = the data dir).

@@ -238,7 +238,7 @@ fn the_peer_listener_speaks_only_mutual_tls() {
 }
 
 /// Reads SSE events (id, event, data) from a raw stream until `n` arrived or time is up.
-fn read_sse(s: &mut std::net::TcpStream, n: usize) -> Vec<(u64, String, Value)> {
+pub(crate) fn read_sse(s: &mut std::net::TcpStream, n: usize) -> Vec<(u64, String, Value)> {
     use std::io::Read;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut text = String::new();

@@ -14,4 +14,5 @@ mod leases;
 mod lifecycle;
 mod lincheck;
 mod relay;
+mod resources;
 mod static_binary;

@@ -36,6 +36,92 @@ pub enum Command {
     /// Metadata backup and restore
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Create or update resources from a YAML (or JSON) file, all or nothing
+    Apply(ApplyArgs),
+    /// List resources of a kind, or show one
+    Get(GetArgs),
+    /// Delete a resource
+    Delete(DeleteArgs),
+    /// Users and their API tokens
+    #[command(subcommand)]
+    User(UserCommand),
+    /// The audit trail
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Multi-document YAML or JSON; `-` reads stdin
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// regions, zones, units, shardmaps, clusters, nodes, apps, instances, artifacts,
+    /// releases, trafficrules, datasources, users, events, auditevents (singular works too)
+    pub kind: String,
+    /// One object (default: all of the kind)
+    pub name: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
+    pub output: String,
+    /// Label selector, e.g. tier=core,env!=test
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub kind: String,
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user and print its API token (shown once)
+    Create {
+        name: String,
+        /// admin, operator, approver or viewer
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Issue another API token for a user
+    Token {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List users
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a user and every token of it
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Fetch the whole audit trail and check its hash chain; exit 1 naming the first
+    /// broken event
+    Verify {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

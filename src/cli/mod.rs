@@ -4,6 +4,7 @@
 mod args;
 mod client_cmd;
 mod config_cmd;
+mod resource_cmd;
 mod serve;
 mod snapshot_cmd;
 
@@ -24,5 +25,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token(c) => client_cmd::token(c),
         Command::Members(a) => client_cmd::members(a),
         Command::Snapshot(c) => snapshot_cmd::run(c),
+        Command::Apply(a) => resource_cmd::apply(a),
+        Command::Get(a) => resource_cmd::get(a),
+        Command::Delete(a) => resource_cmd::delete(a),
+        Command::User(c) => resource_cmd::user(c),
+        Command::Audit(c) => resource_cmd::audit(c),
     }
 }

@@ -144,6 +144,30 @@ pub async fn record_refusal(
     name: &str,
     reason: &str,
 ) {
+    record(s, caller, ctx, action, kind, name, Some(reason)).await
+}
+
+/// Records an accepted change that has no diff of its own (a new token).
+pub async fn record_event(
+    s: &ApiState,
+    caller: &Caller,
+    ctx: &RequestContext,
+    action: &str,
+    kind: &str,
+    name: &str,
+) {
+    record(s, caller, ctx, action, kind, name, None).await
+}
+
+async fn record(
+    s: &ApiState,
+    caller: &Caller,
+    ctx: &RequestContext,
+    action: &str,
+    kind: &str,
+    name: &str,
+    reason: Option<&str>,
+) {
     for _ in 0..5 {
         let head = match s
             .node
@@ -162,7 +186,7 @@ pub async fn record_refusal(
             action: action.into(),
             kind: kind.into(),
             name: name.into(),
-            refused: Some(reason.into()),
+            refused: reason.map(str::to_string),
             diff: Vec::new(),
         };
         let Ok((ops, _)) = append_ops(&head.head, caller, ctx, vec![entry]) else {

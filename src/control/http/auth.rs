@@ -107,6 +107,20 @@ pub async fn ensure_admin_token(node: &RaftNode, data_dir: &Path) -> Result<(), 
             .await
             .map_err(|e| format!("registering the admin token: {e}"))?;
     }
+    // The admin user as a resource, so `GET /api/v1/users` lists it.
+    let user_key = super::resources::object_key(crate::model::Kind::User, "admin");
+    if node.store().get(&user_key)?.0.is_none() {
+        let mut user = crate::model::Resource::new(
+            crate::model::Kind::User,
+            "admin",
+            serde_json::json!({"role": "admin"}),
+        );
+        user.metadata.created_at = Some(crate::model::now_rfc3339());
+        let value = serde_json::to_string(&user).map_err(|e| e.to_string())?;
+        node.write(Command::put(user_key, value))
+            .await
+            .map_err(|e| format!("registering the admin user: {e}"))?;
+    }
     if !path.exists() {
         write_secret(&path, &token)?;
         tracing::info!(path = %path.display(), "Wrote the admin token");

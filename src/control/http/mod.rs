@@ -12,6 +12,7 @@ pub mod join;
 mod kv;
 mod lease;
 mod resources;
+mod users;
 mod watch;
 
 use super::housekeeping::LeaseClock;
@@ -68,6 +69,11 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
         )
         .route("/api/v1/tokens", post(join::create_token))
         .route("/api/v1/apply", post(resources::apply))
+        .route(
+            "/api/v1/users",
+            get(resources::list_users).post(users::create),
+        )
+        .route("/api/v1/users/{name}/tokens", post(users::add_token))
         .route("/api/v1/watch", get(resources::watch))
         .route("/api/v1/auditevents", get(audit::list))
         .route("/api/v1/auditevents/{seq}", get(audit::show))

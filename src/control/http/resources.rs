@@ -185,6 +185,28 @@ pub async fn list(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&kinds)?;
+    list_kind(s, caller, kind, q, headers, uri).await
+}
+
+/// `GET /api/v1/users` (its path also takes `POST` to create a user).
+pub async fn list_users(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    list_kind(s, caller, Kind::User, q, headers, uri).await
+}
+
+async fn list_kind(
+    s: ApiState,
+    caller: Caller,
+    kind: Kind,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     may_read(&caller, kind)?;
     let Query(q) = q?;
     let selector = Selector::parse(q.label_selector.as_deref().unwrap_or(""))
@@ -262,26 +284,35 @@ pub async fn get(
 }
 
 /// The original request, to forward to the leader when this node is not it.
-struct Original<'a> {
-    method: Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    body: Bytes,
+pub(super) struct Original<'a> {
+    pub method: Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+}
+
+/// Writes that go into the same transaction as a change (a user's token records).
+pub(super) enum Extra {
+    None,
+    Ops(Vec<Op>),
+    /// Computed from the store on each attempt (what to delete with a user).
+    #[allow(clippy::type_complexity)]
+    Computed(Box<dyn Fn(&ApiState) -> Result<Vec<Op>, ApiError> + Send + Sync>),
 }
 
 /// What one committed change did to one object.
 #[derive(serde::Serialize)]
-struct Outcome {
-    kind: &'static str,
-    name: String,
+pub(super) struct Outcome {
+    pub kind: &'static str,
+    pub name: String,
     /// `created`, `configured`, `unchanged` or `deleted`.
-    action: &'static str,
+    pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    object: Option<Resource>,
+    pub object: Option<Resource>,
 }
 
 /// A request for changes, resolved against the current world into concrete changes.
-enum Want {
+pub(super) enum Want {
     /// Put these objects (create or replace).
     Put(Vec<(Kind, Resource)>),
     /// Delete one object, optionally only at `revision`.
@@ -302,12 +333,13 @@ impl From<ApiError> for Failure {
 
 /// Validates `want` on the leader and commits it with its audit events. Answers the
 /// outcomes and the revision they committed at (or the current one if nothing changed).
-async fn commit(
+pub(super) async fn commit(
     s: &ApiState,
     caller: &Caller,
     ctx: &RequestContext,
     verb: &str,
     want: &Want,
+    extra: &Extra,
     original: &Original<'_>,
 ) -> Result<Result<(Vec<Outcome>, u64), Response>, ApiError> {
     if !s.node.is_leader() {
@@ -320,6 +352,11 @@ async fn commit(
             Err(e) => return Err(ApiError::unavailable(e.to_string())),
         }
         let snap = read_all(s)?;
+        let extra_ops = match extra {
+            Extra::None => Vec::new(),
+            Extra::Ops(ops) => ops.clone(),
+            Extra::Computed(f) => f(s)?,
+        };
         let plan = match plan(&snap, want) {
             Ok(p) => p,
             Err(Failure::Api(e)) => return Err(e),
@@ -336,6 +373,7 @@ async fn commit(
         let mut compare = vec![snap.head.unchanged()];
         compare.extend(plan.compare);
         let mut success = plan.ops;
+        success.extend(extra_ops);
         success.extend(audit_ops);
         let cmd = Command::Txn {
             compare,
@@ -422,6 +460,20 @@ fn plan(snap: &Snapshot, want: &Want) -> Result<Plan, Failure> {
                     ));
                 }
                 let current = world.get(*kind, &name);
+                if *kind == Kind::User && current.is_some() {
+                    return Err(refuse(
+                        *kind,
+                        &name,
+                        ApiError {
+                            field: Some("name".into()),
+                            ..ApiError::new(
+                                StatusCode::CONFLICT,
+                                "exists",
+                                format!("user `{name}` already exists"),
+                            )
+                        },
+                    ));
+                }
                 if let Some(want_rev) = obj.metadata.revision.filter(|r| *r > 0) {
                     let have = current.and_then(|c| c.metadata.revision).unwrap_or(0);
                     if have != want_rev {
@@ -605,7 +657,7 @@ async fn trim_history(s: &ApiState, maps: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn answer(outcomes: Vec<Outcome>, revision: u64, single: bool) -> Response {
+pub(super) fn answer(outcomes: Vec<Outcome>, revision: u64, single: bool) -> Response {
     if single {
         let o = outcomes.into_iter().next();
         let status = match o.as_ref().map(|o| o.action) {
@@ -631,7 +683,7 @@ fn answer(outcomes: Vec<Outcome>, revision: u64, single: bool) -> Response {
     )
 }
 
-fn context(ctx: Option<Extension<RequestContext>>) -> RequestContext {
+pub(super) fn context(ctx: Option<Extension<RequestContext>>) -> RequestContext {
     ctx.map(|c| c.0).unwrap_or(RequestContext {
         request_id: "none".into(),
         source: "unknown".into(),
@@ -715,6 +767,7 @@ pub async fn put(
         &ctx,
         "update",
         &Want::Put(vec![(kind, obj)]),
+        &Extra::None,
         &original,
     )
     .await?
@@ -743,6 +796,9 @@ pub async fn delete(
     let ctx = context(ctx);
     let kind = kind_of(&kinds)?;
     let Query(q) = q?;
+    if kind == Kind::User {
+        return super::users::delete(&s, &caller, &ctx, name, &headers, &uri).await;
+    }
     if let Err(e) = may_write(&caller, kind) {
         audit::record_refusal(
             &s,
@@ -768,6 +824,7 @@ pub async fn delete(
         &ctx,
         "delete",
         &Want::Delete(kind, name, q.revision),
+        &Extra::None,
         &original,
     )
     .await?
@@ -854,7 +911,17 @@ pub async fn apply(
         headers: &headers,
         body: body.clone(),
     };
-    match commit(&s, &caller, &ctx, "apply", &Want::Put(objects), &original).await? {
+    match commit(
+        &s,
+        &caller,
+        &ctx,
+        "apply",
+        &Want::Put(objects),
+        &Extra::None,
+        &original,
+    )
+    .await?
+    {
         Ok((outcomes, rev)) => Ok(answer(outcomes, rev, false)),
         Err(forwarded) => Ok(forwarded),
     }
@@ -952,6 +1019,7 @@ pub async fn revert(
         &ctx,
         "revert",
         &Want::Put(vec![(Kind::ShardMap, old)]),
+        &Extra::None,
         &original,
     )
     .await?
