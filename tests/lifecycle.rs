@@ -121,6 +121,22 @@ fn up_runs_every_role_and_ctrl_c_exits_0_quickly() {
         "{}",
         n.logs()
     );
+    // --demo loads the demo topology through the API.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !n.stdout().contains("demo topology loaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", n.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let api: std::net::SocketAddr = v["roles"]["control"]["api"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let t = n.admin_token();
+    let (code, _, body) =
+        crate::harness::http(api, "GET", "/api/v1/units/rz00", Some(&t), "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"hz-a\""), "{body}");
     n.signal("INT");
     let (status, took) = n.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", n.logs());

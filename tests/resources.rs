@@ -670,3 +670,40 @@ fn shard_map_history_can_be_reviewed_and_reverted() {
     .unwrap();
     assert_eq!(code, 404);
 }
+
+#[test]
+fn the_example_topologies_apply_cleanly_and_show_their_units() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for file in [
+        "same-city-active-active.yaml",
+        "two-sites-three-centers.yaml",
+        "multi-region-active-active.yaml",
+    ] {
+        let (_n, api, t) = ready(&[]);
+        let path = dir.join(file).display().to_string();
+        let server = format!("http://{api}");
+        let auth = ["--server", server.as_str(), "--token", t.as_str()];
+        let mut args = vec!["apply", "-f", path.as_str()];
+        args.extend(auth);
+        let out = tessera(&args, &[]);
+        assert!(out.status.success(), "{file}: {}", stderr(&out));
+        let mut args = vec!["get", "units", "-o", "table"];
+        args.extend(auth);
+        let table = tessera(&args, &[]);
+        assert!(table.status.success(), "{file}: {}", stderr(&table));
+        let rows = stdout(&table);
+        assert!(
+            rows.contains("RZone") && rows.contains("GZone"),
+            "{file}:\n{rows}"
+        );
+        // Applying the same file again changes nothing.
+        let mut args = vec!["apply", "-f", path.as_str()];
+        args.extend(auth);
+        let again = tessera(&args, &[]);
+        assert!(
+            stderr(&again).contains("0 changed"),
+            "{file}: {}",
+            stderr(&again)
+        );
+    }
+}

@@ -226,8 +226,8 @@ pub struct UpArgs {
     /// Where every role keeps its state
     #[arg(long, default_value = "./tessera-data")]
     pub data_dir: PathBuf,
-    /// Also load the demo topology (needs the resource API; until then it is reported as not loaded)
-    #[arg(long, hide = true)]
+    /// Also load the demo topology (regions hangzhou/shanghai, units rz00/rz01/gz00, app echo)
+    #[arg(long)]
     pub demo: bool,
     /// Override a setting: KEY=VALUE with a dotted key, e.g. gateway.listen=127.0.0.1:18080
     #[arg(long = "set", value_name = "KEY=VALUE")]

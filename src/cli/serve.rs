@@ -30,15 +30,76 @@ pub fn up(a: UpArgs, log_format: Option<LogFormat>) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    if a.demo {
-        println!("note: the demo topology is not loaded yet: it needs the resource API (regions, units, apps), which this build does not have");
+    serve(cfg, log_format, a.demo)
+}
+
+/// The demo topology (CONTRACT.md), applied by `up --demo`.
+const DEMO: &str = include_str!("demo.yaml");
+
+/// Loads the demo topology through the control API once it answers: the listener
+/// file says where it listens, `admin.token` is the credential, and the objects go
+/// through `POST /api/v1/apply` like any client's. Bounded; reports what happened.
+async fn load_demo(data_dir: std::path::PathBuf) {
+    let docs = match crate::model::parse_documents(DEMO) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "The embedded demo topology is invalid");
+            return;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = String::from("the control API did not start");
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let api = std::fs::read_to_string(data_dir.join("listeners.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            // Not a file left behind by an earlier run.
+            .filter(|v| v["pid"].as_u64() == Some(u64::from(std::process::id())))
+            .and_then(|v| v["roles"]["control"]["api"].as_str().map(str::to_string));
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_string());
+        let (Some(api), Some(token)) = (api, token) else {
+            continue;
+        };
+        let client = match crate::api::Client::new(&format!("http://{api}"), Some(token)) {
+            Ok(c) => c,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        match client.apply(&docs).await {
+            Ok(r) => {
+                tracing::info!(
+                    changed = r.changed,
+                    revision = r.revision,
+                    "Demo topology loaded"
+                );
+                println!(
+                    "demo topology loaded: {} objects ({} changed) at revision {}",
+                    r.results.len(),
+                    r.changed,
+                    r.revision
+                );
+                return;
+            }
+            Err(e) if e.is_bad_input() => {
+                tracing::error!(error = %e, "The control plane refused the demo topology");
+                eprintln!("error: the demo topology was refused: {e}");
+                return;
+            }
+            Err(e) => last = e.to_string(),
+        }
     }
-    serve(cfg, log_format)
+    tracing::error!(error = %last, "Could not load the demo topology");
+    eprintln!("error: could not load the demo topology within 60 s: {last}");
 }
 
 pub fn run(a: RunArgs, log_format: Option<LogFormat>) -> ExitCode {
     match config::resolve(&Source::Profile(a.profile), &Overrides(a.set)) {
-        Ok(cfg) => serve(cfg, log_format),
+        Ok(cfg) => serve(cfg, log_format, false),
         Err(e) => {
             eprint!("{e}");
             ExitCode::from(EXIT_BAD_INPUT)
@@ -46,7 +107,7 @@ pub fn run(a: RunArgs, log_format: Option<LogFormat>) -> ExitCode {
     }
 }
 
-fn serve(cfg: RuntimeConfig, log_format: Option<LogFormat>) -> ExitCode {
+fn serve(cfg: RuntimeConfig, log_format: Option<LogFormat>, demo: bool) -> ExitCode {
     crate::telemetry::init_logging(&cfg.log.level, log_format.unwrap_or(cfg.log.format));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -60,6 +121,9 @@ fn serve(cfg: RuntimeConfig, log_format: Option<LogFormat>) -> ExitCode {
         }
     };
     let grace = cfg.shutdown_grace;
+    if demo {
+        runtime.spawn(load_demo(cfg.data_dir.clone()));
+    }
     let result = runtime.block_on(app::run(cfg));
     // Tasks still blocked after the drain (e.g. a stuck connection) must not hold the exit.
     runtime.shutdown_timeout(grace.min(std::time::Duration::from_secs(1)));
