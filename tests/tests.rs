@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod config_errors;
 mod faults;
+mod fuzz;
 mod kv_api;
 mod leases;
 mod lifecycle;

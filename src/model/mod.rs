@@ -30,7 +30,7 @@ pub const API_VERSION: &str = "tessera.io/v1";
 
 /// One resource as stored and served. `spec` and `status` stay JSON here; [`kinds`]
 /// gives them their types.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Resource {
     pub api_version: String,
@@ -42,7 +42,7 @@ pub struct Resource {
     pub status: serde_json::Value,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     #[serde(default)]

@@ -11,6 +11,7 @@ mod forward;
 pub mod join;
 mod kv;
 mod lease;
+mod openapi;
 mod resources;
 mod users;
 mod watch;
@@ -69,6 +70,7 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
         )
         .route("/api/v1/tokens", post(join::create_token))
         .route("/api/v1/apply", post(resources::apply))
+        .route("/api/v1/openapi.json", get(openapi::serve))
         .route(
             "/api/v1/users",
             get(resources::list_users).post(users::create),
