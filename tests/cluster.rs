@@ -461,3 +461,122 @@ fn certificates_renew_from_the_replicated_ca_without_a_restart() {
         Some("1")
     );
 }
+
+/// Resources on a 3-node cluster: writes through any node (forwarded to the leader),
+/// concurrent conflicting changes of which exactly one wins, and the estate and its
+/// audit chain intact after the leader is killed.
+#[test]
+fn resources_across_a_cluster_serialize_conflicts_and_survive_leader_loss() {
+    let mut c1 = control(4, None);
+    c1.node.wait_ready(c1.api);
+    let admin = c1.node.admin_token();
+    let t2 = new_token(c1.api, &admin, 600);
+    let mut c2 = control(5, Some((&c1.api, &t2)));
+    let t3 = new_token(c1.api, &admin, 600);
+    let mut c3 = control(6, Some((&c1.api, &t3)));
+    c2.node.wait_ready(c2.api);
+    c3.node.wait_ready(c3.api);
+    let apis = [c1.api, c2.api, c3.api];
+    // Slot 99 stays free: no shard map yet.
+    let estate = crate::resources::BASE
+        .split("---")
+        .filter(|d| !d.contains("kind: ShardMap"))
+        .collect::<Vec<_>>()
+        .join("---")
+        .replace("slots: [\"50-99\"]", "slots: [\"50-98\"]");
+    let (code, _, body) = http(c3.api, "POST", "/api/v1/apply", Some(&admin), &estate).unwrap();
+    assert_eq!(code, 200, "{body}");
+    for api in &apis {
+        let (code, _, body) = http(*api, "GET", "/api/v1/units", Some(&admin), "").unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(json(&body)["items"].as_array().unwrap().len(), 3, "{body}");
+    }
+    // Eight clients, spread over the nodes, each create an RZone owning slot 99 at once.
+    let winners: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (api, admin) = (apis[i % 3], admin.clone());
+                s.spawn(move || {
+                    let unit = format!(r#"{{"apiVersion":"tessera.io/v1","kind":"Unit","metadata":{{"name":"rz9{i}"}},"spec":{{"type":"RZone","zone":"hz-a","slots":["99"]}}}}"#);
+                    http(api, "PUT", &format!("/api/v1/units/rz9{i}"), Some(&admin), &unit)
+                        .unwrap()
+                        .0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        winners.iter().filter(|c| **c == 201).count(),
+        1,
+        "exactly one may own slot 99: {winners:?}"
+    );
+    assert!(
+        winners.iter().all(|c| *c == 201 || *c == 409),
+        "{winners:?}"
+    );
+
+    // Kill the leader; the survivors keep the estate and take changes.
+    let m = members(c1.api, &admin);
+    let leader = m["leader"].as_str().unwrap().to_string();
+    let leader_api = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == leader.as_str())
+        .and_then(|x| x["api"].as_str())
+        .map(|u| {
+            u.trim_start_matches("http://")
+                .parse::<SocketAddr>()
+                .unwrap()
+        })
+        .unwrap();
+    let mut nodes = [c1, c2, c3];
+    for n in nodes.iter_mut() {
+        if n.api == leader_api {
+            n.node.kill();
+        }
+    }
+    let survivors: Vec<SocketAddr> = apis.iter().copied().filter(|a| *a != leader_api).collect();
+    let zone =
+        "apiVersion: tessera.io/v1\nkind: Zone\nmetadata: {name: sh-b}\nspec: {region: shanghai}\n";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = survivors.iter().any(|api| {
+            matches!(
+                http(*api, "POST", "/api/v1/apply", Some(&admin), zone),
+                Ok((200, _, _))
+            )
+        });
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no apply succeeded after the leader was killed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, body) =
+        http(survivors[0], "GET", "/api/v1/zones/sh-b", Some(&admin), "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = http(survivors[1], "GET", "/api/v1/units", Some(&admin), "").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["items"].as_array().unwrap().len(), 4, "{body}");
+    let verify = crate::harness::tessera(
+        &[
+            "audit",
+            "verify",
+            "--server",
+            &format!("http://{}", survivors[0]),
+            "--token",
+            &admin,
+        ],
+        &[],
+    );
+    assert!(
+        verify.status.success(),
+        "{}",
+        crate::harness::stderr(&verify)
+    );
+}

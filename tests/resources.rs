@@ -19,7 +19,7 @@ fn ready(env: &[(&str, &str)]) -> (Node, SocketAddr, String) {
 }
 
 /// The estate every test starts from, one object of each user-declared kind.
-const BASE: &str = r#"
+pub(crate) const BASE: &str = r#"
 apiVersion: tessera.io/v1
 kind: Region
 metadata: {name: hangzhou}

@@ -48,6 +48,23 @@ pub struct Routers {
 /// The API's routers (see [`Routers`]).
 pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
     let state = ApiState { node, leases };
+    // One route per kind (unknown kinds fall through to the JSON 404).
+    let mut kinds = Router::new();
+    for kind in crate::model::Kind::ALL {
+        if !kind.stored() {
+            continue;
+        }
+        let plural = kind.plural();
+        if kind != crate::model::Kind::User {
+            kinds = kinds.route(&format!("/api/v1/{plural}"), get(resources::list));
+        }
+        kinds = kinds.route(
+            &format!("/api/v1/{plural}/{{name}}"),
+            get(resources::get)
+                .put(resources::put)
+                .delete(resources::delete),
+        );
+    }
     let api = Router::new()
         .route("/api/v1/kv/txn", post(kv::txn))
         .route("/api/v1/kv-compact", get(kv::compaction).post(kv::compact))
@@ -71,24 +88,15 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
         .route("/api/v1/tokens", post(join::create_token))
         .route("/api/v1/apply", post(resources::apply))
         .route("/api/v1/openapi.json", get(openapi::serve))
-        .route(
-            "/api/v1/users",
-            get(resources::list_users).post(users::create),
-        )
+        .route("/api/v1/users", get(resources::list).post(users::create))
         .route("/api/v1/users/{name}/tokens", post(users::add_token))
         .route("/api/v1/watch", get(resources::watch))
         .route("/api/v1/auditevents", get(audit::list))
         .route("/api/v1/auditevents/{seq}", get(audit::show))
         .route("/api/v1/shardmaps/{name}/history", get(resources::history))
         .route("/api/v1/shardmaps/{name}/revert", post(resources::revert))
-        .route("/api/v1/{kinds}", get(resources::list))
-        .route(
-            "/api/v1/{kinds}/{name}",
-            get(resources::get)
-                .put(resources::put)
-                .delete(resources::delete),
-        )
         .route("/api/v1", get(index))
+        .merge(kinds)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

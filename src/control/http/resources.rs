@@ -53,12 +53,19 @@ pub fn object_key(kind: Kind, name: &str) -> String {
     format!("{PREFIX}{}/{name}", kind.plural())
 }
 
-fn kind_of(kinds: &str) -> Result<Kind, ApiError> {
-    match Kind::parse(kinds) {
-        Some(k) if k.plural() == kinds => Ok(k),
+/// The kind a request addresses: the path segment after `/api/v1/` (routes exist only
+/// for real kinds, so anything else is a routing mistake, answered 404).
+fn kind_of(uri: &Uri) -> Result<Kind, ApiError> {
+    let seg = uri
+        .path()
+        .strip_prefix("/api/v1/")
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("");
+    match Kind::parse(seg) {
+        Some(k) if k.plural() == seg => Ok(k),
         _ => Err(ApiError::not_found(format!(
-            "no such endpoint: /api/v1/{kinds} (kinds: {})",
-            Kind::ALL.map(|k| k.plural()).join(", ")
+            "no such endpoint: {}",
+            uri.path()
         ))),
     }
 }
@@ -179,24 +186,12 @@ fn stale(c: Option<&str>) -> Result<bool, ApiError> {
 pub async fn list(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path(kinds): Path<String>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let kind = kind_of(&kinds)?;
+    let kind = kind_of(&uri)?;
     list_kind(s, caller, kind, q, headers, uri).await
-}
-
-/// `GET /api/v1/users` (its path also takes `POST` to create a user).
-pub async fn list_users(
-    State(s): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    list_kind(s, caller, Kind::User, q, headers, uri).await
 }
 
 async fn list_kind(
@@ -252,12 +247,12 @@ pub struct GetQuery {
 pub async fn get(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path((kinds, name)): Path<(String, String)>,
+    Path(name): Path<String>,
     q: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let kind = kind_of(&kinds)?;
+    let kind = kind_of(&uri)?;
     may_read(&caller, kind)?;
     let Query(q) = q?;
     if !stale(q.consistency.as_deref())? {
@@ -695,13 +690,13 @@ pub async fn put(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
     ctx: Option<Extension<RequestContext>>,
-    Path((kinds, name)): Path<(String, String)>,
+    Path(name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ctx = context(ctx);
-    let kind = kind_of(&kinds)?;
+    let kind = kind_of(&uri)?;
     if let Err(e) = may_write(&caller, kind) {
         audit::record_refusal(
             &s,
@@ -788,13 +783,13 @@ pub async fn delete(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
     ctx: Option<Extension<RequestContext>>,
-    Path((kinds, name)): Path<(String, String)>,
+    Path(name): Path<String>,
     q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let ctx = context(ctx);
-    let kind = kind_of(&kinds)?;
+    let kind = kind_of(&uri)?;
     let Query(q) = q?;
     if kind == Kind::User {
         return super::users::delete(&s, &caller, &ctx, name, &headers, &uri).await;
