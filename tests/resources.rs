@@ -569,6 +569,17 @@ fn the_audit_chain_records_changes_and_verify_finds_tampering() {
             &[],
         )
     };
+    let listed = tessera(
+        &[
+            "audit", "list", "--kind", "units", "--user", "admin", "--server", &server, "--token",
+            &t,
+        ],
+        &[],
+    );
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let rows = stdout(&listed);
+    assert_eq!(rows.lines().count(), 4, "a header and three units:\n{rows}");
+    assert!(rows.contains("rz00") && rows.contains("gz00"), "{rows}");
     let ok = verify();
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(stdout(&ok).contains("18 events"), "{}", stdout(&ok));

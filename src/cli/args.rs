@@ -122,6 +122,32 @@ pub enum AuditCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List audit events, oldest first, filtered
+    List(AuditListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditListArgs {
+    /// Only this kind (e.g. units)
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only this object name
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only this user
+    #[arg(long)]
+    pub user: Option<String>,
+    /// From this time (RFC 3339, e.g. 2026-11-22T08:00:00Z)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until this time (RFC 3339)
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
+    pub output: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,8 @@
 //! `apply`, `get`, `delete`, `user` and `audit`: the resource API from the command line.
 
-use super::args::{ApplyArgs, AuditCommand, ClientArgs, DeleteArgs, GetArgs, UserCommand};
+use super::args::{
+    ApplyArgs, AuditCommand, AuditListArgs, ClientArgs, DeleteArgs, GetArgs, UserCommand,
+};
 use super::client_cmd::block_on;
 use super::EXIT_BAD_INPUT;
 use crate::api::{Client, ClientError};
@@ -165,7 +167,43 @@ pub fn user(cmd: UserCommand) -> ExitCode {
 pub fn audit(cmd: AuditCommand) -> ExitCode {
     match cmd {
         AuditCommand::Verify { client } => verify_chain(&client),
+        AuditCommand::List(a) => audit_list(a),
     }
+}
+
+fn audit_list(a: AuditListArgs) -> ExitCode {
+    let mut filters: Vec<(&'static str, String)> = Vec::new();
+    for (k, v) in [
+        ("kind", &a.kind),
+        ("name", &a.name),
+        ("user", &a.user),
+        ("since", &a.since),
+        ("until", &a.until),
+    ] {
+        if let Some(v) = v {
+            filters.push((k, v.clone()));
+        }
+    }
+    let output = a.output.clone();
+    block_on(
+        |c| async move {
+            let f: Vec<(&str, &str)> = filters.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut events = Vec::new();
+            let mut after = 0;
+            for _ in 0..100_000 {
+                let page = c.audit_page(after, 1000, &f).await?;
+                let done = !page.more || page.next == after;
+                after = page.next;
+                events.extend(page.items);
+                if done {
+                    break;
+                }
+            }
+            let refs: Vec<&AuditEvent> = events.iter().collect();
+            print_audit(&refs, &output)
+        },
+        &a.client,
+    )
 }
 
 async fn all_audit_events(c: &Client) -> Result<Vec<AuditEvent>, ClientError> {
