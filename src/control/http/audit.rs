@@ -133,18 +133,19 @@ pub fn append_ops(
     Ok((ops, sealed))
 }
 
-/// Records a refused change (best effort: a refusal is reported to the caller even if
-/// its audit event cannot be written, and the failure is logged).
-pub async fn record_refusal(
+/// Records a refused change and gives back the error for the caller (best effort: the
+/// refusal is reported even if its audit event cannot be written; that is logged).
+pub async fn refuse(
     s: &ApiState,
     caller: &Caller,
     ctx: &RequestContext,
     action: &str,
     kind: &str,
     name: &str,
-    reason: &str,
-) {
-    record(s, caller, ctx, action, kind, name, Some(reason)).await
+    e: super::error::ApiError,
+) -> super::error::ApiError {
+    record(s, caller, ctx, action, kind, name, Some(&e.message)).await;
+    e
 }
 
 /// Records an accepted change that has no diff of its own (a new token).

@@ -356,8 +356,7 @@ pub(super) async fn commit(
             Ok(p) => p,
             Err(Failure::Api(e)) => return Err(e),
             Err(Failure::Refused(kind, name, e)) => {
-                audit::record_refusal(s, caller, ctx, verb, &kind, &name, &e.message).await;
-                return Err(e);
+                return Err(audit::refuse(s, caller, ctx, verb, &kind, &name, e).await)
             }
         };
         if plan.ops.is_empty() {
@@ -652,7 +651,28 @@ async fn trim_history(s: &ApiState, maps: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn answer(outcomes: Vec<Outcome>, revision: u64, single: bool) -> Response {
+/// [`commit`], then the answer: the object (`single`) or the apply summary, or the
+/// leader's answer when the request was forwarded.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn commit_and_answer(
+    s: &ApiState,
+    caller: &Caller,
+    ctx: &RequestContext,
+    verb: &str,
+    want: &Want,
+    extra: &Extra,
+    original: &Original<'_>,
+    single: bool,
+) -> Result<Response, ApiError> {
+    Ok(
+        match commit(s, caller, ctx, verb, want, extra, original).await? {
+            Ok((outcomes, rev)) => answer(outcomes, rev, single),
+            Err(forwarded) => forwarded,
+        },
+    )
+}
+
+fn answer(outcomes: Vec<Outcome>, revision: u64, single: bool) -> Response {
     if single {
         let o = outcomes.into_iter().next();
         let status = match o.as_ref().map(|o| o.action) {
@@ -698,17 +718,7 @@ pub async fn put(
     let ctx = context(ctx);
     let kind = kind_of(&uri)?;
     if let Err(e) = may_write(&caller, kind) {
-        audit::record_refusal(
-            &s,
-            &caller,
-            &ctx,
-            "update",
-            kind.singular(),
-            &name,
-            &e.message,
-        )
-        .await;
-        return Err(e);
+        return Err(audit::refuse(&s, &caller, &ctx, "update", kind.singular(), &name, e).await);
     }
     let body = body?;
     let mut obj: Resource =
@@ -738,17 +748,7 @@ pub async fn put(
     }
     if let Err(e) = obj.check(Some(kind)) {
         let e = invalid(&e);
-        audit::record_refusal(
-            &s,
-            &caller,
-            &ctx,
-            "update",
-            kind.singular(),
-            &name,
-            &e.message,
-        )
-        .await;
-        return Err(e);
+        return Err(audit::refuse(&s, &caller, &ctx, "update", kind.singular(), &name, e).await);
     }
     let original = Original {
         method: Method::PUT,
@@ -756,7 +756,7 @@ pub async fn put(
         headers: &headers,
         body: body.clone(),
     };
-    match commit(
+    commit_and_answer(
         &s,
         &caller,
         &ctx,
@@ -764,12 +764,9 @@ pub async fn put(
         &Want::Put(vec![(kind, obj)]),
         &Extra::None,
         &original,
+        true,
     )
-    .await?
-    {
-        Ok((outcomes, rev)) => Ok(answer(outcomes, rev, true)),
-        Err(forwarded) => Ok(forwarded),
-    }
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -795,17 +792,7 @@ pub async fn delete(
         return super::users::delete(&s, &caller, &ctx, name, &headers, &uri).await;
     }
     if let Err(e) = may_write(&caller, kind) {
-        audit::record_refusal(
-            &s,
-            &caller,
-            &ctx,
-            "delete",
-            kind.singular(),
-            &name,
-            &e.message,
-        )
-        .await;
-        return Err(e);
+        return Err(audit::refuse(&s, &caller, &ctx, "delete", kind.singular(), &name, e).await);
     }
     let original = Original {
         method: Method::DELETE,
@@ -813,7 +800,7 @@ pub async fn delete(
         headers: &headers,
         body: Bytes::new(),
     };
-    match commit(
+    commit_and_answer(
         &s,
         &caller,
         &ctx,
@@ -821,12 +808,9 @@ pub async fn delete(
         &Want::Delete(kind, name, q.revision),
         &Extra::None,
         &original,
+        true,
     )
-    .await?
-    {
-        Ok((outcomes, rev)) => Ok(answer(outcomes, rev, true)),
-        Err(forwarded) => Ok(forwarded),
-    }
+    .await
 }
 
 pub async fn apply(
@@ -872,31 +856,29 @@ pub async fn apply(
             Ok(k) => k,
             Err(e) => {
                 let e = at(e);
-                audit::record_refusal(
+                return Err(audit::refuse(
                     &s,
                     &caller,
                     &ctx,
                     "apply",
                     &d.kind,
                     &d.metadata.name,
-                    &e.message,
+                    e,
                 )
-                .await;
-                return Err(e);
+                .await);
             }
         };
         if let Err(e) = may_write(&caller, kind) {
-            audit::record_refusal(
+            return Err(audit::refuse(
                 &s,
                 &caller,
                 &ctx,
                 "apply",
                 kind.singular(),
                 &d.metadata.name,
-                &e.message,
+                e,
             )
-            .await;
-            return Err(e);
+            .await);
         }
         objects.push((kind, d));
     }
@@ -906,7 +888,7 @@ pub async fn apply(
         headers: &headers,
         body: body.clone(),
     };
-    match commit(
+    commit_and_answer(
         &s,
         &caller,
         &ctx,
@@ -914,12 +896,9 @@ pub async fn apply(
         &Want::Put(objects),
         &Extra::None,
         &original,
+        false,
     )
-    .await?
-    {
-        Ok((outcomes, rev)) => Ok(answer(outcomes, rev, false)),
-        Err(forwarded) => Ok(forwarded),
-    }
+    .await
 }
 
 /// `GET /api/v1/shardmaps/{name}/history`: every kept version, oldest first, with the
@@ -981,8 +960,7 @@ pub async fn revert(
 ) -> Result<Response, ApiError> {
     let ctx = context(ctx);
     if let Err(e) = may_write(&caller, Kind::ShardMap) {
-        audit::record_refusal(&s, &caller, &ctx, "revert", "ShardMap", &name, &e.message).await;
-        return Err(e);
+        return Err(audit::refuse(&s, &caller, &ctx, "revert", "ShardMap", &name, e).await);
     }
     let (b, raw): (RevertBody, Bytes) = super::error::parse_body(body, "{\"revision\": N}")?;
     let (kvs, _) = s
@@ -1008,7 +986,7 @@ pub async fn revert(
         headers: &headers,
         body: raw,
     };
-    match commit(
+    commit_and_answer(
         &s,
         &caller,
         &ctx,
@@ -1016,12 +994,9 @@ pub async fn revert(
         &Want::Put(vec![(Kind::ShardMap, old)]),
         &Extra::None,
         &original,
+        true,
     )
-    .await?
-    {
-        Ok((outcomes, rev)) => Ok(answer(outcomes, rev, true)),
-        Err(forwarded) => Ok(forwarded),
-    }
+    .await
 }
 
 #[derive(Debug, Deserialize)]

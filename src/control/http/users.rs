@@ -13,7 +13,7 @@
 
 use super::auth::{token_key, Caller, TOKEN_PREFIX};
 use super::error::{parse_body, ApiError};
-use super::resources::{answer, commit, context, Extra, Original, Want};
+use super::resources::{commit, commit_and_answer, context, Extra, Original, Want};
 use super::ApiState;
 use crate::control::http::context::RequestContext;
 use crate::control::store::types::Op;
@@ -53,18 +53,6 @@ fn token_op(token: &str, name: &str, role: &str) -> Result<Op, ApiError> {
     })
 }
 
-async fn refuse(
-    s: &ApiState,
-    caller: &Caller,
-    ctx: &RequestContext,
-    action: &str,
-    name: &str,
-    e: ApiError,
-) -> ApiError {
-    super::audit::record_refusal(s, caller, ctx, action, "User", name, &e.message).await;
-    e
-}
-
 pub async fn create(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -76,7 +64,9 @@ pub async fn create(
     let ctx = context(ctx);
     let (u, raw): (NewUser, Bytes) = parse_body(body, "{\"name\": ..., \"role\": ...}")?;
     if let Err(e) = caller.require_admin() {
-        return Err(refuse(&s, &caller, &ctx, "user.create", &u.name, e).await);
+        return Err(
+            super::audit::refuse(&s, &caller, &ctx, "user.create", "User", &u.name, e).await,
+        );
     }
     let obj = Resource::new(Kind::User, &u.name, json!({"role": u.role}));
     if let Err(e) = obj.check(Some(Kind::User)) {
@@ -86,7 +76,9 @@ pub async fn create(
             "name"
         };
         let e = ApiError::bad_field(field, e.message);
-        return Err(refuse(&s, &caller, &ctx, "user.create", &u.name, e).await);
+        return Err(
+            super::audit::refuse(&s, &caller, &ctx, "user.create", "User", &u.name, e).await,
+        );
     }
     if !ROLES.contains(&u.role.as_str()) {
         return Err(ApiError::bad_field("role", "unknown role"));
@@ -130,7 +122,9 @@ pub async fn add_token(
 ) -> Result<Response, ApiError> {
     let ctx = context(ctx);
     if let Err(e) = caller.require_admin() {
-        return Err(refuse(&s, &caller, &ctx, "token.create", &name, e).await);
+        return Err(
+            super::audit::refuse(&s, &caller, &ctx, "token.create", "User", &name, e).await,
+        );
     }
     if !s.node.is_leader() {
         let leader = super::forward::not_leader(s.node.leader_info(), &headers)?;
@@ -203,7 +197,7 @@ pub async fn delete(
     uri: &Uri,
 ) -> Result<Response, ApiError> {
     if let Err(e) = caller.require_admin() {
-        return Err(refuse(s, caller, ctx, "user.delete", &name, e).await);
+        return Err(super::audit::refuse(s, caller, ctx, "user.delete", "User", &name, e).await);
     }
     if caller.user == name {
         let e = ApiError::new(
@@ -211,7 +205,7 @@ pub async fn delete(
             "conflict",
             "you cannot delete yourself; another admin can",
         );
-        return Err(refuse(s, caller, ctx, "user.delete", &name, e).await);
+        return Err(super::audit::refuse(s, caller, ctx, "user.delete", "User", &name, e).await);
     }
     let who = name.clone();
     // Every token of the user goes with it (read afresh on each attempt).
@@ -236,7 +230,7 @@ pub async fn delete(
         headers,
         body: Bytes::new(),
     };
-    match commit(
+    commit_and_answer(
         s,
         caller,
         ctx,
@@ -244,10 +238,7 @@ pub async fn delete(
         &Want::Delete(Kind::User, name, None),
         &extra,
         &original,
+        true,
     )
-    .await?
-    {
-        Ok((outcomes, rev)) => Ok(answer(outcomes, rev, true)),
-        Err(forwarded) => Ok(forwarded),
-    }
+    .await
 }
