@@ -123,6 +123,38 @@ impl Kind {
     pub fn stored(self) -> bool {
         self != Kind::AuditEvent
     }
+
+    /// The kinds a spec of this kind may name (what [`references`] can return).
+    pub fn refers_to(self) -> &'static [Kind] {
+        match self {
+            Kind::Zone => &[Kind::Region],
+            Kind::Unit | Kind::Cluster => &[Kind::Zone],
+            Kind::ShardMap | Kind::App | Kind::DataSource => &[Kind::Unit],
+            Kind::Node => &[Kind::Zone, Kind::Cluster],
+            Kind::Instance => &[Kind::App, Kind::Unit, Kind::Node],
+            Kind::Release => &[Kind::App, Kind::Unit],
+            Kind::TrafficRule => &[Kind::App],
+            _ => &[],
+        }
+    }
+
+    /// Every kind whose objects a change to this kind must be checked against: the kinds
+    /// it names, the kinds that name it, and for units and shard maps both (slot rules).
+    pub fn checked_with(self) -> Vec<Kind> {
+        let mut out = vec![self];
+        out.extend(self.refers_to());
+        out.extend(
+            Kind::ALL
+                .into_iter()
+                .filter(|k| k.refers_to().contains(&self)),
+        );
+        if matches!(self, Kind::Unit | Kind::ShardMap) {
+            out.extend([Kind::Unit, Kind::ShardMap]);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// A reference from one object to another: `field` of the referrer names `target`.
@@ -933,6 +965,51 @@ pub fn shard_table(spec: &serde_json::Value) -> Option<Vec<(u8, String)>> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn references_stay_within_refers_to() {
+        let samples = [
+            (Kind::Zone, json!({"region": "r"})),
+            (
+                Kind::Unit,
+                json!({"type": "RZone", "zone": "a", "standbyZone": "b", "slots": ["00"]}),
+            ),
+            (Kind::ShardMap, json!({"slots": {"00-99": "u"}})),
+            (Kind::Cluster, json!({"type": "vm-pool", "zone": "a"})),
+            (Kind::Node, json!({"zone": "a", "cluster": "c"})),
+            (
+                Kind::App,
+                json!({"mode": "vm", "artifact": "x", "port": 1, "units": ["u"]}),
+            ),
+            (
+                Kind::Instance,
+                json!({"app": "a", "unit": "u", "node": "n"}),
+            ),
+            (
+                Kind::Release,
+                json!({"app": "a", "version": "1", "batches": [["u"]]}),
+            ),
+            (Kind::TrafficRule, json!({"app": "a"})),
+            (
+                Kind::DataSource,
+                json!({"database": "d", "shards": [{"unit": "u", "primary": "h:1"}]}),
+            ),
+        ];
+        for (kind, spec) in samples {
+            let refs = references(kind, &spec);
+            assert!(!refs.is_empty(), "{kind:?}");
+            for r in refs {
+                assert!(
+                    kind.refers_to().contains(&r.kind),
+                    "{kind:?} -> {:?}",
+                    r.kind
+                );
+            }
+        }
+        assert!(Kind::Zone.checked_with().contains(&Kind::Unit));
+        assert!(Kind::Unit.checked_with().contains(&Kind::Instance));
+        assert_eq!(Kind::Event.checked_with(), vec![Kind::Event]);
+    }
 
     #[test]
     fn kinds_parse_both_ways() {

@@ -134,18 +134,23 @@ fn decode(kv: &crate::control::store::types::KeyValue) -> Result<Resource, ApiEr
     Ok(r)
 }
 
-/// Everything, read on one snapshot after the audit head.
+/// The audit head and the objects a change is checked against, from one snapshot.
 struct Snapshot {
     head: HeadAt,
     world: World,
     revision: u64,
 }
 
-fn read_all(s: &ApiState) -> Result<Snapshot, ApiError> {
+/// The audit head and every object of `kinds`, from one snapshot.
+fn read_kinds(s: &ApiState, kinds: &[Kind]) -> Result<Snapshot, ApiError> {
+    let prefixes: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("{PREFIX}{}/", k.plural()))
+        .collect();
     let (keys, kvs, revision) = s
         .node
         .store()
-        .get_and_range(&[audit::HEAD], PREFIX, MAX_OBJECTS)
+        .get_and_ranges(&[audit::HEAD], &prefixes, MAX_OBJECTS)
         .map_err(|e| ApiError::internal("resource read", e))?;
     let head =
         HeadAt::from_kv(keys[0].as_ref()).map_err(|e| ApiError::internal("audit head", e))?;
@@ -340,13 +345,21 @@ pub(super) async fn commit(
     if !s.node.is_leader() {
         return forward(s, original).await.map(Err);
     }
+    // Only the kinds the rules can involve are read (an estate's instances and events
+    // need not be decoded to add a region).
+    let mut relevant: Vec<Kind> = match want {
+        Want::Put(objects) => objects.iter().flat_map(|(k, _)| k.checked_with()).collect(),
+        Want::Delete(k, _, _) => k.checked_with(),
+    };
+    relevant.sort();
+    relevant.dedup();
     for _ in 0..ATTEMPTS {
         match s.node.linearize().await {
             Ok(()) => {}
             Err(RaftFailure::NotLeader { .. }) => return forward(s, original).await.map(Err),
             Err(e) => return Err(ApiError::unavailable(e.to_string())),
         }
-        let snap = read_all(s)?;
+        let snap = read_kinds(s, &relevant)?;
         let extra_ops = match extra {
             Extra::None => Vec::new(),
             Extra::Ops(ops) => ops.clone(),

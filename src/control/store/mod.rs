@@ -240,14 +240,14 @@ impl Store {
         read::read_range_from(&self.db, prefix, from, limit)
     }
 
-    /// `keys` and up to `limit` keys under `prefix`, read from one snapshot.
-    pub fn get_and_range(
+    /// `keys`, and up to `limit` keys under each of `prefixes`, read from one snapshot.
+    pub fn get_and_ranges(
         &self,
         keys: &[&str],
-        prefix: &str,
+        prefixes: &[String],
         limit: usize,
     ) -> Result<types::KeysAndRange, String> {
-        read::read_keys_and_range(&self.db, keys, prefix, limit)
+        read::read_keys_and_ranges(&self.db, keys, prefixes, limit)
     }
 
     /// Every lease, and the revision the read observed.

@@ -183,11 +183,11 @@ pub(super) fn read_range_from(
     Ok((scan_from(&r, prefix, from, limit)?, r.revision()?))
 }
 
-/// Several keys and one range, all from one consistent snapshot.
-pub(super) fn read_keys_and_range(
+/// Several keys and ranges, all from one consistent snapshot.
+pub(super) fn read_keys_and_ranges(
     db: &DB,
     keys: &[&str],
-    prefix: &str,
+    prefixes: &[String],
     limit: usize,
 ) -> Result<super::types::KeysAndRange, String> {
     let r = SnapRead::new(db);
@@ -195,7 +195,11 @@ pub(super) fn read_keys_and_range(
         .iter()
         .map(|k| r.get(k))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((got, scan(&r, prefix, limit)?, r.revision()?))
+    let mut ranged = Vec::new();
+    for p in prefixes {
+        ranged.extend(scan(&r, p, limit)?);
+    }
+    Ok((got, ranged, r.revision()?))
 }
 
 /// Changes after revision `after` under `prefix` (at most `limit`), the oldest revision
