@@ -718,3 +718,29 @@ fn the_example_topologies_apply_cleanly_and_show_their_units() {
         );
     }
 }
+
+#[test]
+fn a_revoked_admin_stays_revoked_across_a_restart() {
+    let (mut n, api, admin) = ready(&[]);
+    let body = json!({"name": "ops-lead", "role": "admin"}).to_string();
+    let (code, _, resp) = http(api, "POST", "/api/v1/users", Some(&admin), &body).unwrap();
+    assert_eq!(code, 201, "{resp}");
+    let other = json(&resp)["token"].as_str().unwrap().to_string();
+    // An admin may not delete themselves; another admin may.
+    let (code, _, _) = http(api, "DELETE", "/api/v1/users/admin", Some(&admin), "").unwrap();
+    assert_eq!(code, 409);
+    let (code, _, resp) = http(api, "DELETE", "/api/v1/users/admin", Some(&other), "").unwrap();
+    assert_eq!(code, 200, "{resp}");
+    let (code, _, _) = http(api, "GET", "/api/v1/units", Some(&admin), "").unwrap();
+    assert_eq!(code, 401);
+    n.restart();
+    let api = n.addr("control", "api");
+    n.wait_ready(api);
+    let (code, _, _) = http(api, "GET", "/api/v1/units", Some(&admin), "").unwrap();
+    assert_eq!(
+        code, 401,
+        "the restart must not bring the deleted admin back"
+    );
+    let (code, _, _) = http(api, "GET", "/api/v1/units", Some(&other), "").unwrap();
+    assert_eq!(code, 200);
+}

@@ -88,26 +88,26 @@ pub async fn require_token(
 /// freshly bootstrapped cluster (and harmlessly on restarts).
 pub async fn ensure_admin_token(node: &RaftNode, data_dir: &Path) -> Result<(), String> {
     let path = data_dir.join("admin.token");
-    let token = match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-        _ => format!(
-            "tsr_{}",
-            hex(&random_bytes::<32>().map_err(|e| format!("reading /dev/urandom: {e}"))?)
-        ),
-    };
-    let key = token_key(&token);
-    let (existing, _) = node.store().get(&key)?;
-    if existing.is_none() {
-        let value = serde_json::to_string(&Caller {
+    if std::fs::read_to_string(&path).is_ok_and(|t| !t.trim().is_empty()) {
+        // Registered when the file was written (the store write comes first). If the
+        // store no longer knows it, an admin revoked it: a restart must not undo that.
+        return Ok(());
+    }
+    let token = format!(
+        "tsr_{}",
+        hex(&random_bytes::<32>().map_err(|e| format!("reading /dev/urandom: {e}"))?)
+    );
+    let mut ops = vec![crate::control::store::types::Op::Put {
+        key: token_key(&token),
+        value: serde_json::to_string(&Caller {
             user: "admin".into(),
             role: "admin".into(),
         })
-        .map_err(|e| e.to_string())?;
-        node.write(Command::put(key, value))
-            .await
-            .map_err(|e| format!("registering the admin token: {e}"))?;
-    }
-    // The admin user as a resource, so `GET /api/v1/users` lists it.
+        .map_err(|e| e.to_string())?,
+        lease: 0,
+    }];
+    // The admin user as a resource, so `GET /api/v1/users` lists it (a restored
+    // cluster already has it).
     let user_key = super::resources::object_key(crate::model::Kind::User, "admin");
     if node.store().get(&user_key)?.0.is_none() {
         let mut user = crate::model::Resource::new(
@@ -116,15 +116,23 @@ pub async fn ensure_admin_token(node: &RaftNode, data_dir: &Path) -> Result<(), 
             serde_json::json!({"role": "admin"}),
         );
         user.metadata.created_at = Some(crate::model::now_rfc3339());
-        let value = serde_json::to_string(&user).map_err(|e| e.to_string())?;
-        node.write(Command::put(user_key, value))
-            .await
-            .map_err(|e| format!("registering the admin user: {e}"))?;
+        ops.push(crate::control::store::types::Op::Put {
+            key: user_key,
+            value: serde_json::to_string(&user).map_err(|e| e.to_string())?,
+            lease: 0,
+        });
     }
-    if !path.exists() {
-        write_secret(&path, &token)?;
-        tracing::info!(path = %path.display(), "Wrote the admin token");
-    }
+    node.write(Command::Txn {
+        compare: Vec::new(),
+        success: ops,
+        failure: Vec::new(),
+    })
+    .await
+    .map_err(|e| format!("registering the admin token: {e}"))?;
+    // An empty file left by an interrupted first start.
+    let _ = std::fs::remove_file(&path);
+    write_secret(&path, &token)?;
+    tracing::info!(path = %path.display(), "Wrote the admin token");
     Ok(())
 }
 
