@@ -744,3 +744,56 @@ fn a_revoked_admin_stays_revoked_across_a_restart() {
     let (code, _, _) = http(api, "GET", "/api/v1/units", Some(&other), "").unwrap();
     assert_eq!(code, 200);
 }
+
+#[test]
+fn join_tokens_and_their_refusals_are_audited() {
+    let (_n, api, t) = ready(&[]);
+    let (code, _, body) = http(
+        api,
+        "POST",
+        "/api/v1/tokens",
+        Some(&t),
+        r#"{"role":"control"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let (code, _, _) = http(
+        api,
+        "POST",
+        "/api/v1/tokens",
+        Some(&t),
+        r#"{"role":"wizard"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 400);
+    let (code, _, _) = http(api, "DELETE", "/api/v1/members/nobody", Some(&t), "").unwrap();
+    assert_eq!(code, 404);
+    let (_, page) = get(api, &t, "/api/v1/auditevents?limit=100");
+    let seen: Vec<(String, String, String)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["name"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = |a: &str, n: &str, o: &str| (a.to_string(), n.to_string(), o.to_string());
+    assert!(
+        seen.contains(&want("token.create", "control", "accepted")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&want("token.create", "wizard", "refused")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&want("member.remove", "nobody", "refused")),
+        "{seen:?}"
+    );
+    // The token itself never reaches the audit trail.
+    assert!(!page.to_string().contains("tsr1."), "{page}");
+}

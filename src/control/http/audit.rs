@@ -148,6 +148,37 @@ pub async fn refuse(
     e
 }
 
+/// Audits the outcome of a change made by a handler of its own (join tokens, member
+/// removal): an error is recorded as refused, a success as accepted, and an answer the
+/// leader gave to a forwarded request not at all (the leader recorded it).
+pub async fn audited(
+    s: &ApiState,
+    caller: &Caller,
+    ctx: Option<axum::Extension<RequestContext>>,
+    action: &str,
+    kind: &str,
+    name: &str,
+    result: Result<Response, super::error::ApiError>,
+) -> Result<Response, super::error::ApiError> {
+    let ctx = super::resources::context(ctx);
+    match result {
+        Ok(resp)
+            if resp
+                .extensions()
+                .get::<super::forward::Forwarded>()
+                .is_some() =>
+        {
+            Ok(resp)
+        }
+        Ok(resp) if resp.status().is_success() => {
+            record(s, caller, &ctx, action, kind, name, None).await;
+            Ok(resp)
+        }
+        Ok(resp) => Ok(resp),
+        Err(e) => Err(refuse(s, caller, &ctx, action, kind, name, e).await),
+    }
+}
+
 /// Records an accepted change that has no diff of its own (a new token).
 pub async fn record_event(
     s: &ApiState,

@@ -12,6 +12,11 @@ use http_body_util::Full;
 use std::time::Duration;
 
 pub const FORWARDED: &str = "x-tessera-forwarded";
+
+/// Marks a response that is the leader's answer to a forwarded request (the leader
+/// has already audited the change).
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarded;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The path and query of `uri`, as forwarded.
@@ -66,7 +71,9 @@ pub async fn to_leader(
     match sent {
         Ok(r) => {
             let (parts, bytes) = r.into_parts();
-            Response::from_parts(parts, Body::from(bytes))
+            let mut resp = Response::from_parts(parts, Body::from(bytes));
+            resp.extensions_mut().insert(Forwarded);
+            resp
         }
         Err(e) => ApiError::new(
             StatusCode::BAD_GATEWAY,

@@ -119,13 +119,33 @@ struct CreateToken {
     ttl_secs: Option<u64>,
 }
 
+/// `POST /api/v1/tokens`, audited (`token.create`, kind `JoinToken`, name = the role).
 pub async fn create_token(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    ctx: Option<Extension<super::context::RequestContext>>,
     headers: HeaderMap,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let role = body
+        .as_ref()
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v["role"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let result = create_token_inner(&s, &caller, headers, uri, body).await;
+    super::audit::audited(&s, &caller, ctx, "token.create", "JoinToken", &role, result).await
+}
+
+async fn create_token_inner(
+    s: &ApiState,
+    caller: &Caller,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let s = s.clone();
     caller.require_admin()?;
     let (req, body): (CreateToken, _) = parse_body(body, "{role, ttl_secs?}")?;
     if !ROLES.contains(&req.role.as_str()) {
@@ -315,13 +335,27 @@ pub async fn join(
     Ok(Json(json!({"cluster_id": s.node.store().cluster_id(), "node_id": req.node_id, "role": role, "members": s.node.members()})).into_response())
 }
 
+/// `DELETE /api/v1/members/{name}`, audited (`member.remove`, kind `Member`).
 pub async fn remove_member(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    ctx: Option<Extension<super::context::RequestContext>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
+    let result = remove_member_inner(&s, &caller, &name, headers, uri).await;
+    super::audit::audited(&s, &caller, ctx, "member.remove", "Member", &name, result).await
+}
+
+async fn remove_member_inner(
+    s: &ApiState,
+    caller: &Caller,
+    name: &str,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (s, name) = (s.clone(), name.to_string());
     caller.require_admin()?;
     let id = s
         .node
