@@ -797,3 +797,51 @@ fn join_tokens_and_their_refusals_are_audited() {
     // The token itself never reaches the audit trail.
     assert!(!page.to_string().contains("tsr1."), "{page}");
 }
+
+#[test]
+fn status_is_written_apart_from_spec_and_survives_user_writes() {
+    let (_n, api, t) = ready(&[]);
+    assert_eq!(apply(api, &t, BASE).0, 200);
+    let (code, _, body) = http(
+        api,
+        "PUT",
+        "/api/v1/nodes/host-1/status",
+        Some(&t),
+        r#"{"status": {"ready": true, "lastHeartbeat": "2026-11-22T09:00:00Z"}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let after_status = json(&body)["metadata"]["revision"].as_u64().unwrap();
+    // A user's apply leaves the status alone (and a no-op apply stays a no-op).
+    let (_, v) = apply(api, &t, BASE);
+    assert_eq!(v["changed"], 0, "{v}");
+    let (_, node) = get(api, &t, "/api/v1/nodes/host-1");
+    assert_eq!(node["status"]["ready"], true, "{node}");
+    let mut changed = node.clone();
+    changed["metadata"]["labels"] = json!({"rack": "r1"});
+    let (code, updated) = put(api, &t, "nodes", &changed);
+    assert_eq!(code, 200, "{updated}");
+    assert_eq!(updated["status"]["ready"], true, "{updated}");
+    // Stale status writes and bad bodies are refused.
+    let stale = format!(r#"{{"status": {{"ready": false}}, "revision": {after_status}}}"#);
+    let (code, _, _) = http(api, "PUT", "/api/v1/nodes/host-1/status", Some(&t), &stale).unwrap();
+    assert_eq!(code, 409);
+    let (code, _, _) = http(
+        api,
+        "PUT",
+        "/api/v1/nodes/host-1/status",
+        Some(&t),
+        r#"{"status": 3}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 400);
+    let (code, _, _) = http(
+        api,
+        "PUT",
+        "/api/v1/nodes/nope/status",
+        Some(&t),
+        r#"{"status": {}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 404);
+}

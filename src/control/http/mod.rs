@@ -58,12 +58,17 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
         if kind != crate::model::Kind::User {
             kinds = kinds.route(&format!("/api/v1/{plural}"), get(resources::list));
         }
-        kinds = kinds.route(
-            &format!("/api/v1/{plural}/{{name}}"),
-            get(resources::get)
-                .put(resources::put)
-                .delete(resources::delete),
-        );
+        kinds = kinds
+            .route(
+                &format!("/api/v1/{plural}/{{name}}"),
+                get(resources::get)
+                    .put(resources::put)
+                    .delete(resources::delete),
+            )
+            .route(
+                &format!("/api/v1/{plural}/{{name}}/status"),
+                axum::routing::put(resources::put_status),
+            );
     }
     let api = Router::new()
         .route("/api/v1/kv/txn", post(kv::txn))

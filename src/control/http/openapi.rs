@@ -193,6 +193,19 @@ fn build() -> Value {
                 );
             }
         }
+        paths.insert(
+            format!("/api/v1/{plural}/{{name}}/status"),
+            json!({"put": op(
+                &format!("put_{plural}_status"),
+                &format!("Replace the status of one of {plural} (tessera's components; admin)"),
+                vec![name_param.clone()],
+                Some(json!({"type": "object", "required": ["status"], "additionalProperties": false, "properties": {
+                    "status": {"type": "object"},
+                    "revision": {"type": "integer", "format": "int64", "minimum": 0},
+                }})),
+                ok("200", r(name)),
+            )}),
+        );
         paths.insert(format!("/api/v1/{plural}"), Value::Object(list_ops));
         paths.insert(format!("/api/v1/{plural}/{{name}}"), Value::Object(one_ops));
     }
