@@ -9,8 +9,9 @@
 //! revision of the object's last change; a write that names a revision succeeds only
 //! if the object is still at it (optimistic concurrency).
 //!
-//! - `kinds.rs`: the kinds, who may write them, and their specs (serde types with
-//!   `deny_unknown_fields`, so a misspelt field is an error naming it).
+//! - `kinds.rs`: the kinds, who may write them, which kinds each may name.
+//! - `specs.rs`: the specs (serde types with `deny_unknown_fields`, so a misspelt
+//!   field is an error naming it), their checks and references.
 //! - `world.rs`: a consistent set of resources and the cross-object rules (references
 //!   exist, nothing deleted while referenced, every slot owned by one RZone, shard maps
 //!   complete and consistent with their units).
@@ -20,6 +21,7 @@
 pub mod audit;
 pub mod diff;
 pub mod kinds;
+pub mod specs;
 pub mod world;
 
 pub use kinds::Kind;
@@ -184,7 +186,7 @@ impl Resource {
         check_name("metadata.name", &self.metadata.name)?;
         check_labels("metadata.labels", &self.metadata.labels)?;
         check_labels("metadata.annotations", &self.metadata.annotations)?;
-        kinds::check_spec(kind, &self.spec)?;
+        specs::check_spec(kind, &self.spec)?;
         Ok(kind)
     }
 

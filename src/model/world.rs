@@ -6,7 +6,8 @@
 //! slot to the RZone that owns it. Only violations that involve a changed object are
 //! reported, so an unrelated change is never blocked by old state.
 
-use super::kinds::{self, Kind, UnitType};
+use super::kinds::Kind;
+use super::specs::{self, UnitType};
 use super::{Invalid, Resource};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -70,7 +71,7 @@ impl World {
         for c in changes {
             let Change::Put(kind, r) = c else { continue };
             let key = (*kind, r.metadata.name.clone());
-            for re in kinds::references(*kind, &r.spec) {
+            for re in specs::references(*kind, &r.spec) {
                 let Some(target) = after.get(re.kind, &re.name) else {
                     return Err((
                         key,
@@ -85,7 +86,7 @@ impl World {
                     ));
                 };
                 if *kind == Kind::ShardMap
-                    && kinds::unit_type(&target.spec) != Some(UnitType::RZone)
+                    && specs::unit_type(&target.spec) != Some(UnitType::RZone)
                 {
                     return Err((
                         key,
@@ -106,7 +107,7 @@ impl World {
                 continue;
             }
             for ((rk, rn), r) in &after.objects {
-                for re in kinds::references(*rk, &r.spec) {
+                for re in specs::references(*rk, &r.spec) {
                     if re.kind == *kind && re.name == *name {
                         return Err((
                             (*kind, name.clone()),
@@ -130,7 +131,7 @@ impl World {
         // Changed units last, so the error is reported on them.
         units.sort_by_key(|u| changed.contains(&(Kind::Unit, u.metadata.name.clone())));
         for u in units {
-            for slot in kinds::unit_slots(&u.spec) {
+            for slot in specs::unit_slots(&u.spec) {
                 if let Some(prev) = owner.insert(slot, &u.metadata.name) {
                     let involved = [prev, u.metadata.name.as_str()]
                         .iter()
@@ -149,7 +150,7 @@ impl World {
         }
         // Shard maps agree with slot ownership.
         for m in after.of_kind(Kind::ShardMap) {
-            let Some(table) = kinds::shard_table(&m.spec) else {
+            let Some(table) = specs::shard_table(&m.spec) else {
                 continue;
             };
             let mkey = (Kind::ShardMap, m.metadata.name.clone());

@@ -13,6 +13,8 @@ mod kv;
 mod lease;
 mod openapi;
 mod resources;
+mod shardmaps;
+mod status;
 mod users;
 mod watch;
 
@@ -67,7 +69,7 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
             )
             .route(
                 &format!("/api/v1/{plural}/{{name}}/status"),
-                axum::routing::put(resources::put_status),
+                axum::routing::put(status::put_status),
             );
     }
     let api = Router::new()
@@ -95,11 +97,11 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/users", get(resources::list).post(users::create))
         .route("/api/v1/users/{name}/tokens", post(users::add_token))
-        .route("/api/v1/watch", get(resources::watch))
+        .route("/api/v1/watch", get(watch::resources))
         .route("/api/v1/auditevents", get(audit::list))
         .route("/api/v1/auditevents/{seq}", get(audit::show))
-        .route("/api/v1/shardmaps/{name}/history", get(resources::history))
-        .route("/api/v1/shardmaps/{name}/revert", post(resources::revert))
+        .route("/api/v1/shardmaps/{name}/history", get(shardmaps::history))
+        .route("/api/v1/shardmaps/{name}/revert", post(shardmaps::revert))
         .route("/api/v1", get(index))
         .merge(kinds)
         .layer(axum::middleware::from_fn_with_state(

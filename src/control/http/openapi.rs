@@ -4,7 +4,8 @@
 
 use super::ApiState;
 use crate::model::audit::AuditEvent;
-use crate::model::kinds::{self, Writers};
+use crate::model::kinds::Writers;
+use crate::model::specs as kinds;
 use crate::model::{Kind, Metadata};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

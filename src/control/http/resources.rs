@@ -21,9 +21,7 @@ use super::error::ApiError;
 use super::forward::{not_leader, path_and_query, to_leader};
 use super::kv::{linearize_or_forward, with_revision};
 use super::ApiState;
-use crate::control::store::types::{
-    Command, Compare, CompareOp, CompareTarget, Event, EventKind, Op,
-};
+use crate::control::store::types::{Command, Compare, CompareOp, CompareTarget, Op};
 use crate::control::store::RaftFailure;
 use crate::model::diff::diff;
 use crate::model::kinds::Writers;
@@ -39,15 +37,15 @@ use serde::Deserialize;
 use serde_json::json;
 
 pub const PREFIX: &str = "/tessera/resources/";
-const HISTORY: &str = "/tessera/history/shardmaps/";
+pub(super) const HISTORY: &str = "/tessera/history/shardmaps/";
 /// Upper bound on objects read for one validation (an estate is hundreds to thousands).
 const MAX_OBJECTS: usize = 200_000;
 /// Documents in one apply.
 const MAX_DOCUMENTS: usize = 1000;
 /// Attempts when concurrent changes keep winning the race.
-const ATTEMPTS: usize = 8;
+pub(super) const ATTEMPTS: usize = 8;
 /// Shard map versions kept per map.
-const HISTORY_KEEP: usize = 100;
+pub(super) const HISTORY_KEEP: usize = 100;
 
 pub fn object_key(kind: Kind, name: &str) -> String {
     format!("{PREFIX}{}/{name}", kind.plural())
@@ -55,7 +53,7 @@ pub fn object_key(kind: Kind, name: &str) -> String {
 
 /// The kind a request addresses: the path segment after `/api/v1/` (routes exist only
 /// for real kinds, so anything else is a routing mistake, answered 404).
-fn kind_of(uri: &Uri) -> Result<Kind, ApiError> {
+pub(super) fn kind_of(uri: &Uri) -> Result<Kind, ApiError> {
     let seg = uri
         .path()
         .strip_prefix("/api/v1/")
@@ -81,14 +79,14 @@ fn forbidden(caller: &Caller, what: String) -> ApiError {
     )
 }
 
-fn may_read(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
+pub(super) fn may_read(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
     if kind == Kind::User && caller.role != "admin" {
         return Err(forbidden(caller, "read users: admin only".into()));
     }
     Ok(())
 }
 
-fn may_write(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
+pub(super) fn may_write(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
     let ok = match kind.writers() {
         Writers::Admin => caller.role == "admin",
         Writers::Operators => caller.role == "admin" || caller.role == "operator",
@@ -127,7 +125,7 @@ fn invalid(e: &Invalid) -> ApiError {
 }
 
 /// Decodes a stored object and fills in its revision.
-fn decode(kv: &crate::control::store::types::KeyValue) -> Result<Resource, ApiError> {
+pub(super) fn decode(kv: &crate::control::store::types::KeyValue) -> Result<Resource, ApiError> {
     let mut r: Resource = serde_json::from_str(&kv.value)
         .map_err(|e| ApiError::internal(&format!("decoding {}", kv.key), e))?;
     r.metadata.revision = Some(kv.mod_revision);
@@ -422,7 +420,7 @@ pub(super) async fn commit(
     ))
 }
 
-async fn forward(s: &ApiState, o: &Original<'_>) -> Result<Response, ApiError> {
+pub(super) async fn forward(s: &ApiState, o: &Original<'_>) -> Result<Response, ApiError> {
     let leader = not_leader(s.node.leader_info(), o.headers)?;
     Ok(to_leader(
         s,
@@ -918,302 +916,10 @@ pub async fn apply(
     .await
 }
 
-/// `GET /api/v1/shardmaps/{name}/history`: every kept version, oldest first, with the
-/// revision it committed at (what `revert` takes).
-pub async fn history(
-    State(s): State<ApiState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    if let Some(answer) = linearize_or_forward(&s, Method::GET, &uri, &headers).await? {
-        return Ok(answer);
-    }
-    let (kvs, rev) = s
-        .node
-        .store()
-        .range(&format!("{HISTORY}{name}/"), HISTORY_KEEP * 2)
-        .map_err(|e| ApiError::internal("history read", e))?;
-    let mut items = Vec::new();
-    for kv in &kvs {
-        let mut r: Resource =
-            serde_json::from_str(&kv.value).map_err(|e| ApiError::internal("history decode", e))?;
-        r.metadata.revision = Some(kv.mod_revision);
-        let seq = kv
-            .key
-            .rsplit('/')
-            .next()
-            .and_then(|s| s.parse::<u64>().ok());
-        items.push(json!({"revision": kv.mod_revision, "auditSeq": seq, "object": r}));
-    }
-    if items.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "shard map `{name}` has no history"
-        )));
-    }
-    Ok(with_revision(
-        rev,
-        json!({"name": name, "items": items, "revision": rev}),
-        StatusCode::OK,
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevertBody {
-    revision: u64,
-}
-
-/// `POST /api/v1/shardmaps/{name}/revert {revision}`: makes the shard map what it was
-/// at `revision` (one of its history's), validated and audited like any change.
-pub async fn revert(
-    State(s): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    ctx: Option<Extension<RequestContext>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let ctx = context(ctx);
-    if let Err(e) = may_write(&caller, Kind::ShardMap) {
-        return Err(audit::refuse(&s, &caller, &ctx, "revert", "ShardMap", &name, e).await);
-    }
-    let (b, raw): (RevertBody, Bytes) = super::error::parse_body(body, "{\"revision\": N}")?;
-    let (kvs, _) = s
-        .node
-        .store()
-        .range(&format!("{HISTORY}{name}/"), HISTORY_KEEP * 2)
-        .map_err(|e| ApiError::internal("history read", e))?;
-    let Some(kv) = kvs.iter().find(|kv| kv.mod_revision == b.revision) else {
-        return Err(ApiError {
-            field: Some("revision".into()),
-            ..ApiError::not_found(format!(
-                "shard map `{name}` has no version at revision {}; see GET /api/v1/shardmaps/{name}/history",
-                b.revision
-            ))
-        });
-    };
-    let mut old: Resource =
-        serde_json::from_str(&kv.value).map_err(|e| ApiError::internal("history decode", e))?;
-    old.metadata.revision = None;
-    let original = Original {
-        method: Method::POST,
-        uri: &uri,
-        headers: &headers,
-        body: raw,
-    };
-    commit_and_answer(
-        &s,
-        &caller,
-        &ctx,
-        "revert",
-        &Want::Put(vec![(Kind::ShardMap, old)]),
-        &Extra::None,
-        &original,
-        true,
-    )
-    .await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WatchQuery {
-    /// Comma-separated kinds (default: all).
-    #[serde(default)]
-    kinds: String,
-    since: Option<u64>,
-}
-
-/// `GET /api/v1/watch?kinds=a,b&since=REV`: one SSE event per change of those kinds,
-/// `id` = revision, `event` = `ADDED`/`MODIFIED`/`DELETED`, `data` =
-/// `{type, revision, kind, name, object}`. Resumable like the KV watch.
-pub async fn watch(
-    State(s): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    q: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let Query(q) = q?;
-    let mut kinds = Vec::new();
-    for k in q.kinds.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-        let kind = Kind::parse(k).filter(|k| k.stored()).ok_or_else(|| {
-            ApiError::bad_field("kinds", format!("`{k}` is not a kind that can be watched"))
-        })?;
-        may_read(&caller, kind)?;
-        kinds.push(kind);
-    }
-    if kinds.is_empty() {
-        kinds = Kind::ALL
-            .into_iter()
-            .filter(|k| k.stored() && (*k != Kind::User || caller.role == "admin"))
-            .collect();
-    }
-    let prefixes: Vec<String> = kinds
-        .iter()
-        .map(|k| format!("{PREFIX}{}/", k.plural()))
-        .collect();
-    let render = move |ev: &Event| -> Option<axum::response::sse::Event> {
-        if !prefixes.iter().any(|p| ev.kv.key.starts_with(p.as_str())) {
-            return None;
-        }
-        let rest = ev.kv.key.strip_prefix(PREFIX)?;
-        let (plural, name) = rest.split_once('/')?;
-        let kind = Kind::parse(plural)?;
-        let (ty, object) = match ev.kind {
-            EventKind::Put => {
-                let mut r: Resource = serde_json::from_str(&ev.kv.value).ok()?;
-                r.metadata.revision = Some(ev.kv.mod_revision);
-                (
-                    if ev.kv.version == 1 {
-                        "ADDED"
-                    } else {
-                        "MODIFIED"
-                    },
-                    serde_json::to_value(r).ok()?,
-                )
-            }
-            EventKind::Delete => (
-                "DELETED",
-                json!({"apiVersion": crate::model::API_VERSION, "kind": kind.singular(), "metadata": {"name": name, "revision": ev.revision}}),
-            ),
-        };
-        axum::response::sse::Event::default()
-            .id(ev.revision.to_string())
-            .event(ty)
-            .json_data(json!({"type": ty, "revision": ev.revision, "kind": kind.singular(), "name": name, "object": object}))
-            .ok()
-    };
-    super::watch::stream(
-        &s,
-        PREFIX.to_string(),
-        q.since,
-        &headers,
-        std::sync::Arc::new(render),
-    )
-}
-
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         match self {
             Failure::Api(e) | Failure::Refused(_, _, e) => e.into_response(),
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct StatusBody {
-    /// Only if the object is still at this revision.
-    #[serde(default)]
-    revision: Option<u64>,
-    status: serde_json::Value,
-}
-
-/// Largest status object accepted.
-const MAX_STATUS: usize = 64 << 10;
-
-/// `PUT /api/v1/{kinds}/{name}/status {status, revision?}`: replaces the status that
-/// tessera's own components (agents, reconcilers) report, leaving spec and labels alone.
-/// Admin only until components get roles of their own. Not audited: status is observed
-/// state, not a change anyone declares, and it changes with every heartbeat.
-pub async fn put_status(
-    State(s): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let kind = kind_of(&uri)?;
-    caller.require_admin()?;
-    let (b, raw): (StatusBody, Bytes) =
-        super::error::parse_body(body, "{\"status\": {...}, \"revision\"?: N}")?;
-    if !b.status.is_object() {
-        return Err(ApiError::bad_field("status", "must be an object"));
-    }
-    if raw.len() > MAX_STATUS {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("a status is at most {MAX_STATUS} bytes"),
-        ));
-    }
-    let original = Original {
-        method: Method::PUT,
-        uri: &uri,
-        headers: &headers,
-        body: raw,
-    };
-    if !s.node.is_leader() {
-        return forward(&s, &original).await;
-    }
-    for _ in 0..ATTEMPTS {
-        match s.node.linearize().await {
-            Ok(()) => {}
-            Err(RaftFailure::NotLeader { .. }) => return forward(&s, &original).await,
-            Err(e) => return Err(ApiError::unavailable(e.to_string())),
-        }
-        let key = object_key(kind, &name);
-        let (kv, _) = s
-            .node
-            .store()
-            .get(&key)
-            .map_err(|e| ApiError::internal("resource read", e))?;
-        let Some(kv) = kv else {
-            return Err(ApiError::not_found(format!(
-                "{} `{name}` does not exist",
-                kind.singular().to_ascii_lowercase()
-            )));
-        };
-        if let Some(want) = b.revision.filter(|r| *r != kv.mod_revision) {
-            return Err(ApiError {
-                field: Some("revision".into()),
-                ..ApiError::new(
-                    StatusCode::CONFLICT,
-                    "stale_revision",
-                    format!(
-                        "{} `{name}` is at revision {}, not {want}",
-                        kind.singular(),
-                        kv.mod_revision
-                    ),
-                )
-            });
-        }
-        let mut obj = decode(&kv)?;
-        obj.metadata.revision = None;
-        obj.status = b.status.clone();
-        let value = serde_json::to_string(&obj).map_err(|e| ApiError::internal("encode", e))?;
-        let cmd = Command::Txn {
-            compare: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::ModRevision(kv.mod_revision),
-            }],
-            success: vec![Op::Put {
-                key,
-                value,
-                lease: 0,
-            }],
-            failure: Vec::new(),
-        };
-        match s.node.write(cmd).await {
-            Ok(r) if r.succeeded => {
-                obj.metadata.revision = Some(r.revision);
-                return Ok(with_revision(
-                    r.revision,
-                    serde_json::to_value(obj).unwrap_or_default(),
-                    StatusCode::OK,
-                ));
-            }
-            Ok(_) => continue,
-            Err(RaftFailure::NotLeader { .. }) => return forward(&s, &original).await,
-            Err(e) => return Err(ApiError::unavailable(e.to_string())),
-        }
-    }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "busy",
-        "the object kept changing; retry",
-    ))
 }

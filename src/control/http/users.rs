@@ -17,7 +17,7 @@ use super::resources::{commit, commit_and_answer, context, Extra, Original, Want
 use super::ApiState;
 use crate::control::http::context::RequestContext;
 use crate::control::store::types::Op;
-use crate::model::kinds::ROLES;
+use crate::model::specs::ROLES;
 use crate::model::{Kind, Resource};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};

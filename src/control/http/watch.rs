@@ -1,3 +1,4 @@
+//! Watches. `GET /api/v1/watch?kinds=a,b&since=REV` streams resource changes (`resources`);
 //! `GET /api/v1/kv-watch?prefix=P&since=REV` (admin): Server-Sent Events, one event per
 //! change under `P`, each with its revision as the SSE id. `since` is the last revision
 //! the client has seen (also taken from `Last-Event-ID` on reconnect): the stream
@@ -10,15 +11,19 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::kv::validate_key;
+use super::resources::PREFIX;
 use super::ApiState;
 use crate::control::store::types::Event;
+use crate::control::store::types::EventKind;
 use crate::control::store::Store;
+use crate::model::{Kind, Resource};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde::Deserialize;
+use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,4 +197,81 @@ async fn pump(
             }
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceWatchQuery {
+    /// Comma-separated kinds (default: all).
+    #[serde(default)]
+    kinds: String,
+    since: Option<u64>,
+}
+
+/// `GET /api/v1/watch?kinds=a,b&since=REV`: one SSE event per change of those kinds,
+/// `id` = revision, `event` = `ADDED`/`MODIFIED`/`DELETED`, `data` =
+/// `{type, revision, kind, name, object}`. Resumable like the KV watch.
+pub async fn resources(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    q: Result<Query<ResourceWatchQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let mut kinds = Vec::new();
+    for k in q.kinds.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        let kind = Kind::parse(k).filter(|k| k.stored()).ok_or_else(|| {
+            ApiError::bad_field("kinds", format!("`{k}` is not a kind that can be watched"))
+        })?;
+        super::resources::may_read(&caller, kind)?;
+        kinds.push(kind);
+    }
+    if kinds.is_empty() {
+        kinds = Kind::ALL
+            .into_iter()
+            .filter(|k| k.stored() && (*k != Kind::User || caller.role == "admin"))
+            .collect();
+    }
+    let prefixes: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("{PREFIX}{}/", k.plural()))
+        .collect();
+    let render = move |ev: &Event| -> Option<axum::response::sse::Event> {
+        if !prefixes.iter().any(|p| ev.kv.key.starts_with(p.as_str())) {
+            return None;
+        }
+        let rest = ev.kv.key.strip_prefix(PREFIX)?;
+        let (plural, name) = rest.split_once('/')?;
+        let kind = Kind::parse(plural)?;
+        let (ty, object) = match ev.kind {
+            EventKind::Put => {
+                let mut r: Resource = serde_json::from_str(&ev.kv.value).ok()?;
+                r.metadata.revision = Some(ev.kv.mod_revision);
+                (
+                    if ev.kv.version == 1 {
+                        "ADDED"
+                    } else {
+                        "MODIFIED"
+                    },
+                    serde_json::to_value(r).ok()?,
+                )
+            }
+            EventKind::Delete => (
+                "DELETED",
+                json!({"apiVersion": crate::model::API_VERSION, "kind": kind.singular(), "metadata": {"name": name, "revision": ev.revision}}),
+            ),
+        };
+        axum::response::sse::Event::default()
+            .id(ev.revision.to_string())
+            .event(ty)
+            .json_data(json!({"type": ty, "revision": ev.revision, "kind": kind.singular(), "name": name, "object": object}))
+            .ok()
+    };
+    stream(
+        &s,
+        PREFIX.to_string(),
+        q.since,
+        &headers,
+        std::sync::Arc::new(render),
+    )
 }

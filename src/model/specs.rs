@@ -1,0 +1,929 @@
+//! The specs of the kinds, their checks, and the references they make.
+//!
+//! Every spec type has `deny_unknown_fields`: a misspelt field is refused with its path
+//! rather than silently ignored. References to other objects are plain names; which
+//! kind each names is declared by [`references`], and `world.rs` checks they exist.
+
+use super::kinds::{Kind, Reference};
+use super::Invalid;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+fn parse<T: serde::de::DeserializeOwned>(spec: &serde_json::Value) -> Result<T, Invalid> {
+    let v = if spec.is_null() {
+        serde_json::json!({})
+    } else {
+        spec.clone()
+    };
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{path}")
+        };
+        Invalid::new(field, e.into_inner().to_string())
+    })
+}
+
+fn name_ref(field: &str, name: &str) -> Result<(), Invalid> {
+    super::check_name(field, name)
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegionSpec {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneSpec {
+    /// The region the zone (a data center or availability zone) belongs to.
+    pub region: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum UnitType {
+    /// Owns a share of the users (slots of the shard map); one copy per share.
+    RZone,
+    /// Global: data that cannot be split by user, one writable copy.
+    GZone,
+    /// City-level: read-mostly copies of global data near the RZones.
+    CZone,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UnitSpec {
+    #[serde(rename = "type")]
+    pub unit_type: UnitType,
+    /// Where the unit runs.
+    pub zone: String,
+    /// Where it fails over to; must differ from `zone`.
+    #[serde(default)]
+    pub standby_zone: Option<String>,
+    /// For an RZone: the slots (00-99) whose users it owns, as `"NN"` or `"NN-MM"`.
+    #[serde(default)]
+    pub slots: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShardMapSpec {
+    /// Slot ranges (`"NN"` or `"NN-MM"`) to the RZone serving them; together they must
+    /// cover 00-99 exactly once.
+    pub slots: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterType {
+    Kubernetes,
+    VmPool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSpec {
+    #[serde(rename = "type")]
+    pub cluster_type: ClusterType,
+    pub zone: String,
+    /// Kubernetes: the API server URL (adopted clusters).
+    #[serde(default)]
+    pub api_server: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Capacity {
+    #[serde(default)]
+    pub cpu_millis: u64,
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub disk_gb: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// The agent's address (IP).
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub capacity: Capacity,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppMode {
+    Vm,
+    Container,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// HTTP path probed on the app's port.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_interval")]
+    pub interval_secs: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u32,
+}
+
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+fn default_interval() -> u32 {
+    10
+}
+fn default_timeout() -> u32 {
+    2
+}
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppSpec {
+    pub mode: AppMode,
+    /// VM mode: what to run (an artifact name, or `builtin:echo`).
+    #[serde(default)]
+    pub artifact: Option<String>,
+    /// Container mode: the image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// VM mode: the command line (default: the artifact's own).
+    #[serde(default)]
+    pub command: Vec<String>,
+    pub port: u16,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Instances in each unit the app runs in.
+    #[serde(default = "one")]
+    pub replicas_per_unit: u32,
+    /// The units it runs in (default: every RZone).
+    #[serde(default)]
+    pub units: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Where the app writes logs (collected by the agent); an absolute path.
+    #[serde(default)]
+    pub log_dir: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceSpec {
+    pub app: String,
+    pub unit: String,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArtifactSpec {
+    pub version: String,
+    /// SHA-256 of the file, hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Where agents fetch it (inside the air-gapped estate).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Rolling,
+    Canary,
+    BlueGreen,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseSpec {
+    pub app: String,
+    pub version: String,
+    /// VM mode: the artifact to roll out; container mode: the image.
+    #[serde(default)]
+    pub artifact: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default = "rolling")]
+    pub strategy: Strategy,
+    /// Units in rollout order, one batch each (default: every unit the app runs in).
+    #[serde(default)]
+    pub batches: Vec<Vec<String>>,
+    /// Canary: percent of traffic to the new version in the first step.
+    #[serde(default)]
+    pub canary_weight: Option<u8>,
+    /// Approvals needed before it may start.
+    #[serde(default = "one")]
+    pub approvals: u32,
+}
+
+fn rolling() -> Strategy {
+    Strategy::Rolling
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum KeySource {
+    Header,
+    Cookie,
+    Query,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutingKey {
+    #[serde(default = "header")]
+    pub source: KeySource,
+    #[serde(default = "uid_header")]
+    pub name: String,
+}
+
+fn header() -> KeySource {
+    KeySource::Header
+}
+fn uid_header() -> String {
+    "x-tessera-uid".into()
+}
+
+impl Default for RoutingKey {
+    fn default() -> Self {
+        RoutingKey {
+            source: header(),
+            name: uid_header(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Canary {
+    /// Percent of requests (0-100) sent to `version`.
+    #[serde(default)]
+    pub weight: u8,
+    /// Requests with this header (any value) always go to the canary.
+    #[serde(default)]
+    pub header: Option<String>,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficRuleSpec {
+    /// Host to match (exact; absent = any).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "root")]
+    pub path_prefix: String,
+    pub app: String,
+    #[serde(default)]
+    pub routing_key: RoutingKey,
+    /// `unit` (route by the routing key's slot; the default) or `global` (to the GZone).
+    #[serde(default = "by_unit")]
+    pub route_by: String,
+    #[serde(default)]
+    pub canary: Option<Canary>,
+    /// Higher wins among rules that match equally long prefixes.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+fn root() -> String {
+    "/".into()
+}
+fn by_unit() -> String {
+    "unit".into()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Shard {
+    pub unit: String,
+    /// `host:port` of the writable database.
+    pub primary: String,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// The physical database name on that server (default: the logical name).
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataSourceSpec {
+    /// The logical database applications connect to.
+    pub database: String,
+    /// The column whose value is the user id (the shard key).
+    #[serde(default)]
+    pub shard_key: Option<String>,
+    pub shards: Vec<Shard>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserSpec {
+    pub role: String,
+}
+
+pub const ROLES: [&str; 4] = ["admin", "operator", "approver", "viewer"];
+
+/// A slot range `NN` or `NN-MM` (00-99).
+pub fn parse_slots(field: &str, s: &str) -> Result<std::ops::RangeInclusive<u8>, Invalid> {
+    let bad = || {
+        Invalid::new(
+            field,
+            format!("`{s}` is not a slot or slot range: expected NN or NN-MM within 00-99"),
+        )
+    };
+    let one = |t: &str| -> Result<u8, Invalid> {
+        let t = t.trim();
+        if t.len() != 2 || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        t.parse::<u8>().map_err(|_| bad())
+    };
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (one(a)?, one(b)?),
+        None => {
+            let a = one(s)?;
+            (a, a)
+        }
+    };
+    if a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
+}
+
+fn check_endpoint(field: &str, s: &str) -> Result<(), Invalid> {
+    let ok = s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(char::is_whitespace)
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(field, format!("`{s}` is not host:port")))
+    }
+}
+
+/// Checks a spec on its own (types, ranges, required fields); references to other
+/// objects are checked against the world in `world.rs`.
+pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
+    if !(spec.is_object() || spec.is_null()) {
+        return Err(Invalid::new("spec", "must be an object"));
+    }
+    match kind {
+        Kind::Region => {
+            parse::<RegionSpec>(spec)?;
+        }
+        Kind::Zone => {
+            let s: ZoneSpec = parse(spec)?;
+            name_ref("spec.region", &s.region)?;
+        }
+        Kind::Unit => {
+            let s: UnitSpec = parse(spec)?;
+            name_ref("spec.zone", &s.zone)?;
+            if let Some(z) = &s.standby_zone {
+                name_ref("spec.standbyZone", z)?;
+                if *z == s.zone {
+                    return Err(Invalid::new(
+                        "spec.standbyZone",
+                        format!("the standby zone must differ from the zone (`{z}`)"),
+                    ));
+                }
+            }
+            match s.unit_type {
+                UnitType::RZone => {
+                    if s.slots.is_empty() {
+                        return Err(Invalid::new(
+                            "spec.slots",
+                            "an RZone owns at least one slot (e.g. [\"00-49\"])",
+                        ));
+                    }
+                    let mut seen = [false; 100];
+                    for (i, r) in s.slots.iter().enumerate() {
+                        for slot in parse_slots(&format!("spec.slots[{i}]"), r)? {
+                            if std::mem::replace(&mut seen[slot as usize], true) {
+                                return Err(Invalid::new(
+                                    format!("spec.slots[{i}]"),
+                                    format!("slot {slot:02} is listed twice"),
+                                ));
+                            }
+                        }
+                    }
+                }
+                _ if !s.slots.is_empty() => {
+                    return Err(Invalid::new("spec.slots", "only an RZone owns slots"))
+                }
+                _ => {}
+            }
+        }
+        Kind::ShardMap => {
+            let s: ShardMapSpec = parse(spec)?;
+            let mut owner: [Option<&str>; 100] = [None; 100];
+            for (range, unit) in &s.slots {
+                let field = format!("spec.slots.{range}");
+                name_ref(&field, unit)?;
+                for slot in parse_slots(&field, range)? {
+                    if let Some(prev) = owner[slot as usize].replace(unit) {
+                        return Err(Invalid::new(
+                            field,
+                            format!("slot {slot:02} is mapped twice (to `{prev}` and `{unit}`)"),
+                        ));
+                    }
+                }
+            }
+            let missing: Vec<String> = (0..100u8)
+                .filter(|s| owner[*s as usize].is_none())
+                .map(|s| format!("{s:02}"))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Invalid::new(
+                    "spec.slots",
+                    format!(
+                        "every slot 00-99 must be mapped; missing: {}",
+                        compress(&missing)
+                    ),
+                ));
+            }
+        }
+        Kind::Cluster => {
+            let s: ClusterSpec = parse(spec)?;
+            name_ref("spec.zone", &s.zone)?;
+            if let Some(url) = &s.api_server {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(Invalid::new(
+                        "spec.apiServer",
+                        format!("`{url}` is not an http(s) URL"),
+                    ));
+                }
+            }
+        }
+        Kind::Node => {
+            let s: NodeSpec = parse(spec)?;
+            if let Some(z) = &s.zone {
+                name_ref("spec.zone", z)?;
+            }
+            if let Some(c) = &s.cluster {
+                name_ref("spec.cluster", c)?;
+            }
+            if let Some(a) = &s.address {
+                if a.parse::<std::net::IpAddr>().is_err() {
+                    return Err(Invalid::new(
+                        "spec.address",
+                        format!("`{a}` is not an IP address"),
+                    ));
+                }
+            }
+        }
+        Kind::App => {
+            let s: AppSpec = parse(spec)?;
+            match s.mode {
+                AppMode::Vm if s.artifact.as_deref().is_none_or(str::is_empty) => {
+                    return Err(Invalid::new(
+                        "spec.artifact",
+                        "a VM-mode app names the artifact it runs",
+                    ))
+                }
+                AppMode::Container if s.image.as_deref().is_none_or(str::is_empty) => {
+                    return Err(Invalid::new(
+                        "spec.image",
+                        "a container-mode app names its image",
+                    ))
+                }
+                _ => {}
+            }
+            if s.port == 0 {
+                return Err(Invalid::new("spec.port", "must be 1-65535"));
+            }
+            if s.replicas_per_unit == 0 || s.replicas_per_unit > 1000 {
+                return Err(Invalid::new("spec.replicasPerUnit", "must be 1-1000"));
+            }
+            for (i, u) in s.units.iter().enumerate() {
+                name_ref(&format!("spec.units[{i}]"), u)?;
+            }
+            if let Some(h) = &s.health_check {
+                if !h.path.starts_with('/') {
+                    return Err(Invalid::new("spec.healthCheck.path", "must start with /"));
+                }
+                if h.interval_secs == 0 || h.timeout_secs == 0 || h.timeout_secs > h.interval_secs {
+                    return Err(Invalid::new(
+                        "spec.healthCheck",
+                        "intervalSecs and timeoutSecs must be positive, timeoutSecs at most intervalSecs",
+                    ));
+                }
+            }
+            for k in s.env.keys() {
+                let ok = !k.is_empty()
+                    && !k.starts_with(|c: char| c.is_ascii_digit())
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !ok {
+                    return Err(Invalid::new(
+                        format!("spec.env.{k}"),
+                        "environment names are letters, digits and '_', not starting with a digit",
+                    ));
+                }
+            }
+            if let Some(d) = &s.log_dir {
+                if !d.starts_with('/') {
+                    return Err(Invalid::new("spec.logDir", "must be an absolute path"));
+                }
+            }
+        }
+        Kind::Instance => {
+            let s: InstanceSpec = parse(spec)?;
+            name_ref("spec.app", &s.app)?;
+            name_ref("spec.unit", &s.unit)?;
+        }
+        Kind::Artifact => {
+            let s: ArtifactSpec = parse(spec)?;
+            if s.version.is_empty() {
+                return Err(Invalid::new("spec.version", "must not be empty"));
+            }
+            if let Some(h) = &s.sha256 {
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Invalid::new("spec.sha256", "64 hex digits"));
+                }
+            }
+        }
+        Kind::Release => {
+            let s: ReleaseSpec = parse(spec)?;
+            name_ref("spec.app", &s.app)?;
+            if s.version.is_empty() {
+                return Err(Invalid::new("spec.version", "must not be empty"));
+            }
+            if s.canary_weight.is_some_and(|w| w > 100) {
+                return Err(Invalid::new("spec.canaryWeight", "0-100"));
+            }
+            if s.approvals > 10 {
+                return Err(Invalid::new("spec.approvals", "0-10"));
+            }
+            for (i, b) in s.batches.iter().enumerate() {
+                if b.is_empty() {
+                    return Err(Invalid::new(format!("spec.batches[{i}]"), "an empty batch"));
+                }
+                for (j, u) in b.iter().enumerate() {
+                    name_ref(&format!("spec.batches[{i}][{j}]"), u)?;
+                }
+            }
+        }
+        Kind::TrafficRule => {
+            let s: TrafficRuleSpec = parse(spec)?;
+            name_ref("spec.app", &s.app)?;
+            if !s.path_prefix.starts_with('/') {
+                return Err(Invalid::new("spec.pathPrefix", "must start with /"));
+            }
+            if s.routing_key.name.is_empty() {
+                return Err(Invalid::new("spec.routingKey.name", "must not be empty"));
+            }
+            if s.route_by != "unit" && s.route_by != "global" {
+                return Err(Invalid::new(
+                    "spec.routeBy",
+                    format!("`{}`: expected unit or global", s.route_by),
+                ));
+            }
+            if let Some(c) = &s.canary {
+                if c.weight > 100 {
+                    return Err(Invalid::new("spec.canary.weight", "0-100"));
+                }
+            }
+        }
+        Kind::DataSource => {
+            let s: DataSourceSpec = parse(spec)?;
+            if s.database.is_empty()
+                || s.database.len() > 64
+                || !s
+                    .database
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+            {
+                return Err(Invalid::new(
+                    "spec.database",
+                    "1-64 characters of letters, digits, '_' and '$'",
+                ));
+            }
+            if s.shards.is_empty() {
+                return Err(Invalid::new("spec.shards", "at least one shard"));
+            }
+            let mut units = std::collections::BTreeSet::new();
+            for (i, sh) in s.shards.iter().enumerate() {
+                name_ref(&format!("spec.shards[{i}].unit"), &sh.unit)?;
+                if !units.insert(&sh.unit) {
+                    return Err(Invalid::new(
+                        format!("spec.shards[{i}].unit"),
+                        format!("unit `{}` has two shards", sh.unit),
+                    ));
+                }
+                check_endpoint(&format!("spec.shards[{i}].primary"), &sh.primary)?;
+                for (j, r) in sh.replicas.iter().enumerate() {
+                    check_endpoint(&format!("spec.shards[{i}].replicas[{j}]"), r)?;
+                }
+            }
+        }
+        Kind::User => {
+            let s: UserSpec = parse(spec)?;
+            if !ROLES.contains(&s.role.as_str()) {
+                return Err(Invalid::new(
+                    "spec.role",
+                    format!("`{}`: expected one of {}", s.role, ROLES.join(", ")),
+                ));
+            }
+        }
+        Kind::Event | Kind::AuditEvent => {}
+    }
+    Ok(())
+}
+
+/// "00, 01, 02, 05" as "00-02, 05".
+fn compress(slots: &[String]) -> String {
+    let nums: Vec<u8> = slots.iter().filter_map(|s| s.parse().ok()).collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < nums.len() {
+        let mut j = i;
+        while j + 1 < nums.len() && nums[j + 1] == nums[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            format!("{:02}", nums[i])
+        } else {
+            format!("{:02}-{:02}", nums[i], nums[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+/// The objects a (valid) spec names.
+pub fn references(kind: Kind, spec: &serde_json::Value) -> Vec<Reference> {
+    let r = |field: &str, kind: Kind, name: &str| Reference {
+        field: field.to_string(),
+        kind,
+        name: name.to_string(),
+    };
+    let mut out = Vec::new();
+    match kind {
+        Kind::Zone => {
+            if let Ok(s) = parse::<ZoneSpec>(spec) {
+                out.push(r("spec.region", Kind::Region, &s.region));
+            }
+        }
+        Kind::Unit => {
+            if let Ok(s) = parse::<UnitSpec>(spec) {
+                out.push(r("spec.zone", Kind::Zone, &s.zone));
+                if let Some(z) = &s.standby_zone {
+                    out.push(r("spec.standbyZone", Kind::Zone, z));
+                }
+            }
+        }
+        Kind::ShardMap => {
+            if let Ok(s) = parse::<ShardMapSpec>(spec) {
+                for (range, unit) in &s.slots {
+                    out.push(r(&format!("spec.slots.{range}"), Kind::Unit, unit));
+                }
+            }
+        }
+        Kind::Cluster => {
+            if let Ok(s) = parse::<ClusterSpec>(spec) {
+                out.push(r("spec.zone", Kind::Zone, &s.zone));
+            }
+        }
+        Kind::Node => {
+            if let Ok(s) = parse::<NodeSpec>(spec) {
+                if let Some(z) = &s.zone {
+                    out.push(r("spec.zone", Kind::Zone, z));
+                }
+                if let Some(c) = &s.cluster {
+                    out.push(r("spec.cluster", Kind::Cluster, c));
+                }
+            }
+        }
+        Kind::App => {
+            if let Ok(s) = parse::<AppSpec>(spec) {
+                for (i, u) in s.units.iter().enumerate() {
+                    out.push(r(&format!("spec.units[{i}]"), Kind::Unit, u));
+                }
+            }
+        }
+        Kind::Instance => {
+            if let Ok(s) = parse::<InstanceSpec>(spec) {
+                out.push(r("spec.app", Kind::App, &s.app));
+                out.push(r("spec.unit", Kind::Unit, &s.unit));
+                if let Some(n) = &s.node {
+                    out.push(r("spec.node", Kind::Node, n));
+                }
+            }
+        }
+        Kind::Release => {
+            if let Ok(s) = parse::<ReleaseSpec>(spec) {
+                out.push(r("spec.app", Kind::App, &s.app));
+                for (i, b) in s.batches.iter().enumerate() {
+                    for (j, u) in b.iter().enumerate() {
+                        out.push(r(&format!("spec.batches[{i}][{j}]"), Kind::Unit, u));
+                    }
+                }
+            }
+        }
+        Kind::TrafficRule => {
+            if let Ok(s) = parse::<TrafficRuleSpec>(spec) {
+                out.push(r("spec.app", Kind::App, &s.app));
+            }
+        }
+        Kind::DataSource => {
+            if let Ok(s) = parse::<DataSourceSpec>(spec) {
+                for (i, sh) in s.shards.iter().enumerate() {
+                    out.push(r(&format!("spec.shards[{i}].unit"), Kind::Unit, &sh.unit));
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// A unit's owned slots (empty unless it is a valid RZone).
+pub fn unit_slots(spec: &serde_json::Value) -> Vec<u8> {
+    let Ok(s) = parse::<UnitSpec>(spec) else {
+        return Vec::new();
+    };
+    if s.unit_type != UnitType::RZone {
+        return Vec::new();
+    }
+    s.slots
+        .iter()
+        .filter_map(|r| parse_slots("", r).ok())
+        .flatten()
+        .collect()
+}
+
+/// A unit's type, if the spec is a valid unit.
+pub fn unit_type(spec: &serde_json::Value) -> Option<UnitType> {
+    parse::<UnitSpec>(spec).ok().map(|s| s.unit_type)
+}
+
+/// A shard map's slot → unit table (None unless valid).
+pub fn shard_table(spec: &serde_json::Value) -> Option<Vec<(u8, String)>> {
+    let s: ShardMapSpec = parse(spec).ok()?;
+    let mut out = Vec::new();
+    for (range, unit) in &s.slots {
+        for slot in parse_slots("", range).ok()? {
+            out.push((slot, unit.clone()));
+        }
+    }
+    out.sort();
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn references_stay_within_refers_to() {
+        let samples = [
+            (Kind::Zone, json!({"region": "r"})),
+            (
+                Kind::Unit,
+                json!({"type": "RZone", "zone": "a", "standbyZone": "b", "slots": ["00"]}),
+            ),
+            (Kind::ShardMap, json!({"slots": {"00-99": "u"}})),
+            (Kind::Cluster, json!({"type": "vm-pool", "zone": "a"})),
+            (Kind::Node, json!({"zone": "a", "cluster": "c"})),
+            (
+                Kind::App,
+                json!({"mode": "vm", "artifact": "x", "port": 1, "units": ["u"]}),
+            ),
+            (
+                Kind::Instance,
+                json!({"app": "a", "unit": "u", "node": "n"}),
+            ),
+            (
+                Kind::Release,
+                json!({"app": "a", "version": "1", "batches": [["u"]]}),
+            ),
+            (Kind::TrafficRule, json!({"app": "a"})),
+            (
+                Kind::DataSource,
+                json!({"database": "d", "shards": [{"unit": "u", "primary": "h:1"}]}),
+            ),
+        ];
+        for (kind, spec) in samples {
+            let refs = references(kind, &spec);
+            assert!(!refs.is_empty(), "{kind:?}");
+            for r in refs {
+                assert!(
+                    kind.refers_to().contains(&r.kind),
+                    "{kind:?} -> {:?}",
+                    r.kind
+                );
+            }
+        }
+        assert!(Kind::Zone.checked_with().contains(&Kind::Unit));
+        assert!(Kind::Unit.checked_with().contains(&Kind::Instance));
+        assert_eq!(Kind::Event.checked_with(), vec![Kind::Event]);
+    }
+
+    #[test]
+    fn unit_rules() {
+        let ok =
+            json!({"type": "RZone", "zone": "hz-a", "standbyZone": "hz-b", "slots": ["00-49"]});
+        check_spec(Kind::Unit, &ok).unwrap();
+        let same = json!({"type": "RZone", "zone": "hz-a", "standbyZone": "hz-a", "slots": ["00"]});
+        assert_eq!(
+            check_spec(Kind::Unit, &same).unwrap_err().field,
+            "spec.standbyZone"
+        );
+        let typo = json!({"type": "RZone", "zone": "hz-a", "slot": ["00"]});
+        let e = check_spec(Kind::Unit, &typo).unwrap_err();
+        assert!(e.message.contains("unknown field `slot`"), "{e}");
+        let gz = json!({"type": "GZone", "zone": "hz-a", "slots": ["00"]});
+        assert_eq!(check_spec(Kind::Unit, &gz).unwrap_err().field, "spec.slots");
+        let twice = json!({"type": "RZone", "zone": "a", "slots": ["00-10", "10"]});
+        assert_eq!(
+            check_spec(Kind::Unit, &twice).unwrap_err().field,
+            "spec.slots[1]"
+        );
+        let bad = json!({"type": "RZone", "zone": "a", "slots": ["5"]});
+        assert!(check_spec(Kind::Unit, &bad).is_err());
+        let badtype = json!({"type": "XZone", "zone": "a"});
+        assert_eq!(
+            check_spec(Kind::Unit, &badtype).unwrap_err().field,
+            "spec.type"
+        );
+    }
+
+    #[test]
+    fn shard_maps_cover_every_slot_once() {
+        let ok = json!({"slots": {"00-49": "rz00", "50-99": "rz01"}});
+        check_spec(Kind::ShardMap, &ok).unwrap();
+        let hole = json!({"slots": {"00-48": "rz00", "50-99": "rz01"}});
+        let e = check_spec(Kind::ShardMap, &hole).unwrap_err();
+        assert!(e.message.contains("missing: 49"), "{e}");
+        let overlap = json!({"slots": {"00-50": "rz00", "50-99": "rz01"}});
+        assert!(check_spec(Kind::ShardMap, &overlap)
+            .unwrap_err()
+            .message
+            .contains("slot 50"));
+        assert_eq!(
+            compress(&["00".into(), "01".into(), "02".into(), "05".into()]),
+            "00-02, 05"
+        );
+    }
+
+    #[test]
+    fn apps_and_datasources() {
+        let vm = json!({"mode": "vm", "port": 8080});
+        assert_eq!(
+            check_spec(Kind::App, &vm).unwrap_err().field,
+            "spec.artifact"
+        );
+        let vm =
+            json!({"mode": "vm", "artifact": "builtin:echo", "port": 8080, "env": {"A_1": "x"}});
+        check_spec(Kind::App, &vm).unwrap();
+        let port = json!({"mode": "vm", "artifact": "x", "port": 70000});
+        assert_eq!(check_spec(Kind::App, &port).unwrap_err().field, "spec.port");
+        let ds = json!({"database": "pay", "shards": [{"unit": "rz00", "primary": "10.0.0.1:3306"}, {"unit": "rz00", "primary": "h:1"}]});
+        assert_eq!(
+            check_spec(Kind::DataSource, &ds).unwrap_err().field,
+            "spec.shards[1].unit"
+        );
+        let ds = json!({"database": "pay", "shards": [{"unit": "rz00", "primary": "nohost"}]});
+        assert_eq!(
+            check_spec(Kind::DataSource, &ds).unwrap_err().field,
+            "spec.shards[0].primary"
+        );
+    }
+}
