@@ -580,3 +580,61 @@ fn resources_across_a_cluster_serialize_conflicts_and_survive_leader_loss() {
         crate::harness::stderr(&verify)
     );
 }
+
+/// A follower that fell behind by more large entries than one Raft RPC may carry still
+/// catches up: replication sends them in bounded batches.
+#[test]
+fn a_follower_behind_by_many_large_entries_catches_up() {
+    let mut c1 = control(7, None);
+    c1.node.wait_ready(c1.api);
+    let admin = c1.node.admin_token();
+    let t2 = new_token(c1.api, &admin, 600);
+    let mut c2 = control(8, Some((&c1.api, &t2)));
+    let t3 = new_token(c1.api, &admin, 600);
+    let mut c3 = control(9, Some((&c1.api, &t3)));
+    c2.node.wait_ready(c2.api);
+    c3.node.wait_ready(c3.api);
+    // Stop a follower (not the leader), then write 100 values of 1 MiB (a bit over 100 MiB
+    // of entries, more than one RPC body may hold) through the leader.
+    let leader = members(c1.api, &admin)["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = members(c1.api, &admin);
+    let leader_name = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == leader.as_str())
+        .and_then(|x| x["name"].as_str())
+        .unwrap()
+        .to_string();
+    let (lagging, writer) = if leader_name == "c8" {
+        (&mut c3, c1.api)
+    } else {
+        (&mut c2, c1.api)
+    };
+    lagging.node.signal("STOP");
+    let big = "x".repeat(1 << 20);
+    for i in 0..100 {
+        let (code, _, body) = http(
+            writer,
+            "PUT",
+            &format!("/api/v1/kv/big/{i:03}"),
+            Some(&admin),
+            &big,
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    lagging.node.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stale_read(lagging.api, &admin, "big/099").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not catch up within 60 s\n{}",
+            lagging.node.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

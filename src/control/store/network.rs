@@ -26,6 +26,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const PATH_APPEND: &str = "/raft/v1/append";
+
+/// Payload bytes (commands' own size) sent in one append: a quarter of what the peer
+/// server accepts (`rpc::MAX_RPC_BODY`), leaving room for JSON's escaping.
+const MAX_APPEND_PAYLOAD: usize = 16 << 20;
+
+/// How many of `entries` (at least one) fit in `budget` payload bytes.
+fn entries_within(entries: &[Entry], budget: usize) -> usize {
+    let mut size = 0;
+    for (i, e) in entries.iter().enumerate() {
+        size += match &e.payload {
+            openraft::EntryPayload::Normal(cmd) => cmd.approx_size(),
+            _ => 1024,
+        };
+        if size > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
 pub const PATH_VOTE: &str = "/raft/v1/vote";
 pub const PATH_SNAPSHOT: &str = "/raft/v1/snapshot";
 
@@ -255,9 +274,22 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        // A lagging follower may be owed more than one body can carry: send a prefix
+        // that fits and report how far it got (openraft continues from there).
+        let keep = entries_within(&rpc.entries, MAX_APPEND_PAYLOAD);
+        if keep < rpc.entries.len() {
+            let last = rpc.entries[keep - 1].log_id;
+            rpc.entries.truncate(keep);
+            return match self.rpc(PATH_APPEND, &rpc, &option).await? {
+                AppendEntriesResponse::Success => {
+                    Ok(AppendEntriesResponse::PartialSuccess(Some(last)))
+                }
+                other => Ok(other),
+            };
+        }
         self.rpc(PATH_APPEND, &rpc, &option).await
     }
 
