@@ -845,3 +845,49 @@ fn status_is_written_apart_from_spec_and_survives_user_writes() {
     .unwrap();
     assert_eq!(code, 404);
 }
+
+#[test]
+fn extra_user_tokens_are_audited_and_revoked_with_the_user() {
+    let (_n, api, admin) = ready(&[]);
+    let body = json!({"name": "ops", "role": "viewer"}).to_string();
+    let (code, _, _) = http(api, "POST", "/api/v1/users", Some(&admin), &body).unwrap();
+    assert_eq!(code, 201);
+    let (code, _, resp) = http(api, "POST", "/api/v1/users/ops/tokens", Some(&admin), "").unwrap();
+    assert_eq!(code, 201, "{resp}");
+    let second = json(&resp)["token"].as_str().unwrap().to_string();
+    let (code, _, _) = http(api, "GET", "/api/v1/units", Some(&second), "").unwrap();
+    assert_eq!(code, 200);
+    let (code, _, _) = http(api, "POST", "/api/v1/users/ghost/tokens", Some(&admin), "").unwrap();
+    assert_eq!(code, 404);
+    let (code, _, _) = http(api, "DELETE", "/api/v1/users/ops", Some(&admin), "").unwrap();
+    assert_eq!(code, 200);
+    let (code, _, _) = http(api, "GET", "/api/v1/units", Some(&second), "").unwrap();
+    assert_eq!(code, 401);
+    let (_, page) = get(api, &admin, "/api/v1/auditevents?user=admin&limit=100");
+    let actions: Vec<(&str, &str)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&("token.create", "accepted")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("token.create", "refused")),
+        "{actions:?}"
+    );
+    assert!(actions.contains(&("delete", "accepted")), "{actions:?}");
+    let server = format!("http://{api}");
+    let verify = tessera(
+        &["audit", "verify", "--server", &server, "--token", &admin],
+        &[],
+    );
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}

@@ -179,18 +179,6 @@ pub async fn audited(
     }
 }
 
-/// Records an accepted change that has no diff of its own (a new token).
-pub async fn record_event(
-    s: &ApiState,
-    caller: &Caller,
-    ctx: &RequestContext,
-    action: &str,
-    kind: &str,
-    name: &str,
-) {
-    record(s, caller, ctx, action, kind, name, None).await
-}
-
 async fn record(
     s: &ApiState,
     caller: &Caller,

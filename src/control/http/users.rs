@@ -138,52 +138,84 @@ pub async fn add_token(
         )
         .await);
     }
-    s.node
-        .linearize()
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let (kv, _) = s
-        .node
-        .store()
-        .get(&super::resources::object_key(Kind::User, &name))
-        .map_err(|e| ApiError::internal("user read", e))?;
-    let kv = kv.ok_or_else(|| ApiError::not_found(format!("user `{name}` does not exist")))?;
-    let user: Resource =
-        serde_json::from_str(&kv.value).map_err(|e| ApiError::internal("user decode", e))?;
-    let role = user
-        .spec
-        .get("role")
-        .and_then(|r| r.as_str())
-        .unwrap_or("viewer")
-        .to_string();
+    use crate::control::store::types::{Command, Compare, CompareOp, CompareTarget};
+    let user_key = super::resources::object_key(Kind::User, &name);
     let token = new_token()?;
-    // The user must still exist when the token lands.
-    let cmd = crate::control::store::types::Command::Txn {
-        compare: vec![crate::control::store::types::Compare {
-            key: super::resources::object_key(Kind::User, &name),
-            op: crate::control::store::types::CompareOp::Equal,
-            target: crate::control::store::types::CompareTarget::ModRevision(kv.mod_revision),
-        }],
-        success: vec![token_op(&token, &name, &role)?],
-        failure: Vec::new(),
-    };
-    let r = s
-        .node
-        .write(cmd)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    if !r.succeeded {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("user `{name}` changed meanwhile; retry"),
-        ));
+    for _ in 0..super::resources::ATTEMPTS {
+        s.node
+            .linearize()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let (keys, _, _) = s
+            .node
+            .store()
+            .get_and_ranges(&[super::audit::HEAD, &user_key], &[], 0)
+            .map_err(|e| ApiError::internal("user read", e))?;
+        let head = super::audit::HeadAt::from_kv(keys[0].as_ref())
+            .map_err(|e| ApiError::internal("audit head", e))?;
+        let Some(kv) = keys[1].as_ref() else {
+            return Err(super::audit::refuse(
+                &s,
+                &caller,
+                &ctx,
+                "token.create",
+                "User",
+                &name,
+                ApiError::not_found(format!("user `{name}` does not exist")),
+            )
+            .await);
+        };
+        let user: Resource =
+            serde_json::from_str(&kv.value).map_err(|e| ApiError::internal("user decode", e))?;
+        let role = user
+            .spec
+            .get("role")
+            .and_then(|r| r.as_str())
+            .unwrap_or("viewer")
+            .to_string();
+        let entry = super::audit::Entry {
+            action: "token.create".into(),
+            kind: "User".into(),
+            name: name.clone(),
+            refused: None,
+            diff: Vec::new(),
+        };
+        let (audit_ops, _) = super::audit::append_ops(&head.head, &caller, &ctx, vec![entry])
+            .map_err(|e| ApiError::internal("audit event", e))?;
+        // The user must still exist when the token lands, and no other audited change
+        // (a deletion of this user, which revokes its tokens as it reads them) may
+        // commit in between: then this is tried again.
+        let mut success = vec![token_op(&token, &name, &role)?];
+        success.extend(audit_ops);
+        let cmd = Command::Txn {
+            compare: vec![
+                Compare {
+                    key: user_key.clone(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::ModRevision(kv.mod_revision),
+                },
+                head.unchanged(),
+            ],
+            success,
+            failure: Vec::new(),
+        };
+        let r = s
+            .node
+            .write(cmd)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        if r.succeeded {
+            return Ok(super::kv::with_revision(
+                r.revision,
+                json!({"name": name, "role": role, "token": token, "revision": r.revision}),
+                StatusCode::CREATED,
+            ));
+        }
     }
-    super::audit::record_event(&s, &caller, &ctx, "token.create", "User", &name).await;
-    Ok(super::kv::with_revision(
-        r.revision,
-        json!({"name": name, "role": role, "token": token, "revision": r.revision}),
-        StatusCode::CREATED,
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "busy",
+        "other changes kept committing first; retry",
     ))
 }
 
