@@ -80,10 +80,11 @@ fn two_roles_in_one_process_serve_and_stop_on_sigterm() {
             );
         }
     }
-    // The entrance has no route table yet and says so.
+    // Ready means it has a route table (from the co-located control plane, enrolled
+    // with a gateway credential): no rule matches yet, and it says so.
     let (code, head, _) = http_get(entrance, "/anything").unwrap();
-    assert_eq!(code, 503);
-    assert!(head.contains("x-tessera-reason: no-route-table"), "{head}");
+    assert_eq!(code, 404, "{head}");
+    assert!(head.contains("x-tessera-reason: no-rule"), "{head}");
     // API errors are JSON.
     let (code, _, body) = http_get(api, "/api/v1/nope").unwrap();
     assert_eq!(code, 404);

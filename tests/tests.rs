@@ -10,6 +10,7 @@ mod cluster;
 mod config_errors;
 mod faults;
 mod fuzz;
+mod gateway;
 mod kv_api;
 mod leases;
 mod lifecycle;

@@ -109,73 +109,104 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
+        let exchange = async {
+            let resp = self.request(method, path, body).await?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e.to_string()))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| self.unreachable(format!("no answer within {:?}", self.timeout)))?
+    }
+
+    /// Starts a GET whose answer is a stream (Server-Sent Events): the timeout covers the
+    /// answer's head only; a non-2xx answer becomes [`ClientError::Api`].
+    pub async fn stream(&self, path: &str) -> Result<hyper::body::Incoming, ClientError> {
+        let resp = tokio::time::timeout(self.timeout, self.request(Method::GET, path, None))
+            .await
+            .map_err(|_| self.unreachable(format!("no answer within {:?}", self.timeout)))??;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = tokio::time::timeout(self.timeout, resp.into_body().collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        Ok(resp.into_body())
+    }
+
+    fn unreachable(&self, reason: String) -> ClientError {
+        ClientError::Unreachable {
             url: self.url.clone(),
             reason,
-        };
+        }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let host = self.base.host().unwrap_or("localhost");
         let port = self.base.port_u16().unwrap_or(80);
         let addrs = self
             .resolver
             .resolve(host, port)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let exchange = async {
-            let mut last = String::from("no address");
-            let mut stream = None;
-            for a in addrs {
-                match tokio::net::TcpStream::connect(a).await {
-                    Ok(s) => {
-                        stream = Some(s);
-                        break;
-                    }
-                    Err(e) => last = format!("{a}: {e}"),
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let mut last = String::from("no address");
+        let mut stream = None;
+        for a in addrs {
+            match tokio::net::TcpStream::connect(a).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
                 }
+                Err(e) => last = format!("{a}: {e}"),
             }
-            let stream = stream.ok_or_else(|| unreachable(last))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let authority = self.base.authority().map(|a| a.as_str()).unwrap_or(host);
-            let mut req = http::Request::builder()
-                .method(method)
-                .uri(path)
-                .header(http::header::HOST, authority)
-                .header(
-                    http::header::USER_AGENT,
-                    concat!("tessera/", env!("CARGO_PKG_VERSION")),
-                );
-            if let Some(t) = &self.token {
-                req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-            }
-            if body.is_some() {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-            }
-            let req = req
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| ClientError::BadUrl {
-                    url: self.url.clone(),
-                    reason: e.to_string(),
-                })?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?
-                .to_bytes();
-            Ok((status, bytes))
-        };
-        tokio::time::timeout(self.timeout, exchange)
+        }
+        let stream = stream.ok_or_else(|| self.unreachable(last))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let authority = self.base.authority().map(|a| a.as_str()).unwrap_or(host);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, authority)
+            .header(
+                http::header::USER_AGENT,
+                concat!("tessera/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::BadUrl {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))
     }
 
     /// Sends JSON (or nothing) and decodes a JSON answer; non-2xx becomes [`ClientError::Api`].

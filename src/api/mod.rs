@@ -1,8 +1,10 @@
 //! The typed client of the control API, used by the CLI, the roles and the tests:
-//! `client.rs` the transport and errors, `resources.rs` the resource API, users and
+//! `client.rs` the transport and errors, `enroll.rs` the exchange of a join token over
+//! TLS to the leader (CA pinned by the token), `resources.rs` the resource API, users and
 //! the audit trail (types from `crate::model`).
 
 mod client;
+pub mod enroll;
 mod resources;
 
 pub use client::{api_error, Client, ClientError};

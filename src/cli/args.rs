@@ -48,6 +48,27 @@ pub enum Command {
     /// The audit trail
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A small HTTP echo server (the demo's app, and a backend for tests): answers with
+    /// its app, unit, zone, version and instance
+    DemoApp(DemoAppArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoAppArgs {
+    /// IP:PORT to listen on (default 127.0.0.1:$PORT, PORT defaulting to 9000)
+    #[arg(long)]
+    pub listen: Option<String>,
+    #[arg(long, env = "TESSERA_APP", default_value = "echo")]
+    pub app: String,
+    #[arg(long, env = "TESSERA_UNIT", default_value = "-")]
+    pub unit: String,
+    #[arg(long, env = "TESSERA_ZONE", default_value = "-")]
+    pub zone: String,
+    #[arg(long = "app-version", env = "TESSERA_VERSION", default_value = "v1")]
+    pub version: String,
+    /// Instance id (default: the process id)
+    #[arg(long, env = "TESSERA_INSTANCE")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 mod args;
 mod client_cmd;
 mod config_cmd;
+mod demo_app;
 mod resource_cmd;
 mod serve;
 mod snapshot_cmd;
@@ -30,5 +31,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Delete(a) => resource_cmd::delete(a),
         Command::User(c) => resource_cmd::user(c),
         Command::Audit(c) => resource_cmd::audit(c),
+        Command::DemoApp(a) => demo_app::run(a),
     }
 }

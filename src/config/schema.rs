@@ -217,8 +217,19 @@ pub struct GatewayConfig {
     pub admin_listen: ListenAddr,
     /// Control plane URLs; defaults to the local control role when it runs in this process.
     pub control: Vec<String>,
-    /// Token from `tessera token create --role gateway`.
+    /// Token from `tessera token create --role gateway`, exchanged once for the
+    /// gateway's own API credential (kept in `<data_dir>/gateway/credential`).
     pub join_token: Option<String>,
+    /// One JSON line per request (target `tessera::access`).
+    pub access_log: bool,
+    /// Open client connections at most; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: u64,
+    /// Largest request head (HTTP/1 buffer, HTTP/2 header list); beyond: 431/400.
+    pub max_header_bytes: usize,
+    /// A client must send a request's head within this time (slow clients are cut off).
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -228,6 +239,11 @@ impl Default for GatewayConfig {
             admin_listen: local(7403),
             control: Vec::new(),
             join_token: None,
+            access_log: true,
+            max_connections: 10_000,
+            max_body_bytes: 16 << 20,
+            max_header_bytes: 64 << 10,
+            header_read_timeout_secs: 10,
         }
     }
 }

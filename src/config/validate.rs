@@ -220,6 +220,19 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
         }
     }
 
+    if has(Role::Gateway) {
+        let g = &cfg.gateway;
+        if g.max_connections == 0 {
+            c.fail("gateway.max_connections", "must be at least 1");
+        }
+        if g.max_header_bytes < 4096 || g.max_header_bytes > (1 << 20) {
+            c.fail("gateway.max_header_bytes", "must be 4096-1048576");
+        }
+        if g.header_read_timeout_secs == 0 {
+            c.fail("gateway.header_read_timeout_secs", "must be at least 1");
+        }
+    }
+
     check_port_clashes(&mut c, &listeners(&roles, &cfg));
 
     if !c.problems.is_empty() {

@@ -1,47 +1,108 @@
-//! The gateway role: the L7 entrance. Today it binds its entrance and admin listeners and
-//! answers every entrance request with 503 and `x-tessera-reason: no-route-table`, which is
-//! the truth until routes arrive from the control plane (unit routing builds on this).
-//! Its readiness does not depend on the control plane: the data plane never does.
+//! The gateway role: the L7 entrance that routes every user to the unit owning their data.
+//!
+//! - `table.rs`: the route table, compiled from resources (pure); matching and unit choice.
+//! - `proxy.rs`: the data plane (hyper: HTTP/1.1 and h2c on one port), retries, mirror,
+//!   passive ejection, in-flight accounting, metrics and access log.
+//! - `feed.rs`: credential, list + watch of the control plane, the on-disk route cache.
+//! - here: the listeners, active health checks, and the admin endpoints
+//!   (`/routes`, `/endpoints`, `/drained`).
+//!
+//! The gateway is ready once it has a route table, from the control plane or from its
+//! cache; it never needs the control plane to keep serving.
+
+mod feed;
+mod proxy;
+pub mod table;
 
 use crate::admin;
 use crate::config::Role;
-use crate::net::probe;
 use crate::role::{bind_tcp, local_addr, Bound, RoleContext, RoleError};
-use axum::http::StatusCode;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::{Json, Router};
+use feed::{Feed, FeedStatus};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use proxy::{Gateway, GatewayMetrics};
+use serde::Deserialize;
 use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let cfg = &ctx.config;
+    let g = cfg.gateway.clone();
     let health = ctx.metrics.health(Role::Gateway);
-    let entrance = bind_tcp("gateway.listen", cfg.gateway.listen.0).await?;
-    let admin_l = bind_tcp("gateway.admin_listen", cfg.gateway.admin_listen.0).await?;
+    let entrance = bind_tcp("gateway.listen", g.listen.0).await?;
+    let admin_l = bind_tcp("gateway.admin_listen", g.admin_listen.0).await?;
     let listeners = vec![
-        ("entrance", local_addr(&entrance, cfg.gateway.listen.0)),
-        ("admin", local_addr(&admin_l, cfg.gateway.admin_listen.0)),
+        ("entrance", local_addr(&entrance, g.listen.0)),
+        ("admin", local_addr(&admin_l, g.admin_listen.0)),
     ];
-    let urls = ctx.control_urls(&cfg.gateway.control);
-    let gauge = ctx.metrics.control_reachable(Role::Gateway);
-    let admin_router = admin::router(health.clone(), ctx.metrics.clone());
+    let gateway = Arc::new(Gateway::new(
+        GatewayMetrics::new(ctx.metrics.registry()),
+        g.access_log,
+        g.max_body_bytes,
+    ));
+    let status = Arc::new(Mutex::new(FeedStatus {
+        source: "none".into(),
+        ..FeedStatus::default()
+    }));
+    let feed = Feed {
+        urls: ctx
+            .control_urls(&g.control)
+            .iter()
+            .map(|u| u.to_string().trim_end_matches('/').to_string())
+            .collect(),
+        join_token: g.join_token.clone(),
+        dir: cfg.data_dir.join("gateway"),
+        admin_token: cfg
+            .has(Role::Control)
+            .then(|| cfg.data_dir.join("admin.token")),
+        node_name: cfg.node_name.clone(),
+        local_zone: cfg.zone.clone(),
+        gateway: gateway.clone(),
+        status: status.clone(),
+        reachable: ctx.metrics.control_reachable(Role::Gateway),
+    };
+    let admin_router = admin::router(health.clone(), ctx.metrics.clone()).merge(
+        Router::new()
+            .route("/routes", get(routes))
+            .route("/endpoints", get(endpoints))
+            .route("/drained", get(drained))
+            .with_state(AdminState {
+                gateway: gateway.clone(),
+                status,
+            }),
+    );
     Ok(Bound::new(Role::Gateway, listeners, move |shutdown| {
         Box::pin(async move {
-            let probe = tokio::spawn(probe::watch_control(
-                Role::Gateway,
-                urls,
-                Duration::from_secs(5),
-                gauge,
-                None,
-                shutdown.clone(),
-            ));
-            health.set_ready();
-            let entrance_router = Router::new().fallback(no_route);
+            health.set_not_ready("no route table yet (from the control plane or the cache)");
+            let feed_task = tokio::spawn(feed.run(shutdown.clone()));
+            let checks = tokio::spawn(health_checks(gateway.clone(), shutdown.clone()));
+            let ready = {
+                let (gateway, health, shutdown) =
+                    (gateway.clone(), health.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    while gateway.table.load().revision == 0 {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        }
+                    }
+                    health.set_ready();
+                })
+            };
             let (a, b) = tokio::join!(
-                admin::serve(entrance, entrance_router, shutdown.clone()),
+                serve_entrance(entrance, gateway, &g, shutdown.clone()),
                 admin::serve(admin_l, admin_router, shutdown)
             );
-            let _ = probe.await;
+            let _ = tokio::join!(feed_task, checks, ready);
             health.set_not_ready("stopped");
             a.and(b).map_err(|source| RoleError::Serve {
                 role: Role::Gateway,
@@ -52,12 +113,225 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     }))
 }
 
-async fn no_route() -> Response {
-    let body = json!({"code": "no_route", "message": "no traffic rule matches: this gateway has no route table yet"});
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [("x-tessera-reason", "no-route-table")],
-        Json(body),
-    )
-        .into_response()
+/// Accepts client connections (at most `max_connections` open) and serves HTTP/1.1 and
+/// h2c on them; on shutdown stops accepting and lets open requests finish.
+async fn serve_entrance(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    cfg: &crate::config::GatewayConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(30));
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "Accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gateway.clone();
+        let service = hyper::service::service_fn(move |req| gw.clone().handle(req, peer));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(client = %peer, error = %e, "Client connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // In-flight requests finish; the process's drain deadline bounds this.
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Active health checks: each endpoint whose app declares a check is probed at its
+/// interval; two failures in a row mark it unhealthy, one success healthy again.
+async fn health_checks(gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    use http_body_util::{BodyExt, Empty};
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(Duration::from_secs(2)));
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1)
+            .build(http);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let table = gateway.table.load_full();
+        let now = gateway.states.now_ms();
+        let mut seen = std::collections::HashSet::new();
+        for ep in &table.endpoints {
+            let Some(probe) = &ep.probe else { continue };
+            if !seen.insert(ep.addr) || ep.state.next_check_ms.load(Ordering::Relaxed) > now {
+                continue;
+            }
+            ep.state
+                .next_check_ms
+                .store(now + probe.interval.as_millis() as u64, Ordering::Relaxed);
+            let Ok(uri) = format!("http://{}{}", ep.addr, probe.path).parse::<http::Uri>() else {
+                continue;
+            };
+            let (client, ep, timeout) = (client.clone(), ep.clone(), probe.timeout);
+            tokio::spawn(async move {
+                let ok = match tokio::time::timeout(timeout, client.get(uri)).await {
+                    Ok(Ok(resp)) => {
+                        let ok = resp.status().is_success();
+                        let _ = resp.into_body().collect().await;
+                        ok
+                    }
+                    _ => false,
+                };
+                let s = &ep.state;
+                if ok {
+                    s.check_failures.store(0, Ordering::Relaxed);
+                    if s.unhealthy.swap(false, Ordering::Relaxed) {
+                        tracing::info!(endpoint = %ep.addr, app = %ep.app, unit = %ep.unit, "Endpoint healthy again");
+                    }
+                } else if s.check_failures.fetch_add(1, Ordering::Relaxed) + 1 >= 2
+                    && !s.unhealthy.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(endpoint = %ep.addr, app = %ep.app, unit = %ep.unit, "Endpoint failed its health checks");
+                }
+            });
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    gateway: Arc<Gateway>,
+    status: Arc<Mutex<FeedStatus>>,
+}
+
+/// `GET /routes`: the active table's version, where it came from, its rules.
+async fn routes(State(s): State<AdminState>) -> Response {
+    let t = s.gateway.table.load_full();
+    let status = s.status.lock().map(|s| s.clone()).unwrap_or_default();
+    Json(json!({
+        "revision": t.revision,
+        "source": status.source,
+        "connected": status.connected,
+        "control": status.control,
+        "applied_at": status.applied_at,
+        "last_error": status.last_error,
+        "rules": t.rules.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
+        "endpoints": t.endpoints.len(),
+        "problems": t.problems,
+    }))
+    .into_response()
+}
+
+/// `GET /endpoints`: every endpoint of the active table with its live state.
+async fn endpoints(State(s): State<AdminState>) -> Response {
+    let t = s.gateway.table.load_full();
+    let now = s.gateway.states.now_ms();
+    let items: Vec<_> = t
+        .endpoints
+        .iter()
+        .map(|e| {
+            let st = &e.state;
+            json!({
+                "address": e.addr.to_string(),
+                "app": &*e.app,
+                "unit": &*e.unit,
+                "zone": &*e.zone,
+                "version": e.version.as_deref(),
+                "instance": e.instance,
+                "draining": e.draining,
+                "healthy": !st.unhealthy.load(Ordering::Relaxed),
+                "ejected": st.ejected_until_ms.load(Ordering::Relaxed) > now,
+                "inflight": st.inflight.load(Ordering::Relaxed),
+                "requests": st.requests.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    Json(json!({"revision": t.revision, "items": items})).into_response()
+}
+
+#[derive(Deserialize)]
+struct DrainQuery {
+    /// `IP:PORT` of the endpoint.
+    endpoint: Option<String>,
+    /// Or the instance's name.
+    instance: Option<String>,
+}
+
+/// `GET /drained?endpoint=IP:PORT` (or `?instance=NAME`): whether this gateway sends the
+/// endpoint nothing new (it is draining or gone from the active table) and nothing of its
+/// is in flight. `drained: true` is what an agent waits for before stopping it.
+async fn drained(
+    State(s): State<AdminState>,
+    q: Result<Query<DrainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let bad = |m: &str| {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({"code": "bad_request", "message": m})),
+        )
+            .into_response()
+    };
+    let Ok(Query(q)) = q else {
+        return bad("expected ?endpoint=IP:PORT or ?instance=NAME");
+    };
+    let t = s.gateway.table.load_full();
+    let matching: Vec<_> = match (&q.endpoint, &q.instance) {
+        (Some(a), _) => match a.parse::<std::net::SocketAddr>() {
+            Ok(addr) => t.endpoints.iter().filter(|e| e.addr == addr).collect(),
+            Err(_) => return bad("endpoint: expected IP:PORT"),
+        },
+        (None, Some(i)) => t
+            .endpoints
+            .iter()
+            .filter(|e| e.instance.as_deref() == Some(i.as_str()))
+            .collect(),
+        (None, None) => return bad("expected ?endpoint=IP:PORT or ?instance=NAME"),
+    };
+    let routable = matching.iter().any(|e| !e.draining);
+    let inflight: usize = match (&q.endpoint, matching.first()) {
+        (Some(a), _) => a
+            .parse()
+            .map(|addr| s.gateway.states.get(addr).inflight.load(Ordering::Relaxed))
+            .unwrap_or(0),
+        (None, Some(e)) => e.state.inflight.load(Ordering::Relaxed),
+        (None, None) => 0,
+    };
+    Json(json!({
+        "drained": !routable && inflight == 0,
+        "routable": routable,
+        "inflight": inflight,
+        "revision": t.revision,
+    }))
+    .into_response()
 }

@@ -121,11 +121,12 @@ impl Kind {
         match self {
             Kind::Zone => &[Kind::Region],
             Kind::Unit | Kind::Cluster => &[Kind::Zone],
-            Kind::ShardMap | Kind::App | Kind::DataSource => &[Kind::Unit],
+            Kind::ShardMap | Kind::DataSource => &[Kind::Unit],
+            Kind::App => &[Kind::Unit, Kind::Zone],
             Kind::Node => &[Kind::Zone, Kind::Cluster],
             Kind::Instance => &[Kind::App, Kind::Unit, Kind::Node],
             Kind::Release => &[Kind::App, Kind::Unit],
-            Kind::TrafficRule => &[Kind::App],
+            Kind::TrafficRule => &[Kind::App, Kind::Zone],
             _ => &[],
         }
     }

@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod diff;
 pub mod kinds;
+pub mod slot;
 pub mod specs;
 pub mod world;
 

@@ -134,6 +134,8 @@ pub struct NodeSpec {
 pub enum AppMode {
     Vm,
     Container,
+    /// Runs outside tessera: reached only through `endpoints`.
+    External,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -174,6 +176,8 @@ pub struct AppSpec {
     /// VM mode: the command line (default: the artifact's own).
     #[serde(default)]
     pub command: Vec<String>,
+    /// The port its instances listen on (vm and container modes).
+    #[serde(default)]
     pub port: u16,
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
@@ -188,6 +192,43 @@ pub struct AppSpec {
     /// Where the app writes logs (collected by the agent); an absolute path.
     #[serde(default)]
     pub log_dir: Option<String>,
+    /// Fixed endpoints, e.g. of a service outside tessera, used besides its instances.
+    #[serde(default)]
+    pub endpoints: Vec<StaticEndpoint>,
+}
+
+/// An endpoint declared in an app's spec rather than registered by an instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticEndpoint {
+    /// `IP:PORT`.
+    pub address: String,
+    /// The unit it serves (absent: it serves any unit, e.g. a stateless service).
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Where it runs (default: its unit's zone).
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// What an instance's agent reports in its status (read by gateways).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// `IP:PORT` it serves on, once started.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Where it runs (default: its unit's zone).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Passing its health check.
+    #[serde(default)]
+    pub ready: bool,
+    /// Being stopped: gateways send it no new requests.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -256,6 +297,8 @@ pub enum KeySource {
     Header,
     Cookie,
     Query,
+    /// The `segment`-th segment of the path (0 = the first after `/`).
+    PathSegment,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -263,8 +306,12 @@ pub enum KeySource {
 pub struct RoutingKey {
     #[serde(default = "header")]
     pub source: KeySource,
+    /// Header, cookie or query parameter name.
     #[serde(default = "uid_header")]
     pub name: String,
+    /// `pathSegment`: which segment (0 = the first).
+    #[serde(default)]
+    pub segment: u8,
 }
 
 fn header() -> KeySource {
@@ -279,6 +326,7 @@ impl Default for RoutingKey {
         RoutingKey {
             source: header(),
             name: uid_header(),
+            segment: 0,
         }
     }
 }
@@ -286,34 +334,105 @@ impl Default for RoutingKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Canary {
-    /// Percent of requests (0-100) sent to `version`.
+    /// Percent of slots (0-100) whose users go to `version`: slots below it (a user stays
+    /// on one side); requests without a routing key go there with that probability.
     #[serde(default)]
     pub weight: u8,
-    /// Requests with this header (any value) always go to the canary.
+    /// Requests with this header (`name`: any value, or `name=value`) go to the canary.
     #[serde(default)]
     pub header: Option<String>,
+    /// Requests with this cookie (`name`: any value, or `name=value`) go to the canary.
+    #[serde(default)]
+    pub cookie: Option<String>,
     pub version: String,
 }
+
+/// A copy of a sampled share of requests, sent to a shadow subset; its answers are discarded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// Percent of requests copied (1-100).
+    pub percent: u8,
+    /// The app receiving the copies (default: the rule's app).
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Only its endpoints of this version.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Failover {
+    /// No healthy endpoint in the unit's zone: 503.
+    #[default]
+    None,
+    /// No healthy endpoint in the unit's zone: its standby zone's.
+    Standby,
+}
+
+/// How a rule picks where a request goes.
+pub const ROUTE_BY: [&str; 4] = ["unit", "global", "city", "parallel"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficRuleSpec {
-    /// Host to match (exact; absent = any).
+    /// Host to match: exact (`api.bank.example`) or a wildcard (`*.bank.example`); absent = any.
     #[serde(default)]
     pub host: Option<String>,
     #[serde(default = "root")]
     pub path_prefix: String,
+    /// An exact path; when set, `pathPrefix` is not used.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Methods to match (absent = any).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Headers that must be present with these values (`*` = any value).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     pub app: String,
     #[serde(default)]
     pub routing_key: RoutingKey,
-    /// `unit` (route by the routing key's slot; the default) or `global` (to the GZone).
+    /// `unit` (by the routing key's slot, the shard map and the unit's zone; the
+    /// default), `global` (to the GZone), `city` (to the CZone of the gateway's region),
+    /// or `parallel` (not unitized: across zones by weight, the local zone first).
     #[serde(default = "by_unit")]
     pub route_by: String,
+    /// `parallel`: relative weight per zone (absent zones: 1; 0 = only when no other).
+    #[serde(default)]
+    pub zone_weights: BTreeMap<String, u32>,
+    /// `parallel`: prefer the gateway's own zone while it has a healthy endpoint.
+    #[serde(default = "yes")]
+    pub local_first: bool,
     #[serde(default)]
     pub canary: Option<Canary>,
-    /// Higher wins among rules that match equally long prefixes.
+    /// Blue/green: only endpoints of this version get traffic (switch by changing it).
+    #[serde(default)]
+    pub active_version: Option<String>,
+    #[serde(default)]
+    pub mirror: Option<Mirror>,
+    #[serde(default)]
+    pub failover: Failover,
+    /// Upstream answer timeout.
+    #[serde(default = "thirty_s")]
+    pub timeout_ms: u32,
+    /// Extra attempts of an idempotent request on another endpoint of the same unit (0-5).
+    #[serde(default = "two")]
+    pub retries: u8,
+    /// Higher wins among rules that match equally specifically.
     #[serde(default)]
     pub priority: i32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn thirty_s() -> u32 {
+    30_000
+}
+fn two() -> u8 {
+    2
 }
 
 fn root() -> String {
@@ -355,7 +474,34 @@ pub struct UserSpec {
     pub role: String,
 }
 
-pub const ROLES: [&str; 4] = ["admin", "operator", "approver", "viewer"];
+pub const ROLES: [&str; 7] = [
+    "admin", "operator", "approver", "viewer", "gateway", "agent", "dbproxy",
+];
+
+/// What a service role (a gateway's, agent's or DB proxy's own credential) may read;
+/// people's roles read every kind but users.
+pub fn service_reads(role: &str) -> Option<&'static [Kind]> {
+    match role {
+        "gateway" => Some(&[
+            Kind::Zone,
+            Kind::Unit,
+            Kind::ShardMap,
+            Kind::App,
+            Kind::Instance,
+            Kind::TrafficRule,
+        ]),
+        "dbproxy" => Some(&[Kind::Zone, Kind::Unit, Kind::ShardMap, Kind::DataSource]),
+        "agent" => Some(&[
+            Kind::Zone,
+            Kind::Cluster,
+            Kind::Node,
+            Kind::App,
+            Kind::Instance,
+            Kind::Artifact,
+        ]),
+        _ => None,
+    }
+}
 
 /// A slot range `NN` or `NN-MM` (00-99).
 pub fn parse_slots(field: &str, s: &str) -> Result<std::ops::RangeInclusive<u8>, Invalid> {
@@ -525,8 +671,28 @@ pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
                 }
                 _ => {}
             }
-            if s.port == 0 {
+            if s.port == 0 && s.mode != AppMode::External {
                 return Err(Invalid::new("spec.port", "must be 1-65535"));
+            }
+            if s.mode == AppMode::External && s.endpoints.is_empty() {
+                return Err(Invalid::new(
+                    "spec.endpoints",
+                    "an external app is reached only through its endpoints: name at least one",
+                ));
+            }
+            for (i, e) in s.endpoints.iter().enumerate() {
+                if e.address.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(Invalid::new(
+                        format!("spec.endpoints[{i}].address"),
+                        format!("`{}` is not IP:PORT", e.address),
+                    ));
+                }
+                if let Some(u) = &e.unit {
+                    name_ref(&format!("spec.endpoints[{i}].unit"), u)?;
+                }
+                if let Some(z) = &e.zone {
+                    name_ref(&format!("spec.endpoints[{i}].zone"), z)?;
+                }
             }
             if s.replicas_per_unit == 0 || s.replicas_per_unit > 1000 {
                 return Err(Invalid::new("spec.replicasPerUnit", "must be 1-1000"));
@@ -602,23 +768,7 @@ pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
         Kind::TrafficRule => {
             let s: TrafficRuleSpec = parse(spec)?;
             name_ref("spec.app", &s.app)?;
-            if !s.path_prefix.starts_with('/') {
-                return Err(Invalid::new("spec.pathPrefix", "must start with /"));
-            }
-            if s.routing_key.name.is_empty() {
-                return Err(Invalid::new("spec.routingKey.name", "must not be empty"));
-            }
-            if s.route_by != "unit" && s.route_by != "global" {
-                return Err(Invalid::new(
-                    "spec.routeBy",
-                    format!("`{}`: expected unit or global", s.route_by),
-                ));
-            }
-            if let Some(c) = &s.canary {
-                if c.weight > 100 {
-                    return Err(Invalid::new("spec.canary.weight", "0-100"));
-                }
-            }
+            check_traffic_rule(&s)?;
         }
         Kind::DataSource => {
             let s: DataSourceSpec = parse(spec)?;
@@ -735,6 +885,14 @@ pub fn references(kind: Kind, spec: &serde_json::Value) -> Vec<Reference> {
                 for (i, u) in s.units.iter().enumerate() {
                     out.push(r(&format!("spec.units[{i}]"), Kind::Unit, u));
                 }
+                for (i, e) in s.endpoints.iter().enumerate() {
+                    if let Some(u) = &e.unit {
+                        out.push(r(&format!("spec.endpoints[{i}].unit"), Kind::Unit, u));
+                    }
+                    if let Some(z) = &e.zone {
+                        out.push(r(&format!("spec.endpoints[{i}].zone"), Kind::Zone, z));
+                    }
+                }
             }
         }
         Kind::Instance => {
@@ -759,6 +917,12 @@ pub fn references(kind: Kind, spec: &serde_json::Value) -> Vec<Reference> {
         Kind::TrafficRule => {
             if let Ok(s) = parse::<TrafficRuleSpec>(spec) {
                 out.push(r("spec.app", Kind::App, &s.app));
+                if let Some(a) = s.mirror.as_ref().and_then(|m| m.app.as_ref()) {
+                    out.push(r("spec.mirror.app", Kind::App, a));
+                }
+                for z in s.zone_weights.keys() {
+                    out.push(r(&format!("spec.zoneWeights.{z}"), Kind::Zone, z));
+                }
             }
         }
         Kind::DataSource => {
@@ -771,6 +935,104 @@ pub fn references(kind: Kind, spec: &serde_json::Value) -> Vec<Reference> {
         _ => {}
     }
     out
+}
+
+fn check_traffic_rule(s: &TrafficRuleSpec) -> Result<(), Invalid> {
+    name_ref("spec.app", &s.app)?;
+    if let Some(h) = &s.host {
+        let bare = h.strip_prefix("*.").unwrap_or(h);
+        let ok = !bare.is_empty()
+            && bare.len() <= 253
+            && bare.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            return Err(Invalid::new(
+                "spec.host",
+                format!("`{h}` is not a host name or a `*.domain` wildcard"),
+            ));
+        }
+    }
+    if !s.path_prefix.starts_with('/') {
+        return Err(Invalid::new("spec.pathPrefix", "must start with /"));
+    }
+    if s.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+        return Err(Invalid::new("spec.path", "must start with /"));
+    }
+    for (i, m) in s.methods.iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Invalid::new(
+                format!("spec.methods[{i}]"),
+                format!("`{m}` is not a method (upper case, e.g. GET)"),
+            ));
+        }
+    }
+    for k in s.headers.keys() {
+        if http_token(k).is_none() {
+            return Err(Invalid::new(
+                format!("spec.headers.{k}"),
+                "not a header name",
+            ));
+        }
+    }
+    if s.routing_key.source != KeySource::PathSegment && http_token(&s.routing_key.name).is_none() {
+        return Err(Invalid::new(
+            "spec.routingKey.name",
+            "must be a header, cookie or query parameter name",
+        ));
+    }
+    if !ROUTE_BY.contains(&s.route_by.as_str()) {
+        return Err(Invalid::new(
+            "spec.routeBy",
+            format!("`{}`: expected one of {}", s.route_by, ROUTE_BY.join(", ")),
+        ));
+    }
+    for z in s.zone_weights.keys() {
+        name_ref(&format!("spec.zoneWeights.{z}"), z)?;
+    }
+    if let Some(c) = &s.canary {
+        if c.weight > 100 {
+            return Err(Invalid::new("spec.canary.weight", "0-100"));
+        }
+        if c.version.is_empty() {
+            return Err(Invalid::new("spec.canary.version", "must not be empty"));
+        }
+        for (f, v) in [("header", &c.header), ("cookie", &c.cookie)] {
+            if let Some(v) = v {
+                let name = v.split_once('=').map_or(v.as_str(), |(n, _)| n);
+                if http_token(name).is_none() {
+                    return Err(Invalid::new(
+                        format!("spec.canary.{f}"),
+                        format!("`{v}`: expected NAME or NAME=VALUE"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(m) = &s.mirror {
+        if m.percent == 0 || m.percent > 100 {
+            return Err(Invalid::new("spec.mirror.percent", "1-100"));
+        }
+        if let Some(a) = &m.app {
+            name_ref("spec.mirror.app", a)?;
+        }
+    }
+    if s.timeout_ms == 0 || s.timeout_ms > 3_600_000 {
+        return Err(Invalid::new("spec.timeoutMs", "1-3600000"));
+    }
+    if s.retries > 5 {
+        return Err(Invalid::new("spec.retries", "0-5"));
+    }
+    Ok(())
+}
+
+/// `s` if it is an HTTP token (a header name), lower-cased.
+fn http_token(s: &str) -> Option<String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    ok.then(|| s.to_ascii_lowercase())
 }
 
 /// A unit's owned slots (empty unless it is a valid RZone).

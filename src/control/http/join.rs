@@ -205,6 +205,18 @@ async fn leader_only(s: &ApiState) -> Result<(), ApiError> {
 /// Checks `token` for a control node `node_id` and consumes it (the same node may
 /// present it again, e.g. when it retries after a lost answer).
 async fn consume(s: &ApiState, token: &str, node_id: &str) -> Result<(), ApiError> {
+    consume_for(s, token, node_id, &["control"])
+        .await
+        .map(|_| ())
+}
+
+/// [`consume`] for a token of one of `roles`; returns the token's role.
+async fn consume_for(
+    s: &ApiState,
+    token: &str,
+    node_id: &str,
+    roles: &[&str],
+) -> Result<String, ApiError> {
     let refused = |m: &str| ApiError::new(StatusCode::FORBIDDEN, "join_refused", m.to_string());
     let key = token_key(token);
     let (record, _) = s
@@ -228,14 +240,16 @@ async fn consume(s: &ApiState, token: &str, node_id: &str) -> Result<(), ApiErro
             "the join token has expired; create a new one with `tessera token create`",
         ));
     }
-    if t.role != "control" {
+    if !roles.contains(&t.role.as_str()) {
         return Err(refused(&format!(
-            "the join token is for the {} role, not control",
-            t.role
+            "the join token is for the {} role, not {}",
+            t.role,
+            roles.join(" or ")
         )));
     }
+    let role = t.role.clone();
     if same_node {
-        return Ok(());
+        return Ok(role);
     }
     t.used = true;
     t.used_by = Some(node_id.to_string());
@@ -258,8 +272,74 @@ async fn consume(s: &ApiState, token: &str, node_id: &str) -> Result<(), ApiErro
             "the join token was used concurrently by another node",
         ));
     }
-    Ok(())
+    Ok(role)
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    pub token: String,
+    /// The enrolling machine's node name.
+    pub name: String,
+}
+
+/// `POST /api/v1/join/credential {token, name}` (peer listener, TLS): a gateway, agent
+/// or DB proxy exchanges its join token for an API bearer token of its role, held by the
+/// user `<role>-<name>` (created, or re-enrolled with a new token). Audited.
+pub async fn credential(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (req, raw): (CredentialRequest, _) = parse_body(body, "{token, name}")?;
+    crate::model::check_name("name", &req.name)
+        .map_err(|e| ApiError::bad_field("name", e.message))?;
+    leader_only(&s).await?;
+    let role = consume_for(
+        &s,
+        &req.token,
+        &format!("service:{}", req.name),
+        &SERVICE_ROLES,
+    )
+    .await?;
+    let user = format!("{role}-{}", req.name);
+    crate::model::check_name("name", &user).map_err(|e| ApiError::bad_field("name", e.message))?;
+    let mut obj =
+        crate::model::Resource::new(crate::model::Kind::User, &user, json!({"role": role}));
+    obj.metadata
+        .annotations
+        .insert("tessera.io/enrolled-at".into(), crate::model::now_rfc3339());
+    let token = super::users::new_token()?;
+    let extra = super::resources::Extra::Ops(vec![super::users::token_op(&token, &user, &role)?]);
+    let caller = Caller {
+        user: format!("{user} (join token)"),
+        role: role.clone(),
+    };
+    let ctx = super::resources::context(None);
+    let original = super::resources::Original {
+        method: Method::POST,
+        uri: &uri,
+        headers: &headers,
+        body: raw,
+    };
+    let want = super::resources::Want::Put(vec![(crate::model::Kind::User, obj)]);
+    match super::resources::commit(&s, &caller, &ctx, "user.enroll", &want, &extra, &original)
+        .await?
+    {
+        Ok((_, rev)) => {
+            tracing::info!(user = %user, role = %role, "Enrolled a service credential");
+            Ok(
+                Json(json!({"user": user, "role": role, "token": token, "revision": rev}))
+                    .into_response(),
+            )
+        }
+        Err(forwarded) => Ok(forwarded),
+    }
+}
+
+/// Roles that enroll for an API credential rather than Raft membership.
+pub const SERVICE_ROLES: [&str; 3] = ["agent", "gateway", "dbproxy"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

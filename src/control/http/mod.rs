@@ -114,6 +114,7 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
     let join_routes = Router::new()
         .route("/api/v1/join", post(join::join))
         .route("/api/v1/join/cert", post(join::join_cert))
+        .route("/api/v1/join/credential", post(join::credential))
         .layer(DefaultBodyLimit::max(64 << 10))
         .fallback(not_found)
         .with_state(state.clone());

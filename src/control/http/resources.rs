@@ -83,6 +83,11 @@ pub(super) fn may_read(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
     if kind == Kind::User && caller.role != "admin" {
         return Err(forbidden(caller, "read users: admin only".into()));
     }
+    if let Some(kinds) = crate::model::specs::service_reads(&caller.role) {
+        if !kinds.contains(&kind) {
+            return Err(forbidden(caller, format!("read {}", kind.plural())));
+        }
+    }
     Ok(())
 }
 

@@ -35,13 +35,13 @@ pub struct NewUser {
     role: String,
 }
 
-fn new_token() -> Result<String, ApiError> {
+pub(super) fn new_token() -> Result<String, ApiError> {
     let bytes = crate::util::random_bytes::<32>()
         .map_err(|e| ApiError::internal("reading /dev/urandom", e))?;
     Ok(format!("tsr_{}", crate::util::hex(&bytes)))
 }
 
-fn token_op(token: &str, name: &str, role: &str) -> Result<Op, ApiError> {
+pub(super) fn token_op(token: &str, name: &str, role: &str) -> Result<Op, ApiError> {
     Ok(Op::Put {
         key: token_key(token),
         value: serde_json::to_string(&Caller {

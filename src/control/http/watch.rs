@@ -229,7 +229,7 @@ pub async fn resources(
     if kinds.is_empty() {
         kinds = Kind::ALL
             .into_iter()
-            .filter(|k| k.stored() && (*k != Kind::User || caller.role == "admin"))
+            .filter(|k| k.stored() && super::resources::may_read(&caller, *k).is_ok())
             .collect();
     }
     let prefixes: Vec<String> = kinds

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# gateway-target.sh -- started by the HTTP proxy baseline as PROXY_CMD (see gateway.sh):
+# a control node, an estate routing every slot to $BACKEND_ADDR, and a gateway process
+# on $GW_IP:$GW_PORT in the foreground (the baseline stops the whole process group).
+set -euo pipefail
+: "${TESSERA_BIN:?}" "${BACKEND_ADDR:?}" "${GW_PORT:?}" "${GW_IP:?}"
+W=$(mktemp -d /tmp/tessera-gw-bench.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
+cat >"$W/control.toml" <<TOML
+node_name = "bench-ctl"
+roles = ["control"]
+data_dir = "$W/control"
+[control]
+bootstrap = true
+listen = "127.0.0.1:17400"
+peer_listen = "127.0.0.1:17401"
+TOML
+"$TESSERA_BIN" run --profile "$W/control.toml" >"$W/control.log" 2>&1 &
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:17400/readyz >/dev/null 2>&1 && [ -s "$W/control/admin.token" ] && break
+  sleep 0.1
+done
+export TESSERA_SERVER=http://127.0.0.1:17400 TESSERA_TOKEN
+TESSERA_TOKEN=$(cat "$W/control/admin.token")
+"$TESSERA_BIN" apply -f - >/dev/null <<YAML
+apiVersion: tessera.io/v1
+kind: Region
+metadata: {name: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: hz-a}
+spec: {region: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: hz-b}
+spec: {region: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: rz00}
+spec: {type: RZone, zone: hz-a, standbyZone: hz-b, slots: ["00-49"]}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: rz01}
+spec: {type: RZone, zone: hz-b, standbyZone: hz-a, slots: ["50-99"]}
+---
+apiVersion: tessera.io/v1
+kind: ShardMap
+metadata: {name: default}
+spec: {slots: {"00-49": rz00, "50-99": rz01}}
+---
+apiVersion: tessera.io/v1
+kind: App
+metadata: {name: echo}
+spec:
+  mode: external
+  endpoints:
+    - {address: "$BACKEND_ADDR", unit: rz00}
+    - {address: "$BACKEND_ADDR", unit: rz01}
+---
+apiVersion: tessera.io/v1
+kind: TrafficRule
+metadata: {name: echo}
+spec: {app: echo, routingKey: {source: query, name: uid}}
+YAML
+join=$("$TESSERA_BIN" token create --role gateway | grep -o 'tsr1\.[^ ]*' | head -1)
+cat >"$W/gateway.toml" <<TOML
+node_name = "bench-gw"
+roles = ["gateway"]
+data_dir = "$W/gateway"
+zone = "hz-a"
+[gateway]
+listen = "$GW_IP:$GW_PORT"
+admin_listen = "127.0.0.1:17403"
+control = ["http://127.0.0.1:17400"]
+join_token = "$join"
+access_log = false
+TOML
+TOKIO_WORKER_THREADS=${WORKERS:-1} "$TESSERA_BIN" run --profile "$W/gateway.toml" 2>"$W/gateway.log"

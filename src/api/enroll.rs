@@ -1,0 +1,182 @@
+//! Enrollment: how a machine that holds a join token reaches the cluster. It asks a
+//! control URL (plain HTTP, no secret) for the cluster CA and the leader's peer address,
+//! checks the CA against the fingerprint the token pins (as kubeadm's discovery hash
+//! does), and only then sends the token, over TLS to the leader's peer listener, trusting
+//! that CA alone. Used by joining control nodes and by gateways, agents and DB proxies
+//! exchanging their token for an API credential.
+
+use super::{api_error, Client, ClientError};
+use crate::pki;
+use http::Method;
+use serde_json::Value;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a node keeps trying to reach the cluster before the role fails.
+const GIVE_UP: Duration = Duration::from_secs(180);
+
+/// The CA fingerprint a join token pins.
+pub fn token_fingerprint(token: &str) -> Result<&str, String> {
+    match token.split('.').collect::<Vec<_>>().as_slice() {
+        ["tsr1", fp, secret] if fp.len() == 64 && !secret.is_empty() => Ok(fp),
+        _ => Err("join_token is not a tessera join token (expected tsr1.<ca-fingerprint>.<secret> from `tessera token create`)".into()),
+    }
+}
+
+fn is_name_taken(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { code, .. } if code == "name_taken")
+}
+
+/// How one attempt at a join step ended, when it did not succeed.
+enum Step {
+    /// The cluster said no (bad, used or expired token, name taken, wrong CA): stop.
+    Refused(String),
+    /// Unreachable, no leader yet, leadership moving: try again.
+    Retry(String),
+}
+
+/// Calls `path` with `body` on the cluster's leader over TLS, retrying transient failures
+/// until [`GIVE_UP`]; a refusal ends it at once. Each attempt asks a join URL (plain
+/// HTTP, no secret) for the CA and the leader's peer address, checks the CA against the
+/// fingerprint `pinned` by the token, and only then sends the token, over TLS to the
+/// leader's peer listener, trusting that CA alone.
+pub async fn call_cluster(
+    urls: &[String],
+    pinned: &str,
+    path: &str,
+    body: &Value,
+    shutdown: &CancellationToken,
+) -> Result<Option<Value>, String> {
+    let clients = urls
+        .iter()
+        .map(|u| Client::new(u, None).map(|c| c.with_timeout(Duration::from_secs(10))))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + GIVE_UP;
+    let mut backoff = Duration::from_millis(300);
+    loop {
+        for client in &clients {
+            let url = client.url();
+            match attempt(client, pinned, path, body).await {
+                Ok(v) => return Ok(Some(v)),
+                Err(Step::Refused(e)) => {
+                    return Err(format!(
+                        "the cluster at {url} refused to admit this node: {e}"
+                    ));
+                }
+                Err(Step::Retry(e)) => {
+                    tracing::warn!(via = %url, path, error = %e, "Join step failed; retrying")
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "could not reach the cluster through {} within {GIVE_UP:?}",
+                urls.join(", ")
+            ));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn attempt(client: &Client, pinned: &str, path: &str, body: &Value) -> Result<Value, Step> {
+    let info: Value = client
+        .call(Method::GET, "/api/v1/join/info", None::<&()>)
+        .await
+        .map_err(|e| Step::Retry(e.to_string()))?;
+    let ca = info["ca"]
+        .as_str()
+        .ok_or_else(|| Step::Retry("the join info names no CA".into()))?;
+    let presented = pki::fingerprint(ca).map_err(|e| Step::Retry(e.to_string()))?;
+    if presented != pinned {
+        return Err(Step::Refused(format!(
+            "the cluster presented CA {presented}, but the join token pins {pinned}: refusing to send the token"
+        )));
+    }
+    let peer: std::net::SocketAddr = info["leader"]["peer"]
+        .as_str()
+        .ok_or_else(|| Step::Retry("no leader is known yet".into()))?
+        .parse()
+        .map_err(|_| Step::Retry("the leader's peer address is not IP:PORT".into()))?;
+    let tls = pki::anonymous_client_config(ca).map_err(|e| Step::Retry(e.to_string()))?;
+    let payload = serde_json::to_vec(body).map_err(|e| Step::Retry(e.to_string()))?;
+    let exchange = tls_post(peer, tls, path, payload);
+    let (status, bytes) = tokio::time::timeout(Duration::from_secs(90), exchange)
+        .await
+        .map_err(|_| Step::Retry(format!("{peer}{path} gave no answer within 90s")))?
+        .map_err(Step::Retry)?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| Step::Retry(format!("bad answer from {peer}: {e}")));
+    }
+    let e = api_error(status, &bytes);
+    match &e {
+        ClientError::Api { status, .. }
+            if matches!(status, 400 | 403 | 404) || is_name_taken(&e) =>
+        {
+            Err(Step::Refused(e.to_string()))
+        }
+        _ => Err(Step::Retry(e.to_string())),
+    }
+}
+
+/// One HTTP/2 POST over TLS to `peer`, whose certificate must name its IP.
+async fn tls_post(
+    peer: std::net::SocketAddr,
+    tls: rustls::ClientConfig,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    use http_body_util::{BodyExt, Full};
+    let tcp = crate::net::connect_from(peer, None)
+        .await
+        .map_err(|e| format!("connect to {peer}: {e}"))?;
+    let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {peer}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| format!("HTTP/2 with {peer}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::post(format!("https://{peer}{path}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{peer}{path}: {e}"))?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{peer}{path}: {e}"))?
+        .to_bytes();
+    Ok((status, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_pin_a_fingerprint() {
+        let fp = "a".repeat(64);
+        assert_eq!(
+            super::token_fingerprint(&format!("tsr1.{fp}.secret")).unwrap(),
+            fp
+        );
+        assert!(super::token_fingerprint("tsr1.short.secret").is_err());
+        assert!(super::token_fingerprint("admin-token").is_err());
+    }
+}

@@ -1,0 +1,736 @@
+//! The data plane: one request in, the route table decides, one upstream answers.
+//!
+//! - The table is loaded once per request (`ArcSwap`): a request keeps the table it
+//!   started with while a new one is swapped in.
+//! - A body up to [`BUFFER_MAX`] with a known length is read first, so the request can be
+//!   retried on another endpoint of the same unit and copied to a mirror; longer or
+//!   streamed bodies go through as they arrive (no retry, no mirror), limited to
+//!   `max_body_bytes`.
+//! - Retries: a connect failure is retried for any method (nothing was sent); other
+//!   failures (reset, timeout) only for idempotent methods. Every failure, and every
+//!   502-504 answer, counts towards passive ejection (`table::EndpointStates`).
+//! - An endpoint counts as in flight until its answer's body has been sent on, which is
+//!   what draining waits for.
+
+use super::table::{pick, Decision, EndpointState, EndpointStates, RequestView, RouteTable};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use serde_json::json;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type RespBody = Either<Tracked<Incoming>, Full<Bytes>>;
+
+/// Bodies up to this size with a known length are read before forwarding (retry, mirror).
+pub const BUFFER_MAX: u64 = 64 << 10;
+/// Mirror copies in flight at most; beyond, a sampled request is not copied.
+const MIRRORS_IN_FLIGHT: usize = 64;
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct GatewayMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_failures: IntCounterVec,
+    mirrors: IntCounterVec,
+    pub table_revision: IntGauge,
+    pub table_swaps: IntGauge,
+    pub endpoints: IntGaugeVec,
+    pub ejections: prometheus::IntCounter,
+}
+
+impl GatewayMetrics {
+    pub fn new(registry: &Registry) -> GatewayMetrics {
+        // ok: constant, valid metric names and labels
+        let m = GatewayMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "tessera_gateway_requests_total",
+                    "Requests by rule, unit and status.",
+                ),
+                &["rule", "unit", "code"],
+            )
+            .expect("static metric"),
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "tessera_gateway_request_seconds",
+                    "Request latency by rule, as seen by the gateway.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+                &["rule"],
+            )
+            .expect("static metric"),
+            upstream_failures: IntCounterVec::new(
+                Opts::new(
+                    "tessera_gateway_upstream_failures_total",
+                    "Failed upstream attempts by kind (connect, timeout, reset, 5xx).",
+                ),
+                &["kind"],
+            )
+            .expect("static metric"),
+            mirrors: IntCounterVec::new(
+                Opts::new(
+                    "tessera_gateway_mirrored_total",
+                    "Mirror copies by outcome (sent, failed, dropped).",
+                ),
+                &["outcome"],
+            )
+            .expect("static metric"),
+            table_revision: IntGauge::new(
+                "tessera_gateway_table_revision",
+                "Store revision of the active route table.",
+            )
+            .expect("static metric"),
+            table_swaps: IntGauge::new(
+                "tessera_gateway_table_swaps",
+                "Route tables applied since start.",
+            )
+            .expect("static metric"),
+            endpoints: IntGaugeVec::new(
+                Opts::new(
+                    "tessera_gateway_endpoints",
+                    "Endpoints in the active table by state.",
+                ),
+                &["state"],
+            )
+            .expect("static metric"),
+            ejections: prometheus::IntCounter::new(
+                "tessera_gateway_ejections_total",
+                "Endpoints ejected after consecutive failures.",
+            )
+            .expect("static metric"),
+        };
+        let _ = registry.register(Box::new(m.requests.clone()));
+        let _ = registry.register(Box::new(m.duration.clone()));
+        let _ = registry.register(Box::new(m.upstream_failures.clone()));
+        let _ = registry.register(Box::new(m.mirrors.clone()));
+        let _ = registry.register(Box::new(m.table_revision.clone()));
+        let _ = registry.register(Box::new(m.table_swaps.clone()));
+        let _ = registry.register(Box::new(m.endpoints.clone()));
+        let _ = registry.register(Box::new(m.ejections.clone()));
+        m
+    }
+}
+
+/// Shared state of the gateway's data plane.
+pub struct Gateway {
+    pub table: ArcSwap<RouteTable>,
+    pub states: Arc<EndpointStates>,
+    client: Client<HttpConnector, UpBody>,
+    pub metrics: GatewayMetrics,
+    access_log: bool,
+    max_body: u64,
+    mirrors: Arc<Semaphore>,
+}
+
+/// Decrements an endpoint's in-flight count when dropped.
+pub struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    fn new(s: &Arc<EndpointState>) -> InFlight {
+        s.inflight.fetch_add(1, Ordering::Relaxed);
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(s.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upstream body that holds its endpoint's in-flight count until it is done.
+pub struct Tracked<B> {
+    body: B,
+    _guard: InFlight,
+}
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body)
+            .poll_frame(cx)
+            .map(|o| o.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in HOP_BY_HOP.iter().chain(named.iter()) {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+}
+
+fn full(b: Bytes) -> UpBody {
+    Full::new(b)
+        .map_err(|e: Infallible| -> BoxError { match e {} })
+        .boxed_unsync()
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// An answer the gateway gives itself, JSON with a reason header.
+fn own(
+    status: u16,
+    reason: &'static str,
+    message: &str,
+    extra: &[(&'static str, &str)],
+) -> Response<RespBody> {
+    let body = json!({"code": reason, "message": message}).to_string();
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert("x-tessera-reason", HeaderValue::from_static(reason));
+    for (k, v) in extra {
+        h.insert(*k, value(v));
+    }
+    r
+}
+
+/// How one upstream attempt failed.
+enum Failed {
+    Connect(String),
+    Timeout,
+    Other(String),
+}
+
+impl Gateway {
+    pub fn new(metrics: GatewayMetrics, access_log: bool, max_body: u64) -> Gateway {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(3)));
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(512)
+            .retry_canceled_requests(true)
+            .build(http);
+        Gateway {
+            table: ArcSwap::from_pointee(RouteTable::default()),
+            states: Arc::new(EndpointStates::default()),
+            client,
+            metrics,
+            access_log,
+            max_body,
+            mirrors: Arc::new(Semaphore::new(MIRRORS_IN_FLIGHT)),
+        }
+    }
+
+    /// Swaps in a new table; requests in flight keep theirs.
+    pub fn install(&self, table: RouteTable) {
+        let rev = table.revision;
+        let now = self.states.now_ms();
+        let (mut up, mut draining, mut down) = (0, 0, 0);
+        for e in &table.endpoints {
+            if e.draining {
+                draining += 1;
+            } else if e.state.unhealthy.load(Ordering::Relaxed)
+                || e.state.ejected_until_ms.load(Ordering::Relaxed) > now
+            {
+                down += 1;
+            } else {
+                up += 1;
+            }
+        }
+        let addrs: std::collections::HashSet<SocketAddr> =
+            table.endpoints.iter().map(|e| e.addr).collect();
+        self.table.store(Arc::new(table));
+        self.states.retain(&|a| addrs.contains(a));
+        self.metrics.table_revision.set(rev as i64);
+        self.metrics.table_swaps.inc();
+        self.metrics.endpoints.with_label_values(&["up"]).set(up);
+        self.metrics
+            .endpoints
+            .with_label_values(&["draining"])
+            .set(draining);
+        self.metrics
+            .endpoints
+            .with_label_values(&["down"])
+            .set(down);
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Response<RespBody>, Infallible> {
+        let start = Instant::now();
+        let table = self.table.load_full();
+        let (mut parts, body) = req.into_parts();
+        let host = {
+            let raw = parts
+                .uri
+                .host()
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .unwrap_or("");
+            let h = match raw.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => raw,
+            };
+            h.to_ascii_lowercase()
+        };
+        let decision = {
+            let view = RequestView {
+                method: &parts.method,
+                host: &host,
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+            };
+            table.decide(&view, &self.states)
+        };
+        let route = match decision {
+            Decision::Refuse {
+                status,
+                reason,
+                message,
+                rule,
+            } => {
+                let name = rule.map_or("-", |r| &r.name);
+                self.finish(
+                    &parts.method,
+                    &host,
+                    parts.uri.path(),
+                    name,
+                    "-",
+                    "-",
+                    None,
+                    status,
+                    reason,
+                    start,
+                    0,
+                    client,
+                );
+                return Ok(own(status, reason, &message, &[]));
+            }
+            Decision::Route(r) => r,
+        };
+        // The body: read it now if small, else stream it.
+        let hint = body.size_hint();
+        if hint.lower() > self.max_body {
+            self.finish(
+                &parts.method,
+                &host,
+                parts.uri.path(),
+                &route.rule.name,
+                &route.unit,
+                &route.zone,
+                None,
+                413,
+                "body-too-large",
+                start,
+                0,
+                client,
+            );
+            return Ok(own(
+                413,
+                "body-too-large",
+                &format!("the request body exceeds {} bytes", self.max_body),
+                &[],
+            ));
+        }
+        let (buffered, mut streamed) = match hint.exact() {
+            Some(n) if n <= BUFFER_MAX => match body.collect().await {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(e) => {
+                    self.finish(
+                        &parts.method,
+                        &host,
+                        parts.uri.path(),
+                        &route.rule.name,
+                        &route.unit,
+                        &route.zone,
+                        None,
+                        400,
+                        "bad-body",
+                        start,
+                        0,
+                        client,
+                    );
+                    return Ok(own(
+                        400,
+                        "bad-body",
+                        &format!("reading the request body: {e}"),
+                        &[],
+                    ));
+                }
+            },
+            _ => (
+                None,
+                Some(Limited::new(body, self.max_body as usize).boxed_unsync()),
+            ),
+        };
+        // Headers for the upstream.
+        strip_hop_by_hop(&mut parts.headers);
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(a) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {}", client.ip()),
+            None => client.ip().to_string(),
+        };
+        parts.headers.insert("x-forwarded-for", value(&xff));
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        parts.headers.insert("x-tessera-unit", value(&route.unit));
+        parts.headers.insert("x-tessera-zone", value(&route.zone));
+        if let Some(s) = route.slot {
+            parts
+                .headers
+                .insert("x-tessera-slot", value(&format!("{s:02}")));
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        if let (Some(shadow), Some(b)) = (&route.shadow, &buffered) {
+            self.mirror(shadow.addr, &parts.method, &pq, &parts.headers, b.clone());
+        }
+        let can_retry_sent = buffered.is_some() && idempotent(&parts.method);
+        let attempts = if buffered.is_some() {
+            1 + usize::from(route.rule.retries)
+        } else {
+            1
+        };
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_failure = Failed::Other("no endpoint".into());
+        for attempt in 0..attempts {
+            let Some(ep) = pick(&route.candidates, &tried) else {
+                break;
+            };
+            tried.push(ep.addr);
+            let body: UpBody = match (&buffered, streamed.take()) {
+                (Some(b), _) => full(b.clone()),
+                (None, Some(s)) => s,
+                (None, None) => break,
+            };
+            let uri = format!("http://{}{pq}", ep.addr);
+            let mut up = Request::new(body);
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = match uri.parse() {
+                Ok(u) => u,
+                Err(_) => {
+                    return Ok(own(
+                        400,
+                        "bad-uri",
+                        "the request target cannot be forwarded",
+                        &[],
+                    ))
+                }
+            };
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = if attempt + 1 < attempts {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            let guard = InFlight::new(&ep.state);
+            let sent = tokio::time::timeout(route.rule.timeout, self.client.request(up)).await;
+            let failure = match sent {
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    if matches!(status, 502..=504) {
+                        self.metrics
+                            .upstream_failures
+                            .with_label_values(&["5xx"])
+                            .inc();
+                        if self.states.failure(&ep.state) {
+                            self.metrics.ejections.inc();
+                            tracing::warn!(endpoint = %ep.addr, unit = %ep.unit, "Ejected an endpoint after consecutive failures");
+                        }
+                    } else {
+                        self.states.success(&ep.state);
+                    }
+                    let (mut rp, rb) = resp.into_parts();
+                    strip_hop_by_hop(&mut rp.headers);
+                    rp.headers.insert("x-tessera-unit", value(&route.unit));
+                    rp.headers.insert("x-tessera-zone", value(&route.zone));
+                    self.finish(
+                        &parts.method,
+                        &host,
+                        parts.uri.path(),
+                        &route.rule.name,
+                        &route.unit,
+                        &route.zone,
+                        Some(&ep.addr),
+                        status,
+                        "",
+                        start,
+                        attempt + 1,
+                        client,
+                    );
+                    return Ok(Response::from_parts(
+                        rp,
+                        Either::Left(Tracked {
+                            body: rb,
+                            _guard: guard,
+                        }),
+                    ));
+                }
+                Ok(Err(e)) if e.is_connect() => Failed::Connect(e.to_string()),
+                Ok(Err(e)) => Failed::Other(e.to_string()),
+                Err(_) => Failed::Timeout,
+            };
+            drop(guard);
+            let kind = match &failure {
+                Failed::Connect(_) => "connect",
+                Failed::Timeout => "timeout",
+                Failed::Other(_) => "reset",
+            };
+            self.metrics
+                .upstream_failures
+                .with_label_values(&[kind])
+                .inc();
+            if self.states.failure(&ep.state) {
+                self.metrics.ejections.inc();
+                tracing::warn!(endpoint = %ep.addr, unit = %ep.unit, "Ejected an endpoint after consecutive failures");
+            }
+            tracing::debug!(endpoint = %ep.addr, attempt, kind, "Upstream attempt failed");
+            let retry = matches!(failure, Failed::Connect(_)) || can_retry_sent;
+            last_failure = failure;
+            if !retry {
+                break;
+            }
+        }
+        let (status, reason, message) = match last_failure {
+            Failed::Timeout => (
+                504,
+                "upstream-timeout",
+                format!(
+                    "unit {} did not answer within {:?}",
+                    route.unit, route.rule.timeout
+                ),
+            ),
+            Failed::Connect(e) => (
+                502,
+                "upstream-unreachable",
+                format!("no endpoint of unit {} could be reached: {e}", route.unit),
+            ),
+            Failed::Other(e) => (502, "upstream-error", format!("unit {}: {e}", route.unit)),
+        };
+        self.finish(
+            &parts.method,
+            &host,
+            parts.uri.path(),
+            &route.rule.name,
+            &route.unit,
+            &route.zone,
+            tried.last(),
+            status,
+            reason,
+            start,
+            tried.len(),
+            client,
+        );
+        Ok(own(
+            status,
+            reason,
+            &message,
+            &[
+                ("x-tessera-unit", &route.unit),
+                ("x-tessera-zone", &route.zone),
+            ],
+        ))
+    }
+
+    /// Sends a copy to `shadow` in the background; its answer is discarded. Never waits:
+    /// when too many copies are in flight, this one is dropped.
+    fn mirror(
+        &self,
+        shadow: SocketAddr,
+        method: &Method,
+        pq: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) {
+        let Ok(permit) = self.mirrors.clone().try_acquire_owned() else {
+            self.metrics.mirrors.with_label_values(&["dropped"]).inc();
+            return;
+        };
+        let Ok(uri) = format!("http://{shadow}{pq}").parse::<http::Uri>() else {
+            return;
+        };
+        let mut req = Request::new(full(body));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers.clone();
+        req.headers_mut()
+            .insert("x-tessera-mirror", HeaderValue::from_static("1"));
+        let client = self.client.clone();
+        let counter = self.metrics.mirrors.clone();
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(MIRROR_TIMEOUT, async {
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                resp.into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            })
+            .await
+            {
+                Ok(Ok(())) => "sent",
+                _ => "failed",
+            };
+            counter.with_label_values(&[outcome]).inc();
+            drop(permit);
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        method: &Method,
+        host: &str,
+        path: &str,
+        rule: &str,
+        unit: &str,
+        zone: &str,
+        upstream: Option<&SocketAddr>,
+        status: u16,
+        reason: &str,
+        start: Instant,
+        attempts: usize,
+        client: SocketAddr,
+    ) {
+        let elapsed = start.elapsed();
+        let code = itoa_status(status);
+        self.metrics
+            .requests
+            .with_label_values(&[rule, unit, code])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[rule])
+            .observe(elapsed.as_secs_f64());
+        if self.access_log {
+            tracing::info!(
+                target: "tessera::access",
+                method = %method,
+                host,
+                path,
+                rule,
+                unit,
+                zone,
+                upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
+                status,
+                reason,
+                attempts,
+                duration_us = elapsed.as_micros() as u64,
+                client = %client.ip(),
+                "request"
+            );
+        }
+    }
+}
+
+fn itoa_status(s: u16) -> &'static str {
+    match s {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,930 @@
+//! The route table: compiled from the control plane's resources (traffic rules, apps,
+//! instances, units, zones, shard maps), immutable once built, swapped whole. Pure: no I/O.
+//!
+//! A request is matched against the rules (most specific first), then sent by the rule's
+//! mode: `unit` (routing key → slot → shard map → unit → the unit's zone), `global` (the
+//! GZone unit), `city` (the CZone unit of the gateway's region) or `parallel` (any zone,
+//! the local one first, else by weight). Endpoints are filtered by release controls
+//! (canary, blue/green) and by their live state (draining, ejected, unhealthy), which is
+//! shared across tables through [`EndpointStates`].
+
+use crate::model::slot::slot_of;
+use crate::model::specs::{
+    AppSpec, Failover, InstanceSpec, InstanceStatus, KeySource, ShardMapSpec, TrafficRuleSpec,
+    UnitSpec, UnitType, ZoneSpec,
+};
+use crate::model::{Kind, Resource};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The kinds a route table is built from.
+pub const INPUT_KINDS: [Kind; 6] = [
+    Kind::Zone,
+    Kind::Unit,
+    Kind::ShardMap,
+    Kind::App,
+    Kind::Instance,
+    Kind::TrafficRule,
+];
+
+/// What a table is built from: the objects of [`INPUT_KINDS`] as of `revision`. This is
+/// also what the gateway keeps on disk, so it can start without the control plane.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Inputs {
+    pub revision: u64,
+    pub objects: BTreeMap<String, Resource>,
+}
+
+impl Inputs {
+    pub fn key(kind: Kind, name: &str) -> String {
+        format!("{}/{name}", kind.plural())
+    }
+
+    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
+        let prefix = format!("{}/", kind.plural());
+        self.objects
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, r)| r)
+    }
+}
+
+/// Live state of one upstream address, kept across table swaps.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    pub inflight: AtomicUsize,
+    /// Consecutive failures (connect errors, timeouts, 502-504).
+    pub failures: AtomicU32,
+    /// Ejected until this many milliseconds since `EndpointStates::epoch` (0 = not).
+    pub ejected_until_ms: AtomicU64,
+    /// How many times it was ejected in a row (backs off the ejection).
+    pub ejections: AtomicU32,
+    /// Cleared by active health checks while it fails them.
+    pub unhealthy: AtomicBool,
+    pub requests: AtomicU64,
+    /// Active checks failed in a row.
+    pub check_failures: AtomicU32,
+    /// When the next active check is due (ms since `EndpointStates::epoch`).
+    pub next_check_ms: AtomicU64,
+}
+
+/// Every upstream address's [`EndpointState`].
+#[derive(Debug)]
+pub struct EndpointStates {
+    epoch: std::time::Instant,
+    map: Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
+}
+
+impl Default for EndpointStates {
+    fn default() -> Self {
+        EndpointStates {
+            epoch: std::time::Instant::now(),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Failures in a row that eject an endpoint.
+pub const EJECT_AFTER: u32 = 3;
+const EJECT_BASE: Duration = Duration::from_secs(5);
+const EJECT_MAX: Duration = Duration::from_secs(60);
+
+impl EndpointStates {
+    pub fn get(&self, addr: SocketAddr) -> Arc<EndpointState> {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(addr).or_default().clone()
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Drops the states of addresses no table uses any more (idle ones only).
+    pub fn retain(&self, keep: &dyn Fn(&SocketAddr) -> bool) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|a, s| keep(a) || s.inflight.load(Ordering::Relaxed) > 0);
+    }
+
+    pub fn success(&self, s: &EndpointState) {
+        s.failures.store(0, Ordering::Relaxed);
+        s.ejections.store(0, Ordering::Relaxed);
+    }
+
+    /// Records a failure; returns true when it ejected the endpoint.
+    pub fn failure(&self, s: &EndpointState) -> bool {
+        let n = s.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < EJECT_AFTER {
+            return false;
+        }
+        s.failures.store(0, Ordering::Relaxed);
+        let k = s.ejections.fetch_add(1, Ordering::Relaxed).min(4);
+        let d = (EJECT_BASE * 2u32.pow(k)).min(EJECT_MAX);
+        s.ejected_until_ms
+            .store(self.now_ms() + d.as_millis() as u64, Ordering::Relaxed);
+        true
+    }
+
+    fn usable(&self, s: &EndpointState, now: u64) -> bool {
+        !s.unhealthy.load(Ordering::Relaxed) && s.ejected_until_ms.load(Ordering::Relaxed) <= now
+    }
+}
+
+/// One upstream endpoint as a table sees it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub app: Arc<str>,
+    /// The unit it serves (`-` when it serves any).
+    pub unit: Arc<str>,
+    pub zone: Arc<str>,
+    pub version: Option<Arc<str>>,
+    /// The instance it belongs to (absent for static endpoints).
+    pub instance: Option<String>,
+    pub draining: bool,
+    /// The app's health check, probed by the gateway.
+    pub probe: Option<Probe>,
+    pub state: Arc<EndpointState>,
+}
+
+/// An active HTTP health check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+type Ep = Arc<Endpoint>;
+
+#[derive(Debug)]
+enum HostMatch {
+    Any,
+    Exact(String),
+    /// `*.bank.example` → `.bank.example` (one or more labels before it).
+    Suffix(String),
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Debug)]
+struct UnitTarget {
+    unit: Arc<str>,
+    zone: Arc<str>,
+    standby_zone: Option<Arc<str>>,
+    primary: Vec<Ep>,
+    standby: Vec<Ep>,
+    /// Mirror candidates in this unit.
+    shadow: Vec<Ep>,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Slot → unit (None: no unit owns the slot).
+    Unit(Vec<Option<Arc<UnitTarget>>>),
+    Fixed(Arc<UnitTarget>),
+    Parallel {
+        /// Per zone: weight and endpoints.
+        zones: Vec<(Arc<str>, u32, Vec<Ep>)>,
+        local: Option<usize>,
+        shadow: Vec<Ep>,
+    },
+    /// The rule cannot route (e.g. `global` without a GZone): 503 with this reason.
+    Broken(&'static str, String),
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Arc<str>,
+    host: HostMatch,
+    path: PathMatch,
+    methods: Vec<http::Method>,
+    headers: Vec<(http::HeaderName, Option<String>)>,
+    key: TrafficRuleSpec,
+    mode: Mode,
+    pub timeout: Duration,
+    pub retries: u8,
+    pub failover: bool,
+    /// Mirror sampling, percent.
+    pub mirror_percent: u8,
+}
+
+impl Rule {
+    fn specificity(&self) -> (u8, u8, usize, i32) {
+        let host = match self.host {
+            HostMatch::Exact(_) => 2,
+            HostMatch::Suffix(_) => 1,
+            HostMatch::Any => 0,
+        };
+        let (exact, len) = match &self.path {
+            PathMatch::Exact(p) => (1, p.len()),
+            PathMatch::Prefix(p) => (0, p.len()),
+        };
+        (host, exact, len, self.key.priority)
+    }
+}
+
+/// The compiled route table.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// The store revision it was built from.
+    pub revision: u64,
+    pub rules: Vec<Rule>,
+    /// Every endpoint of every app, for the admin listener and health checks.
+    pub endpoints: Vec<Ep>,
+    /// Objects that could not be used, with why (shown on the admin listener).
+    pub problems: Vec<String>,
+}
+
+/// What the proxy needs to know of a request.
+pub struct RequestView<'a> {
+    pub method: &'a http::Method,
+    /// Host without port, lower case.
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// Where a request goes.
+#[derive(Debug)]
+pub enum Decision<'t> {
+    Route(Route<'t>),
+    /// Answer this status with `x-tessera-reason: reason`.
+    Refuse {
+        status: u16,
+        reason: &'static str,
+        message: String,
+        rule: Option<&'t Rule>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Route<'t> {
+    pub rule: &'t Rule,
+    pub unit: Arc<str>,
+    /// The zone served (the standby zone after a failover).
+    pub zone: Arc<str>,
+    pub slot: Option<u8>,
+    pub canary: bool,
+    pub failed_over: bool,
+    /// Usable endpoints, best first is not implied: the proxy picks among them.
+    pub candidates: Vec<Ep>,
+    /// Where a copy goes, if this request is sampled for mirroring.
+    pub shadow: Option<Ep>,
+}
+
+fn spec<T: serde::de::DeserializeOwned>(r: &Resource) -> Option<T> {
+    let v = if r.spec.is_null() {
+        serde_json::json!({})
+    } else {
+        r.spec.clone()
+    };
+    serde_json::from_value(v).ok()
+}
+
+/// Builds the table; `local_zone` is the gateway's own zone (profile `zone`).
+pub fn compile(inputs: &Inputs, local_zone: Option<&str>, states: &EndpointStates) -> RouteTable {
+    let mut problems = Vec::new();
+    let zones: BTreeMap<String, ZoneSpec> = inputs
+        .of_kind(Kind::Zone)
+        .filter_map(|r| Some((r.metadata.name.clone(), spec(r)?)))
+        .collect();
+    let units: BTreeMap<String, UnitSpec> = inputs
+        .of_kind(Kind::Unit)
+        .filter_map(|r| Some((r.metadata.name.clone(), spec(r)?)))
+        .collect();
+    let apps: BTreeMap<String, AppSpec> = inputs
+        .of_kind(Kind::App)
+        .filter_map(|r| Some((r.metadata.name.clone(), spec(r)?)))
+        .collect();
+
+    // Endpoints per app.
+    let mut by_app: BTreeMap<String, Vec<Ep>> = BTreeMap::new();
+    let mut all: Vec<Ep> = Vec::new();
+    let mut add = |app: &str,
+                   addr: SocketAddr,
+                   unit: Option<&str>,
+                   zone: Option<&str>,
+                   version: Option<&str>,
+                   instance: Option<String>,
+                   draining: bool| {
+        let a = apps.get(app);
+        let unit_zone = unit.and_then(|u| units.get(u)).map(|u| u.zone.as_str());
+        let Some(zone) = zone.or(unit_zone) else {
+            return Err(format!(
+                "endpoint {addr} of app `{app}` has neither a zone nor a unit with one"
+            ));
+        };
+        let ep = Arc::new(Endpoint {
+            addr,
+            app: app.into(),
+            unit: unit.unwrap_or("-").into(),
+            zone: zone.into(),
+            version: version.map(Into::into),
+            instance,
+            draining,
+            probe: a.and_then(|a| a.health_check.as_ref()).map(|h| Probe {
+                path: h.path.clone(),
+                interval: Duration::from_secs(u64::from(h.interval_secs)),
+                timeout: Duration::from_secs(u64::from(h.timeout_secs)),
+            }),
+            state: states.get(addr),
+        });
+        by_app.entry(app.to_string()).or_default().push(ep.clone());
+        all.push(ep);
+        Ok(())
+    };
+    for (name, a) in &apps {
+        for e in &a.endpoints {
+            let Ok(addr) = e.address.parse() else {
+                continue;
+            };
+            if let Err(p) = add(
+                name,
+                addr,
+                e.unit.as_deref(),
+                e.zone.as_deref(),
+                e.version.as_deref(),
+                None,
+                false,
+            ) {
+                problems.push(p);
+            }
+        }
+    }
+    for r in inputs.of_kind(Kind::Instance) {
+        let Some(s) = spec::<InstanceSpec>(r) else {
+            continue;
+        };
+        let st: InstanceStatus = serde_json::from_value(r.status.clone()).unwrap_or_default();
+        let Some(addr) = st
+            .endpoint
+            .as_deref()
+            .and_then(|e| e.parse::<SocketAddr>().ok())
+        else {
+            continue; // not started yet
+        };
+        if !st.ready && !st.draining {
+            continue;
+        }
+        if let Err(p) = add(
+            &s.app,
+            addr,
+            Some(&s.unit),
+            st.zone.as_deref(),
+            s.version.as_deref(),
+            Some(r.metadata.name.clone()),
+            st.draining,
+        ) {
+            problems.push(p);
+        }
+    }
+
+    // Slot → unit: the shard map (`default`, else the only one), else the units' own slots.
+    let maps: Vec<(String, ShardMapSpec)> = inputs
+        .of_kind(Kind::ShardMap)
+        .filter_map(|r| Some((r.metadata.name.clone(), spec(r)?)))
+        .collect();
+    let mut slot_unit: Vec<Option<String>> = vec![None; 100];
+    for (name, u) in &units {
+        if u.unit_type == UnitType::RZone {
+            for r in &u.slots {
+                if let Ok(range) = crate::model::specs::parse_slots("", r) {
+                    for s in range {
+                        slot_unit[s as usize] = Some(name.clone());
+                    }
+                }
+            }
+        }
+    }
+    if let Some((_, m)) = maps
+        .iter()
+        .find(|(n, _)| n == "default")
+        .or(if maps.len() == 1 { maps.first() } else { None })
+    {
+        for (range, unit) in &m.slots {
+            if let Ok(range) = crate::model::specs::parse_slots("", range) {
+                for s in range {
+                    slot_unit[s as usize] = Some(unit.clone());
+                }
+            }
+        }
+    }
+
+    let local_region = local_zone
+        .and_then(|z| zones.get(z))
+        .map(|z| z.region.clone());
+    let target = |rule: &TrafficRuleSpec,
+                  unit: &str,
+                  shadow_app: Option<&[Ep]>|
+     -> Option<Arc<UnitTarget>> {
+        let u = units.get(unit)?;
+        let eps = by_app.get(&rule.app).map(Vec::as_slice).unwrap_or(&[]);
+        let serves = |e: &Ep| &*e.unit == unit || &*e.unit == "-";
+        let primary = eps
+            .iter()
+            .filter(|e| serves(e) && *e.zone == *u.zone)
+            .cloned()
+            .collect();
+        let standby = match &u.standby_zone {
+            Some(sz) => eps
+                .iter()
+                .filter(|e| serves(e) && *e.zone == **sz)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let shadow = shadow_app
+            .map(|s| {
+                let same: Vec<Ep> = s.iter().filter(|e| serves(e)).cloned().collect();
+                if same.is_empty() {
+                    s.to_vec()
+                } else {
+                    same
+                }
+            })
+            .unwrap_or_default();
+        Some(Arc::new(UnitTarget {
+            unit: unit.into(),
+            zone: u.zone.as_str().into(),
+            standby_zone: u.standby_zone.as_deref().map(Into::into),
+            primary,
+            standby,
+            shadow,
+        }))
+    };
+
+    let mut rules = Vec::new();
+    for r in inputs.of_kind(Kind::TrafficRule) {
+        let name = r.metadata.name.clone();
+        let Some(s) = spec::<TrafficRuleSpec>(r) else {
+            problems.push(format!("trafficrule `{name}`: spec does not parse"));
+            continue;
+        };
+        let shadow_eps: Option<Vec<Ep>> = s.mirror.as_ref().map(|m| {
+            let app = m.app.as_deref().unwrap_or(&s.app);
+            by_app
+                .get(app)
+                .map(|v| {
+                    v.iter()
+                        .filter(|e| {
+                            m.version
+                                .as_deref()
+                                .is_none_or(|want| e.version.as_deref() == Some(want))
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        let shadow = shadow_eps.as_deref();
+        let mode = if !apps.contains_key(&s.app) {
+            Mode::Broken(
+                "no-app",
+                format!("rule `{name}` names app `{}`, which does not exist", s.app),
+            )
+        } else {
+            match s.route_by.as_str() {
+                "unit" => Mode::Unit(
+                    slot_unit
+                        .iter()
+                        .map(|u| u.as_deref().and_then(|u| target(&s, u, shadow)))
+                        .collect(),
+                ),
+                "global" => match units
+                    .iter()
+                    .find(|(_, u)| u.unit_type == UnitType::GZone)
+                    .and_then(|(n, _)| target(&s, n, shadow))
+                {
+                    Some(t) => Mode::Fixed(t),
+                    None => Mode::Broken(
+                        "no-gzone",
+                        format!("rule `{name}` routes to the GZone, and there is none"),
+                    ),
+                },
+                "city" => {
+                    let czones: Vec<&String> = units
+                        .iter()
+                        .filter(|(_, u)| u.unit_type == UnitType::CZone)
+                        .map(|(n, _)| n)
+                        .collect();
+                    let local = czones.iter().find(|n| {
+                        let z = &units[n.as_str()].zone;
+                        zones.get(z).map(|z| &z.region) == local_region.as_ref()
+                    });
+                    match local.or(czones.first()).and_then(|n| target(&s, n, shadow)) {
+                        Some(t) => Mode::Fixed(t),
+                        None => Mode::Broken(
+                            "no-czone",
+                            format!("rule `{name}` routes to a CZone, and there is none"),
+                        ),
+                    }
+                }
+                _ => {
+                    let eps = by_app.get(&s.app).cloned().unwrap_or_default();
+                    let mut zmap: BTreeMap<Arc<str>, Vec<Ep>> = BTreeMap::new();
+                    for e in eps {
+                        zmap.entry(e.zone.clone()).or_default().push(e);
+                    }
+                    let zones: Vec<(Arc<str>, u32, Vec<Ep>)> = zmap
+                        .into_iter()
+                        .map(|(z, v)| {
+                            let w = s.zone_weights.get(&*z).copied().unwrap_or(1);
+                            (z, w, v)
+                        })
+                        .collect();
+                    let local = if s.local_first {
+                        local_zone.and_then(|lz| zones.iter().position(|(z, _, _)| **z == *lz))
+                    } else {
+                        None
+                    };
+                    Mode::Parallel {
+                        zones,
+                        local,
+                        shadow: shadow_eps.clone().unwrap_or_default(),
+                    }
+                }
+            }
+        };
+        let host = match s.host.as_deref() {
+            None => HostMatch::Any,
+            Some(h) => match h.strip_prefix('*') {
+                Some(suffix) => HostMatch::Suffix(suffix.to_ascii_lowercase()),
+                None => HostMatch::Exact(h.to_ascii_lowercase()),
+            },
+        };
+        let path = match &s.path {
+            Some(p) => PathMatch::Exact(p.clone()),
+            None => PathMatch::Prefix(s.path_prefix.clone()),
+        };
+        let methods = s.methods.iter().filter_map(|m| m.parse().ok()).collect();
+        let headers = s
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let n = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?;
+                Some((n, (v != "*").then(|| v.clone())))
+            })
+            .collect();
+        rules.push(Rule {
+            name: name.as_str().into(),
+            host,
+            path,
+            methods,
+            headers,
+            timeout: Duration::from_millis(u64::from(s.timeout_ms)),
+            retries: s.retries,
+            failover: s.failover == Failover::Standby,
+            mirror_percent: s.mirror.as_ref().map_or(0, |m| m.percent),
+            key: s,
+            mode,
+        });
+    }
+    rules.sort_by(|a, b| {
+        b.specificity()
+            .cmp(&a.specificity())
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    RouteTable {
+        revision: inputs.revision,
+        rules,
+        endpoints: all,
+        problems,
+    }
+}
+
+impl RouteTable {
+    /// The first matching rule (most specific first).
+    pub fn matching(&self, req: &RequestView) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(req))
+    }
+
+    pub fn decide<'t>(&'t self, req: &RequestView, states: &EndpointStates) -> Decision<'t> {
+        let Some(rule) = self.matching(req) else {
+            return Decision::Refuse {
+                status: if self.revision == 0 { 503 } else { 404 },
+                reason: if self.revision == 0 {
+                    "no-route-table"
+                } else {
+                    "no-rule"
+                },
+                message: if self.revision == 0 {
+                    "this gateway has no route table yet".into()
+                } else {
+                    format!(
+                        "no traffic rule matches {} {}{}",
+                        req.method, req.host, req.path
+                    )
+                },
+                rule: None,
+            };
+        };
+        rule.decide(req, states)
+    }
+}
+
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `name` or `name=value` against a lookup.
+fn present<'a>(want: &str, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+    match want.split_once('=') {
+        Some((n, v)) => get(n) == Some(v),
+        None => get(want).is_some(),
+    }
+}
+
+impl Rule {
+    fn matches(&self, req: &RequestView) -> bool {
+        let host_ok = match &self.host {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => req.host == h,
+            HostMatch::Suffix(s) => req.host.len() > s.len() && req.host.ends_with(s.as_str()),
+        };
+        let path_ok = match &self.path {
+            PathMatch::Exact(p) => req.path == p,
+            PathMatch::Prefix(p) => {
+                req.path.starts_with(p.as_str())
+                    && (p.ends_with('/')
+                        || req.path.len() == p.len()
+                        || req.path.as_bytes()[p.len()] == b'/')
+            }
+        };
+        host_ok
+            && path_ok
+            && (self.methods.is_empty() || self.methods.contains(req.method))
+            && self
+                .headers
+                .iter()
+                .all(|(n, v)| match (req.headers.get(n), v) {
+                    (Some(_), None) => true,
+                    (Some(h), Some(v)) => h.as_bytes() == v.as_bytes(),
+                    (None, _) => false,
+                })
+    }
+
+    /// The routing key of a request, if it carries one.
+    pub fn routing_key<'a>(&self, req: &RequestView<'a>) -> Option<&'a str> {
+        let k = &self.key.routing_key;
+        let v = match k.source {
+            KeySource::Header => req
+                .headers
+                .get(k.name.as_str())
+                .and_then(|v| v.to_str().ok()),
+            KeySource::Cookie => cookie(req.headers, &k.name),
+            KeySource::Query => query_param(req.query, &k.name),
+            KeySource::PathSegment => req
+                .path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .nth(usize::from(k.segment)),
+        };
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    fn decide<'t>(&'t self, req: &RequestView, states: &EndpointStates) -> Decision<'t> {
+        let refuse = |status, reason, message: String| Decision::Refuse {
+            status,
+            reason,
+            message,
+            rule: Some(self),
+        };
+        let slot = self.routing_key(req).map(|k| slot_of(k.as_bytes()));
+        let canary = match &self.key.canary {
+            None => false,
+            Some(c) => {
+                c.header.as_deref().is_some_and(|h| {
+                    present(h, |n| req.headers.get(n).and_then(|v| v.to_str().ok()))
+                }) || c
+                    .cookie
+                    .as_deref()
+                    .is_some_and(|h| present(h, |n| cookie(req.headers, n)))
+                    || match slot {
+                        Some(s) => s < c.weight,
+                        None => fastrand::u8(0..100) < c.weight,
+                    }
+            }
+        };
+        let now = states.now_ms();
+        let usable = |e: &&Ep| !e.draining && states.usable(&e.state, now);
+        let filter = |eps: &[Ep]| -> Vec<Ep> {
+            let live: Vec<&Ep> = eps.iter().filter(usable).collect();
+            let live: Vec<&Ep> = match &self.key.active_version {
+                Some(v) => live
+                    .into_iter()
+                    .filter(|e| e.version.as_deref() == Some(v.as_str()))
+                    .collect(),
+                None => live,
+            };
+            let out: Vec<&Ep> = match &self.key.canary {
+                None => live,
+                Some(c) => {
+                    let (canaries, stable): (Vec<&Ep>, Vec<&Ep>) = live
+                        .into_iter()
+                        .partition(|e| e.version.as_deref() == Some(c.version.as_str()));
+                    // An empty side never fails a request: the other one serves it.
+                    match (canary, canaries.is_empty(), stable.is_empty()) {
+                        (true, false, _) | (false, _, true) => canaries,
+                        _ => stable,
+                    }
+                }
+            };
+            out.into_iter().cloned().collect()
+        };
+        let sample = |shadow: &[Ep]| -> Option<Ep> {
+            if self.mirror_percent == 0
+                || shadow.is_empty()
+                || fastrand::u8(0..100) >= self.mirror_percent
+            {
+                return None;
+            }
+            let live: Vec<&Ep> = shadow.iter().filter(usable).collect();
+            (!live.is_empty()).then(|| live[fastrand::usize(..live.len())].clone())
+        };
+        let unit_route = |t: &Arc<UnitTarget>| -> Decision<'t> {
+            let primary = filter(&t.primary);
+            if !primary.is_empty() {
+                return Decision::Route(Route {
+                    rule: self,
+                    unit: t.unit.clone(),
+                    zone: t.zone.clone(),
+                    slot,
+                    canary,
+                    failed_over: false,
+                    candidates: primary,
+                    shadow: sample(&t.shadow),
+                });
+            }
+            if self.failover {
+                let standby = filter(&t.standby);
+                if let (false, Some(z)) = (standby.is_empty(), &t.standby_zone) {
+                    return Decision::Route(Route {
+                        rule: self,
+                        unit: t.unit.clone(),
+                        zone: z.clone(),
+                        slot,
+                        canary,
+                        failed_over: true,
+                        candidates: standby,
+                        shadow: sample(&t.shadow),
+                    });
+                }
+            }
+            refuse(
+                503,
+                "no-healthy-endpoint",
+                format!(
+                    "unit {} has no healthy endpoint of app {} in zone {}{}",
+                    t.unit,
+                    self.key.app,
+                    t.zone,
+                    match (&t.standby_zone, self.failover) {
+                        (Some(z), true) => format!(" nor in its standby zone {z}"),
+                        (Some(_), false) =>
+                            " (the rule does not allow failover to the standby zone)".into(),
+                        _ => String::new(),
+                    }
+                ),
+            )
+        };
+        match &self.mode {
+            Mode::Broken(reason, m) => refuse(503, reason, m.clone()),
+            Mode::Fixed(t) => unit_route(t),
+            Mode::Unit(slots) => {
+                let Some(slot) = slot else {
+                    return refuse(
+                        400,
+                        "no-routing-key",
+                        format!(
+                            "rule `{}` routes by unit: the request needs a routing key ({:?} `{}`)",
+                            self.name, self.key.routing_key.source, self.key.routing_key.name
+                        ),
+                    );
+                };
+                match &slots[usize::from(slot)] {
+                    Some(t) => unit_route(t),
+                    None => refuse(503, "slot-unowned", format!("no unit owns slot {slot:02}")),
+                }
+            }
+            Mode::Parallel {
+                zones,
+                local,
+                shadow,
+            } => {
+                let live: Vec<(usize, Vec<Ep>)> = zones
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, _, eps))| (i, filter(eps)))
+                    .filter(|(_, eps)| !eps.is_empty())
+                    .collect();
+                if live.is_empty() {
+                    return refuse(
+                        503,
+                        "no-healthy-endpoint",
+                        format!("app {} has no healthy endpoint in any zone", self.key.app),
+                    );
+                }
+                let pick = local
+                    .and_then(|l| live.iter().position(|(i, _)| *i == l))
+                    .unwrap_or_else(|| {
+                        let weighted: Vec<(usize, u32)> = live
+                            .iter()
+                            .enumerate()
+                            .map(|(j, (i, _))| (j, zones[*i].1))
+                            .filter(|(_, w)| *w > 0)
+                            .collect();
+                        let total: u32 = weighted.iter().map(|(_, w)| w).sum();
+                        if total == 0 {
+                            return fastrand::usize(..live.len());
+                        }
+                        let mut x = fastrand::u32(0..total);
+                        for (j, w) in &weighted {
+                            if x < *w {
+                                return *j;
+                            }
+                            x -= w;
+                        }
+                        0
+                    });
+                let Some((i, candidates)) = live.into_iter().nth(pick) else {
+                    return refuse(
+                        503,
+                        "no-healthy-endpoint",
+                        format!("app {} has no healthy endpoint in any zone", self.key.app),
+                    );
+                };
+                let zone = zones[i].0.clone();
+                let unit = if candidates.iter().all(|e| e.unit == candidates[0].unit) {
+                    candidates[0].unit.clone()
+                } else {
+                    "-".into()
+                };
+                Decision::Route(Route {
+                    rule: self,
+                    unit,
+                    zone,
+                    slot,
+                    canary,
+                    failed_over: false,
+                    candidates,
+                    shadow: sample(shadow),
+                })
+            }
+        }
+    }
+}
+
+/// Picks one of `candidates` not yet `tried`: the less loaded of two at random.
+pub fn pick(candidates: &[Ep], tried: &[SocketAddr]) -> Option<Ep> {
+    let left: Vec<&Ep> = candidates
+        .iter()
+        .filter(|e| !tried.contains(&e.addr))
+        .collect();
+    match left.len() {
+        0 => None,
+        1 => Some(left[0].clone()),
+        n => {
+            let a = fastrand::usize(..n);
+            let mut b = fastrand::usize(..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let load = |e: &Ep| e.state.inflight.load(Ordering::Relaxed);
+            Some(
+                if load(left[b]) < load(left[a]) {
+                    left[b]
+                } else {
+                    left[a]
+                }
+                .clone(),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

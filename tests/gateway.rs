@@ -1,0 +1,904 @@
+//! The gateway role against a real control node, real `tessera demo-app` backends in two
+//! zones, and real clients: routing by uid from every key source, GZone and parallel
+//! rules, canary, blue/green and mirror, failover to the standby zone, an endpoint killed
+//! under load, changes under load, draining, restart with the control plane down, and
+//! bad clients.
+
+use crate::harness::{http, tessera, Node, BIN};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A `tessera demo-app` process.
+struct Backend {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Backend {
+    fn start(ip: &str, app: &str, unit: &str, zone: &str, version: &str) -> Backend {
+        let mut child = Command::new(BIN)
+            .args([
+                "demo-app",
+                "--listen",
+                &format!("{ip}:0"),
+                "--app",
+                app,
+                "--unit",
+                unit,
+                "--zone",
+                zone,
+                "--app-version",
+                version,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn demo-app");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("demo-app said {line:?}"))
+            .parse()
+            .unwrap();
+        Backend { child, addr }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One HTTP/1.1 request with headers; (status, head lowercased, body).
+fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: api.bank.example\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head.to_ascii_lowercase(), body.to_string()))
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+}
+
+fn uid(gw: SocketAddr, path: &str, uid: &str) -> (u16, String, Value) {
+    let (code, head, body) = send(gw, "GET", path, &[("x-tessera-uid", uid)], "").unwrap();
+    (
+        code,
+        head,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+const ESTATE: &str = r#"
+apiVersion: tessera.io/v1
+kind: Region
+metadata: {name: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Region
+metadata: {name: shanghai}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: hz-a}
+spec: {region: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: hz-b}
+spec: {region: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: sh-a}
+spec: {region: shanghai}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: rz00}
+spec: {type: RZone, zone: hz-a, standbyZone: hz-b, slots: ["00-49"]}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: rz01}
+spec: {type: RZone, zone: hz-b, standbyZone: sh-a, slots: ["50-99"]}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: gz00}
+spec: {type: GZone, zone: hz-a}
+---
+apiVersion: tessera.io/v1
+kind: ShardMap
+metadata: {name: default}
+spec:
+  slots: {"00-49": rz00, "50-99": rz01}
+"#;
+
+/// Control (bootstrap) + a gateway in zone hz-a enrolled with a join token.
+struct Estate {
+    control: Node,
+    gateway: Node,
+    api: SocketAddr,
+    token: String,
+    gw: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// A port free right now on 127.0.0.1 (the control node keeps its ports across the
+/// restart one test makes, so the gateway's `control` URL stays right).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn estate(extra_gateway: &[&str]) -> Estate {
+    let control_profile = format!(
+        "node_name = \"ctl-1\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n",
+        free_port(),
+        free_port()
+    );
+    let mut control = Node::run_profile(&control_profile, &[], &[]);
+    let api = control.addr("control", "api");
+    control.wait_ready(api);
+    let token = control.admin_token();
+    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), ESTATE).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = http(
+        api,
+        "POST",
+        "/api/v1/tokens",
+        Some(&token),
+        r#"{"role": "gateway"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let join: Value = serde_json::from_str(&body).unwrap();
+    let profile = format!(
+        "node_name = \"gw-1\"\nroles = [\"gateway\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\n",
+        join["token"].as_str().unwrap()
+    );
+    let mut gateway = Node::run_profile(&profile, extra_gateway, &[]);
+    let gw = gateway.addr("gateway", "entrance");
+    let admin = gateway.addr("gateway", "admin");
+    gateway.wait_ready(admin);
+    Estate {
+        control,
+        gateway,
+        api,
+        token,
+        gw,
+        admin,
+    }
+}
+
+impl Estate {
+    /// Applies `yaml` and waits until the gateway runs a table at least that new.
+    fn apply(&self, yaml: &str) -> u64 {
+        let (code, _, body) =
+            http(self.api, "POST", "/api/v1/apply", Some(&self.token), yaml).unwrap();
+        assert_eq!(code, 200, "{body}");
+        let rev = serde_json::from_str::<Value>(&body).unwrap()["revision"]
+            .as_u64()
+            .unwrap();
+        self.wait_revision(rev);
+        rev
+    }
+
+    fn wait_revision(&self, rev: u64) -> Duration {
+        let start = Instant::now();
+        loop {
+            let (_, _, body) = http(self.admin, "GET", "/routes", None, "").unwrap();
+            let v: Value = serde_json::from_str(&body).unwrap();
+            if v["revision"].as_u64().unwrap_or(0) >= rev {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "gateway stuck before revision {rev}: {body}\n{}",
+                self.gateway.logs()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        http(self.admin, "GET", "/metrics", None, "").unwrap().2
+    }
+}
+
+fn app(name: &str, endpoints: &[(&Backend, &str, Option<&str>, &str)], health: bool) -> String {
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(b, unit, zone, version)| {
+            let mut e = json!({"address": b.addr.to_string(), "unit": unit, "version": version});
+            if let Some(z) = zone {
+                e["zone"] = json!(z);
+            }
+            e
+        })
+        .collect();
+    let mut spec = json!({"mode": "external", "endpoints": eps});
+    if health {
+        spec["healthCheck"] = json!({"path": "/healthz", "intervalSecs": 1, "timeoutSecs": 1});
+    }
+    format!("---\napiVersion: tessera.io/v1\nkind: App\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+}
+
+fn rule(name: &str, spec: &str) -> String {
+    format!("---\napiVersion: tessera.io/v1\nkind: TrafficRule\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+}
+
+#[test]
+fn routes_every_user_to_the_unit_owning_their_slot() {
+    let e = estate(&[]);
+    let a0 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let a0v2 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v2");
+    let b1 = Backend::start("127.0.0.2", "echo", "rz01", "hz-b", "v1");
+    let g = Backend::start("127.0.0.1", "echo", "gz00", "hz-a", "v1");
+    let wa = Backend::start("127.0.0.1", "web", "-", "hz-a", "v1");
+    let wb = Backend::start("127.0.0.2", "web", "-", "hz-b", "v1");
+    let yaml = [
+        app("echo", &[(&a0, "rz00", None, "v1"), (&a0v2, "rz00", None, "v2"), (&b1, "rz01", None, "v1"), (&g, "gz00", None, "v1")], false),
+        format!("---\napiVersion: tessera.io/v1\nkind: App\nmetadata: {{name: web}}\nspec: {{mode: external, endpoints: [{{address: '{}', zone: hz-a}}, {{address: '{}', zone: hz-b}}]}}\n", wa.addr, wb.addr),
+        rule("by-header", "{app: echo, pathPrefix: /h, activeVersion: v1}"),
+        rule("by-cookie", "{app: echo, pathPrefix: /c, activeVersion: v1, routingKey: {source: cookie, name: uid}}"),
+        rule("by-query", "{app: echo, pathPrefix: /q, activeVersion: v1, routingKey: {source: query, name: uid}}"),
+        rule("by-path", "{app: echo, pathPrefix: /p, activeVersion: v1, routingKey: {source: pathSegment, segment: 1}}"),
+        rule("global", "{app: echo, pathPrefix: /g, routeBy: global}"),
+        rule("parallel", "{app: web, pathPrefix: /w, routeBy: parallel}"),
+        rule("canary", "{app: echo, pathPrefix: /canary, canary: {version: v2, weight: 20, header: x-beta}}"),
+        rule("bluegreen", "{app: echo, pathPrefix: /bg, activeVersion: v2}"),
+        rule("mirror", "{app: echo, pathPrefix: /m, activeVersion: v1, mirror: {percent: 100, version: v2}}"),
+    ]
+    .concat();
+    e.apply(&yaml);
+
+    // Every key source: the slot is the uid's last two digits.
+    for (uid_value, unit, zone) in [
+        ("2088000000000007", "rz00", "hz-a"),
+        ("2088000000000057", "rz01", "hz-b"),
+    ] {
+        let checks: Vec<(u16, String, String)> = vec![
+            send(e.gw, "GET", "/h/x", &[("x-tessera-uid", uid_value)], "").unwrap(),
+            send(
+                e.gw,
+                "GET",
+                "/c",
+                &[("cookie", &format!("a=1; uid={uid_value}"))],
+                "",
+            )
+            .unwrap(),
+            send(e.gw, "GET", &format!("/q?x=1&uid={uid_value}"), &[], "").unwrap(),
+            send(e.gw, "GET", &format!("/p/{uid_value}/orders"), &[], "").unwrap(),
+        ];
+        for (code, head, body) in checks {
+            assert_eq!(code, 200, "{head}\n{body}");
+            assert_eq!(header(&head, "x-tessera-unit"), Some(unit), "{head}");
+            assert_eq!(header(&head, "x-tessera-zone"), Some(zone), "{head}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["unit"], unit, "{body}");
+            assert_eq!(v["version"], "v1", "{body}");
+            // The backend saw the unit too.
+            assert_eq!(v["headers"]["x-tessera-unit"], unit, "{body}");
+        }
+    }
+    // A unitized rule without a routing key: 400 naming why.
+    let (code, head, _) = send(e.gw, "GET", "/h", &[], "").unwrap();
+    assert_eq!(code, 400);
+    assert_eq!(header(&head, "x-tessera-reason"), Some("no-routing-key"));
+    // GZone: every user to gz00.
+    for u in ["1", "99", "abc"] {
+        let (code, head, v) = uid(e.gw, "/g", u);
+        assert_eq!(
+            (code, header(&head, "x-tessera-unit")),
+            (200, Some("gz00")),
+            "{v}"
+        );
+    }
+    // Parallel (not unitized): the gateway's own zone first.
+    let (code, head, v) = uid(e.gw, "/w", "5");
+    assert_eq!(
+        (code, header(&head, "x-tessera-zone")),
+        (200, Some("hz-a")),
+        "{v}"
+    );
+    assert_eq!(v["app"], "web");
+    // Canary by slot (slots 00-19) and by header; blue/green pins v2.
+    assert_eq!(uid(e.gw, "/canary", "2088000000000019").2["version"], "v2");
+    assert_eq!(uid(e.gw, "/canary", "2088000000000020").2["version"], "v1");
+    let (_, _, body) = send(
+        e.gw,
+        "GET",
+        "/canary",
+        &[("x-tessera-uid", "2088000000000030"), ("x-beta", "1")],
+        "",
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["version"],
+        "v2"
+    );
+    assert_eq!(uid(e.gw, "/bg", "2088000000000030").2["version"], "v2");
+    // Canary users stay in their unit: rz01 has no v2 endpoint, so a forced canary
+    // user of slot 57 gets v1 there rather than v2 in another unit.
+    let (code, head, body) = send(
+        e.gw,
+        "GET",
+        "/canary",
+        &[("x-tessera-uid", "2088000000000057"), ("x-beta", "1")],
+        "",
+    )
+    .unwrap();
+    assert_eq!(
+        (code, header(&head, "x-tessera-unit")),
+        (200, Some("rz01")),
+        "{body}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["version"],
+        "v1"
+    );
+    // Mirror: the real request answers from v1, a copy goes to v2.
+    for _ in 0..5 {
+        assert_eq!(uid(e.gw, "/m", "2088000000000011").2["version"], "v1");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !e
+        .metrics()
+        .contains("tessera_gateway_mirrored_total{outcome=\"sent\"} 5")
+    {
+        assert!(Instant::now() < deadline, "{}", e.metrics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // No rule: 404 with a reason.
+    let (code, head, _) = send(e.gw, "GET", "/nothing-here", &[], "").unwrap();
+    assert_eq!(
+        (code, header(&head, "x-tessera-reason")),
+        (404, Some("no-rule"))
+    );
+    // HTTP/2 without TLS (h2c), with curl.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-H",
+            "x-tessera-uid: 2088000000000057",
+            "-D",
+            "-",
+            &format!("http://{}/h/x", e.gw),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/2 200"), "{text}");
+    assert!(text.contains("x-tessera-unit: rz01"), "{text}");
+    // Access log lines are JSON with rule, unit, zone, upstream, status and timing.
+    // Metrics per rule, unit and status.
+    let m = e.metrics();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("tessera_gateway_requests_total{")
+                && l.contains("rule=\"by-header\"")
+                && l.contains("unit=\"rz00\"")
+                && l.contains("code=\"200\"")),
+        "{m}"
+    );
+    assert!(m.contains("tessera_gateway_table_revision"), "{m}");
+}
+
+#[test]
+fn standby_failover_and_an_endpoint_killed_under_load() {
+    let e = estate(&[]);
+    let mut a1 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let mut a2 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let standby = Backend::start("127.0.0.2", "echo", "rz00", "hz-b", "v1");
+    let b1 = Backend::start("127.0.0.2", "echo", "rz01", "hz-b", "v1");
+    e.apply(
+        &[
+            app(
+                "echo",
+                &[
+                    (&a1, "rz00", None, "v1"),
+                    (&a2, "rz00", None, "v1"),
+                    (&standby, "rz00", Some("hz-b"), "v1"),
+                    (&b1, "rz01", None, "v1"),
+                ],
+                true,
+            ),
+            rule("strict", "{app: echo, pathPrefix: /strict}"),
+            rule("failover", "{app: echo, pathPrefix: /, failover: standby}"),
+        ]
+        .concat(),
+    );
+    // Load from two clients while one rz00 endpoint dies: GETs are retried on the other,
+    // no request fails, and none reaches a unit that does not own its slot.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (stop, failed, done, gw) = (stop.clone(), failed.clone(), done.clone(), e.gw);
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                    let slot = (i * 7 + w) % 100;
+                    let want = if slot < 50 { "rz00" } else { "rz01" };
+                    match send(
+                        gw,
+                        "GET",
+                        "/",
+                        &[("x-tessera-uid", &format!("20880000{slot:02}"))],
+                        "",
+                    ) {
+                        Ok((200, head, body)) => {
+                            assert_eq!(header(&head, "x-tessera-unit"), Some(want), "{head}");
+                            let v: Value = serde_json::from_str(&body).unwrap();
+                            assert_eq!(v["unit"], want, "slot {slot} served by {body}");
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push(format!("{other:?}"));
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                errors
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    a1.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let errors: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(done.load(Ordering::Relaxed) > 100, "too few requests");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{errors:?}\n{}",
+        e.gateway.logs()
+    );
+    // The dead endpoint is out: ejected (passive) and failing its checks (active).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = http(e.admin, "GET", "/endpoints", None, "").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let dead = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == a1.addr.to_string())
+            .cloned()
+            .unwrap();
+        if dead["healthy"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The unit's last endpoint in its zone dies: the strict rule answers 503 with a
+    // reason, the failover rule serves from the standby zone, still unit rz00.
+    a2.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, head, v) = uid(e.gw, "/", "2088000000000003");
+        if code == 200 && header(&head, "x-tessera-zone") == Some("hz-b") {
+            assert_eq!(header(&head, "x-tessera-unit"), Some("rz00"));
+            assert_eq!(v["zone"], "hz-b");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failover: {code} {head}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, head, _) = uid(e.gw, "/strict", "2088000000000003");
+    assert_eq!(code, 503, "{head}");
+    assert_eq!(
+        header(&head, "x-tessera-reason"),
+        Some("no-healthy-endpoint")
+    );
+    // rz01 is unaffected.
+    let (code, head, _) = uid(e.gw, "/strict", "2088000000000077");
+    assert_eq!((code, header(&head, "x-tessera-unit")), (200, Some("rz01")));
+}
+
+#[test]
+fn a_hundred_changes_under_load_fail_no_request() {
+    let e = estate(&["--set", "gateway.access_log=false"]);
+    let a = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let b = Backend::start("127.0.0.2", "echo", "rz01", "hz-b", "v1");
+    let endpoints = app(
+        "echo",
+        &[(&a, "rz00", None, "v1"), (&b, "rz01", None, "v1")],
+        false,
+    );
+    e.apply(&[endpoints.clone(), rule("root", "{app: echo}")].concat());
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (stop, failed, done, gw) = (stop.clone(), failed.clone(), done.clone(), e.gw);
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && i < 100_000 {
+                    let slot = (i * 13 + w) % 100;
+                    match send(
+                        gw,
+                        "GET",
+                        "/any",
+                        &[("x-tessera-uid", &format!("7{slot:02}"))],
+                        "",
+                    ) {
+                        Ok((200, _, _)) => {}
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push(format!("{other:?}"));
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                errors
+            })
+        })
+        .collect();
+    // 50 rule changes and 50 shard-map changes (slot 49 moves between the units).
+    let mut lags = Vec::new();
+    for i in 0..100u32 {
+        let yaml = if i % 2 == 0 {
+            rule(
+                "root",
+                &format!("{{app: echo, timeoutMs: {}, priority: {i}}}", 10_000 + i),
+            )
+        } else {
+            let (u0, u1, map) = if i % 4 == 1 {
+                ("00-48", "49-99", "{\"00-48\": rz00, \"49-99\": rz01}")
+            } else {
+                ("00-49", "50-99", "{\"00-49\": rz00, \"50-99\": rz01}")
+            };
+            format!(
+                "---\napiVersion: tessera.io/v1\nkind: Unit\nmetadata: {{name: rz00}}\nspec: {{type: RZone, zone: hz-a, standbyZone: hz-b, slots: [\"{u0}\"]}}\n---\napiVersion: tessera.io/v1\nkind: Unit\nmetadata: {{name: rz01}}\nspec: {{type: RZone, zone: hz-b, standbyZone: sh-a, slots: [\"{u1}\"]}}\n---\napiVersion: tessera.io/v1\nkind: ShardMap\nmetadata: {{name: default}}\nspec: {{slots: {map}}}\n"
+            )
+        };
+        let (code, _, body) = http(e.api, "POST", "/api/v1/apply", Some(&e.token), &yaml).unwrap();
+        assert_eq!(code, 200, "{body}");
+        let rev = serde_json::from_str::<Value>(&body).unwrap()["revision"]
+            .as_u64()
+            .unwrap();
+        lags.push(e.wait_revision(rev));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let errors: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "{errors:?}");
+    assert!(done.load(Ordering::Relaxed) > 100);
+    lags.sort();
+    // Reported, not asserted: commit-to-applied as the API client sees it (the apply
+    // answer, then polling the gateway's admin listener every 2 ms).
+    eprintln!(
+        "gateway apply lag over {} changes under load: p50 {:?} p99 {:?} max {:?} ({} requests served meanwhile)",
+        lags.len(),
+        lags[lags.len() / 2],
+        lags[lags.len() * 99 / 100],
+        lags[lags.len() - 1],
+        done.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn draining_endpoints_get_no_new_requests_and_report_drained() {
+    let e = estate(&[]);
+    let a = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let a2 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v2");
+    e.apply(&[
+        "---\napiVersion: tessera.io/v1\nkind: App\nmetadata: {name: echo}\nspec: {mode: vm, artifact: 'builtin:echo', port: 9000, units: [rz00]}\n".to_string(),
+        "---\napiVersion: tessera.io/v1\nkind: Instance\nmetadata: {name: echo-rz00-0}\nspec: {app: echo, unit: rz00, version: v1}\n".into(),
+        "---\napiVersion: tessera.io/v1\nkind: Instance\nmetadata: {name: echo-rz00-1}\nspec: {app: echo, unit: rz00, version: v2}\n".into(),
+        rule("root", "{app: echo}"),
+    ]
+    .concat());
+    // Instances become endpoints once their status says ready (what agents report).
+    let status = |name: &str, addr: SocketAddr, draining: bool| {
+        let body =
+            json!({"status": {"endpoint": addr.to_string(), "ready": true, "draining": draining}})
+                .to_string();
+        let (code, _, b) = http(
+            e.api,
+            "PUT",
+            &format!("/api/v1/instances/{name}/status"),
+            Some(&e.token),
+            &body,
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{b}");
+        serde_json::from_str::<Value>(&b).unwrap()["metadata"]["revision"]
+            .as_u64()
+            .unwrap()
+    };
+    let (code, head, _) = uid(e.gw, "/", "2088000000000001");
+    assert_eq!(
+        (code, header(&head, "x-tessera-reason")),
+        (503, Some("no-healthy-endpoint"))
+    );
+    let rev = status("echo-rz00-0", a.addr, false);
+    e.wait_revision(rev);
+    assert_eq!(uid(e.gw, "/", "2088000000000001").2["version"], "v1");
+    let drained = |q: &str| -> Value {
+        serde_json::from_str(
+            &http(e.admin, "GET", &format!("/drained?{q}"), None, "")
+                .unwrap()
+                .2,
+        )
+        .unwrap()
+    };
+    assert_eq!(drained("instance=echo-rz00-0")["drained"], false);
+    // A slow request is in flight on v1 when v2 comes up and v1 is marked draining.
+    let gw = e.gw;
+    let slow = std::thread::spawn(move || {
+        send(
+            gw,
+            "GET",
+            "/?delay_ms=2000",
+            &[("x-tessera-uid", "2088000000000001")],
+            "",
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let d = drained("instance=echo-rz00-0");
+    assert_eq!(
+        (d["drained"].clone(), d["inflight"].clone()),
+        (json!(false), json!(1)),
+        "{d}"
+    );
+    status("echo-rz00-1", a2.addr, false);
+    let rev = status("echo-rz00-0", a.addr, true);
+    e.wait_revision(rev);
+    for _ in 0..20 {
+        assert_eq!(
+            uid(e.gw, "/", "2088000000000001").2["version"],
+            "v2",
+            "a draining endpoint got a new request"
+        );
+    }
+    let d = drained(&format!("endpoint={}", a.addr));
+    assert_eq!(
+        (d["routable"].clone(), d["drained"].clone()),
+        (json!(false), json!(false)),
+        "{d}"
+    );
+    let (code, _, body) = slow.join().unwrap();
+    assert_eq!(code, 200, "the in-flight request finished: {body}");
+    assert!(body.contains("\"v1\""), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while drained("instance=echo-rz00-0")["drained"] != true {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(drained("instance=nope")["drained"], true);
+    assert_eq!(http(e.admin, "GET", "/drained", None, "").unwrap().0, 400);
+}
+
+#[test]
+fn a_gateway_restarted_while_control_is_down_serves_its_cached_table() {
+    let mut e = estate(&[]);
+    let a = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let b = Backend::start("127.0.0.2", "echo", "rz01", "hz-b", "v1");
+    e.apply(
+        &[
+            app(
+                "echo",
+                &[(&a, "rz00", None, "v1"), (&b, "rz01", None, "v1")],
+                false,
+            ),
+            rule("root", "{app: echo}"),
+        ]
+        .concat(),
+    );
+    assert_eq!(uid(e.gw, "/", "2088000000000088").0, 200);
+    // The gateway holds its own credential, not a join token's second use.
+    let cred = std::fs::read_to_string(e.gateway.data_dir.join("gateway/credential")).unwrap();
+    assert!(cred.starts_with("tsr_"));
+    e.control.kill();
+    e.gateway.restart();
+    let admin = e.gateway.addr("gateway", "admin");
+    let gw = e.gateway.addr("gateway", "entrance");
+    e.gateway.wait_ready(admin);
+    let (_, _, body) = http(admin, "GET", "/routes", None, "").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["source"], "cache", "{body}");
+    assert_eq!(v["connected"], false, "{body}");
+    for (u, unit) in [("2088000000000088", "rz01"), ("2088000000000011", "rz00")] {
+        let (code, head, _) = uid(gw, "/", u);
+        assert_eq!(
+            (code, header(&head, "x-tessera-unit")),
+            (200, Some(unit)),
+            "{}",
+            e.gateway.logs()
+        );
+    }
+    // Control comes back: the gateway reconnects with its credential.
+    e.control.start_again();
+    let api = e.control.addr("control", "api");
+    e.control.wait_ready(api);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, body) = http(admin, "GET", "/routes", None, "").unwrap();
+        if serde_json::from_str::<Value>(&body).unwrap()["source"] == "control" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}\n{}", e.gateway.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bad_clients_get_clear_answers_and_no_credential_without_a_token() {
+    let e = estate(&[
+        "--set",
+        "gateway.header_read_timeout_secs=1",
+        "--set",
+        "gateway.max_body_bytes=1000",
+    ]);
+    let a = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    e.apply(
+        &[
+            app("echo", &[(&a, "rz00", None, "v1")], false),
+            rule("root", "{app: echo}"),
+        ]
+        .concat(),
+    );
+    // Malformed request line.
+    let mut s = TcpStream::connect(e.gw).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GARBAGE\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Oversized headers.
+    let big = "x".repeat(100_000);
+    let r = send(
+        e.gw,
+        "GET",
+        "/",
+        &[("x-tessera-uid", "1"), ("x-big", &big)],
+        "",
+    );
+    assert!(matches!(r, Ok((431, _, _)) | Err(_)), "{r:?}");
+    // A body over the limit.
+    let (code, head, _) = send(
+        e.gw,
+        "POST",
+        "/",
+        &[("x-tessera-uid", "2088000000000001")],
+        &"b".repeat(2_000),
+    )
+    .unwrap();
+    assert_eq!(
+        (code, header(&head, "x-tessera-reason")),
+        (413, Some("body-too-large"))
+    );
+    // A client that never finishes its head is cut off.
+    let mut s = TcpStream::connect(e.gw).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "slow client kept for {:?}",
+        start.elapsed()
+    );
+    // Still serving.
+    assert_eq!(uid(e.gw, "/", "2088000000000001").0, 200);
+    // A gateway with a forged join token (the right CA, a made-up secret) is refused
+    // with a clear message and never becomes ready.
+    let (_, _, body) = http(
+        e.api,
+        "POST",
+        "/api/v1/tokens",
+        Some(&e.token),
+        r#"{"role": "gateway"}"#,
+    )
+    .unwrap();
+    let real: Value = serde_json::from_str(&body).unwrap();
+    let fp = real["token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let profile = format!(
+        "node_name = \"gw-forged\"\nroles = [\"gateway\"]\ndata_dir = \"DATA\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{}\"]\njoin_token = \"tsr1.{fp}.forged\"\n",
+        e.api
+    );
+    let mut forged = Node::run_profile(&profile, &[], &[]);
+    let admin = forged.addr("gateway", "admin");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !forged.logs().contains("not known to this cluster") {
+        assert!(Instant::now() < deadline, "{}", forged.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http(admin, "GET", "/readyz", None, "").unwrap().0, 503);
+    // A control-role join token is no gateway credential either.
+    let (_, _, body) = http(
+        e.api,
+        "POST",
+        "/api/v1/tokens",
+        Some(&e.token),
+        r#"{"role": "control"}"#,
+    )
+    .unwrap();
+    let control_token: Value = serde_json::from_str(&body).unwrap();
+    let out = tessera(
+        &[
+            "get",
+            "apps",
+            "--server",
+            &format!("http://{}", e.api),
+            "--token",
+            control_token["token"].as_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+}
