@@ -27,7 +27,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BASELINE=${BASELINE:-/work/shared/bench/http-proxy-baseline.sh}
 SAVE=${SAVE:-0}
 export GW_PORT=${GW_PORT:-18090} GW_IP=${GW_IP:-127.0.0.1} WORKERS=${WORKERS:-1}
-TESSERA_BIN=$(bash "$HERE/tessera-cluster.sh" bin)
+TESSERA_BIN=$(TESSERA_CLUSTER_DIR=/nonexistent bash "$HERE/tessera-cluster.sh" bin)
 export TESSERA_BIN
 export PROXY_CMD="bash $HERE/gateway-target.sh"
 export PROXY_URL="http://$GW_IP:$GW_PORT/?uid=2088000000000007"

@@ -217,6 +217,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove("proxy-connection");
 }
 
+fn upstream_uri(authority: &http::uri::Authority, pq: &http::uri::PathAndQuery) -> http::Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(pq.clone());
+    // ok: scheme, authority and path are all set, which is all from_parts checks
+    http::Uri::from_parts(parts).unwrap_or_default()
+}
+
 fn full(b: Bytes) -> UpBody {
     Full::new(b)
         .map_err(|e: Infallible| -> BoxError { match e {} })
@@ -467,10 +476,16 @@ impl Gateway {
         let pq = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         if let (Some(shadow), Some(b)) = (&route.shadow, &buffered) {
-            self.mirror(shadow.addr, &parts.method, &pq, &parts.headers, b.clone());
+            self.mirror(
+                shadow.authority.clone(),
+                &parts.method,
+                &pq,
+                &parts.headers,
+                b.clone(),
+            );
         }
         let can_retry_sent = buffered.is_some() && idempotent(&parts.method);
         let attempts = if buffered.is_some() {
@@ -490,22 +505,13 @@ impl Gateway {
                 (None, Some(s)) => s,
                 (None, None) => break,
             };
-            let uri = format!("http://{}{pq}", ep.addr);
             let mut up = Request::new(body);
             *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = match uri.parse() {
-                Ok(u) => u,
-                Err(_) => {
-                    return Ok(own(
-                        400,
-                        "bad-uri",
-                        "the request target cannot be forwarded",
-                        &[],
-                    ))
-                }
-            };
+            *up.uri_mut() = upstream_uri(&ep.authority, &pq);
             *up.version_mut() = Version::HTTP_11;
-            *up.headers_mut() = if attempt + 1 < attempts {
+            // Keep a copy of the headers only while another endpoint could be tried.
+            let retry_possible = attempt + 1 < attempts && route.candidates.len() > tried.len();
+            *up.headers_mut() = if retry_possible {
                 parts.headers.clone()
             } else {
                 std::mem::take(&mut parts.headers)
@@ -623,9 +629,9 @@ impl Gateway {
     /// when too many copies are in flight, this one is dropped.
     fn mirror(
         &self,
-        shadow: SocketAddr,
+        shadow: http::uri::Authority,
         method: &Method,
-        pq: &str,
+        pq: &http::uri::PathAndQuery,
         headers: &HeaderMap,
         body: Bytes,
     ) {
@@ -633,9 +639,7 @@ impl Gateway {
             self.metrics.mirrors.with_label_values(&["dropped"]).inc();
             return;
         };
-        let Ok(uri) = format!("http://{shadow}{pq}").parse::<http::Uri>() else {
-            return;
-        };
+        let uri = upstream_uri(&shadow, pq);
         let mut req = Request::new(full(body));
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;

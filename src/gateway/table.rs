@@ -137,6 +137,8 @@ impl EndpointStates {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority (built once, not per request).
+    pub authority: http::uri::Authority,
     pub app: Arc<str>,
     /// The unit it serves (`-` when it serves any).
     pub unit: Arc<str>,
@@ -323,8 +325,12 @@ pub fn compile(inputs: &Inputs, local_zone: Option<&str>, states: &EndpointState
                 "endpoint {addr} of app `{app}` has neither a zone nor a unit with one"
             ));
         };
+        let Ok(authority) = http::uri::Authority::try_from(addr.to_string()) else {
+            return Err(format!("endpoint {addr} of app `{app}` is not a URI authority"));
+        };
         let ep = Arc::new(Endpoint {
             addr,
+            authority,
             app: app.into(),
             unit: unit.unwrap_or("-").into(),
             zone: zone.into(),
@@ -732,6 +738,9 @@ impl Rule {
         let now = states.now_ms();
         let usable = |e: &&Ep| !e.draining && states.usable(&e.state, now);
         let filter = |eps: &[Ep]| -> Vec<Ep> {
+            if self.key.active_version.is_none() && self.key.canary.is_none() {
+                return eps.iter().filter(usable).cloned().collect();
+            }
             let live: Vec<&Ep> = eps.iter().filter(usable).collect();
             let live: Vec<&Ep> = match &self.key.active_version {
                 Some(v) => live
