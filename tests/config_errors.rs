@@ -100,6 +100,11 @@ fn unparseable_address_is_named() {
     refused(&toml, &[], &[], &["FILE", "gateway.listen", "IP:PORT"]);
     let toml = format!("{GOOD}\n[gateway]\nadmin_listen = \"gw.example:7403\"\n");
     refused(&toml, &[], &[], &["gateway.admin_listen", "IP:PORT"]);
+    // The HTTPS entrance without a certificate, and a certificate entry without its key.
+    let toml = format!("{GOOD}\n[gateway]\ntls_listen = \"127.0.0.1:8443\"\n");
+    refused(&toml, &[], &[], &["gateway.tls_listen", "certificates"]);
+    let toml = format!("{GOOD}\n[gateway]\ntls_listen = \"127.0.0.1:8443\"\n[[gateway.certificates]]\ncert = \"/x.pem\"\n");
+    refused(&toml, &[], &[], &["gateway.certificates", "key"]);
 }
 
 #[test]

@@ -176,6 +176,11 @@ fn free_port() -> u16 {
 }
 
 fn estate(extra_gateway: &[&str]) -> Estate {
+    estate_with("", extra_gateway)
+}
+
+/// [`estate`] with `gateway_toml` appended to the gateway's profile (after `[gateway]`).
+fn estate_with(gateway_toml: &str, extra_gateway: &[&str]) -> Estate {
     let control_profile = format!(
         "node_name = \"ctl-1\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n",
         free_port(),
@@ -200,7 +205,7 @@ fn estate(extra_gateway: &[&str]) -> Estate {
     let profile = format!(
         "node_name = \"gw-1\"\nroles = [\"gateway\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\n",
         join["token"].as_str().unwrap()
-    );
+    ) + gateway_toml;
     let mut gateway = Node::run_profile(&profile, extra_gateway, &[]);
     let gw = gateway.addr("gateway", "entrance");
     let admin = gateway.addr("gateway", "admin");
@@ -901,4 +906,93 @@ fn bad_clients_get_clear_answers_and_no_credential_without_a_token() {
         &[],
     );
     assert!(!out.status.success());
+}
+
+#[test]
+fn https_entrance_picks_certificates_by_sni_and_speaks_h2_and_http1() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tessera test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let mut toml = String::from("tls_listen = \"127.0.0.1:0\"\n");
+    for (file, names) in [
+        ("bank", vec!["api.bank.example"]),
+        ("shop", vec!["*.shop.example"]),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.into_iter().map(String::from).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, file);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let (c, k) = (
+            dir.path().join(format!("{file}.pem")),
+            dir.path().join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        toml.push_str(&format!(
+            "[[gateway.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            c.display(),
+            k.display()
+        ));
+    }
+    let mut e = estate_with(&toml, &[]);
+    let https = e.gateway.addr("gateway", "https");
+    let a = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    e.apply(
+        &[
+            app("echo", &[(&a, "rz00", None, "v1")], false),
+            rule("root", "{app: echo}"),
+        ]
+        .concat(),
+    );
+    let curl = |host: &str, extra: &[&str]| -> (bool, String) {
+        let mut args = vec![
+            "-sS".to_string(),
+            "-D".into(),
+            "-".into(),
+            "--max-time".into(),
+            "10".into(),
+            "--cacert".into(),
+            dir.path().join("ca.pem").display().to_string(),
+            "--resolve".into(),
+            format!("{host}:{}:127.0.0.1", https.port()),
+            "-H".into(),
+            "x-tessera-uid: 2088000000000007".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("https://{host}:{}/", https.port()));
+        let out = Command::new("curl").args(&args).output().expect("curl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // ALPN: HTTP/2 by default, HTTP/1.1 when the client asks for it.
+    let (ok, text) = curl("api.bank.example", &[]);
+    assert!(
+        ok && text.starts_with("http/2 200"),
+        "{text}\n{}",
+        e.gateway.logs()
+    );
+    assert!(text.contains("x-tessera-unit: rz00"), "{text}");
+    assert!(text.contains("\"x-forwarded-proto\":\"https\""), "{text}");
+    let (ok, text) = curl("api.bank.example", &["--http1.1"]);
+    assert!(ok && text.starts_with("http/1.1 200"), "{text}");
+    // SNI picks the wildcard certificate for a shop host (curl verifies the name).
+    let (ok, text) = curl("m.shop.example", &[]);
+    assert!(ok && text.starts_with("http/2 200"), "{text}");
+    // An unknown name gets the default (first) certificate, which does not name it.
+    let (ok, _) = curl("other.example", &[]);
+    assert!(!ok, "a certificate for other.example was presented");
+    // The plain entrance still serves.
+    assert_eq!(uid(e.gw, "/", "2088000000000007").0, 200);
 }

@@ -106,7 +106,7 @@ async fn echo(State(id): State<Arc<Identity>>, req: Request) -> Response {
         .unwrap_or(StatusCode::OK);
     let mut seen = Map::new();
     for (k, v) in req.headers() {
-        if k.as_str().starts_with("x-tessera-") || k == "x-forwarded-for" {
+        if k.as_str().starts_with("x-tessera-") || k.as_str().starts_with("x-forwarded-") {
             seen.insert(
                 k.as_str().to_string(),
                 Value::from(v.to_str().unwrap_or("")),

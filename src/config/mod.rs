@@ -12,8 +12,8 @@ pub use addr::ListenAddr;
 pub use error::{ConfigError, Problem};
 pub use load::{load, Overrides, Source};
 pub use schema::{
-    AgentConfig, ControlConfig, DbproxyConfig, GatewayConfig, LogConfig, LogFormat, Role,
-    TlsConfig, UserConfig,
+    AgentConfig, ControlConfig, DbproxyConfig, GatewayCertificate, GatewayConfig, LogConfig,
+    LogFormat, Role, TlsConfig, UserConfig,
 };
 pub use validate::{check_url, validate, RuntimeConfig};
 

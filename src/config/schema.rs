@@ -230,6 +230,24 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// A client must send a request's head within this time (slow clients are cut off).
     pub header_read_timeout_secs: u64,
+    /// HTTPS entrance (TLS with SNI and ALPN h2/http1.1); off unless set. Needs
+    /// `certificates`.
+    pub tls_listen: Option<ListenAddr>,
+    /// Certificates served on `tls_listen`, chosen by SNI; the first is the default.
+    pub certificates: Vec<GatewayCertificate>,
+}
+
+/// One certificate of the gateway's HTTPS entrance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayCertificate {
+    /// PEM certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Host names it serves (`*.domain` allowed); default: the DNS names in the certificate.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -244,6 +262,8 @@ impl Default for GatewayConfig {
             max_body_bytes: 16 << 20,
             max_header_bytes: 64 << 10,
             header_read_timeout_secs: 10,
+            tls_listen: None,
+            certificates: Vec::new(),
         }
     }
 }

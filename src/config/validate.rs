@@ -231,6 +231,12 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
         if g.header_read_timeout_secs == 0 {
             c.fail("gateway.header_read_timeout_secs", "must be at least 1");
         }
+        if g.tls_listen.is_some() && g.certificates.is_empty() {
+            c.fail(
+                "gateway.tls_listen",
+                "the HTTPS entrance needs at least one [[gateway.certificates]] entry (cert, key)",
+            );
+        }
     }
 
     check_port_clashes(&mut c, &listeners(&roles, &cfg));
@@ -281,6 +287,9 @@ fn listeners(roles: &[Role], cfg: &UserConfig) -> Vec<(String, ListenAddr)> {
             Role::Gateway => {
                 push("gateway.listen", cfg.gateway.listen);
                 push("gateway.admin_listen", cfg.gateway.admin_listen);
+                if let Some(a) = cfg.gateway.tls_listen {
+                    push("gateway.tls_listen", a);
+                }
             }
             Role::Dbproxy => {
                 push("dbproxy.listen", cfg.dbproxy.listen);

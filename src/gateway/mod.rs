@@ -13,6 +13,7 @@
 mod feed;
 mod proxy;
 pub mod table;
+mod tls;
 
 use crate::admin;
 use crate::config::Role;
@@ -40,10 +41,23 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let health = ctx.metrics.health(Role::Gateway);
     let entrance = bind_tcp("gateway.listen", g.listen.0).await?;
     let admin_l = bind_tcp("gateway.admin_listen", g.admin_listen.0).await?;
-    let listeners = vec![
+    let mut listeners = vec![
         ("entrance", local_addr(&entrance, g.listen.0)),
         ("admin", local_addr(&admin_l, g.admin_listen.0)),
     ];
+    let https = match g.tls_listen {
+        Some(addr) => {
+            let (config, resolver) =
+                tls::server_config(&g.certificates).map_err(|message| RoleError::Failed {
+                    role: Role::Gateway,
+                    message: format!("gateway.certificates: {message}"),
+                })?;
+            let l = bind_tcp("gateway.tls_listen", addr.0).await?;
+            listeners.push(("https", local_addr(&l, addr.0)));
+            Some((l, config, resolver))
+        }
+        None => None,
+    };
     let gateway = Arc::new(Gateway::new(
         GatewayMetrics::new(ctx.metrics.registry()),
         g.access_log,
@@ -98,13 +112,31 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                     health.set_ready();
                 })
             };
-            let (a, b) = tokio::join!(
-                serve_entrance(entrance, gateway, &g, shutdown.clone()),
-                admin::serve(admin_l, admin_router, shutdown)
+            let secure = async {
+                match https {
+                    Some((l, config, resolver)) => {
+                        let reload = tokio::spawn(tls::reload(
+                            g.certificates.clone(),
+                            resolver,
+                            shutdown.clone(),
+                        ));
+                        let r =
+                            serve_entrance(l, Some(config), gateway.clone(), &g, shutdown.clone())
+                                .await;
+                        let _ = reload.await;
+                        r
+                    }
+                    None => Ok(()),
+                }
+            };
+            let (a, b, c) = tokio::join!(
+                serve_entrance(entrance, None, gateway.clone(), &g, shutdown.clone()),
+                admin::serve(admin_l, admin_router, shutdown.clone()),
+                secure
             );
             let _ = tokio::join!(feed_task, checks, ready);
             health.set_not_ready("stopped");
-            a.and(b).map_err(|source| RoleError::Serve {
+            a.and(b).and(c).map_err(|source| RoleError::Serve {
                 role: Role::Gateway,
                 what: "listener",
                 source,
@@ -113,10 +145,15 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     }))
 }
 
+/// How long a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Accepts client connections (at most `max_connections` open) and serves HTTP/1.1 and
-/// h2c on them; on shutdown stops accepting and lets open requests finish.
+/// HTTP/2 on them (h2c, or over TLS with `tls`, ALPN choosing); on shutdown stops
+/// accepting and lets open requests finish.
 async fn serve_entrance(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     gateway: Arc<Gateway>,
     cfg: &crate::config::GatewayConfig,
     shutdown: CancellationToken,
@@ -156,17 +193,53 @@ async fn serve_entrance(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
-        let service = hyper::service::service_fn(move |req| gw.clone().handle(req, peer));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(client = %peer, error = %e, "Client connection ended with an error");
+        let secure = tls.is_some();
+        let service = hyper::service::service_fn(move |req| gw.clone().handle(req, peer, secure));
+        match &tls {
+            None => {
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(client = %peer, error = %e, "Client connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                let (builder, watcher, failures) = (
+                    builder.clone(),
+                    graceful.watcher(),
+                    gateway.metrics.tls_failures.clone(),
+                );
+                tokio::spawn(async move {
+                    let tls_stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                failures.inc();
+                                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                failures.inc();
+                                tracing::debug!(client = %peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls_stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(client = %peer, error = %e, "Client connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     // In-flight requests finish; the process's drain deadline bounds this.

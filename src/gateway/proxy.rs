@@ -55,6 +55,7 @@ pub struct GatewayMetrics {
     pub table_swaps: IntGauge,
     pub endpoints: IntGaugeVec,
     pub ejections: prometheus::IntCounter,
+    pub tls_failures: prometheus::IntCounter,
 }
 
 impl GatewayMetrics {
@@ -115,6 +116,11 @@ impl GatewayMetrics {
                 &["state"],
             )
             .expect("static metric"),
+            tls_failures: prometheus::IntCounter::new(
+                "tessera_gateway_tls_handshake_failures_total",
+                "Client TLS handshakes that failed or timed out.",
+            )
+            .expect("static metric"),
             ejections: prometheus::IntCounter::new(
                 "tessera_gateway_ejections_total",
                 "Endpoints ejected after consecutive failures.",
@@ -129,6 +135,7 @@ impl GatewayMetrics {
         let _ = registry.register(Box::new(m.table_swaps.clone()));
         let _ = registry.register(Box::new(m.endpoints.clone()));
         let _ = registry.register(Box::new(m.ejections.clone()));
+        let _ = registry.register(Box::new(m.tls_failures.clone()));
         m
     }
 }
@@ -333,6 +340,7 @@ impl Gateway {
         self: Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
+        secure: bool,
     ) -> Result<Response<RespBody>, Infallible> {
         let start = Instant::now();
         let table = self.table.load_full();
@@ -463,9 +471,10 @@ impl Gateway {
             None => client.ip().to_string(),
         };
         parts.headers.insert("x-forwarded-for", value(&xff));
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        parts.headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if secure { "https" } else { "http" }),
+        );
         parts.headers.insert("x-tessera-unit", value(&route.unit));
         parts.headers.insert("x-tessera-zone", value(&route.zone));
         if let Some(s) = route.slot {

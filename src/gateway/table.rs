@@ -326,7 +326,9 @@ pub fn compile(inputs: &Inputs, local_zone: Option<&str>, states: &EndpointState
             ));
         };
         let Ok(authority) = http::uri::Authority::try_from(addr.to_string()) else {
-            return Err(format!("endpoint {addr} of app `{app}` is not a URI authority"));
+            return Err(format!(
+                "endpoint {addr} of app `{app}` is not a URI authority"
+            ));
         };
         let ep = Arc::new(Endpoint {
             addr,
