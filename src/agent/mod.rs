@@ -1,6 +1,9 @@
-//! The agent role: the control plane's hand on each machine. Today it serves its admin
-//! endpoints and keeps a probe of the control plane; it is ready once the control plane
-//! answers. Enrolment, VM-mode instances and log collection build on this.
+//! The agent role: the control plane's hand on each machine. It enrols for its own
+//! credential (`api::enroll`), registers its node and keeps its heartbeat, and runs the
+//! VM-mode instances placed on it (`supervisor.rs`). It is ready once the control plane
+//! answers. Artifacts, logs and events build on this.
+
+mod supervisor;
 
 use crate::admin;
 use crate::config::Role;
@@ -23,6 +26,28 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         None => None,
     };
     let urls = ctx.control_urls(&cfg.agent.control);
+    let url_strings: Vec<String> = urls
+        .iter()
+        .map(|u| u.to_string().trim_end_matches('/').to_string())
+        .collect();
+    let credential = crate::api::enroll::ServiceCredential {
+        role: "agent",
+        node_name: cfg.node_name.clone(),
+        urls: url_strings.clone(),
+        join_token: cfg.agent.join_token.clone(),
+        admin_token: cfg
+            .has(Role::Control)
+            .then(|| cfg.data_dir.join("admin.token")),
+        file: cfg.data_dir.join("agent").join("credential"),
+    };
+    let supervisor = supervisor::Supervisor::new(
+        cfg.node_name.clone(),
+        cfg.zone.clone(),
+        cfg.agent.instance_ip,
+        cfg.agent.port_range().unwrap_or(20000..=29999),
+        cfg.data_dir.join("agent"),
+        cfg.agent.stop_workloads_on_exit,
+    );
     let gauge = ctx.metrics.control_reachable(Role::Agent);
     let router = admin::router(health.clone(), ctx.metrics.clone());
     Ok(Bound::new(Role::Agent, listeners, move |shutdown| {
@@ -35,6 +60,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 Some(health.clone()),
                 shutdown.clone(),
             ));
+            let work = tokio::spawn(work(credential, url_strings, supervisor, shutdown.clone()));
             let serve_main = admin::serve(main, router.clone(), shutdown.clone());
             let result = match extra {
                 Some(l) => {
@@ -44,6 +70,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 None => serve_main.await,
             };
             let _ = probe.await;
+            let _ = work.await;
             health.set_not_ready("stopped");
             result.map_err(|source| RoleError::Serve {
                 role: Role::Agent,
@@ -52,4 +79,34 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             })
         })
     }))
+}
+
+/// Enrols (retrying while the control plane is away), then supervises until shutdown.
+async fn work(
+    credential: crate::api::enroll::ServiceCredential,
+    urls: Vec<String>,
+    supervisor: supervisor::Supervisor,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(300);
+    let token = loop {
+        match credential.get(&shutdown).await {
+            Ok(Some(t)) => break t,
+            Ok(None) => return,
+            Err(e) => tracing::warn!(error = %e, "Agent enrolment failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    };
+    let Some(url) = urls.first() else { return };
+    let client = match crate::api::Client::new(url, Some(token)) {
+        Ok(c) => c.with_timeout(Duration::from_secs(10)),
+        Err(e) => return tracing::error!(error = %e, "Agent cannot use its control URL"),
+    };
+    if let Err(e) = supervisor.run(client, shutdown).await {
+        tracing::error!(error = %e, "Agent supervisor stopped");
+    }
 }

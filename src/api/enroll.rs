@@ -167,6 +167,107 @@ async fn tls_post(
     Ok((status, bytes))
 }
 
+/// A gateway's, agent's or DB proxy's own API credential: kept in a file, obtained once
+/// by exchanging a join token of its role over TLS with the leader
+/// (`POST /api/v1/join/credential`). A role co-located with a control node (`tessera
+/// up`) mints itself a short-lived join token with the local `admin.token` and exchanges
+/// it the same way: it never runs on the admin credential.
+pub struct ServiceCredential {
+    /// `gateway`, `agent` or `dbproxy`.
+    pub role: &'static str,
+    pub node_name: String,
+    pub urls: Vec<String>,
+    pub join_token: Option<String>,
+    /// `<data_dir>/admin.token` when a control role runs in this process.
+    pub admin_token: Option<std::path::PathBuf>,
+    /// Where the credential is kept (0600).
+    pub file: std::path::PathBuf,
+}
+
+impl ServiceCredential {
+    /// The token: from the file, or enrolled now (None: shut down meanwhile).
+    pub async fn get(&self, shutdown: &CancellationToken) -> Result<Option<String>, String> {
+        if let Ok(t) = std::fs::read_to_string(&self.file) {
+            if !t.trim().is_empty() {
+                return Ok(Some(t.trim().to_string()));
+            }
+        }
+        let join_token = match (&self.join_token, &self.admin_token) {
+            (Some(t), _) => t.clone(),
+            (None, Some(admin)) => self.mint_join_token(admin).await?,
+            (None, None) => {
+                return Err(format!(
+                    "this {role} has no credential: set {role}.join_token (from `tessera token create --role {role}`)",
+                    role = self.role
+                ))
+            }
+        };
+        let pinned = token_fingerprint(&join_token)?.to_string();
+        let body = serde_json::json!({"token": join_token, "name": self.node_name});
+        let Some(v) = call_cluster(
+            &self.urls,
+            &pinned,
+            "/api/v1/join/credential",
+            &body,
+            shutdown,
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
+        let token = v["token"]
+            .as_str()
+            .ok_or("the enrollment answer has no token")?
+            .to_string();
+        if let Some(dir) = self.file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        crate::util::write_atomic(&self.file, format!("{token}\n").as_bytes(), 0o600)
+            .map_err(|e| format!("{}: {e}", self.file.display()))?;
+        tracing::info!(user = %v["user"], role = self.role, "Enrolled with the control plane");
+        Ok(Some(token))
+    }
+
+    /// Forgets a credential the control plane refused, if it can enroll again.
+    pub fn forget(&self) {
+        if self.join_token.is_some() || self.admin_token.is_some() {
+            let _ = std::fs::remove_file(&self.file);
+        }
+    }
+
+    /// A short-lived join token of this role, minted with the co-located admin token.
+    async fn mint_join_token(&self, admin: &std::path::Path) -> Result<String, String> {
+        let admin_token = std::fs::read_to_string(admin).map_err(|e| {
+            format!(
+                "{} (the local control role writes it once it leads): {e}",
+                admin.display()
+            )
+        })?;
+        let mut last = String::from("no control URL");
+        for url in &self.urls {
+            let client = Client::new(url, Some(admin_token.trim().to_string()))
+                .map_err(|e| e.to_string())?;
+            match client
+                .call::<Value>(
+                    Method::POST,
+                    "/api/v1/tokens",
+                    Some(&serde_json::json!({"role": self.role, "ttl_secs": 600})),
+                )
+                .await
+            {
+                Ok(v) => {
+                    return v["token"]
+                        .as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| "the token answer has no token".into())
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!("minting a {} join token: {last}", self.role))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -11,6 +11,11 @@ pub fn up(a: UpArgs, log_format: Option<LogFormat>) -> ExitCode {
     let embedded = vec![
         ("roles".to_string(), format!("[{}]", roles.join(", "))),
         ("control.bootstrap".to_string(), "true".to_string()),
+        // One machine, one process: Ctrl-C stops the demo's instances too.
+        (
+            "agent.stop_workloads_on_exit".to_string(),
+            "true".to_string(),
+        ),
         (
             "data_dir".to_string(),
             format!(

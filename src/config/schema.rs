@@ -192,8 +192,16 @@ pub struct AgentConfig {
     pub admin_listen: Option<ListenAddr>,
     /// Control plane URLs; defaults to the local control role when it runs in this process.
     pub control: Vec<String>,
-    /// Token from `tessera token create --role agent`.
+    /// Token from `tessera token create --role agent`, exchanged once for the agent's
+    /// own credential (kept in `<data_dir>/agent/credential`).
     pub join_token: Option<String>,
+    /// The address instances listen on and are registered at.
+    pub instance_ip: std::net::IpAddr,
+    /// Ports handed to instances (`PORT`), `LOW-HIGH`.
+    pub ports: String,
+    /// Stop the instances when the agent stops (`tessera up` does); by default they keep
+    /// running and a restarted agent adopts them again.
+    pub stop_workloads_on_exit: bool,
 }
 
 impl Default for AgentConfig {
@@ -203,7 +211,19 @@ impl Default for AgentConfig {
             admin_listen: None,
             control: Vec::new(),
             join_token: None,
+            instance_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            ports: "20000-29999".into(),
+            stop_workloads_on_exit: false,
         }
+    }
+}
+
+impl AgentConfig {
+    /// `ports` as a range (validated at load).
+    pub fn port_range(&self) -> Option<std::ops::RangeInclusive<u16>> {
+        let (a, b) = self.ports.split_once('-')?;
+        let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (a >= 1024 && a <= b).then_some(a..=b)
     }
 }
 

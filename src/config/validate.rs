@@ -220,6 +220,15 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
         }
     }
 
+    if has(Role::Agent) && cfg.agent.port_range().is_none() {
+        c.fail(
+            "agent.ports",
+            format!(
+                "`{}` is not a port range: expected LOW-HIGH within 1024-65535",
+                cfg.agent.ports
+            ),
+        );
+    }
     if has(Role::Gateway) {
         let g = &cfg.gateway;
         if g.max_connections == 0 {

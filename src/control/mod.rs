@@ -126,11 +126,16 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             };
             let chores = tokio::spawn(housekeeping::run(
                 node.clone(),
-                clock,
+                clock.clone(),
                 history_revisions,
                 shutdown.clone(),
             ));
             let gauges = tokio::spawn(metrics::run(node.clone(), registry, shutdown.clone()));
+            let reconcilers = tokio::spawn(http::reconcile(
+                node.clone(),
+                clock.clone(),
+                shutdown.clone(),
+            ));
             let renewals = renew.map(|(dir, days)| {
                 tokio::spawn(certs::run(node.clone(), dir, days, shutdown.clone()))
             });
@@ -183,6 +188,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             readiness.abort();
             chores.abort();
             gauges.abort();
+            reconcilers.abort();
             if let Some(r) = renewals {
                 r.abort();
             }

@@ -20,7 +20,6 @@ use crate::model::{Kind, Resource};
 use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use serde_json::json;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,12 +43,9 @@ pub struct FeedStatus {
 
 pub struct Feed {
     pub urls: Vec<String>,
-    pub join_token: Option<String>,
+    pub credential: crate::api::enroll::ServiceCredential,
     /// `<data_dir>/gateway`.
     pub dir: PathBuf,
-    /// `<data_dir>/admin.token` when a control role runs in this process.
-    pub admin_token: Option<PathBuf>,
-    pub node_name: String,
     pub local_zone: Option<String>,
     pub gateway: Arc<Gateway>,
     pub status: Arc<Mutex<FeedStatus>>,
@@ -77,10 +73,6 @@ struct WatchEvent {
 impl Feed {
     fn cache_path(&self) -> PathBuf {
         self.dir.join("routes.json")
-    }
-
-    fn credential_path(&self) -> PathBuf {
-        self.dir.join("credential")
     }
 
     fn set_status(&self, f: impl FnOnce(&mut FeedStatus)) {
@@ -142,7 +134,7 @@ impl Feed {
         let mut backoff = Duration::from_millis(200);
         loop {
             let started = Instant::now();
-            let outcome = match self.credential(&shutdown).await {
+            let outcome = match self.credential.get(&shutdown).await {
                 Ok(Some(token)) => self.sync(&token, &mut held, &shutdown).await,
                 Ok(None) => Stop::Shutdown,
                 Err(e) => Stop::Relist(e),
@@ -154,9 +146,7 @@ impl Feed {
                 Stop::Unauthorized(e) => {
                     tracing::error!(error = %e, "The control plane refused this gateway's credential; enrolling again needs a new gateway.join_token");
                     self.set_status(|s| s.last_error = Some(e));
-                    if self.join_token.is_some() || self.admin_token.is_some() {
-                        let _ = std::fs::remove_file(self.credential_path());
-                    }
+                    self.credential.forget();
                 }
                 Stop::Relist(e) => {
                     tracing::warn!(error = %e, "Route feed interrupted; serving the current table and retrying");
@@ -176,79 +166,6 @@ impl Feed {
         if held.revision > 0 {
             self.save(&held);
         }
-    }
-
-    /// The gateway's API token: from its file, or enrolled now.
-    async fn credential(&self, shutdown: &CancellationToken) -> Result<Option<String>, String> {
-        if let Ok(t) = std::fs::read_to_string(self.credential_path()) {
-            if !t.trim().is_empty() {
-                return Ok(Some(t.trim().to_string()));
-            }
-        }
-        let join_token = match (&self.join_token, &self.admin_token) {
-            (Some(t), _) => t.clone(),
-            (None, Some(admin)) => self.mint_join_token(admin).await?,
-            (None, None) => {
-                return Err("this gateway has no credential: set gateway.join_token (from `tessera token create --role gateway`)".into())
-            }
-        };
-        let pinned = crate::api::enroll::token_fingerprint(&join_token)?.to_string();
-        let body = json!({"token": join_token, "name": self.node_name});
-        let Some(v) = crate::api::enroll::call_cluster(
-            &self.urls,
-            &pinned,
-            "/api/v1/join/credential",
-            &body,
-            shutdown,
-        )
-        .await?
-        else {
-            return Ok(None);
-        };
-        let token = v["token"]
-            .as_str()
-            .ok_or("the enrollment answer has no token")?
-            .to_string();
-        crate::util::write_atomic(
-            &self.credential_path(),
-            format!("{token}\n").as_bytes(),
-            0o600,
-        )
-        .map_err(|e| format!("{}: {e}", self.credential_path().display()))?;
-        tracing::info!(user = %v["user"], "Enrolled with the control plane");
-        Ok(Some(token))
-    }
-
-    /// A short-lived gateway join token, minted with the co-located admin token.
-    async fn mint_join_token(&self, admin: &std::path::Path) -> Result<String, String> {
-        let admin_token = std::fs::read_to_string(admin).map_err(|e| {
-            format!(
-                "{} (the local control role writes it once it leads): {e}",
-                admin.display()
-            )
-        })?;
-        let mut last = String::from("no control URL");
-        for url in &self.urls {
-            let client = Client::new(url, Some(admin_token.trim().to_string()))
-                .map_err(|e| e.to_string())?;
-            match client
-                .call::<serde_json::Value>(
-                    http::Method::POST,
-                    "/api/v1/tokens",
-                    Some(&json!({"role": "gateway", "ttl_secs": 600})),
-                )
-                .await
-            {
-                Ok(v) => {
-                    return v["token"]
-                        .as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| "the token answer has no token".into())
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(format!("minting a gateway join token: {last}"))
     }
 
     /// Lists, installs, then follows the watch until it cannot continue.

@@ -67,18 +67,24 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         source: "none".into(),
         ..FeedStatus::default()
     }));
+    let urls: Vec<String> = ctx
+        .control_urls(&g.control)
+        .iter()
+        .map(|u| u.to_string().trim_end_matches('/').to_string())
+        .collect();
     let feed = Feed {
-        urls: ctx
-            .control_urls(&g.control)
-            .iter()
-            .map(|u| u.to_string().trim_end_matches('/').to_string())
-            .collect(),
-        join_token: g.join_token.clone(),
+        credential: crate::api::enroll::ServiceCredential {
+            role: "gateway",
+            node_name: cfg.node_name.clone(),
+            urls: urls.clone(),
+            join_token: g.join_token.clone(),
+            admin_token: cfg
+                .has(Role::Control)
+                .then(|| cfg.data_dir.join("admin.token")),
+            file: cfg.data_dir.join("gateway").join("credential"),
+        },
+        urls,
         dir: cfg.data_dir.join("gateway"),
-        admin_token: cfg
-            .has(Role::Control)
-            .then(|| cfg.data_dir.join("admin.token")),
-        node_name: cfg.node_name.clone(),
         local_zone: cfg.zone.clone(),
         gateway: gateway.clone(),
         status: status.clone(),

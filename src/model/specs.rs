@@ -493,6 +493,7 @@ pub fn service_reads(role: &str) -> Option<&'static [Kind]> {
         "dbproxy" => Some(&[Kind::Zone, Kind::Unit, Kind::ShardMap, Kind::DataSource]),
         "agent" => Some(&[
             Kind::Zone,
+            Kind::Unit,
             Kind::Cluster,
             Kind::Node,
             Kind::App,

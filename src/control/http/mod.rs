@@ -12,6 +12,7 @@ pub mod join;
 mod kv;
 mod lease;
 mod openapi;
+mod placement;
 mod resources;
 mod shardmaps;
 mod status;
@@ -45,6 +46,15 @@ pub struct Routers {
     /// The peer listener, to members only: the protected API, for requests a follower
     /// forwards to the leader. No fallback, so it merges with the Raft routes.
     pub forwarded: Router,
+}
+
+/// The reconcilers that run on the leader (placement of VM-mode instances).
+pub async fn reconcile(
+    node: RaftNode,
+    leases: LeaseClock,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    placement::run(ApiState { node, leases }, shutdown).await;
 }
 
 /// The API's routers (see [`Routers`]).

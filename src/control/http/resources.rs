@@ -91,6 +91,11 @@ pub(super) fn may_read(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// An agent registers and updates its own node (user `agent-<node>`), nothing else.
+pub(super) fn own_node(caller: &Caller, kind: Kind, name: &str) -> bool {
+    caller.role == "agent" && kind == Kind::Node && caller.user.strip_prefix("agent-") == Some(name)
+}
+
 pub(super) fn may_write(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
     let ok = match kind.writers() {
         Writers::Admin => caller.role == "admin",
@@ -142,6 +147,47 @@ struct Snapshot {
     head: HeadAt,
     world: World,
     revision: u64,
+}
+
+/// Every object of `kinds` as of one snapshot (for reconcilers).
+pub(super) fn read_world(s: &ApiState, kinds: &[Kind]) -> Result<World, String> {
+    read_kinds(s, kinds)
+        .map(|snap| snap.world)
+        .map_err(|e| e.message)
+}
+
+/// Commits `want` as tessera itself (`user` names the component, e.g.
+/// `system:placement`), validated and audited like any change. Leader only.
+pub(super) async fn commit_system(
+    s: &ApiState,
+    user: &str,
+    verb: &str,
+    want: Want,
+) -> Result<u64, String> {
+    let caller = Caller {
+        user: user.into(),
+        role: "admin".into(),
+    };
+    let ctx = RequestContext {
+        request_id: format!(
+            "{user}-{}",
+            crate::util::hex(&crate::util::random_bytes::<6>().unwrap_or_default())
+        ),
+        source: "control".into(),
+    };
+    let uri = Uri::from_static("/api/v1/apply");
+    let headers = HeaderMap::new();
+    let original = Original {
+        method: Method::POST,
+        uri: &uri,
+        headers: &headers,
+        body: Bytes::new(),
+    };
+    match commit(s, &caller, &ctx, verb, &want, &Extra::None, &original).await {
+        Ok(Ok((_, rev))) => Ok(rev),
+        Ok(Err(_)) => Err("not the leader".into()),
+        Err(e) => Err(e.message),
+    }
 }
 
 /// The audit head and every object of `kinds`, from one snapshot.
@@ -737,8 +783,12 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let ctx = context(ctx);
     let kind = kind_of(&uri)?;
-    if let Err(e) = may_write(&caller, kind) {
-        return Err(audit::refuse(&s, &caller, &ctx, "update", kind.singular(), &name, e).await);
+    if !own_node(&caller, kind, &name) {
+        if let Err(e) = may_write(&caller, kind) {
+            return Err(
+                audit::refuse(&s, &caller, &ctx, "update", kind.singular(), &name, e).await,
+            );
+        }
     }
     let body = body?;
     let mut obj: Resource =

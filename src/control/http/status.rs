@@ -29,8 +29,9 @@ const MAX_STATUS: usize = 64 << 10;
 
 /// `PUT /api/v1/{kinds}/{name}/status {status, revision?}`: replaces the status that
 /// tessera's own components (agents, reconcilers) report, leaving spec and labels alone.
-/// Admin only until components get roles of their own. Not audited: status is observed
-/// state, not a change anyone declares, and it changes with every heartbeat.
+/// Admins, and agents for their own node and the instances placed on it. Not audited:
+/// status is observed state, not a change anyone declares, and it changes with every
+/// heartbeat.
 pub async fn put_status(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -40,7 +41,19 @@ pub async fn put_status(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&uri)?;
-    caller.require_admin()?;
+    // An agent reports on its own node and its instances (checked on the object below).
+    let agent_node = (caller.role == "agent")
+        .then(|| caller.user.strip_prefix("agent-").map(str::to_string))
+        .flatten()
+        .filter(|_| {
+            matches!(
+                kind,
+                crate::model::Kind::Node | crate::model::Kind::Instance
+            )
+        });
+    if agent_node.is_none() {
+        caller.require_admin()?;
+    }
     let (b, raw): (StatusBody, Bytes) =
         super::error::parse_body(body, "{\"status\": {...}, \"revision\"?: N}")?;
     if !b.status.is_object() {
@@ -95,6 +108,22 @@ pub async fn put_status(
             });
         }
         let mut obj = decode(&kv)?;
+        if let Some(own) = &agent_node {
+            let mine = match kind {
+                crate::model::Kind::Node => name == *own,
+                _ => obj.spec.get("node").and_then(|n| n.as_str()) == Some(own.as_str()),
+            };
+            if !mine {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "user `{}` reports only on node `{own}` and the instances placed on it",
+                        caller.user
+                    ),
+                ));
+            }
+        }
         obj.metadata.revision = None;
         obj.status = b.status.clone();
         let value = serde_json::to_string(&obj).map_err(|e| ApiError::internal("encode", e))?;

@@ -1,0 +1,640 @@
+//! The agent's work loop: register this machine as a node and keep its heartbeat, run
+//! the VM-mode instances placed on it as supervised processes, and report each one's
+//! status (endpoint, readiness) so gateways route to it.
+//!
+//! - Registration: `PUT /api/v1/nodes/<node>` when the node does not exist yet (zone,
+//!   address, capacity read from the machine); then `PUT …/status` every few seconds
+//!   with the heartbeat and the machine's facts. Placement treats a node whose
+//!   heartbeat is older than 20 s as down.
+//! - Instances: every second the agent lists the instances placed on it. A new one is
+//!   started (`builtin:echo` runs this binary's `demo-app`; otherwise the app's
+//!   `command`), with `PORT` from `agent.ports` and `TESSERA_APP/UNIT/ZONE/VERSION/
+//!   INSTANCE`, in its own process group, output to
+//!   `<data_dir>/agent/instances/<name>/{stdout,stderr}.log`. It is ready once its health
+//!   check (the app's `healthCheck` path, else a TCP connect) passes; a crash restarts it
+//!   with backoff (1 s doubling to 30 s). An instance no longer placed here is stopped:
+//!   SIGTERM after a grace for gateways to stop sending, SIGKILL after 5 s more.
+//! - Restart: the agent keeps `<data_dir>/agent/instances.json` (pid and port per
+//!   instance) and adopts processes still running when it starts again.
+
+use crate::api::Client;
+use crate::model::specs::{AppSpec, InstanceSpec, UnitSpec};
+use crate::model::Resource;
+use http::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const TICK: Duration = Duration::from_secs(1);
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Between an instance leaving the table and its SIGTERM: gateways stop sending to it.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub struct Supervisor {
+    pub node: String,
+    pub zone: Option<String>,
+    pub ip: IpAddr,
+    pub ports: RangeInclusive<u16>,
+    /// `<data_dir>/agent`.
+    pub dir: PathBuf,
+    pub stop_on_exit: bool,
+    pub exe: PathBuf,
+    procs: BTreeMap<String, Proc>,
+    last_heartbeat: Option<Instant>,
+}
+
+/// What is kept on disk to adopt running instances after a restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Kept {
+    pid: u32,
+    port: u16,
+    #[serde(default)]
+    launch: String,
+}
+
+struct Proc {
+    child: Option<tokio::process::Child>,
+    pid: Option<u32>,
+    port: u16,
+    /// What it was started with (app spec + version); a change restarts it.
+    launch: String,
+    ready: bool,
+    restarts: u32,
+    next_start: Instant,
+    backoff: Duration,
+    phase: &'static str,
+    message: Option<String>,
+    /// Set once it is no longer placed here: when that happened.
+    leaving: Option<Instant>,
+    term_sent: Option<Instant>,
+    reported: Option<Value>,
+    unit_zone: String,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(p, sig);
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Whether process `pid` was started for `instance` (its environment says so).
+fn is_instance(pid: u32, instance: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| {
+            env.split(|b| *b == 0)
+                .any(|kv| kv == format!("TESSERA_INSTANCE={instance}").as_bytes())
+        })
+        .unwrap_or(false)
+}
+
+fn machine_facts() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let mem_kb: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_default();
+    json!({
+        "hostname": read("/proc/sys/kernel/hostname").trim(),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "os": os,
+        "cpus": cpus,
+        "memoryMb": mem_kb / 1024,
+        "agentVersion": crate::telemetry::VERSION,
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Supervisor {
+    pub fn new(
+        node: String,
+        zone: Option<String>,
+        ip: IpAddr,
+        ports: RangeInclusive<u16>,
+        dir: PathBuf,
+        stop_on_exit: bool,
+    ) -> Supervisor {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tessera"));
+        Supervisor {
+            node,
+            zone,
+            ip,
+            ports,
+            dir,
+            stop_on_exit,
+            exe,
+            procs: BTreeMap::new(),
+            last_heartbeat: None,
+        }
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("instances.json")
+    }
+
+    fn save(&self) {
+        let kept: BTreeMap<&String, Kept> = self
+            .procs
+            .iter()
+            .filter_map(|(n, p)| {
+                Some((
+                    n,
+                    Kept {
+                        pid: p.pid?,
+                        port: p.port,
+                        launch: p.launch.clone(),
+                    },
+                ))
+            })
+            .collect();
+        if let Ok(body) = serde_json::to_vec(&kept) {
+            if let Err(e) = crate::util::write_atomic(&self.state_path(), &body, 0o600) {
+                tracing::warn!(error = %e, "Saving the instance list failed");
+            }
+        }
+    }
+
+    /// Adopts instances that kept running while the agent was away.
+    fn adopt(&mut self) {
+        let Ok(bytes) = std::fs::read(self.state_path()) else {
+            return;
+        };
+        let Ok(kept) = serde_json::from_slice::<BTreeMap<String, Kept>>(&bytes) else {
+            return;
+        };
+        for (name, k) in kept {
+            if pid_alive(k.pid) && is_instance(k.pid, &name) {
+                tracing::info!(instance = %name, pid = k.pid, port = k.port, "Adopted a running instance");
+                self.procs.insert(
+                    name,
+                    Proc {
+                        child: None,
+                        pid: Some(k.pid),
+                        port: k.port,
+                        launch: k.launch,
+                        ready: false,
+                        restarts: 0,
+                        next_start: Instant::now(),
+                        backoff: Duration::from_secs(1),
+                        phase: "running",
+                        message: None,
+                        leaving: None,
+                        term_sent: None,
+                        reported: None,
+                        unit_zone: String::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    pub async fn run(mut self, client: Client, shutdown: CancellationToken) -> Result<(), String> {
+        let _ = std::fs::create_dir_all(self.dir.join("instances"));
+        self.adopt();
+        self.register(&client).await;
+        loop {
+            if let Err(e) = self.tick(&client).await {
+                tracing::warn!(error = %e, "Agent pass failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+        if self.stop_on_exit {
+            self.stop_all().await;
+        } else {
+            self.save();
+        }
+        Ok(())
+    }
+
+    async fn register(&self, client: &Client) {
+        let path = format!("/api/v1/nodes/{}", self.node);
+        match client.send(Method::GET, &path, None).await {
+            Ok((s, _)) if s == http::StatusCode::NOT_FOUND => {
+                let facts = machine_facts();
+                let mut spec = json!({
+                    "address": self.ip.to_string(),
+                    "capacity": {
+                        "cpuMillis": facts["cpus"].as_u64().unwrap_or(1) * 1000,
+                        "memoryMb": facts["memoryMb"],
+                    },
+                });
+                if let Some(z) = &self.zone {
+                    spec["zone"] = json!(z);
+                }
+                let body = json!({"apiVersion": crate::model::API_VERSION, "kind": "Node", "metadata": {"name": self.node}, "spec": spec});
+                match client.call::<Value>(Method::PUT, &path, Some(&body)).await {
+                    Ok(_) => tracing::info!(node = %self.node, "Registered this machine as a node"),
+                    Err(e) => tracing::warn!(error = %e, "Registering the node failed"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Reading this node failed"),
+        }
+    }
+
+    async fn heartbeat(&mut self, client: &Client) {
+        if self.last_heartbeat.is_some_and(|t| t.elapsed() < HEARTBEAT) {
+            return;
+        }
+        let mut status = machine_facts();
+        status["heartbeatMs"] = json!(now_ms());
+        status["instances"] = json!(self.procs.len());
+        let path = format!("/api/v1/nodes/{}/status", self.node);
+        match client
+            .call::<Value>(Method::PUT, &path, Some(&json!({"status": status})))
+            .await
+        {
+            Ok(_) => self.last_heartbeat = Some(Instant::now()),
+            Err(e) if e.status() == Some(404) => self.register(client).await,
+            Err(e) => tracing::warn!(error = %e, "Node heartbeat failed"),
+        }
+    }
+
+    async fn tick(&mut self, client: &Client) -> Result<(), String> {
+        self.heartbeat(client).await;
+        let list = |kind: &str| {
+            let path = format!("/api/v1/{kind}");
+            async move {
+                client
+                    .call::<crate::api::List>(Method::GET, &path, None::<&()>)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let instances = list("instances").await?;
+        let apps = list("apps").await?;
+        let units = list("units").await?;
+        let apps: BTreeMap<String, (Resource, Option<AppSpec>)> = apps
+            .items
+            .into_iter()
+            .map(|r| {
+                let s = serde_json::from_value(r.spec.clone()).ok();
+                (r.metadata.name.clone(), (r, s))
+            })
+            .collect();
+        let units: BTreeMap<String, UnitSpec> = units
+            .items
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.metadata.name.clone(),
+                    serde_json::from_value(r.spec.clone()).ok()?,
+                ))
+            })
+            .collect();
+        let mut mine = BTreeMap::new();
+        for i in instances.items {
+            let Ok(s) = serde_json::from_value::<InstanceSpec>(i.spec.clone()) else {
+                continue;
+            };
+            if s.node.as_deref() == Some(self.node.as_str()) {
+                mine.insert(i.metadata.name.clone(), s);
+            }
+        }
+        // Instances no longer placed here leave.
+        for (name, p) in self.procs.iter_mut() {
+            if !mine.contains_key(name) && p.leaving.is_none() {
+                tracing::info!(instance = %name, "Instance no longer placed here; draining it");
+                p.leaving = Some(Instant::now());
+            }
+        }
+        for (name, spec) in &mine {
+            let Some((_, Some(app))) = apps.get(&spec.app) else {
+                continue;
+            };
+            let unit_zone = units
+                .get(&spec.unit)
+                .map(|u| u.zone.clone())
+                .unwrap_or_default();
+            let version = spec.version.clone().unwrap_or_else(|| "v1".into());
+            let launch = format!(
+                "{}|{}|{}",
+                serde_json::to_string(app).unwrap_or_default(),
+                version,
+                spec.unit
+            );
+            let restart = self
+                .procs
+                .get(name)
+                .is_some_and(|p| p.launch != launch && !p.launch.is_empty());
+            if restart {
+                tracing::info!(instance = %name, "Instance definition changed; restarting it");
+                if let Some(p) = self.procs.get_mut(name) {
+                    stop_now(p).await;
+                }
+                self.procs.remove(name);
+            }
+            if !self.procs.contains_key(name) {
+                let port = self.free_port();
+                self.procs.insert(
+                    name.clone(),
+                    Proc {
+                        child: None,
+                        pid: None,
+                        port,
+                        launch: launch.clone(),
+                        ready: false,
+                        restarts: 0,
+                        next_start: Instant::now(),
+                        backoff: Duration::from_secs(1),
+                        phase: "starting",
+                        message: None,
+                        leaving: None,
+                        term_sent: None,
+                        reported: None,
+                        unit_zone: unit_zone.clone(),
+                    },
+                );
+            }
+            let Some(p) = self.procs.get_mut(name) else {
+                continue;
+            };
+            p.unit_zone = unit_zone;
+            if p.launch.is_empty() {
+                p.launch = launch; // adopted: take the current definition as its own
+            }
+            self.supervise(name, spec, app, &version).await;
+        }
+        self.stop_leaving().await;
+        self.save();
+        self.report(client).await;
+        Ok(())
+    }
+
+    fn free_port(&self) -> u16 {
+        let used: Vec<u16> = self.procs.values().map(|p| p.port).collect();
+        for port in self.ports.clone() {
+            if used.contains(&port) {
+                continue;
+            }
+            if std::net::TcpListener::bind(SocketAddr::new(self.ip, port)).is_ok() {
+                return port;
+            }
+        }
+        *self.ports.start()
+    }
+
+    /// Keeps one instance running and finds out whether it is ready.
+    async fn supervise(&mut self, name: &str, spec: &InstanceSpec, app: &AppSpec, version: &str) {
+        let (ip, exe, dir) = (
+            self.ip,
+            self.exe.clone(),
+            self.dir.join("instances").join(name),
+        );
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        if p.leaving.is_some() {
+            return;
+        }
+        // Reap an exit.
+        let exited = match (&mut p.child, p.pid) {
+            (Some(c), _) => match c.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                _ => None,
+            },
+            (None, Some(pid)) if !pid_alive(pid) => Some("exited".into()),
+            _ => None,
+        };
+        if let Some(how) = exited {
+            tracing::warn!(instance = %name, status = %how, restarts = p.restarts, "Instance exited; restarting it with backoff");
+            p.child = None;
+            p.pid = None;
+            p.ready = false;
+            p.restarts += 1;
+            p.phase = "restarting";
+            p.message = Some(format!("exited: {how}"));
+            p.next_start = Instant::now() + p.backoff;
+            p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+        }
+        if p.pid.is_none() && Instant::now() >= p.next_start {
+            let argv: Vec<String> = if app.artifact.as_deref() == Some("builtin:echo")
+                && app.command.is_empty()
+            {
+                vec![
+                    exe.display().to_string(),
+                    "demo-app".into(),
+                    "--listen".into(),
+                    SocketAddr::new(ip, p.port).to_string(),
+                ]
+            } else if !app.command.is_empty() {
+                app.command.clone()
+            } else {
+                p.phase = "failed";
+                p.message = Some(format!(
+                    "artifact `{}`: fetching artifacts is not built yet; give the app a `command` or use builtin:echo",
+                    app.artifact.as_deref().unwrap_or("")
+                ));
+                return;
+            };
+            let _ = std::fs::create_dir_all(&dir);
+            let open = |f: &str| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(f))
+            };
+            let (Ok(out), Ok(err)) = (open("stdout.log"), open("stderr.log")) else {
+                p.phase = "failed";
+                p.message = Some(format!("cannot write logs under {}", dir.display()));
+                return;
+            };
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..])
+                .envs(&app.env)
+                .env("PORT", p.port.to_string())
+                .env("TESSERA_APP", &spec.app)
+                .env("TESSERA_UNIT", &spec.unit)
+                .env("TESSERA_ZONE", &p.unit_zone)
+                .env("TESSERA_VERSION", version)
+                .env("TESSERA_INSTANCE", name)
+                .stdin(std::process::Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0)
+                .kill_on_drop(false);
+            match cmd.spawn() {
+                Ok(child) => {
+                    p.pid = child.id();
+                    p.child = Some(child);
+                    p.phase = "starting";
+                    tracing::info!(instance = %name, pid = ?p.pid, port = p.port, "Started an instance");
+                }
+                Err(e) => {
+                    p.phase = "failed";
+                    p.message = Some(format!("cannot start `{}`: {e}", argv[0]));
+                    p.next_start = Instant::now() + p.backoff;
+                    p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        if p.pid.is_some() {
+            let addr = SocketAddr::new(ip, p.port);
+            let ok = match app.health_check.as_ref() {
+                Some(h) => http_ok(addr, &h.path).await,
+                None => tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            };
+            if ok != p.ready {
+                tracing::info!(instance = %name, ready = ok, "Instance readiness changed");
+            }
+            p.ready = ok;
+            if ok {
+                p.phase = "running";
+                p.backoff = Duration::from_secs(1);
+            }
+        }
+    }
+
+    async fn stop_leaving(&mut self) {
+        let mut gone = Vec::new();
+        for (name, p) in self.procs.iter_mut() {
+            let Some(since) = p.leaving else { continue };
+            match (p.pid, p.term_sent) {
+                (None, _) => gone.push(name.clone()),
+                (Some(pid), None) if since.elapsed() >= DRAIN_GRACE => {
+                    signal(pid, rustix::process::Signal::TERM);
+                    p.term_sent = Some(Instant::now());
+                }
+                (Some(pid), Some(t)) => {
+                    let reaped = match &mut p.child {
+                        Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+                        None => !pid_alive(pid),
+                    };
+                    if reaped {
+                        tracing::info!(instance = %name, "Stopped an instance");
+                        gone.push(name.clone());
+                    } else if t.elapsed() >= STOP_GRACE {
+                        signal(pid, rustix::process::Signal::KILL);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for n in gone {
+            self.procs.remove(&n);
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for p in self.procs.values_mut() {
+            stop_now(p).await;
+        }
+        self.procs.clear();
+        let _ = std::fs::remove_file(self.state_path());
+    }
+
+    /// Writes each instance's status when it changed.
+    async fn report(&mut self, client: &Client) {
+        let zone = self.zone.clone();
+        for (name, p) in self.procs.iter_mut() {
+            if p.leaving.is_some() {
+                continue;
+            }
+            let status = json!({
+                "endpoint": SocketAddr::new(self.ip, p.port).to_string(),
+                "zone": zone.clone().unwrap_or_else(|| p.unit_zone.clone()),
+                "ready": p.ready,
+                "draining": false,
+                "phase": p.phase,
+                "pid": p.pid,
+                "restarts": p.restarts,
+                "message": p.message,
+            });
+            if p.reported.as_ref() == Some(&status) {
+                continue;
+            }
+            let path = format!("/api/v1/instances/{name}/status");
+            match client
+                .call::<Value>(Method::PUT, &path, Some(&json!({"status": status})))
+                .await
+            {
+                Ok(_) => p.reported = Some(status),
+                Err(e) => {
+                    tracing::warn!(instance = %name, error = %e, "Reporting instance status failed")
+                }
+            }
+        }
+    }
+}
+
+async fn stop_now(p: &mut Proc) {
+    let Some(pid) = p.pid else { return };
+    signal(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let done = match &mut p.child {
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+            None => !pid_alive(pid),
+        };
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(pid, rustix::process::Signal::KILL);
+    if let Some(c) = &mut p.child {
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.wait()).await;
+    }
+}
+
+/// One HTTP/1.1 GET; true on a 2xx answer within a second.
+async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.ok()?;
+        let head = std::str::from_utf8(&buf[..n]).ok()?;
+        Some(head.starts_with("HTTP/1.1 2") || head.starts_with("HTTP/1.0 2"))
+    };
+    tokio::time::timeout(Duration::from_secs(1), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
