@@ -296,9 +296,18 @@ impl Node {
 }
 
 impl Drop for Node {
+    /// SIGTERM first, so the process stops what it started (`up`'s instances), then
+    /// SIGKILL after a bounded wait.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             if c.try_wait().ok().flatten().is_none() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 let _ = c.kill();
                 let _ = c.wait();
             }

@@ -4,6 +4,7 @@
 mod harness;
 mod workload;
 
+mod agent;
 mod backup;
 mod cli;
 mod cluster;

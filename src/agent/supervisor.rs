@@ -416,6 +416,7 @@ impl Supervisor {
             self.exe.clone(),
             self.dir.join("instances").join(name),
         );
+        let stop_on_exit = self.stop_on_exit;
         let Some(p) = self.procs.get_mut(name) else {
             return;
         };
@@ -475,6 +476,10 @@ impl Supervisor {
                 return;
             };
             let mut cmd = tokio::process::Command::new(&argv[0]);
+            if stop_on_exit {
+                // `demo-app` dies with this process even if it is killed outright.
+                cmd.env("TESSERA_PARENT_PID", std::process::id().to_string());
+            }
             cmd.args(&argv[1..])
                 .envs(&app.env)
                 .env("PORT", p.port.to_string())

@@ -25,7 +25,24 @@ struct Identity {
     instance: String,
 }
 
+/// Started by an agent that stops its instances with itself (`tessera up`): die with it,
+/// even when it is killed outright.
+fn die_with_parent() {
+    let Some(parent) = std::env::var("TESSERA_PARENT_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // The parent may have died before the line above: then nobody would signal us.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        std::process::exit(0);
+    }
+}
+
 pub fn run(a: DemoAppArgs) -> ExitCode {
+    die_with_parent();
     let listen = a.listen.clone().unwrap_or_else(|| {
         format!(
             "127.0.0.1:{}",

@@ -1,0 +1,334 @@
+//! The agent: `tessera up --demo` end to end (the demo's echo instances started by the
+//! local agent, routed by uid through the gateway), instance restarts, and an agent in
+//! its own process that enrols with a join token, runs the instances placed on it,
+//! keeps them running while it is stopped and adopts them when it comes back.
+
+use crate::harness::{http, Node};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn get_uid(gw: SocketAddr, uid: &str) -> Option<(String, Value)> {
+    let mut s = TcpStream::connect_timeout(&gw, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: x\r\nx-tessera-uid: {uid}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    Some((head.to_ascii_lowercase(), serde_json::from_str(body).ok()?))
+}
+
+/// Waits until `uid` is answered with 200; returns the answer.
+fn wait_served(
+    gw: SocketAddr,
+    uid: &str,
+    within: Duration,
+    logs: &dyn Fn() -> String,
+) -> (String, Value) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(a) = get_uid(gw, uid) {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uid {uid} not served within {within:?}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kills the instance processes a test's agents left running (they outlive their agent
+/// on purpose), even when the test fails half way.
+struct Reaper(Vec<u64>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn pid_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+}
+
+#[test]
+fn up_demo_serves_users_from_their_unit_and_restarts_a_killed_instance() {
+    let mut n = Node::up(&["--demo"]);
+    let gw = n.addr("gateway", "entrance");
+    let api = n.addr("control", "api");
+    n.wait_ready(api);
+    let logs = || String::new();
+    let (head, v) = wait_served(gw, "2088000000000007", Duration::from_secs(30), &logs);
+    assert!(
+        head.contains("x-tessera-unit: rz00") && head.contains("x-tessera-zone: hz-a"),
+        "{head}"
+    );
+    assert_eq!(
+        (v["unit"].as_str(), v["zone"].as_str(), v["app"].as_str()),
+        (Some("rz00"), Some("hz-a"), Some("echo"))
+    );
+    let (head, v) = wait_served(gw, "2088000000000057", Duration::from_secs(30), &logs);
+    assert!(
+        head.contains("x-tessera-unit: rz01") && head.contains("x-tessera-zone: hz-b"),
+        "{head}"
+    );
+    assert_eq!(v["instance"], "echo-rz01-0");
+    // The instance's status names its process; kill it: the agent starts it again.
+    let token = n.admin_token();
+    let (_, _, body) = http(
+        api,
+        "GET",
+        "/api/v1/instances/echo-rz00-0",
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    let inst: Value = serde_json::from_str(&body).unwrap();
+    let pid = inst["status"]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(pid_alive(pid));
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, body) = http(
+            api,
+            "GET",
+            "/api/v1/instances/echo-rz00-0",
+            Some(&token),
+            "",
+        )
+        .unwrap();
+        let inst: Value = serde_json::from_str(&body).unwrap();
+        let new_pid = inst["status"]["pid"].as_u64();
+        if new_pid.is_some_and(|p| p != pid) && inst["status"]["ready"] == true {
+            assert!(
+                inst["status"]["restarts"].as_u64().unwrap_or(0) >= 1,
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restarted: {body}\n{}",
+            n.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_served(gw, "2088000000000007", Duration::from_secs(10), &logs);
+    // Ctrl-C stops the instances `up` started.
+    let (_, _, body) = http(
+        api,
+        "GET",
+        "/api/v1/instances/echo-rz00-0",
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    let inst: Value = serde_json::from_str(&body).unwrap();
+    let new_pid = inst["status"]["pid"].as_u64().unwrap_or(pid);
+    n.signal("INT");
+    let (status, _) = n.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{}", n.logs());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(new_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "instance {new_pid} outlived `up`"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const CONTROL: &str = r#"
+node_name = "ctl-1"
+roles = ["control", "gateway"]
+data_dir = "DATA"
+zone = "hz-a"
+[control]
+bootstrap = true
+listen = "127.0.0.1:0"
+peer_listen = "127.0.0.1:0"
+[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+"#;
+
+const ESTATE: &str = r#"
+apiVersion: tessera.io/v1
+kind: Region
+metadata: {name: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: hz-a}
+spec: {region: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: hz-b}
+spec: {region: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: rz00}
+spec: {type: RZone, zone: hz-a, standbyZone: hz-b, slots: ["00-49"]}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: rz01}
+spec: {type: RZone, zone: hz-b, standbyZone: hz-a, slots: ["50-99"]}
+---
+apiVersion: tessera.io/v1
+kind: ShardMap
+metadata: {name: default}
+spec: {slots: {"00-49": rz00, "50-99": rz01}}
+---
+apiVersion: tessera.io/v1
+kind: App
+metadata: {name: echo}
+spec: {mode: vm, artifact: "builtin:echo", port: 9000, units: [rz00, rz01], healthCheck: {path: /healthz, intervalSecs: 1, timeoutSecs: 1}}
+---
+apiVersion: tessera.io/v1
+kind: TrafficRule
+metadata: {name: echo}
+spec: {app: echo}
+"#;
+
+#[test]
+fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
+    let mut c = Node::run_profile(CONTROL, &[], &[]);
+    let api = c.addr("control", "api");
+    let gw = c.addr("gateway", "entrance");
+    c.wait_ready(api);
+    let token = c.admin_token();
+    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), ESTATE).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let agent = |name: &str, zone: &str, ip: &str| -> Node {
+        let (_, _, body) = http(
+            api,
+            "POST",
+            "/api/v1/tokens",
+            Some(&token),
+            r#"{"role": "agent"}"#,
+        )
+        .unwrap();
+        let join: Value = serde_json::from_str(&body).unwrap();
+        let profile = format!(
+            "node_name = \"{name}\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"{zone}\"\n[agent]\nlisten = \"127.0.0.1:0\"\ninstance_ip = \"{ip}\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\n",
+            join["token"].as_str().unwrap()
+        );
+        Node::run_profile(&profile, &[], &[])
+    };
+    let mut a = agent("host-a", "hz-a", "127.0.0.11");
+    let b = agent("host-b", "hz-b", "127.0.0.12");
+    let logs = || String::new();
+    // Placement puts rz00's instance on host-a (hz-a) and rz01's on host-b (hz-b).
+    let (_, v) = wait_served(gw, "2088000000000007", Duration::from_secs(30), &logs);
+    assert_eq!(
+        (v["unit"].as_str(), v["zone"].as_str()),
+        (Some("rz00"), Some("hz-a"))
+    );
+    let (_, v) = wait_served(gw, "2088000000000057", Duration::from_secs(30), &logs);
+    assert_eq!(
+        (v["unit"].as_str(), v["zone"].as_str()),
+        (Some("rz01"), Some("hz-b"))
+    );
+    let (_, _, body) = http(
+        api,
+        "GET",
+        "/api/v1/instances/echo-rz00-0",
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    let inst: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(inst["spec"]["node"], "host-a", "{body}");
+    assert!(
+        inst["status"]["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.11:"),
+        "{body}"
+    );
+    let pid = inst["status"]["pid"].as_u64().unwrap();
+    let (_, _, body) = http(
+        api,
+        "GET",
+        "/api/v1/instances/echo-rz01-0",
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    let other: Value = serde_json::from_str(&body).unwrap();
+    let _reaper = Reaper(vec![pid, other["status"]["pid"].as_u64().unwrap_or(0)]);
+    // The nodes registered themselves, with heartbeats.
+    let (_, _, body) = http(api, "GET", "/api/v1/nodes/host-b", Some(&token), "").unwrap();
+    let node: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(node["spec"]["zone"], "hz-b", "{body}");
+    assert!(node["status"]["heartbeatMs"].as_u64().is_some(), "{body}");
+    // An agent may not report on another node's instances.
+    let cred = std::fs::read_to_string(a.data_dir.join("agent/credential")).unwrap();
+    let (code, _, _) = http(
+        api,
+        "PUT",
+        "/api/v1/instances/echo-rz01-0/status",
+        Some(cred.trim()),
+        r#"{"status": {"ready": false}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 403);
+    // Stop host-a's agent: its instance keeps serving; started again, it adopts it.
+    a.stop();
+    assert!(pid_alive(pid), "the instance died with its agent");
+    assert!(get_uid(gw, "2088000000000007").is_some());
+    a.start_again();
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, _, body) = http(
+        api,
+        "GET",
+        "/api/v1/instances/echo-rz00-0",
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    let inst: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        inst["status"]["pid"].as_u64(),
+        Some(pid),
+        "not adopted: {body}\n{}",
+        a.logs()
+    );
+    assert!(
+        a.logs().contains("Adopted a running instance"),
+        "{}",
+        a.logs()
+    );
+    wait_served(gw, "2088000000000007", Duration::from_secs(10), &logs);
+    // Stop the agent for good and kill its instance: placement moves nothing (no other
+    // node in hz-a), and rz01 on host-b is untouched.
+    a.stop();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(get_uid(gw, "2088000000000057").is_some());
+    drop(b);
+}
