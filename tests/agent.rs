@@ -171,37 +171,12 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 "#;
 
-const ESTATE: &str = r#"
-apiVersion: tessera.io/v1
-kind: Region
-metadata: {name: hangzhou}
----
-apiVersion: tessera.io/v1
-kind: Zone
-metadata: {name: hz-a}
-spec: {region: hangzhou}
----
-apiVersion: tessera.io/v1
-kind: Zone
-metadata: {name: hz-b}
-spec: {region: hangzhou}
----
-apiVersion: tessera.io/v1
-kind: Unit
-metadata: {name: rz00}
-spec: {type: RZone, zone: hz-a, standbyZone: hz-b, slots: ["00-49"]}
----
-apiVersion: tessera.io/v1
-kind: Unit
-metadata: {name: rz01}
-spec: {type: RZone, zone: hz-b, standbyZone: hz-a, slots: ["50-99"]}
----
-apiVersion: tessera.io/v1
-kind: ShardMap
-metadata: {name: default}
-spec: {slots: {"00-49": rz00, "50-99": rz01}}
----
-apiVersion: tessera.io/v1
+/// The shared topology plus a VM-mode echo app in both RZones and a rule to it.
+fn estate() -> String {
+    format!(
+        "{}---\n{}",
+        crate::harness::TOPOLOGY,
+        r#"apiVersion: tessera.io/v1
 kind: App
 metadata: {name: echo}
 spec: {mode: vm, artifact: "builtin:echo", port: 9000, units: [rz00, rz01], healthCheck: {path: /healthz, intervalSecs: 1, timeoutSecs: 1}}
@@ -210,7 +185,9 @@ apiVersion: tessera.io/v1
 kind: TrafficRule
 metadata: {name: echo}
 spec: {app: echo}
-"#;
+"#
+    )
+}
 
 #[test]
 fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
@@ -219,7 +196,7 @@ fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
     let gw = c.addr("gateway", "entrance");
     c.wait_ready(api);
     let token = c.admin_token();
-    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), ESTATE).unwrap();
+    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate()).unwrap();
     assert_eq!(code, 200, "{body}");
     let agent = |name: &str, zone: &str, ip: &str| -> Node {
         let (_, _, body) = http(

@@ -109,51 +109,7 @@ fn uid(gw: SocketAddr, path: &str, uid: &str) -> (u16, String, Value) {
     )
 }
 
-const ESTATE: &str = r#"
-apiVersion: tessera.io/v1
-kind: Region
-metadata: {name: hangzhou}
----
-apiVersion: tessera.io/v1
-kind: Region
-metadata: {name: shanghai}
----
-apiVersion: tessera.io/v1
-kind: Zone
-metadata: {name: hz-a}
-spec: {region: hangzhou}
----
-apiVersion: tessera.io/v1
-kind: Zone
-metadata: {name: hz-b}
-spec: {region: hangzhou}
----
-apiVersion: tessera.io/v1
-kind: Zone
-metadata: {name: sh-a}
-spec: {region: shanghai}
----
-apiVersion: tessera.io/v1
-kind: Unit
-metadata: {name: rz00}
-spec: {type: RZone, zone: hz-a, standbyZone: hz-b, slots: ["00-49"]}
----
-apiVersion: tessera.io/v1
-kind: Unit
-metadata: {name: rz01}
-spec: {type: RZone, zone: hz-b, standbyZone: sh-a, slots: ["50-99"]}
----
-apiVersion: tessera.io/v1
-kind: Unit
-metadata: {name: gz00}
-spec: {type: GZone, zone: hz-a}
----
-apiVersion: tessera.io/v1
-kind: ShardMap
-metadata: {name: default}
-spec:
-  slots: {"00-49": rz00, "50-99": rz01}
-"#;
+use crate::harness::TOPOLOGY as ESTATE;
 
 /// Control (bootstrap) + a gateway in zone hz-a enrolled with a join token.
 struct Estate {

@@ -417,3 +417,52 @@ pub fn http_within(
     }
     Ok((status, head.to_lowercase(), body.to_string()))
 }
+
+/// Two regions, three zones, RZones rz00 (slots 00-49, hz-a, standby hz-b) and rz01
+/// (50-99, hz-b, standby sh-a), GZone gz00 (hz-a), and the shard map: the estate the
+/// gateway and agent tests build on.
+pub const TOPOLOGY: &str = r#"
+apiVersion: tessera.io/v1
+kind: Region
+metadata: {name: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Region
+metadata: {name: shanghai}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: hz-a}
+spec: {region: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: hz-b}
+spec: {region: hangzhou}
+---
+apiVersion: tessera.io/v1
+kind: Zone
+metadata: {name: sh-a}
+spec: {region: shanghai}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: rz00}
+spec: {type: RZone, zone: hz-a, standbyZone: hz-b, slots: ["00-49"]}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: rz01}
+spec: {type: RZone, zone: hz-b, standbyZone: sh-a, slots: ["50-99"]}
+---
+apiVersion: tessera.io/v1
+kind: Unit
+metadata: {name: gz00}
+spec: {type: GZone, zone: hz-a}
+---
+apiVersion: tessera.io/v1
+kind: ShardMap
+metadata: {name: default}
+spec:
+  slots: {"00-49": rz00, "50-99": rz01}
+"#;

@@ -437,6 +437,28 @@ fn watch_resumes_after_reconnect_without_gaps_or_duplicates() {
     assert!(revs.windows(2).all(|w| w[0] < w[1]), "{revs:?}");
     let (code, _, _) = http(api, "GET", "/api/v1/watch?kinds=widgets", Some(&t), "").unwrap();
     assert_eq!(code, 400);
+    // With progress: one apply of two zones is two events, then PROGRESS at their
+    // revision; an apply of a kind not watched sends nothing.
+    let now = revs.last().copied().unwrap();
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    write!(s, "GET /api/v1/watch?kinds=zones&since={now}&progress=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n").unwrap();
+    let caught_up = crate::kv_api::read_sse(&mut s, 1);
+    assert_eq!(
+        caught_up.first().map(|e| (e.0, e.1.as_str())),
+        Some((now, "PROGRESS")),
+        "{caught_up:?}"
+    );
+    let (_, v) = apply(api, &t, &format!("{}---\n{}", zone("sh-e"), zone("sh-f")));
+    let rev = v["revision"].as_u64().unwrap();
+    let evs = crate::kv_api::read_sse(&mut s, 3);
+    let kinds: Vec<(&str, u64)> = evs.iter().map(|e| (e.1.as_str(), e.0)).collect();
+    assert_eq!(
+        kinds,
+        vec![("ADDED", rev), ("ADDED", rev), ("PROGRESS", rev)],
+        "{evs:?}"
+    );
 }
 
 #[test]

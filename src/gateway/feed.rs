@@ -221,13 +221,19 @@ impl Feed {
             s.last_error = None;
             s.control = Some(client.url().to_string());
         });
-        self.install(held, "control");
-        self.save(held);
         let kinds: Vec<&str> = INPUT_KINDS.iter().map(|k| k.plural()).collect();
         let mut last_save = Instant::now();
         let mut dirty = false;
+        // Changes held but not installed yet: installed at the next PROGRESS event, when
+        // every change up to its revision has arrived. The lists above may stand at
+        // different revisions; the watch replays from the oldest and its first PROGRESS
+        // makes them one consistent table.
+        let mut pending = true;
         loop {
-            let path = format!("/api/v1/watch?kinds={}&since={since}", kinds.join(","));
+            let path = format!(
+                "/api/v1/watch?kinds={}&since={since}&progress=true",
+                kinds.join(",")
+            );
             let mut body = match client.stream(&path).await {
                 Ok(b) => b,
                 Err(e) if unauthorized(&e) => return Stop::Unauthorized(e.to_string()),
@@ -267,25 +273,38 @@ impl Feed {
                     },
                 };
                 buf.extend_from_slice(&data);
-                let mut changed = false;
                 while let Some(end) = find_event_end(&buf) {
                     let raw = buf.split_to(end.0);
                     buf.advance(end.1);
                     let Some((event, payload)) = parse_sse(&raw) else {
                         continue;
                     };
-                    if event == "compacted" {
-                        return Stop::Relist(payload);
+                    match event.as_str() {
+                        "compacted" => return Stop::Relist(payload),
+                        // Every change up to this revision has arrived: a table built now
+                        // never holds half of a commit.
+                        "PROGRESS" => {
+                            let Some(rev) = serde_json::from_str::<serde_json::Value>(&payload)
+                                .ok()
+                                .and_then(|v| v["revision"].as_u64())
+                            else {
+                                continue;
+                            };
+                            since = since.max(rev);
+                            held.revision = held.revision.max(rev);
+                            if pending {
+                                self.install(held, "control");
+                                pending = false;
+                                dirty = true;
+                            }
+                        }
+                        _ => {
+                            let Ok(ev) = serde_json::from_str::<WatchEvent>(&payload) else {
+                                continue;
+                            };
+                            pending |= apply(held, ev);
+                        }
                     }
-                    let Ok(ev) = serde_json::from_str::<WatchEvent>(&payload) else {
-                        continue;
-                    };
-                    since = since.max(ev.revision);
-                    changed |= apply(held, ev);
-                }
-                if changed {
-                    self.install(held, "control");
-                    dirty = true;
                 }
                 if dirty && last_save.elapsed() >= CACHE_EVERY {
                     self.save(held);
@@ -312,7 +331,6 @@ fn apply(held: &mut Inputs, ev: WatchEvent) -> bool {
         .get(&key)
         .and_then(|r| r.metadata.revision)
         .unwrap_or(0);
-    held.revision = held.revision.max(ev.revision);
     if ev.revision <= held_rev {
         return false;
     }
@@ -392,6 +410,5 @@ mod tests {
         assert!(held.objects.contains_key("apps/a"));
         assert!(apply(&mut held, ev("DELETED", 11)));
         assert!(held.objects.is_empty());
-        assert_eq!(held.revision, 11);
     }
 }

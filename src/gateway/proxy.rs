@@ -399,8 +399,7 @@ impl Gateway {
             Decision::Route(r) => r,
         };
         // The body: read it now if small, else stream it.
-        let hint = body.size_hint();
-        if hint.lower() > self.max_body {
+        let refuse = |status: u16, reason: &'static str, message: String| {
             self.finish(
                 &parts.method,
                 &host,
@@ -409,43 +408,25 @@ impl Gateway {
                 &route.unit,
                 &route.zone,
                 None,
-                413,
-                "body-too-large",
+                status,
+                reason,
                 start,
                 0,
                 client,
             );
-            return Ok(own(
-                413,
-                "body-too-large",
-                &format!("the request body exceeds {} bytes", self.max_body),
-                &[],
-            ));
+            own(status, reason, &message, &[])
+        };
+        let hint = body.size_hint();
+        if hint.lower() > self.max_body {
+            let m = format!("the request body exceeds {} bytes", self.max_body);
+            return Ok(refuse(413, "body-too-large", m));
         }
         let (buffered, mut streamed) = match hint.exact() {
             Some(n) if n <= BUFFER_MAX => match body.collect().await {
                 Ok(c) => (Some(c.to_bytes()), None),
                 Err(e) => {
-                    self.finish(
-                        &parts.method,
-                        &host,
-                        parts.uri.path(),
-                        &route.rule.name,
-                        &route.unit,
-                        &route.zone,
-                        None,
-                        400,
-                        "bad-body",
-                        start,
-                        0,
-                        client,
-                    );
-                    return Ok(own(
-                        400,
-                        "bad-body",
-                        &format!("reading the request body: {e}"),
-                        &[],
-                    ));
+                    let m = format!("reading the request body: {e}");
+                    return Ok(refuse(400, "bad-body", m));
                 }
             },
             _ => (

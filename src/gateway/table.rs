@@ -21,15 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The kinds a route table is built from.
-pub const INPUT_KINDS: [Kind; 6] = [
-    Kind::Zone,
-    Kind::Unit,
-    Kind::ShardMap,
-    Kind::App,
-    Kind::Instance,
-    Kind::TrafficRule,
-];
+/// The kinds a route table is built from (exactly what the gateway role may read).
+pub const INPUT_KINDS: [Kind; 6] = crate::model::specs::GATEWAY_READS;
 
 /// What a table is built from: the objects of [`INPUT_KINDS`] as of `revision`. This is
 /// also what the gateway keeps on disk, so it can start without the control plane.

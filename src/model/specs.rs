@@ -478,18 +478,21 @@ pub const ROLES: [&str; 7] = [
     "admin", "operator", "approver", "viewer", "gateway", "agent", "dbproxy",
 ];
 
+/// What a gateway reads: everything its route table is built from.
+pub const GATEWAY_READS: [Kind; 6] = [
+    Kind::Zone,
+    Kind::Unit,
+    Kind::ShardMap,
+    Kind::App,
+    Kind::Instance,
+    Kind::TrafficRule,
+];
+
 /// What a service role (a gateway's, agent's or DB proxy's own credential) may read;
 /// people's roles read every kind but users.
 pub fn service_reads(role: &str) -> Option<&'static [Kind]> {
     match role {
-        "gateway" => Some(&[
-            Kind::Zone,
-            Kind::Unit,
-            Kind::ShardMap,
-            Kind::App,
-            Kind::Instance,
-            Kind::TrafficRule,
-        ]),
+        "gateway" => Some(&GATEWAY_READS),
         "dbproxy" => Some(&[Kind::Zone, Kind::Unit, Kind::ShardMap, Kind::DataSource]),
         "agent" => Some(&[
             Kind::Zone,

@@ -215,7 +215,8 @@ fn build() -> Value {
     let extra = json!({
         "/api/v1/apply": {"post": op("apply", "Create or update many resources, all or nothing", vec![], Some(json!({"type": "array", "maxItems": 50, "items": {"oneOf": any_resource}})), ok("200", json!({"type": "object"})))},
         "/api/v1/watch": {"get": {"operationId": "watch", "summary": "Server-Sent Events of resource changes", "parameters": [
-            query("kinds", json!({"type": "string"}), "comma-separated kinds"), query("since", int.clone(), "last revision seen")],
+            query("kinds", json!({"type": "string"}), "comma-separated kinds"), query("since", int.clone(), "last revision seen"),
+            query("progress", json!({"type": "boolean"}), "also PROGRESS events: every change up to their revision has been sent")],
             "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, "default": {"description": "an error", "content": {"application/json": {"schema": r("Error")}}}}}},
         "/api/v1/shardmaps/{name}/history": {"get": op("shardmap_history", "Kept versions of a shard map", vec![map_name.clone()], None, ok("200", json!({"type": "object"})))},
         "/api/v1/shardmaps/{name}/revert": {"post": op("shardmap_revert", "Make a shard map what it was at a revision", vec![map_name], Some(json!({"type": "object", "required": ["revision"], "additionalProperties": false, "properties": {"revision": int.clone()}})), ok("200", r("ShardMap")))},

@@ -52,20 +52,24 @@ pub async fn watch(
     }
     let prefix = q.prefix.clone();
     let render = move |ev: &Event| ev.kv.key.starts_with(&prefix).then(|| sse(ev));
-    stream(&s, q.prefix, q.since, &headers, Arc::new(render))
+    stream(&s, q.prefix, q.since, &headers, Arc::new(render), false)
 }
 
 /// Turns a stored change into the SSE event a watcher gets (None: not for it).
 pub type Render = Arc<dyn Fn(&Event) -> Option<SseEvent> + Send + Sync>;
 
 /// An SSE stream of the changes under `prefix` after `since` (or `Last-Event-ID`, or
-/// now), each rendered by `render`.
+/// now), each rendered by `render`. With `progress`, a `PROGRESS` event
+/// (`{"revision": N}`) follows every delivery after which the watcher has seen every
+/// change up to N: the end of the history replay, and each committed batch that had
+/// events for it (one commit's events are never split by it).
 pub fn stream(
     s: &ApiState,
     prefix: String,
     since: Option<u64>,
     headers: &HeaderMap,
     render: Render,
+    progress: bool,
 ) -> Result<Response, ApiError> {
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(
@@ -103,7 +107,7 @@ pub fn stream(
         }
     };
     let (tx, rx) = mpsc::channel::<SseEvent>(256);
-    tokio::spawn(pump(store, prefix, since, live, tx, render));
+    tokio::spawn(pump(store, prefix, since, live, tx, render, progress));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|ev| (Ok::<_, Infallible>(ev), rx))
     });
@@ -125,6 +129,13 @@ fn sse(ev: &Event) -> SseEvent {
 }
 
 /// The last event of a stream that cannot continue from `last`.
+fn progress_event(revision: u64) -> SseEvent {
+    SseEvent::default()
+        .id(revision.to_string())
+        .event("PROGRESS")
+        .data(serde_json::json!({"revision": revision}).to_string())
+}
+
 fn gone(last: u64, floor: u64) -> SseEvent {
     SseEvent::default().event("compacted").data(
         serde_json::json!({
@@ -143,11 +154,12 @@ async fn pump(
     mut live: broadcast::Receiver<std::sync::Arc<Vec<Event>>>,
     tx: mpsc::Sender<SseEvent>,
     render: Render,
+    progress: bool,
 ) {
     loop {
         // Replay from history until caught up with what is applied.
         loop {
-            let Ok((events, floor, _)) = store.history(last, &prefix, REPLAY_BATCH) else {
+            let Ok((events, floor, applied)) = store.history(last, &prefix, REPLAY_BATCH) else {
                 return;
             };
             if last < floor {
@@ -166,6 +178,11 @@ async fn pump(
                 last = ev.revision;
             }
             if done {
+                // Everything up to `applied` under the prefix has been sent.
+                last = last.max(applied);
+                if progress && tx.send(progress_event(last)).await.is_err() {
+                    return;
+                }
                 break;
             }
         }
@@ -179,15 +196,20 @@ async fn pump(
                         return;
                     }
                     Ok(batch) => {
+                        let mut sent = false;
                         for ev in batch.iter().filter(|e| e.revision > last && e.kv.key.starts_with(&prefix)) {
                             if let Some(out) = render(ev) {
                                 if tx.send(out).await.is_err() {
                                     return;
                                 }
+                                sent = true;
                             }
                         }
                         if let Some(ev) = batch.last() {
                             last = last.max(ev.revision);
+                        }
+                        if progress && sent && tx.send(progress_event(last)).await.is_err() {
+                            return;
                         }
                     }
                     // Too slow to follow live: catch up from the history instead.
@@ -206,6 +228,9 @@ pub struct ResourceWatchQuery {
     #[serde(default)]
     kinds: String,
     since: Option<u64>,
+    /// Also send `PROGRESS` events (see [`stream`]).
+    #[serde(default)]
+    progress: bool,
 }
 
 /// `GET /api/v1/watch?kinds=a,b&since=REV`: one SSE event per change of those kinds,
@@ -273,5 +298,6 @@ pub async fn resources(
         q.since,
         &headers,
         std::sync::Arc::new(render),
+        q.progress,
     )
 }
