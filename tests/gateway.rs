@@ -952,3 +952,94 @@ fn https_entrance_picks_certificates_by_sni_and_speaks_h2_and_http1() {
     // The plain entrance still serves.
     assert_eq!(uid(e.gw, "/", "2088000000000007").0, 200);
 }
+
+#[test]
+fn failover_moves_a_unit_to_its_standby_zone_and_back() {
+    let e = estate(&[]);
+    let a = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let sb = Backend::start("127.0.0.2", "echo", "rz00", "hz-b", "v1");
+    e.apply(
+        &[
+            app(
+                "echo",
+                &[(&a, "rz00", None, "v1"), (&sb, "rz00", Some("hz-b"), "v1")],
+                false,
+            ),
+            rule("root", "{app: echo}"),
+        ]
+        .concat(),
+    );
+    let zone_of = || {
+        let (code, head, v) = uid(e.gw, "/", "2088000000000007");
+        assert_eq!(
+            (code, header(&head, "x-tessera-unit")),
+            (200, Some("rz00")),
+            "{v}"
+        );
+        assert_eq!(header(&head, "x-tessera-zone"), v["zone"].as_str());
+        v["zone"].as_str().unwrap().to_string()
+    };
+    assert_eq!(zone_of(), "hz-a");
+    let server = format!("http://{}", e.api);
+    let failover = |to: &str| {
+        tessera(
+            &[
+                "failover", "rz00", "--to", to, "--server", &server, "--token", &e.token,
+            ],
+            &[],
+        )
+    };
+    let out = failover("hz-b");
+    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+    let said = crate::harness::stdout(&out);
+    assert!(said.contains("zone hz-a -> hz-b, standby hz-a"), "{said}");
+    let rev: u64 = said
+        .rsplit("revision ")
+        .next()
+        .unwrap()
+        .trim()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    e.wait_revision(rev);
+    assert_eq!(zone_of(), "hz-b");
+    // Audited as a change to the unit, by the admin.
+    let (_, _, body) = http(
+        e.api,
+        "GET",
+        "/api/v1/auditevents?kind=Unit&name=rz00",
+        Some(&e.token),
+        "",
+    )
+    .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let last = v["items"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (last["user"].as_str(), last["outcome"].as_str()),
+        (Some("admin"), Some("accepted")),
+        "{last}"
+    );
+    // A zone that does not exist is refused, the unit stays; failback is the same command.
+    let out = failover("nowhere");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::harness::stderr(&out)
+    );
+    assert!(crate::harness::stderr(&out).contains("nowhere"));
+    let out = failover("hz-a");
+    assert!(out.status.success());
+    let said = crate::harness::stdout(&out);
+    let rev: u64 = said
+        .rsplit("revision ")
+        .next()
+        .unwrap()
+        .trim()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    e.wait_revision(rev);
+    assert_eq!(zone_of(), "hz-a");
+    assert!(crate::harness::stdout(&failover("hz-a")).contains("already in zone hz-a"));
+}

@@ -79,6 +79,16 @@ impl Client {
         .await
     }
 
+    /// Replaces one object (only if still at `obj.metadata.revision`, when set).
+    pub async fn put(&self, kind: Kind, obj: &Resource) -> Result<Resource, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/{}/{}", kind.plural(), enc(&obj.metadata.name)),
+            Some(obj),
+        )
+        .await
+    }
+
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<serde_json::Value, ClientError> {
         self.call(
             Method::DELETE,

@@ -42,6 +42,9 @@ pub enum Command {
     Get(GetArgs),
     /// Delete a resource
     Delete(DeleteArgs),
+    /// Move a unit to another zone (its standby zone, usually): gateways then send the
+    /// unit's users to its instances there (audited)
+    Failover(FailoverArgs),
     /// Users and their API tokens
     #[command(subcommand)]
     User(UserCommand),
@@ -101,6 +104,17 @@ pub struct GetArgs {
 pub struct DeleteArgs {
     pub kind: String,
     pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The unit
+    pub unit: String,
+    /// The zone it moves to
+    #[arg(long = "to", value_name = "ZONE")]
+    pub to: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -29,6 +29,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Apply(a) => resource_cmd::apply(a),
         Command::Get(a) => resource_cmd::get(a),
         Command::Delete(a) => resource_cmd::delete(a),
+        Command::Failover(a) => resource_cmd::failover(a),
         Command::User(c) => resource_cmd::user(c),
         Command::Audit(c) => resource_cmd::audit(c),
         Command::DemoApp(a) => demo_app::run(a),

@@ -123,6 +123,39 @@ pub fn delete(a: DeleteArgs) -> ExitCode {
     )
 }
 
+/// `tessera failover UNIT --to ZONE`: the unit's zone becomes ZONE; when ZONE was its
+/// standby zone, the old zone becomes the standby (a failback is the same command).
+/// Written with the unit's revision as read, so a concurrent change is not overwritten.
+pub fn failover(a: super::args::FailoverArgs) -> ExitCode {
+    let (unit, to) = (a.unit.clone(), a.to.clone());
+    block_on(
+        |c| async move {
+            let mut u = c.get(Kind::Unit, &unit).await?;
+            let from = u.spec["zone"].as_str().unwrap_or_default().to_string();
+            if from == to {
+                println!("unit {unit} is already in zone {to}");
+                return Ok(());
+            }
+            let standby = u.spec["standbyZone"].as_str().map(str::to_string);
+            u.spec["zone"] = serde_json::json!(to);
+            if standby.as_deref() == Some(to.as_str()) {
+                u.spec["standbyZone"] = serde_json::json!(from);
+            }
+            let after = c.put(Kind::Unit, &u).await?;
+            println!(
+                "unit {unit}: zone {from} -> {to}{} (revision {})",
+                after.spec["standbyZone"]
+                    .as_str()
+                    .map(|s| format!(", standby {s}"))
+                    .unwrap_or_default(),
+                after.metadata.revision.unwrap_or(0)
+            );
+            Ok(())
+        },
+        &a.client,
+    )
+}
+
 pub fn user(cmd: UserCommand) -> ExitCode {
     match cmd {
         UserCommand::Create { name, role, client } => block_on(
