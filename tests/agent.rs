@@ -309,3 +309,91 @@ fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
     assert!(get_uid(gw, "2088000000000057").is_some());
     drop(b);
 }
+
+#[test]
+fn an_instance_upgraded_under_load_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut n = Node::up(&["--demo", "--set", "gateway.access_log=false"]);
+    let gw = n.addr("gateway", "entrance");
+    let api = n.addr("control", "api");
+    n.wait_ready(api);
+    let logs = || String::new();
+    wait_served(gw, "2088000000000007", Duration::from_secs(30), &logs);
+    let token = n.admin_token();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let versions = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ok, failed, versions) =
+                (stop.clone(), ok.clone(), failed.clone(), versions.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match get_uid(gw, "2088000000000007") {
+                        Some((_, v)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            versions
+                                .lock()
+                                .unwrap()
+                                .insert(v["version"].as_str().unwrap_or("?").to_string());
+                        }
+                        None => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push(Instant::now());
+                        }
+                    }
+                }
+                errors.len()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // The upgrade: the instance's version changes; the agent starts v2 beside v1,
+    // reports it once ready, then drains and stops v1.
+    let (_, _, body) = http(
+        api,
+        "GET",
+        "/api/v1/instances/echo-rz00-0",
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    let mut inst: Value = serde_json::from_str(&body).unwrap();
+    let started = Instant::now();
+    let before = ok.load(Ordering::Relaxed);
+    inst["spec"]["version"] = "v2".into();
+    let (code, _, body) = http(
+        api,
+        "PUT",
+        "/api/v1/instances/echo-rz00-0",
+        Some(&token),
+        &inst.to_string(),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !versions.lock().unwrap().contains("v2") {
+        assert!(Instant::now() < deadline, "v2 never served\n{}", n.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Past the old process's drain and stop.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let served = ok.load(Ordering::Relaxed) - before;
+    let rate = served as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during the upgrade\n{}",
+        n.logs()
+    );
+    assert!(rate >= 200.0, "only {rate:.0} requests/s");
+    eprintln!("upgrade v1 -> v2 under {rate:.0} requests/s: {served} served, 0 failed");
+    // v2 only from now on.
+    assert_eq!(get_uid(gw, "2088000000000007").unwrap().1["version"], "v2");
+}

@@ -13,7 +13,10 @@
 //!   `<data_dir>/agent/instances/<name>/{stdout,stderr}.log`. It is ready once its health
 //!   check (the app's `healthCheck` path, else a TCP connect) passes; a crash restarts it
 //!   with backoff (1 s doubling to 30 s). An instance no longer placed here is stopped:
-//!   SIGTERM after a grace for gateways to stop sending, SIGKILL after 5 s more.
+//!   SIGTERM after a grace for gateways to stop sending, SIGKILL after 5 s more. An
+//!   instance whose definition changed is upgraded by surge: the new process starts on
+//!   a new port, the old endpoint stays reported until the new one is ready, then the
+//!   old process drains and stops the same way.
 //! - Restart: the agent keeps `<data_dir>/agent/instances.json` (pid and port per
 //!   instance) and adopts processes still running when it starts again.
 
@@ -47,6 +50,9 @@ pub struct Supervisor {
     pub stop_on_exit: bool,
     pub exe: PathBuf,
     procs: BTreeMap<String, Proc>,
+    /// Earlier processes of instances whose definition changed: they keep serving until
+    /// the new process is ready and reported, then drain and stop.
+    retiring: Vec<(String, Proc)>,
     last_heartbeat: Option<Instant>,
 }
 
@@ -156,6 +162,7 @@ impl Supervisor {
             stop_on_exit,
             exe,
             procs: BTreeMap::new(),
+            retiring: Vec::new(),
             last_heartbeat: None,
         }
     }
@@ -353,11 +360,11 @@ impl Supervisor {
                 .get(name)
                 .is_some_and(|p| p.launch != launch && !p.launch.is_empty());
             if restart {
-                tracing::info!(instance = %name, "Instance definition changed; restarting it");
-                if let Some(p) = self.procs.get_mut(name) {
-                    stop_now(p).await;
+                // Surge: the old process serves until the new one is ready and reported.
+                tracing::info!(instance = %name, "Instance definition changed; starting the new version beside the old");
+                if let Some(old) = self.procs.remove(name) {
+                    self.retiring.push((name.clone(), old));
                 }
-                self.procs.remove(name);
             }
             if !self.procs.contains_key(name) {
                 let port = self.free_port();
@@ -397,7 +404,12 @@ impl Supervisor {
     }
 
     fn free_port(&self) -> u16 {
-        let used: Vec<u16> = self.procs.values().map(|p| p.port).collect();
+        let used: Vec<u16> = self
+            .procs
+            .values()
+            .chain(self.retiring.iter().map(|(_, p)| p))
+            .map(|p| p.port)
+            .collect();
         for port in self.ports.clone() {
             if used.contains(&port) {
                 continue;
@@ -533,38 +545,25 @@ impl Supervisor {
     async fn stop_leaving(&mut self) {
         let mut gone = Vec::new();
         for (name, p) in self.procs.iter_mut() {
-            let Some(since) = p.leaving else { continue };
-            match (p.pid, p.term_sent) {
-                (None, _) => gone.push(name.clone()),
-                (Some(pid), None) if since.elapsed() >= DRAIN_GRACE => {
-                    signal(pid, rustix::process::Signal::TERM);
-                    p.term_sent = Some(Instant::now());
-                }
-                (Some(pid), Some(t)) => {
-                    let reaped = match &mut p.child {
-                        Some(c) => matches!(c.try_wait(), Ok(Some(_))),
-                        None => !pid_alive(pid),
-                    };
-                    if reaped {
-                        tracing::info!(instance = %name, "Stopped an instance");
-                        gone.push(name.clone());
-                    } else if t.elapsed() >= STOP_GRACE {
-                        signal(pid, rustix::process::Signal::KILL);
-                    }
-                }
-                _ => {}
+            if step_stop(name, p) {
+                gone.push(name.clone());
             }
         }
         for n in gone {
             self.procs.remove(&n);
         }
+        self.retiring.retain_mut(|(name, p)| !step_stop(name, p));
     }
 
     async fn stop_all(&mut self) {
         for p in self.procs.values_mut() {
             stop_now(p).await;
         }
+        for (_, p) in self.retiring.iter_mut() {
+            stop_now(p).await;
+        }
         self.procs.clear();
+        self.retiring.clear();
         let _ = std::fs::remove_file(self.state_path());
     }
 
@@ -575,13 +574,22 @@ impl Supervisor {
             if p.leaving.is_some() {
                 continue;
             }
+            // During an upgrade the old process is what serves until the new one is ready.
+            let old = self
+                .retiring
+                .iter()
+                .find(|(n, o)| n == name && o.leaving.is_none() && o.ready);
+            let (port, ready, pid) = match old {
+                Some((_, o)) if !p.ready => (o.port, true, o.pid),
+                _ => (p.port, p.ready, p.pid),
+            };
             let status = json!({
-                "endpoint": SocketAddr::new(self.ip, p.port).to_string(),
+                "endpoint": SocketAddr::new(self.ip, port).to_string(),
                 "zone": zone.clone().unwrap_or_else(|| p.unit_zone.clone()),
-                "ready": p.ready,
+                "ready": ready,
                 "draining": false,
                 "phase": p.phase,
-                "pid": p.pid,
+                "pid": pid,
                 "restarts": p.restarts,
                 "message": p.message,
             });
@@ -593,11 +601,54 @@ impl Supervisor {
                 .call::<Value>(Method::PUT, &path, Some(&json!({"status": status})))
                 .await
             {
-                Ok(_) => p.reported = Some(status),
+                Ok(_) => {
+                    // The new process is what gateways route to now: retire the old.
+                    if p.ready {
+                        for (n, o) in self.retiring.iter_mut() {
+                            if n == name && o.leaving.is_none() {
+                                tracing::info!(instance = %name, "New version serving; draining the old process");
+                                o.leaving = Some(Instant::now());
+                            }
+                        }
+                    }
+                    p.reported = Some(status)
+                }
                 Err(e) => {
                     tracing::warn!(instance = %name, error = %e, "Reporting instance status failed")
                 }
             }
+        }
+    }
+}
+
+/// One step of stopping a process that is leaving: SIGTERM once the drain grace has
+/// passed, SIGKILL after the stop grace; true once it is gone.
+fn step_stop(name: &str, p: &mut Proc) -> bool {
+    let Some(since) = p.leaving else {
+        return false;
+    };
+    match (p.pid, p.term_sent) {
+        (None, _) => true,
+        (Some(pid), None) => {
+            if since.elapsed() >= DRAIN_GRACE {
+                signal(pid, rustix::process::Signal::TERM);
+                p.term_sent = Some(Instant::now());
+            }
+            false
+        }
+        (Some(pid), Some(t)) => {
+            let reaped = match &mut p.child {
+                Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+                None => !pid_alive(pid),
+            };
+            if reaped {
+                tracing::info!(instance = %name, "Stopped an instance process");
+                return true;
+            }
+            if t.elapsed() >= STOP_GRACE {
+                signal(pid, rustix::process::Signal::KILL);
+            }
+            false
         }
     }
 }
