@@ -960,9 +960,13 @@ fn failover_moves_a_unit_to_its_standby_zone_and_back() {
     let sb = Backend::start("127.0.0.2", "echo", "rz00", "hz-b", "v1");
     e.apply(
         &[
+            // Zones given: an endpoint without one follows its unit wherever it moves.
             app(
                 "echo",
-                &[(&a, "rz00", None, "v1"), (&sb, "rz00", Some("hz-b"), "v1")],
+                &[
+                    (&a, "rz00", Some("hz-a"), "v1"),
+                    (&sb, "rz00", Some("hz-b"), "v1"),
+                ],
                 false,
             ),
             rule("root", "{app: echo}"),
