@@ -282,11 +282,13 @@ impl Supervisor {
         status["heartbeatMs"] = json!(now_ms());
         status["instances"] = json!(self.procs.len());
         let path = format!("/api/v1/nodes/{}/status", self.node);
+        // Tried again a heartbeat interval later, whatever the outcome.
+        self.last_heartbeat = Some(Instant::now());
         match client
             .call::<Value>(Method::PUT, &path, Some(&json!({"status": status})))
             .await
         {
-            Ok(_) => self.last_heartbeat = Some(Instant::now()),
+            Ok(_) => {}
             Err(e) if e.status() == Some(404) => self.register(client).await,
             Err(e) => tracing::warn!(error = %e, "Node heartbeat failed"),
         }
