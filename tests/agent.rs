@@ -299,6 +299,35 @@ fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
         a.logs()
     );
     wait_served(gw, "2088000000000007", Duration::from_secs(10), &logs);
+    // An admin revokes the agent's credential (deletes its user): the agent notices,
+    // enrols again with its join token (the same node may), and carries on.
+    let first = std::fs::read_to_string(a.data_dir.join("agent/credential")).unwrap();
+    let (code, _, body) = http(
+        api,
+        "DELETE",
+        "/api/v1/users/agent-host-a",
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = std::fs::read_to_string(a.data_dir.join("agent/credential")).unwrap_or_default();
+        if !now.trim().is_empty() && now != first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not enrolled again\n{}",
+            a.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        pid_alive(pid),
+        "the instance died while its agent enrolled again"
+    );
     // Stop the agent for good and kill its instance: placement moves nothing (no other
     // node in hz-a), and rz01 on host-b is untouched.
     a.stop();

@@ -81,32 +81,50 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     }))
 }
 
-/// Enrols (retrying while the control plane is away), then supervises until shutdown.
+/// Enrols (retrying while the control plane is away), then supervises until shutdown;
+/// a credential the control plane refuses is forgotten and enrolment starts again (the
+/// instances keep running meanwhile).
 async fn work(
     credential: crate::api::enroll::ServiceCredential,
     urls: Vec<String>,
-    supervisor: supervisor::Supervisor,
+    mut supervisor: supervisor::Supervisor,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    supervisor.start();
     let mut backoff = Duration::from_millis(300);
-    let token = loop {
-        match credential.get(&shutdown).await {
-            Ok(Some(t)) => break t,
-            Ok(None) => return,
-            Err(e) => tracing::warn!(error = %e, "Agent enrolment failed; retrying"),
+    while !shutdown.is_cancelled() {
+        let token = match credential.get(&shutdown).await {
+            Ok(Some(t)) => t,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "Agent enrolment failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let Some(url) = urls.first() else { break };
+        let client = match crate::api::Client::new(url, Some(token)) {
+            Ok(c) => c.with_timeout(Duration::from_secs(10)),
+            Err(e) => {
+                tracing::error!(error = %e, "Agent cannot use its control URL");
+                break;
+            }
+        };
+        match supervisor.run(&client, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "The control plane refused this agent's credential; enrolling again (needs a new agent.join_token unless co-located with control)");
+                credential.forget();
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    };
-    let Some(url) = urls.first() else { return };
-    let client = match crate::api::Client::new(url, Some(token)) {
-        Ok(c) => c.with_timeout(Duration::from_secs(10)),
-        Err(e) => return tracing::error!(error = %e, "Agent cannot use its control URL"),
-    };
-    if let Err(e) = supervisor.run(client, shutdown).await {
-        tracing::error!(error = %e, "Agent supervisor stopped");
     }
+    supervisor.finish().await;
 }

@@ -227,25 +227,41 @@ impl Supervisor {
         }
     }
 
-    pub async fn run(mut self, client: Client, shutdown: CancellationToken) -> Result<(), String> {
+    /// Adopts what kept running (once, before the first [`Supervisor::run`]).
+    pub fn start(&mut self) {
         let _ = std::fs::create_dir_all(self.dir.join("instances"));
         self.adopt();
-        self.register(&client).await;
+    }
+
+    /// Works until shutdown (Ok) or until the control plane refuses the credential
+    /// (Err: enrol again; the instances keep running meanwhile).
+    pub async fn run(
+        &mut self,
+        client: &Client,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        self.register(client).await;
         loop {
-            if let Err(e) = self.tick(&client).await {
-                tracing::warn!(error = %e, "Agent pass failed; retrying");
+            match self.tick(client).await {
+                Ok(()) => {}
+                Err(e) if e.status() == Some(401) => return Err(e.to_string()),
+                Err(e) => tracing::warn!(error = %e, "Agent pass failed; retrying"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
+        Ok(())
+    }
+
+    /// At shutdown: stop the instances, or leave them to be adopted.
+    pub async fn finish(&mut self) {
         if self.stop_on_exit {
             self.stop_all().await;
         } else {
             self.save();
         }
-        Ok(())
     }
 
     async fn register(&self, client: &Client) {
@@ -294,7 +310,7 @@ impl Supervisor {
         }
     }
 
-    async fn tick(&mut self, client: &Client) -> Result<(), String> {
+    async fn tick(&mut self, client: &Client) -> Result<(), crate::api::ClientError> {
         self.heartbeat(client).await;
         let list = |kind: &str| {
             let path = format!("/api/v1/{kind}");
@@ -302,7 +318,6 @@ impl Supervisor {
                 client
                     .call::<crate::api::List>(Method::GET, &path, None::<&()>)
                     .await
-                    .map_err(|e| e.to_string())
             }
         };
         let instances = list("instances").await?;
