@@ -133,6 +133,30 @@ fn up_demo_serves_users_from_their_unit_and_restarts_a_killed_instance() {
         std::thread::sleep(Duration::from_millis(200));
     }
     wait_served(gw, "2088000000000007", Duration::from_secs(10), &logs);
+    // The crash and the agent's start are node events (`tessera get events`).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = http(api, "GET", "/api/v1/events", Some(&token), "").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let reasons: Vec<(String, String)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["spec"]["reason"].as_str().unwrap_or("").to_string(),
+                    e["spec"]["instance"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        if reasons.contains(&("InstanceExited".into(), "echo-rz00-0".into()))
+            && reasons.iter().any(|(r, _)| r == "AgentStarted")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reasons:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Ctrl-C stops the instances `up` started.
     let (_, _, body) = http(
         api,

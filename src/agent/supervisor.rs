@@ -54,6 +54,9 @@ pub struct Supervisor {
     /// the new process is ready and reported, then drain and stop.
     retiring: Vec<(String, Proc)>,
     last_heartbeat: Option<Instant>,
+    /// Node events not yet recorded (`events` resources named `<node>-<ms>-<n>`).
+    events: Vec<Value>,
+    event_seq: u64,
 }
 
 /// What is kept on disk to adopt running instances after a restart.
@@ -164,6 +167,41 @@ impl Supervisor {
             procs: BTreeMap::new(),
             retiring: Vec::new(),
             last_heartbeat: None,
+            events: Vec::new(),
+            event_seq: 0,
+        }
+    }
+
+    /// Queues a node event: `kind` Normal or Warning, a CamelCase `reason`.
+    fn event(&mut self, kind: &str, reason: &str, instance: Option<&str>, message: String) {
+        push_event(
+            &mut self.events,
+            &mut self.event_seq,
+            &self.node,
+            kind,
+            reason,
+            instance,
+            message,
+        );
+    }
+
+    /// Records the queued events; kept for the next pass while the API is away.
+    async fn flush_events(&mut self, client: &Client) {
+        while let Some(ev) = self.events.first() {
+            let path = format!(
+                "/api/v1/events/{}",
+                ev["metadata"]["name"].as_str().unwrap_or("x")
+            );
+            match client.call::<Value>(Method::PUT, &path, Some(ev)).await {
+                Ok(_) => {
+                    self.events.remove(0);
+                }
+                Err(e) if e.is_bad_input() || e.status() == Some(403) => {
+                    tracing::warn!(error = %e, "An event was refused; dropping it");
+                    self.events.remove(0);
+                }
+                Err(_) => break,
+            }
         }
     }
 
@@ -231,6 +269,16 @@ impl Supervisor {
     pub fn start(&mut self) {
         let _ = std::fs::create_dir_all(self.dir.join("instances"));
         self.adopt();
+        let adopted = self.procs.len();
+        self.event(
+            "Normal",
+            "AgentStarted",
+            None,
+            format!(
+                "agent {} started; adopted {adopted} running instance(s)",
+                crate::telemetry::VERSION
+            ),
+        );
     }
 
     /// Works until shutdown (Ok) or until the control plane refuses the credential
@@ -417,6 +465,7 @@ impl Supervisor {
         self.stop_leaving().await;
         self.save();
         self.report(client).await;
+        self.flush_events(client).await;
         Ok(())
     }
 
@@ -446,6 +495,7 @@ impl Supervisor {
             self.dir.join("instances").join(name),
         );
         let stop_on_exit = self.stop_on_exit;
+        let (events, seq, node) = (&mut self.events, &mut self.event_seq, self.node.as_str());
         let Some(p) = self.procs.get_mut(name) else {
             return;
         };
@@ -463,6 +513,18 @@ impl Supervisor {
         };
         if let Some(how) = exited {
             tracing::warn!(instance = %name, status = %how, restarts = p.restarts, "Instance exited; restarting it with backoff");
+            push_event(
+                events,
+                seq,
+                node,
+                "Warning",
+                "InstanceExited",
+                Some(name),
+                format!(
+                    "instance {name} exited ({how}); restarting it in {:?}",
+                    p.backoff
+                ),
+            );
             p.child = None;
             p.pid = None;
             p.ready = false;
@@ -532,6 +594,15 @@ impl Supervisor {
                 Err(e) => {
                     p.phase = "failed";
                     p.message = Some(format!("cannot start `{}`: {e}", argv[0]));
+                    push_event(
+                        events,
+                        seq,
+                        node,
+                        "Warning",
+                        "InstanceStartFailed",
+                        Some(name),
+                        format!("instance {name}: cannot start `{}`: {e}", argv[0]),
+                    );
                     p.next_start = Instant::now() + p.backoff;
                     p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
                 }
@@ -667,6 +738,35 @@ fn step_stop(name: &str, p: &mut Proc) -> bool {
             }
             false
         }
+    }
+}
+
+/// Queues an event (at most 1000 wait; the oldest go first).
+fn push_event(
+    events: &mut Vec<Value>,
+    seq: &mut u64,
+    node: &str,
+    kind: &str,
+    reason: &str,
+    instance: Option<&str>,
+    message: String,
+) {
+    *seq += 1;
+    events.push(json!({
+        "apiVersion": crate::model::API_VERSION,
+        "kind": "Event",
+        "metadata": {"name": format!("{node}-{}-{seq}", now_ms())},
+        "spec": {
+            "type": kind,
+            "reason": reason,
+            "node": node,
+            "instance": instance,
+            "message": message,
+            "time": crate::model::now_rfc3339(),
+        },
+    }));
+    if events.len() > 1000 {
+        events.remove(0);
     }
 }
 

@@ -91,9 +91,20 @@ pub(super) fn may_read(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// An agent registers and updates its own node (user `agent-<node>`), nothing else.
+/// An agent (user `agent-<node>`) registers and updates its own node, and records
+/// events named `<node>-…`; nothing else.
 pub(super) fn own_node(caller: &Caller, kind: Kind, name: &str) -> bool {
-    caller.role == "agent" && kind == Kind::Node && caller.user.strip_prefix("agent-") == Some(name)
+    let Some(node) = caller.user.strip_prefix("agent-") else {
+        return false;
+    };
+    caller.role == "agent"
+        && match kind {
+            Kind::Node => name == node,
+            Kind::Event => name
+                .strip_prefix(node)
+                .is_some_and(|rest| rest.starts_with('-')),
+            _ => false,
+        }
 }
 
 pub(super) fn may_write(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
