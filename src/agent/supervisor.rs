@@ -85,6 +85,10 @@ struct Proc {
     term_sent: Option<Instant>,
     reported: Option<Value>,
     unit_zone: String,
+    /// It exited without ever becoming ready on `port`: another process may hold that
+    /// port (taken between the agent's check and the instance's bind), so the next
+    /// start gets a fresh one.
+    new_port: bool,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -259,6 +263,7 @@ impl Supervisor {
                         term_sent: None,
                         reported: None,
                         unit_zone: String::new(),
+                        new_port: false,
                     },
                 );
             }
@@ -450,6 +455,7 @@ impl Supervisor {
                         term_sent: None,
                         reported: None,
                         unit_zone: unit_zone.clone(),
+                        new_port: false,
                     },
                 );
             }
@@ -459,6 +465,13 @@ impl Supervisor {
             p.unit_zone = unit_zone;
             if p.launch.is_empty() {
                 p.launch = launch; // adopted: take the current definition as its own
+            }
+            if p.new_port && p.pid.is_none() {
+                let port = self.free_port();
+                if let Some(p) = self.procs.get_mut(name) {
+                    p.port = port;
+                    p.new_port = false;
+                }
             }
             self.supervise(name, spec, app, &version).await;
         }
@@ -512,6 +525,7 @@ impl Supervisor {
             _ => None,
         };
         if let Some(how) = exited {
+            p.new_port = !p.ready;
             tracing::warn!(instance = %name, status = %how, restarts = p.restarts, "Instance exited; restarting it with backoff");
             push_event(
                 events,
