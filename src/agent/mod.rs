@@ -97,7 +97,11 @@ async fn work(
             Ok(Some(t)) => t,
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!(error = %e, "Agent enrolment failed; retrying");
+                if credential.waiting_for_local_control() {
+                    tracing::debug!(error = %e, "Waiting for the local control role");
+                } else {
+                    tracing::warn!(error = %e, "Agent enrolment failed; retrying");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}

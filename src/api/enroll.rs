@@ -228,6 +228,14 @@ impl ServiceCredential {
         Ok(Some(token))
     }
 
+    /// Whether enrolment is only waiting for the co-located control role to write its
+    /// admin token (a normal second at the start of `tessera up`, not worth a warning).
+    pub fn waiting_for_local_control(&self) -> bool {
+        self.join_token.is_none()
+            && !self.file.exists()
+            && self.admin_token.as_ref().is_some_and(|p| !p.exists())
+    }
+
     /// Forgets a credential the control plane refused, if it can enroll again.
     pub fn forget(&self) {
         if self.join_token.is_some() || self.admin_token.is_some() {

@@ -148,6 +148,9 @@ impl Feed {
                     self.set_status(|s| s.last_error = Some(e));
                     self.credential.forget();
                 }
+                Stop::Relist(e) if self.credential.waiting_for_local_control() => {
+                    tracing::debug!(error = %e, "Waiting for the local control role");
+                }
                 Stop::Relist(e) => {
                     tracing::warn!(error = %e, "Route feed interrupted; serving the current table and retrying");
                     self.set_status(|s| s.last_error = Some(e));
