@@ -61,6 +61,12 @@ impl Drop for Reaper {
     }
 }
 
+/// An object of the API as JSON.
+fn read(api: SocketAddr, token: &str, path: &str) -> Value {
+    let (_, _, body) = http(api, "GET", path, Some(token), "").unwrap();
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
 fn pid_alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
 }
@@ -89,18 +95,10 @@ fn up_demo_serves_users_from_their_unit_and_restarts_a_killed_instance() {
     assert_eq!(v["instance"], "echo-rz01-0");
     // The instance's status names its process; kill it: the agent starts it again.
     let token = n.admin_token();
-    let (_, _, body) = http(
-        api,
-        "GET",
-        "/api/v1/instances/echo-rz00-0",
-        Some(&token),
-        "",
-    )
-    .unwrap();
-    let inst: Value = serde_json::from_str(&body).unwrap();
+    let inst = read(api, &token, "/api/v1/instances/echo-rz00-0");
     let pid = inst["status"]["pid"]
         .as_u64()
-        .unwrap_or_else(|| panic!("{body}"));
+        .unwrap_or_else(|| panic!("{inst}"));
     assert!(pid_alive(pid));
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -108,26 +106,18 @@ fn up_demo_serves_users_from_their_unit_and_restarts_a_killed_instance() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, _, body) = http(
-            api,
-            "GET",
-            "/api/v1/instances/echo-rz00-0",
-            Some(&token),
-            "",
-        )
-        .unwrap();
-        let inst: Value = serde_json::from_str(&body).unwrap();
+        let inst = read(api, &token, "/api/v1/instances/echo-rz00-0");
         let new_pid = inst["status"]["pid"].as_u64();
         if new_pid.is_some_and(|p| p != pid) && inst["status"]["ready"] == true {
             assert!(
                 inst["status"]["restarts"].as_u64().unwrap_or(0) >= 1,
-                "{body}"
+                "{inst}"
             );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "not restarted: {body}\n{}",
+            "not restarted: {inst}\n{}",
             n.logs()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -158,15 +148,7 @@ fn up_demo_serves_users_from_their_unit_and_restarts_a_killed_instance() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Ctrl-C stops the instances `up` started.
-    let (_, _, body) = http(
-        api,
-        "GET",
-        "/api/v1/instances/echo-rz00-0",
-        Some(&token),
-        "",
-    )
-    .unwrap();
-    let inst: Value = serde_json::from_str(&body).unwrap();
+    let inst = read(api, &token, "/api/v1/instances/echo-rz00-0");
     let new_pid = inst["status"]["pid"].as_u64().unwrap_or(pid);
     n.signal("INT");
     let (status, _) = n.wait_exit(Duration::from_secs(15));
@@ -252,15 +234,7 @@ fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
         (v["unit"].as_str(), v["zone"].as_str()),
         (Some("rz01"), Some("hz-b"))
     );
-    let (_, _, body) = http(
-        api,
-        "GET",
-        "/api/v1/instances/echo-rz00-0",
-        Some(&token),
-        "",
-    )
-    .unwrap();
-    let inst: Value = serde_json::from_str(&body).unwrap();
+    let inst = read(api, &token, "/api/v1/instances/echo-rz00-0");
     assert_eq!(inst["spec"]["node"], "host-a", "{body}");
     assert!(
         inst["status"]["endpoint"]
@@ -270,15 +244,7 @@ fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
         "{body}"
     );
     let pid = inst["status"]["pid"].as_u64().unwrap();
-    let (_, _, body) = http(
-        api,
-        "GET",
-        "/api/v1/instances/echo-rz01-0",
-        Some(&token),
-        "",
-    )
-    .unwrap();
-    let other: Value = serde_json::from_str(&body).unwrap();
+    let other = read(api, &token, "/api/v1/instances/echo-rz01-0");
     let _reaper = Reaper(vec![pid, other["status"]["pid"].as_u64().unwrap_or(0)]);
     // The nodes registered themselves, with heartbeats.
     let (_, _, body) = http(api, "GET", "/api/v1/nodes/host-b", Some(&token), "").unwrap();
@@ -302,15 +268,7 @@ fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
     assert!(get_uid(gw, "2088000000000007").is_some());
     a.start_again();
     std::thread::sleep(Duration::from_secs(3));
-    let (_, _, body) = http(
-        api,
-        "GET",
-        "/api/v1/instances/echo-rz00-0",
-        Some(&token),
-        "",
-    )
-    .unwrap();
-    let inst: Value = serde_json::from_str(&body).unwrap();
+    let inst = read(api, &token, "/api/v1/instances/echo-rz00-0");
     assert_eq!(
         inst["status"]["pid"].as_u64(),
         Some(pid),
@@ -405,15 +363,7 @@ fn an_instance_upgraded_under_load_fails_no_request() {
     std::thread::sleep(Duration::from_millis(500));
     // The upgrade: the instance's version changes; the agent starts v2 beside v1,
     // reports it once ready, then drains and stops v1.
-    let (_, _, body) = http(
-        api,
-        "GET",
-        "/api/v1/instances/echo-rz00-0",
-        Some(&token),
-        "",
-    )
-    .unwrap();
-    let mut inst: Value = serde_json::from_str(&body).unwrap();
+    let mut inst = read(api, &token, "/api/v1/instances/echo-rz00-0");
     let started = Instant::now();
     let before = ok.load(Ordering::Relaxed);
     inst["spec"]["version"] = "v2".into();

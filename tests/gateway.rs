@@ -109,6 +109,71 @@ fn uid(gw: SocketAddr, path: &str, uid: &str) -> (u16, String, Value) {
     )
 }
 
+/// Two clients sending GETs to `path` until stopped (at most `limit` each), cycling the
+/// uid's slot by `stride`; `check(slot, head, body)` judges every 200 answer, anything
+/// else counts as a failed request.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    workers: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(
+        gw: SocketAddr,
+        path: &'static str,
+        stride: u64,
+        limit: u64,
+        check: fn(u64, &str, &str),
+    ) -> Load {
+        let (stop, done) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let workers = (0..2)
+            .map(|w| {
+                let (stop, done) = (stop.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut errors = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) && i < limit {
+                        let slot = (i * stride + w) % 100;
+                        match send(
+                            gw,
+                            "GET",
+                            path,
+                            &[("x-tessera-uid", &format!("20880000{slot:02}"))],
+                            "",
+                        ) {
+                            Ok((200, head, body)) => check(slot, &head, &body),
+                            other => errors.push(format!("{other:?}")),
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            workers,
+        }
+    }
+
+    /// Stops the clients: (requests sent, failures).
+    fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self
+            .workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        (self.done.load(Ordering::Relaxed), errors)
+    }
+}
+
 use crate::harness::TOPOLOGY as ESTATE;
 
 /// Control (bootstrap) + a gateway in zone hz-a enrolled with a join token.
@@ -417,57 +482,18 @@ fn standby_failover_and_an_endpoint_killed_under_load() {
     );
     // Load from two clients while one rz00 endpoint dies: GETs are retried on the other,
     // no request fails, and none reaches a unit that does not own its slot.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..2)
-        .map(|w| {
-            let (stop, failed, done, gw) = (stop.clone(), failed.clone(), done.clone(), e.gw);
-            std::thread::spawn(move || {
-                let mut i = 0u64;
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) && i < 20_000 {
-                    let slot = (i * 7 + w) % 100;
-                    let want = if slot < 50 { "rz00" } else { "rz01" };
-                    match send(
-                        gw,
-                        "GET",
-                        "/",
-                        &[("x-tessera-uid", &format!("20880000{slot:02}"))],
-                        "",
-                    ) {
-                        Ok((200, head, body)) => {
-                            assert_eq!(header(&head, "x-tessera-unit"), Some(want), "{head}");
-                            let v: Value = serde_json::from_str(&body).unwrap();
-                            assert_eq!(v["unit"], want, "slot {slot} served by {body}");
-                        }
-                        other => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.push(format!("{other:?}"));
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
-                }
-                errors
-            })
-        })
-        .collect();
+    let load = Load::start(e.gw, "/", 7, 20_000, |slot, head, body| {
+        let want = if slot < 50 { "rz00" } else { "rz01" };
+        assert_eq!(header(head, "x-tessera-unit"), Some(want), "{head}");
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["unit"], want, "slot {slot} served by {body}");
+    });
     std::thread::sleep(Duration::from_millis(500));
     a1.kill();
     std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::Relaxed);
-    let errors: Vec<String> = workers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
-    assert!(done.load(Ordering::Relaxed) > 100, "too few requests");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "{errors:?}\n{}",
-        e.gateway.logs()
-    );
+    let (done, errors) = load.stop();
+    assert!(done > 100, "too few requests");
+    assert_eq!(errors.len(), 0, "{errors:?}\n{}", e.gateway.logs());
     // The dead endpoint is out: ejected (passive) and failing its checks (active).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -522,37 +548,7 @@ fn a_hundred_changes_under_load_fail_no_request() {
         false,
     );
     e.apply(&[endpoints.clone(), rule("root", "{app: echo}")].concat());
-    let stop = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..2)
-        .map(|w| {
-            let (stop, failed, done, gw) = (stop.clone(), failed.clone(), done.clone(), e.gw);
-            std::thread::spawn(move || {
-                let mut errors = Vec::new();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) && i < 100_000 {
-                    let slot = (i * 13 + w) % 100;
-                    match send(
-                        gw,
-                        "GET",
-                        "/any",
-                        &[("x-tessera-uid", &format!("7{slot:02}"))],
-                        "",
-                    ) {
-                        Ok((200, _, _)) => {}
-                        other => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.push(format!("{other:?}"));
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
-                }
-                errors
-            })
-        })
-        .collect();
+    let load = Load::start(e.gw, "/any", 13, 100_000, |_, _, _| {});
     // 50 rule changes and 50 shard-map changes (slot 49 moves between the units).
     let mut lags = Vec::new();
     for i in 0..100u32 {
@@ -579,13 +575,9 @@ fn a_hundred_changes_under_load_fail_no_request() {
         lags.push(e.wait_revision(rev));
         std::thread::sleep(Duration::from_millis(10));
     }
-    stop.store(true, Ordering::Relaxed);
-    let errors: Vec<String> = workers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "{errors:?}");
-    assert!(done.load(Ordering::Relaxed) > 100);
+    let (done, errors) = load.stop();
+    assert_eq!(errors.len(), 0, "{errors:?}");
+    assert!(done > 100);
     lags.sort();
     // Reported, not asserted: commit-to-applied as the API client sees it (the apply
     // answer, then polling the gateway's admin listener every 2 ms).
@@ -595,7 +587,7 @@ fn a_hundred_changes_under_load_fail_no_request() {
         lags[lags.len() / 2],
         lags[lags.len() * 99 / 100],
         lags[lags.len() - 1],
-        done.load(Ordering::Relaxed)
+        done
     );
 }
 
