@@ -1,22 +1,13 @@
 //! Multi-process control clusters on 127.0.0.x: forming with join tokens, forwarding,
 //! leader loss, full restarts, member removal, and refused tokens.
 
-use crate::harness::{http, Node};
+use crate::harness::{free_port, http, Node};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-/// A free port on `ip` (bound and released; another process could take it, rarely).
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Member {
@@ -32,8 +23,10 @@ fn control(i: u8, join: Option<(&SocketAddr, &str)>) -> Member {
 /// [`control`] with extra `[control]` settings.
 fn control_with(i: u8, join: Option<(&SocketAddr, &str)>, extra: &str) -> Member {
     let ip = format!("127.0.0.{}", 10 + i);
-    let api: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
-    let peer = format!("{ip}:{}", free_port(&ip));
+    let api: SocketAddr = format!("{ip}:{}", free_port(ip.parse().unwrap()))
+        .parse()
+        .unwrap();
+    let peer = format!("{ip}:{}", free_port(ip.parse().unwrap()));
     let membership = match join {
         None => "bootstrap = true".to_string(),
         Some((url, token)) => format!("join = [\"http://{url}\"]\njoin_token = \"{token}\""),

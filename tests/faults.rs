@@ -23,7 +23,7 @@
 //! so run long soaks with `cargo test`, e.g. `TESSERA_SOAK_SECS=600 cargo test --release
 //! --test tests faults::soak -- --nocapture`.
 
-use crate::harness::{http_within, Node};
+use crate::harness::{free_port, http_within, Node};
 use crate::lincheck::{check_revisions, check_wgl, Op, OpId, Status};
 use crate::relay::Relay;
 use crate::workload::{
@@ -44,15 +44,6 @@ const CTL_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn json(body: &str) -> Option<Value> {
     serde_json::from_str(body).ok()
-}
-
-/// A free port on `ip` (bound and released; another process could take it, rarely).
-fn free_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Elapsed time since `t0`, for the test's own log lines.
@@ -104,8 +95,8 @@ impl Cluster {
             let ip: IpAddr = format!("127.0.0.{}", 40 + 4 * slot + i).parse().unwrap();
             let api = SocketAddr::new(ip, free_port(ip));
             let peer = SocketAddr::new(ip, free_port(ip));
-            let peer_relay = Relay::start(SocketAddr::new(ip, 0), peer);
-            let api_relay = Relay::start(SocketAddr::new(ip, 0), api);
+            let peer_relay = Relay::start(SocketAddr::new(ip, free_port(ip)), peer);
+            let api_relay = Relay::start(SocketAddr::new(ip, free_port(ip)), api);
             let membership = if i == 0 {
                 "bootstrap = true".to_string()
             } else {

@@ -4,7 +4,7 @@
 //! under load, changes under load, draining, restart with the control plane down, and
 //! bad clients.
 
-use crate::harness::{http, tessera, Node, BIN};
+use crate::harness::{free_port, http, tessera, Node, BIN};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -186,16 +186,6 @@ struct Estate {
     admin: SocketAddr,
 }
 
-/// A port free right now on 127.0.0.1 (the control node keeps its ports across the
-/// restart one test makes, so the gateway's `control` URL stays right).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn estate(extra_gateway: &[&str]) -> Estate {
     estate_with("", extra_gateway)
 }
@@ -204,8 +194,8 @@ fn estate(extra_gateway: &[&str]) -> Estate {
 fn estate_with(gateway_toml: &str, extra_gateway: &[&str]) -> Estate {
     let control_profile = format!(
         "node_name = \"ctl-1\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n",
-        free_port(),
-        free_port()
+        free_port(std::net::Ipv4Addr::LOCALHOST.into()),
+        free_port(std::net::Ipv4Addr::LOCALHOST.into())
     );
     let mut control = Node::run_profile(&control_profile, &[], &[]);
     let api = control.addr("control", "api");

@@ -11,6 +11,31 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
+/// A port on `ip` that nothing holds now, for a listener whose address must be known before
+/// the process starts (cluster members keep theirs across restarts). It is drawn at random
+/// from 10000-19999: outside the kernel's ephemeral range (so no `bind(:0)` or outgoing
+/// connection of another test can take it before the process binds it), and outside the
+/// agent's default instance ports. Ports handed out in this process are never handed out
+/// again, so two listeners of one test cannot collide either.
+pub fn free_port(ip: std::net::IpAddr) -> u16 {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<(std::net::IpAddr, u16)>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..10_000 {
+        let port = fastrand::u16(10_000..20_000);
+        if given.contains(&(ip, port)) {
+            continue;
+        }
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            given.insert((ip, port));
+            return port;
+        }
+    }
+    panic!("no free port on {ip} in 10000-19999");
+}
+
 /// Runs `tessera ARGS` to completion (bounded) with extra environment.
 pub fn tessera(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
