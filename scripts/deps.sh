@@ -2,13 +2,14 @@
 # Installs what tessera's build and tests need, when missing.
 # Usage: scripts/deps.sh build|test
 #   build: Debian packages for the rocksdb build (clang, libclang-dev)
-#   test:  also curl, and a Python venv with schemathesis (the OpenAPI fuzzer the tests
+#   test:  also curl, MariaDB (server + client), and a Python venv with schemathesis (the OpenAPI fuzzer the tests
 #          run) under $TESSERA_TOOLS (default /var/cache/tessera/tools when writable,
 #          else ~/.cache/tessera/tools); versions pinned below
 set -euo pipefail
 want=(clang libclang-dev)          # rocksdb's C++ build and its bindgen
 if [ "${1:-build}" = test ]; then
-  want+=(curl)                     # a TLS + HTTP/2 client for peer-listener tests; later: mariadb-server, chromium
+  want+=(curl)                     # a TLS + HTTP/2 client for peer-listener tests
+  want+=(mariadb-server mariadb-client)  # real MySQL-protocol backends for the DB proxy tests
   command -v python3 >/dev/null || want+=(python3)
   python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
 fi

@@ -145,16 +145,32 @@ fn up_runs_every_role_and_ctrl_c_exits_0_quickly() {
 }
 
 #[test]
-fn dbproxy_refuses_mysql_clients_with_a_protocol_error() {
+fn dbproxy_greets_mysql_clients_and_refuses_unknown_users() {
     let mut n = Node::up(&[]);
     let mysql = n.addr("dbproxy", "mysql");
     let mut s = std::net::TcpStream::connect_timeout(&mysql, Duration::from_secs(2)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 256];
+    let got = s.read(&mut greeting).unwrap();
+    // Handshake v10 (protocol byte 10) with the proxy's version string.
+    assert!(got > 40 && greeting[3] == 0 && greeting[4] == 10, "{:?}", &greeting[..got]);
+    assert!(String::from_utf8_lossy(&greeting[5..got]).contains("tessera"));
+    // HandshakeResponse41 for user `nobody` without a password: ER_ACCESS_DENIED (1045).
+    let mut resp = Vec::new();
+    resp.extend_from_slice(&(0x0200u32 | 0x8000 | 0x80000).to_le_bytes());
+    resp.extend_from_slice(&(1u32 << 24).to_le_bytes());
+    resp.push(45);
+    resp.extend_from_slice(&[0; 23]);
+    resp.extend_from_slice(b"nobody\0\0mysql_native_password\0");
+    let mut packet = (resp.len() as u32).to_le_bytes()[..3].to_vec();
+    packet.push(1);
+    packet.extend(resp);
+    std::io::Write::write_all(&mut s, &packet).unwrap();
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    assert!(buf.len() > 7 && buf[3] == 0 && buf[4] == 0xFF, "{buf:?}");
-    assert_eq!(u16::from_le_bytes([buf[5], buf[6]]), 1105);
-    assert!(String::from_utf8_lossy(&buf[7..]).contains("no data sources"));
+    let _ = s.read_to_end(&mut buf);
+    assert!(buf.len() > 7 && buf[3] == 2 && buf[4] == 0xFF, "{buf:?}");
+    assert_eq!(u16::from_le_bytes([buf[5], buf[6]]), 1045);
+    assert!(String::from_utf8_lossy(&buf[7..]).contains("Access denied for user 'nobody'"));
 }
 
 #[test]

@@ -298,8 +298,23 @@ pub struct DbproxyConfig {
     pub admin_listen: ListenAddr,
     /// Control plane URLs; defaults to the local control role when it runs in this process.
     pub control: Vec<String>,
-    /// Token from `tessera token create --role dbproxy`.
+    /// Token from `tessera token create --role dbproxy`, exchanged once for the proxy's
+    /// own API credential (kept in `<data_dir>/dbproxy/credential`).
     pub join_token: Option<String>,
+    /// Client connections at most; further ones are refused with ER_CON_COUNT_ERROR.
+    pub max_connections: usize,
+    /// Connections to one backend server at most (all sessions together).
+    pub max_backend_connections: usize,
+    /// How long a statement waits for a backend connection when all are busy.
+    pub backend_wait_ms: u64,
+    /// How long connecting and logging in to a backend may take.
+    pub backend_connect_timeout_ms: u64,
+    /// Statements slower than this are logged (target `tessera::slowquery`); 0 = off.
+    pub slow_query_ms: u64,
+    /// The largest packet a client may send (MySQL's max_allowed_packet).
+    pub max_packet_bytes: usize,
+    /// The server version string clients see.
+    pub server_version: String,
 }
 
 impl Default for DbproxyConfig {
@@ -309,6 +324,13 @@ impl Default for DbproxyConfig {
             admin_listen: local(7404),
             control: Vec::new(),
             join_token: None,
+            max_connections: 4096,
+            max_backend_connections: 256,
+            backend_wait_ms: 2_000,
+            backend_connect_timeout_ms: 2_000,
+            slow_query_ms: 1_000,
+            max_packet_bytes: 64 << 20,
+            server_version: "8.0.36-tessera".into(),
         }
     }
 }

@@ -229,6 +229,37 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
             ),
         );
     }
+    if has(Role::Dbproxy) {
+        let d = &cfg.dbproxy;
+        for (key, v) in [
+            ("dbproxy.max_connections", d.max_connections as u64),
+            (
+                "dbproxy.max_backend_connections",
+                d.max_backend_connections as u64,
+            ),
+            ("dbproxy.backend_wait_ms", d.backend_wait_ms),
+            (
+                "dbproxy.backend_connect_timeout_ms",
+                d.backend_connect_timeout_ms,
+            ),
+        ] {
+            if v == 0 {
+                c.fail(key, "must be at least 1");
+            }
+        }
+        if d.max_packet_bytes < 1024 || d.max_packet_bytes > (1 << 30) {
+            c.fail("dbproxy.max_packet_bytes", "must be 1024-1073741824");
+        }
+        if d.server_version.is_empty()
+            || d.server_version.len() > 60
+            || !d.server_version.bytes().all(|b| b.is_ascii_graphic())
+        {
+            c.fail(
+                "dbproxy.server_version",
+                "1-60 printable ASCII characters without spaces",
+            );
+        }
+    }
     if has(Role::Gateway) {
         let g = &cfg.gateway;
         if g.max_connections == 0 {

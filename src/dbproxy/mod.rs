@@ -1,48 +1,147 @@
-//! The dbproxy role: the MySQL-protocol proxy. Today it binds its listeners and answers
-//! each MySQL client with a protocol-correct ERR packet saying that no data sources are
-//! configured, so clients fail at once with a clear message instead of hanging. The
-//! handshake, routing and splitting build on this.
+//! The dbproxy role: a MySQL-protocol proxy that routes each statement to the shard
+//! owning its rows, by the same slot function and shard map as the gateway.
+//!
+//! - `wire.rs`: packets, handshake, OK/ERR/EOF, password scrambles (pure, fuzzed).
+//! - `sql.rs`: what a statement means for routing (sqlparser, MySQL dialect).
+//! - `topology.rs`: data sources, shards and proxy users from the control plane.
+//! - `backend.rs`: backend connections (results relayed undecoded) and their pools.
+//! - `session.rs`: one client: login, routing, transactions, read/write splitting.
+//! - `merge.rs`: ORDER BY / LIMIT over the rows of a SELECT scattered over shards.
+//! - `metrics.rs`: `tessera_dbproxy_*`.
+//!
+//! Inputs come from `crate::api::feed` (list + watch of `zones units shardmaps
+//! datasources`, cached in `<data_dir>/dbproxy/datasources.json`). A checker pings every
+//! backend server every 2 s and reads each replica's lag.
+
+mod backend;
+mod merge;
+mod metrics;
+mod session;
+mod sql;
+mod topology;
+pub mod wire;
 
 use crate::admin;
+use crate::api::feed::{Feed, FeedStatus};
 use crate::config::Role;
-use crate::net::probe;
 use crate::role::{bind_tcp, local_addr, Bound, RoleContext, RoleError};
-use std::time::Duration;
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use backend::Backend;
+use serde_json::json;
+use session::Shared;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use topology::{PoolSettings, Pools, Topology};
 
-/// ER_UNKNOWN_ERROR; sent before the handshake, so without an SQLSTATE marker.
-const ER_UNKNOWN_ERROR: u16 = 1105;
+const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let cfg = &ctx.config;
+    let d = cfg.dbproxy.clone();
     let health = ctx.metrics.health(Role::Dbproxy);
-    let mysql = bind_tcp("dbproxy.listen", cfg.dbproxy.listen.0).await?;
-    let admin_l = bind_tcp("dbproxy.admin_listen", cfg.dbproxy.admin_listen.0).await?;
+    let mysql = bind_tcp("dbproxy.listen", d.listen.0).await?;
+    let admin_l = bind_tcp("dbproxy.admin_listen", d.admin_listen.0).await?;
     let listeners = vec![
-        ("mysql", local_addr(&mysql, cfg.dbproxy.listen.0)),
-        ("admin", local_addr(&admin_l, cfg.dbproxy.admin_listen.0)),
+        ("mysql", local_addr(&mysql, d.listen.0)),
+        ("admin", local_addr(&admin_l, d.admin_listen.0)),
     ];
-    let urls = ctx.control_urls(&cfg.dbproxy.control);
-    let gauge = ctx.metrics.control_reachable(Role::Dbproxy);
-    let router = admin::router(health.clone(), ctx.metrics.clone());
+    let shared = Arc::new(Shared {
+        topology: ArcSwap::from_pointee(Topology::default()),
+        metrics: metrics::DbMetrics::new(ctx.metrics.registry()),
+        next_id: AtomicU32::new(1),
+        version: d.server_version.clone(),
+        slow_query: (d.slow_query_ms > 0).then(|| Duration::from_millis(d.slow_query_ms)),
+        max_packet: d.max_packet_bytes,
+        rr: AtomicUsize::new(0),
+    });
+    let pools = Arc::new(Pools::new(PoolSettings {
+        max_per_server: d.max_backend_connections,
+        connect_timeout: Duration::from_millis(d.backend_connect_timeout_ms),
+        wait: Duration::from_millis(d.backend_wait_ms),
+    }));
+    let status = Arc::new(Mutex::new(FeedStatus {
+        source: "none".into(),
+        ..FeedStatus::default()
+    }));
+    let urls: Vec<String> = ctx
+        .control_urls(&d.control)
+        .iter()
+        .map(|u| u.to_string().trim_end_matches('/').to_string())
+        .collect();
+    let feed = Feed {
+        credential: crate::api::enroll::ServiceCredential {
+            role: "dbproxy",
+            node_name: cfg.node_name.clone(),
+            urls: urls.clone(),
+            join_token: d.join_token.clone(),
+            admin_token: cfg
+                .has(Role::Control)
+                .then(|| cfg.data_dir.join("admin.token")),
+            file: cfg.data_dir.join("dbproxy").join("credential"),
+        },
+        urls,
+        dir: cfg.data_dir.join("dbproxy"),
+        cache_file: "datasources.json",
+        kinds: &topology::INPUT_KINDS,
+        install: {
+            let (shared, pools) = (shared.clone(), pools.clone());
+            Box::new(move |inputs, source| {
+                let t = topology::compile(inputs, &pools);
+                for p in &t.problems {
+                    tracing::warn!(problem = %p, "Data source input skipped");
+                }
+                tracing::debug!(
+                    revision = t.revision,
+                    databases = t.databases.len(),
+                    source,
+                    "Installing data sources"
+                );
+                shared.metrics.topology_revision.set(t.revision as i64);
+                pools.retain(&t);
+                shared.topology.store(Arc::new(t));
+            })
+        },
+        status: status.clone(),
+        reachable: ctx.metrics.control_reachable(Role::Dbproxy),
+    };
+    let admin_router = admin::router(health.clone(), ctx.metrics.clone()).merge(
+        Router::new()
+            .route("/datasources", get(datasources))
+            .with_state(AdminState {
+                shared: shared.clone(),
+                status,
+            }),
+    );
     Ok(Bound::new(Role::Dbproxy, listeners, move |shutdown| {
         Box::pin(async move {
-            let probe = tokio::spawn(probe::watch_control(
-                Role::Dbproxy,
-                urls,
-                Duration::from_secs(5),
-                gauge,
-                None,
-                shutdown.clone(),
-            ));
-            health.set_ready();
+            health.set_not_ready("no data sources yet (from the control plane or the cache)");
+            let feed_task = tokio::spawn(feed.run(shutdown.clone()));
+            let checks = tokio::spawn(check_backends(shared.clone(), shutdown.clone()));
+            let ready = {
+                let (shared, health, shutdown) = (shared.clone(), health.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    while shared.topology.load().revision == 0 {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        }
+                    }
+                    health.set_ready();
+                })
+            };
             let (a, b) = tokio::join!(
-                refuse_all(mysql, shutdown.clone()),
-                admin::serve(admin_l, router, shutdown)
+                serve_mysql(mysql, shared.clone(), d.max_connections, shutdown.clone()),
+                admin::serve(admin_l, admin_router, shutdown)
             );
-            let _ = probe.await;
+            let _ = tokio::join!(feed_task, checks, ready);
             health.set_not_ready("stopped");
             a.and(b).map_err(|source| RoleError::Serve {
                 role: Role::Dbproxy,
@@ -53,44 +152,207 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     }))
 }
 
-async fn refuse_all(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let packet = err_packet(
-        ER_UNKNOWN_ERROR,
-        "tessera dbproxy: no data sources are configured yet",
-    );
+async fn serve_mysql(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let sessions = tokio_util::task::TaskTracker::new();
+    loop {
+        let (mut sock, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Accepting a MySQL connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Refuse with the server's own error, so the client says "Too many connections".
+            let mut out = Vec::new();
+            wire::frame(
+                &mut out,
+                0,
+                &wire::err_packet(wire::er::CON_COUNT, "Too many connections"),
+            );
+            tokio::spawn(async move {
+                let _ = sock.write_all(&out).await;
+                let _ = sock.shutdown().await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        let stop = shutdown.clone();
+        sessions.spawn(async move {
+            tokio::select! {
+                _ = session::serve(sock, peer, shared) => {}
+                // On shutdown, give sessions a moment to finish their statement.
+                _ = async { stop.cancelled().await; tokio::time::sleep(Duration::from_secs(2)).await } => {}
+            }
+            drop(permit);
+        });
+    }
+    sessions.close();
+    sessions.wait().await;
+    Ok(())
+}
+
+/// Every 2 s: each backend server gets a connection test, each replica a lag reading.
+async fn check_backends(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            accepted = listener.accept() => {
-                let Ok((mut sock, peer)) = accepted else { continue };
-                let packet = packet.clone();
-                tokio::spawn(async move {
-                    tracing::debug!(%peer, "Refusing MySQL client: no data sources");
-                    let _ = sock.write_all(&packet).await;
-                    let _ = sock.shutdown().await;
-                });
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+        let topo = shared.topology.load_full();
+        let mut checks = Vec::new();
+        for db in topo.databases.values() {
+            for shard in db.shards.values() {
+                let servers = std::iter::once((shard.primary.clone(), "primary"))
+                    .chain(shard.replicas.iter().map(|r| (r.clone(), "replica")));
+                for (pool, role) in servers {
+                    let labels = [
+                        db.name.clone(),
+                        shard.unit.clone(),
+                        role.to_string(),
+                        pool.target.addr.clone(),
+                    ];
+                    checks.push(check_one(pool, role == "replica", labels, &shared));
+                }
             }
         }
+        futures_util::future::join_all(checks).await;
     }
 }
 
-/// A MySQL ERR packet with sequence id 0 (3-byte length, sequence, 0xFF, code, message).
-fn err_packet(code: u16, message: &str) -> Vec<u8> {
-    let mut payload = vec![0xFF];
-    payload.extend_from_slice(&code.to_le_bytes());
-    payload.extend_from_slice(message.as_bytes());
-    let len = payload.len() as u32;
-    let mut out = len.to_le_bytes()[..3].to_vec();
-    out.push(0);
-    out.extend(payload);
-    out
+async fn check_one(pool: Arc<backend::Pool>, replica: bool, labels: [String; 4], shared: &Shared) {
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let timeout = pool.connect_timeout;
+    let result = async {
+        let mut b = Backend::connect(&pool.target, timeout).await?;
+        if replica {
+            let lag = tokio::time::timeout(timeout, replica_lag_ms(&mut b))
+                .await
+                .map_err(|_| {
+                    backend::BackendError::Other("SHOW SLAVE STATUS timed out".into())
+                })??;
+            Ok::<_, backend::BackendError>(lag)
+        } else {
+            tokio::time::timeout(timeout, b.ping())
+                .await
+                .map_err(|_| backend::BackendError::Other("ping timed out".into()))??;
+            Ok(Some(0))
+        }
+    }
+    .await;
+    let was_up = pool.is_up();
+    match result {
+        Ok(lag) => {
+            let lag = lag.unwrap_or(u64::MAX);
+            pool.health.lag_ms.store(lag, Ordering::Relaxed);
+            pool.mark_up();
+            if !was_up {
+                tracing::info!(server = %pool.target.addr, "Backend server reachable again");
+            }
+            shared.metrics.backend_up.with_label_values(&labels).set(1);
+            shared
+                .metrics
+                .replica_lag_ms
+                .with_label_values(&labels)
+                .set(if lag == u64::MAX { -1 } else { lag as i64 });
+        }
+        Err(e) => {
+            if was_up {
+                tracing::warn!(server = %pool.target.addr, error = %e, "Backend server check failed");
+            }
+            pool.mark_down(&e.to_string());
+            shared.metrics.backend_up.with_label_values(&labels).set(0);
+        }
+    }
+    *pool
+        .health
+        .checked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    shared
+        .metrics
+        .pool_open
+        .with_label_values(&labels)
+        .set(pool.open.load(Ordering::Relaxed) as i64);
+    shared
+        .metrics
+        .pool_in_use
+        .with_label_values(&labels)
+        .set(pool.in_use() as i64);
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn err_packet_layout() {
-        let p = super::err_packet(1105, "no");
-        assert_eq!(p, vec![5, 0, 0, 0, 0xFF, 0x51, 0x04, b'n', b'o']);
+/// Seconds_Behind_Master in ms; None when the server is not replicating.
+async fn replica_lag_ms(b: &mut Backend) -> Result<Option<u64>, backend::BackendError> {
+    let (names, rows) = b.query_named("SHOW SLAVE STATUS").await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let cell = |name: &str| {
+        names
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+            .and_then(|i| row.get(i).cloned().flatten())
+    };
+    let running = cell("Slave_SQL_Running").is_some_and(|v| v == "Yes")
+        && cell("Slave_IO_Running").is_some_and(|v| v == "Yes");
+    if !running {
+        return Ok(None);
     }
+    Ok(cell("Seconds_Behind_Master")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| s * 1000))
+}
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    status: Arc<Mutex<FeedStatus>>,
+}
+
+/// `GET /datasources`: databases, shards, servers and their health as this proxy sees
+/// them.
+async fn datasources(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let t = s.shared.topology.load_full();
+    let feed = s.status.lock().map(|s| s.clone()).unwrap_or_default();
+    let server = |p: &backend::Pool| {
+        let lag = p.health.lag_ms.load(Ordering::Relaxed);
+        json!({
+            "address": p.target.addr,
+            "database": p.target.database,
+            "up": p.is_up(),
+            "lastError": p.last_error(),
+            "lagMs": if lag == u64::MAX { None } else { Some(lag) },
+            "connections": p.open.load(Ordering::Relaxed),
+            "inUse": p.in_use(),
+        })
+    };
+    let mut dbs: Vec<_> = t.databases.values().collect();
+    dbs.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(json!({
+        "revision": t.revision,
+        "source": feed.source,
+        "connected": feed.connected,
+        "lastError": feed.last_error,
+        "problems": t.problems,
+        "databases": dbs.iter().map(|d| json!({
+            "name": d.name,
+            "datasource": d.datasource,
+            "shardKey": d.shard_key,
+            "shards": d.shards.values().map(|s| json!({
+                "unit": s.unit,
+                "primary": server(&s.primary),
+                "replicas": s.replicas.iter().map(|r| server(r)).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    }))
 }

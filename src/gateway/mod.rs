@@ -3,26 +3,26 @@
 //! - `table.rs`: the route table, compiled from resources (pure); matching and unit choice.
 //! - `proxy.rs`: the data plane (hyper: HTTP/1.1 and h2c on one port), retries, mirror,
 //!   passive ejection, in-flight accounting, metrics and access log.
-//! - `feed.rs`: credential, list + watch of the control plane, the on-disk route cache.
+//! - `crate::api::feed`: credential, list + watch of the control plane, the on-disk route
+//!   cache (`routes.json`).
 //! - here: the listeners, active health checks, and the admin endpoints
 //!   (`/routes`, `/endpoints`, `/drained`).
 //!
 //! The gateway is ready once it has a route table, from the control plane or from its
 //! cache; it never needs the control plane to keep serving.
 
-mod feed;
 mod proxy;
 pub mod table;
 mod tls;
 
 use crate::admin;
+use crate::api::feed::{Feed, FeedStatus};
 use crate::config::Role;
 use crate::role::{bind_tcp, local_addr, Bound, RoleContext, RoleError};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use feed::{Feed, FeedStatus};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use proxy::{Gateway, GatewayMetrics};
@@ -85,8 +85,25 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         },
         urls,
         dir: cfg.data_dir.join("gateway"),
-        local_zone: cfg.zone.clone(),
-        gateway: gateway.clone(),
+        cache_file: "routes.json",
+        kinds: &table::INPUT_KINDS,
+        install: {
+            let (gateway, zone) = (gateway.clone(), cfg.zone.clone());
+            Box::new(move |inputs, source| {
+                let table = table::compile(inputs, zone.as_deref(), &gateway.states);
+                for p in &table.problems {
+                    tracing::warn!(problem = %p, "Route table input skipped");
+                }
+                tracing::debug!(
+                    revision = table.revision,
+                    rules = table.rules.len(),
+                    endpoints = table.endpoints.len(),
+                    source,
+                    "Installing a route table"
+                );
+                gateway.install(table);
+            })
+        },
         status: status.clone(),
         reachable: ctx.metrics.control_reachable(Role::Gateway),
     };

@@ -8,13 +8,13 @@
 //! (canary, blue/green) and by their live state (draining, ejected, unhealthy), which is
 //! shared across tables through [`EndpointStates`].
 
+pub use crate::api::feed::Inputs;
 use crate::model::slot::slot_of;
 use crate::model::specs::{
     AppSpec, Failover, InstanceSpec, InstanceStatus, KeySource, ShardMapSpec, TrafficRuleSpec,
     UnitSpec, UnitType, ZoneSpec,
 };
 use crate::model::{Kind, Resource};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -23,28 +23,6 @@ use std::time::Duration;
 
 /// The kinds a route table is built from (exactly what the gateway role may read).
 pub const INPUT_KINDS: [Kind; 6] = crate::model::specs::GATEWAY_READS;
-
-/// What a table is built from: the objects of [`INPUT_KINDS`] as of `revision`. This is
-/// also what the gateway keeps on disk, so it can start without the control plane.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Inputs {
-    pub revision: u64,
-    pub objects: BTreeMap<String, Resource>,
-}
-
-impl Inputs {
-    pub fn key(kind: Kind, name: &str) -> String {
-        format!("{}/{name}", kind.plural())
-    }
-
-    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
-        let prefix = format!("{}/", kind.plural());
-        self.objects
-            .range(prefix.clone()..)
-            .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(_, r)| r)
-    }
-}
 
 /// Live state of one upstream address, kept across table swaps.
 #[derive(Debug, Default)]
@@ -394,31 +372,7 @@ pub fn compile(inputs: &Inputs, local_zone: Option<&str>, states: &EndpointState
         .of_kind(Kind::ShardMap)
         .filter_map(|r| Some((r.metadata.name.clone(), spec(r)?)))
         .collect();
-    let mut slot_unit: Vec<Option<String>> = vec![None; 100];
-    for (name, u) in &units {
-        if u.unit_type == UnitType::RZone {
-            for r in &u.slots {
-                if let Ok(range) = crate::model::specs::parse_slots("", r) {
-                    for s in range {
-                        slot_unit[s as usize] = Some(name.clone());
-                    }
-                }
-            }
-        }
-    }
-    if let Some((_, m)) = maps
-        .iter()
-        .find(|(n, _)| n == "default")
-        .or(if maps.len() == 1 { maps.first() } else { None })
-    {
-        for (range, unit) in &m.slots {
-            if let Ok(range) = crate::model::specs::parse_slots("", range) {
-                for s in range {
-                    slot_unit[s as usize] = Some(unit.clone());
-                }
-            }
-        }
-    }
+    let slot_unit = crate::model::slot::slot_units(&units, &maps);
 
     let local_region = local_zone
         .and_then(|z| zones.get(z))

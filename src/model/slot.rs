@@ -24,6 +24,41 @@ pub fn slot_of(key: &[u8]) -> u8 {
     (h % u64::from(SLOTS)) as u8
 }
 
+/// Slot → unit for all 100 slots: the shard map named `default` (else the only one),
+/// over the RZones' own `slots`. `None` where nothing claims a slot.
+pub fn slot_units(
+    units: &std::collections::BTreeMap<String, super::specs::UnitSpec>,
+    maps: &[(String, super::specs::ShardMapSpec)],
+) -> Vec<Option<String>> {
+    use super::specs::{parse_slots, UnitType};
+    let mut slot_unit: Vec<Option<String>> = vec![None; SLOTS as usize];
+    for (name, u) in units {
+        if u.unit_type == UnitType::RZone {
+            for r in &u.slots {
+                if let Ok(range) = parse_slots("", r) {
+                    for s in range {
+                        slot_unit[s as usize] = Some(name.clone());
+                    }
+                }
+            }
+        }
+    }
+    let chosen = maps
+        .iter()
+        .find(|(n, _)| n == "default")
+        .or(if maps.len() == 1 { maps.first() } else { None });
+    if let Some((_, m)) = chosen {
+        for (range, unit) in &m.slots {
+            if let Ok(range) = parse_slots("", range) {
+                for s in range {
+                    slot_unit[s as usize] = Some(unit.clone());
+                }
+            }
+        }
+    }
+    slot_unit
+}
+
 #[cfg(test)]
 mod tests {
     use super::slot_of;

@@ -460,12 +460,61 @@ pub struct Shard {
 pub struct DataSourceSpec {
     /// The logical database applications connect to.
     pub database: String,
-    /// The column whose value is the user id (the shard key).
+    /// The column whose value is the user id (the shard key) in every table not listed in
+    /// `tables`.
     #[serde(default)]
     pub shard_key: Option<String>,
     pub shards: Vec<Shard>,
+    /// The account the DB proxy logs in to the shards' servers with.
     #[serde(default)]
     pub user: Option<String>,
+    /// That account's password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Tables that are not sharded by `shardKey`: global ones, ones copied in every
+    /// shard, or ones with their own shard-key column.
+    #[serde(default)]
+    pub tables: Vec<TableRule>,
+    /// The accounts applications log in to the DB proxy with (not the backend account).
+    #[serde(default)]
+    pub proxy_users: Vec<ProxyUser>,
+    /// Reads go to a replica only while its replication lag is at most this.
+    #[serde(default = "five_thousand")]
+    pub max_replica_lag_ms: u32,
+}
+
+fn five_thousand() -> u32 {
+    5_000
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TableType {
+    /// Rows live in the shard of their shard key's unit.
+    #[default]
+    Sharded,
+    /// One copy, in the shard of the GZone unit.
+    Global,
+    /// A copy in every shard (dictionaries): reads go to one, writes to all.
+    EveryShard,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TableRule {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub table_type: TableType,
+    /// For a sharded table: its shard-key column, when not the data source's.
+    #[serde(default)]
+    pub shard_key: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyUser {
+    pub name: String,
+    pub password: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -790,6 +839,58 @@ pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
             }
             if s.shards.is_empty() {
                 return Err(Invalid::new("spec.shards", "at least one shard"));
+            }
+            let ident = |field: String, v: &str| {
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+                {
+                    Err(Invalid::new(
+                        field,
+                        format!("`{v}`: 1-64 characters of letters, digits, '_' and '$'"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            if let Some(k) = &s.shard_key {
+                ident("spec.shardKey".into(), k)?;
+            }
+            let mut tables = std::collections::BTreeSet::new();
+            for (i, t) in s.tables.iter().enumerate() {
+                ident(format!("spec.tables[{i}].name"), &t.name)?;
+                if !tables.insert(t.name.to_ascii_lowercase()) {
+                    return Err(Invalid::new(
+                        format!("spec.tables[{i}].name"),
+                        format!("table `{}` is listed twice", t.name),
+                    ));
+                }
+                if let Some(k) = &t.shard_key {
+                    ident(format!("spec.tables[{i}].shardKey"), k)?;
+                    if t.table_type != TableType::Sharded {
+                        return Err(Invalid::new(
+                            format!("spec.tables[{i}].shardKey"),
+                            "only a sharded table has a shard key",
+                        ));
+                    }
+                }
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for (i, u) in s.proxy_users.iter().enumerate() {
+                if u.name.is_empty() || u.name.len() > 80 || u.name.contains(['\0', '\'', '`']) {
+                    return Err(Invalid::new(
+                        format!("spec.proxyUsers[{i}].name"),
+                        "1-80 characters without NUL, quotes or backticks",
+                    ));
+                }
+                if !names.insert(&u.name) {
+                    return Err(Invalid::new(
+                        format!("spec.proxyUsers[{i}].name"),
+                        format!("user `{}` is listed twice", u.name),
+                    ));
+                }
             }
             let mut units = std::collections::BTreeSet::new();
             for (i, sh) in s.shards.iter().enumerate() {

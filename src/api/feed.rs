@@ -1,29 +1,50 @@
-//! The gateway's link to the control plane: its credential, the resources its route table
-//! is built from (listed, then watched), and the copy of them on disk.
+//! A role's link to the control plane: its credential, the resources it works from
+//! (listed, then watched), and the copy of them on disk. Used by the gateway (route
+//! table) and the DB proxy (data sources).
 //!
-//! - Credential: `<data_dir>/gateway/credential` (0600), obtained once by exchanging
-//!   `gateway.join_token` over TLS with the leader (`api::enroll`). A gateway co-located
+//! - Credential: `<data_dir>/<role>/credential` (0600), obtained once by exchanging the
+//!   role's `join_token` over TLS with the leader (`api::enroll`). A role co-located
 //!   with a control node (`tessera up`) mints itself a join token with the local
 //!   `admin.token` and exchanges it the same way: it never runs on the admin credential.
-//! - Sync: list the input kinds, build and install a table, then follow
-//!   `/api/v1/watch?kinds=…&since=REV`, rebuilding once per batch of events that arrive
-//!   together. A dropped stream resumes from the last revision seen; a compacted one is
-//!   listed again.
-//! - Cache: the inputs are written to `<data_dir>/gateway/routes.json` (at most once a
-//!   second, atomically). At start the gateway serves from it before the control plane
+//! - Sync: list the input kinds, install them, then follow
+//!   `/api/v1/watch?kinds=…&since=REV&progress=true`, installing at each PROGRESS event
+//!   after changes (so an install never holds half of a commit). A dropped stream resumes
+//!   from the last revision seen; a compacted one is listed again.
+//! - Cache: the inputs are written to `<data_dir>/<role>/<cache file>` (at most once a
+//!   second, atomically). At start the role serves from it before the control plane
 //!   answers, so the data plane never depends on the control plane being up.
 
-use super::proxy::Gateway;
-use super::table::{compile, Inputs, INPUT_KINDS};
 use crate::api::{Client, ClientError, List};
 use crate::model::{Kind, Resource};
 use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// The objects of a role's input kinds as of `revision`; also what it keeps on disk.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Inputs {
+    pub revision: u64,
+    pub objects: BTreeMap<String, Resource>,
+}
+
+impl Inputs {
+    pub fn key(kind: Kind, name: &str) -> String {
+        format!("{}/{name}", kind.plural())
+    }
+
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
+        let prefix = format!("{}/", kind.plural());
+        self.objects
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, r)| r)
+    }
+}
 
 /// No byte for this long on a watch (the server sends a keep-alive every 15 s): reconnect.
 const WATCH_IDLE: Duration = Duration::from_secs(45);
@@ -41,13 +62,21 @@ pub struct FeedStatus {
     pub control: Option<String>,
 }
 
+/// Puts inputs to work: (inputs, where they came from).
+pub type Installer = Box<dyn Fn(&Inputs, &str) + Send + Sync>;
+
 pub struct Feed {
     pub urls: Vec<String>,
     pub credential: crate::api::enroll::ServiceCredential,
-    /// `<data_dir>/gateway`.
+    /// `<data_dir>/<role>`.
     pub dir: PathBuf,
-    pub local_zone: Option<String>,
-    pub gateway: Arc<Gateway>,
+    /// The cache file's name in `dir`.
+    pub cache_file: &'static str,
+    /// What is listed and watched.
+    pub kinds: &'static [Kind],
+    /// Puts a consistent set of inputs to work; the second argument says where they came
+    /// from (`cache` or `control`).
+    pub install: Installer,
     pub status: Arc<Mutex<FeedStatus>>,
     pub reachable: prometheus::IntGauge,
 }
@@ -72,7 +101,7 @@ struct WatchEvent {
 
 impl Feed {
     fn cache_path(&self) -> PathBuf {
-        self.dir.join("routes.json")
+        self.dir.join(self.cache_file)
     }
 
     fn set_status(&self, f: impl FnOnce(&mut FeedStatus)) {
@@ -80,18 +109,7 @@ impl Feed {
     }
 
     fn install(&self, inputs: &Inputs, source: &str) {
-        let table = compile(inputs, self.local_zone.as_deref(), &self.gateway.states);
-        for p in &table.problems {
-            tracing::warn!(problem = %p, "Route table input skipped");
-        }
-        tracing::debug!(
-            revision = table.revision,
-            rules = table.rules.len(),
-            endpoints = table.endpoints.len(),
-            source,
-            "Installing a route table"
-        );
-        self.gateway.install(table);
+        (self.install)(inputs, source);
         self.set_status(|s| {
             s.source = source.into();
             s.applied_at = Some(crate::model::now_rfc3339());
@@ -101,10 +119,10 @@ impl Feed {
     fn save(&self, inputs: &Inputs) {
         let body = match serde_json::to_vec(inputs) {
             Ok(b) => b,
-            Err(e) => return tracing::warn!(error = %e, "Encoding the route cache failed"),
+            Err(e) => return tracing::warn!(error = %e, "Encoding the feed cache failed"),
         };
         if let Err(e) = crate::util::write_atomic(&self.cache_path(), &body, 0o600) {
-            tracing::warn!(path = %self.cache_path().display(), error = %e, "Writing the route cache failed");
+            tracing::warn!(path = %self.cache_path().display(), error = %e, "Writing the feed cache failed");
         }
     }
 
@@ -116,13 +134,13 @@ impl Feed {
                 tracing::info!(
                     revision = i.revision,
                     objects = i.objects.len(),
-                    "Serving the cached route table until the control plane answers"
+                    "Serving the cached inputs until the control plane answers"
                 );
                 self.install(&i, "cache");
                 Some(i)
             }
             Err(e) => {
-                tracing::warn!(path = %self.cache_path().display(), error = %e, "The route cache is unreadable; ignoring it");
+                tracing::warn!(path = %self.cache_path().display(), error = %e, "The feed cache is unreadable; ignoring it");
                 None
             }
         }
@@ -144,7 +162,7 @@ impl Feed {
             match outcome {
                 Stop::Shutdown => break,
                 Stop::Unauthorized(e) => {
-                    tracing::error!(error = %e, "The control plane refused this gateway's credential; enrolling again needs a new gateway.join_token");
+                    tracing::error!(error = %e, role = self.credential.role, "The control plane refused this role's credential; enrolling again needs a new join_token");
                     self.set_status(|s| s.last_error = Some(e));
                     self.credential.forget();
                 }
@@ -152,7 +170,7 @@ impl Feed {
                     tracing::debug!(error = %e, "Waiting for the local control role");
                 }
                 Stop::Relist(e) => {
-                    tracing::warn!(error = %e, "Route feed interrupted; serving the current table and retrying");
+                    tracing::warn!(error = %e, "Feed from the control plane interrupted; serving what is held and retrying");
                     self.set_status(|s| s.last_error = Some(e));
                 }
             }
@@ -198,7 +216,7 @@ impl Feed {
         // recognised by the revisions of the objects already held and skipped).
         let mut fresh = Inputs::default();
         let mut since = u64::MAX;
-        for kind in INPUT_KINDS {
+        for &kind in self.kinds {
             let list: List = match client
                 .call(
                     http::Method::GET,
@@ -224,7 +242,7 @@ impl Feed {
             s.last_error = None;
             s.control = Some(client.url().to_string());
         });
-        let kinds: Vec<&str> = INPUT_KINDS.iter().map(|k| k.plural()).collect();
+        let kinds: Vec<&str> = self.kinds.iter().map(|k| k.plural()).collect();
         let mut last_save = Instant::now();
         let mut dirty = false;
         // Changes held but not installed yet: installed at the next PROGRESS event, when

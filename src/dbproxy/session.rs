@@ -1,0 +1,1079 @@
+//! One client connection: handshake and login, then one command at a time, each routed
+//! to the shard that owns its rows.
+//!
+//! A session holds at most one backend connection per server it has used, for its whole
+//! life (session state such as `SET` variables and temporary tables stays where the
+//! client put it); they go back to their pools, reset, when the client leaves. `SET`
+//! statements are replayed on each backend connection the session takes later.
+//!
+//! Transactions: `BEGIN` is held until the first statement names a shard; the session
+//! then begins on that shard's primary and stays pinned to it until COMMIT/ROLLBACK. A
+//! statement for another shard inside the transaction is refused and the transaction
+//! is left as it was.
+
+use super::backend::{BackendError, Collected, Lease, Pool};
+use super::metrics::DbMetrics;
+use super::sql::{self, Analysis, Class, ParseFailure};
+use super::topology::{Database, ShardRoute, Topology};
+use super::wire::{self, cap, com, er};
+use crate::model::specs::TableType;
+use arc_swap::ArcSwap;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// What every session shares.
+pub struct Shared {
+    pub topology: ArcSwap<Topology>,
+    pub metrics: DbMetrics,
+    pub next_id: AtomicU32,
+    pub version: String,
+    pub slow_query: Option<Duration>,
+    pub max_packet: usize,
+    /// Round-robin over replicas.
+    pub rr: AtomicUsize,
+}
+
+type Reply = Result<(), Fatal>;
+
+/// The session cannot go on (the client left, or sent garbage, or a backend broke in the
+/// middle of a response).
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+impl From<std::io::Error> for Fatal {
+    fn from(e: std::io::Error) -> Self {
+        Fatal(e.to_string())
+    }
+}
+
+struct Held {
+    pool: Arc<Pool>,
+    lease: Lease,
+}
+
+pub struct Session {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    rd: BufReader<OwnedReadHalf>,
+    wr: BufWriter<OwnedWriteHalf>,
+    buf: Vec<u8>,
+    user: String,
+    /// Current logical database (lowercase).
+    db: Option<String>,
+    autocommit: bool,
+    /// Inside BEGIN … COMMIT (or autocommit = 0): statements go to one shard's primary.
+    in_tx: bool,
+    /// The unit the open transaction runs on, once a statement started it there.
+    tx_unit: Option<String>,
+    /// Session `SET` statements, replayed on each backend connection taken later.
+    sets: Vec<String>,
+    /// Backend connections held, by pool address.
+    held: HashMap<usize, Held>,
+    /// After a write, the session's reads go to primaries (read-your-writes), when asked
+    /// with `SET tessera_read_your_writes = 1`.
+    read_your_writes: bool,
+    wrote: bool,
+}
+
+pub async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = sock.set_nodelay(true);
+    let (r, w) = sock.into_split();
+    let mut s = Session {
+        shared: shared.clone(),
+        peer,
+        rd: BufReader::with_capacity(16 * 1024, r),
+        wr: BufWriter::with_capacity(32 * 1024, w),
+        buf: Vec::with_capacity(1024),
+        user: String::new(),
+        db: None,
+        autocommit: true,
+        in_tx: false,
+        tx_unit: None,
+        sets: Vec::new(),
+        held: HashMap::new(),
+        read_your_writes: false,
+        wrote: false,
+    };
+    shared.metrics.clients.inc();
+    match s.login().await {
+        Ok(true) => {
+            if let Err(Fatal(e)) = s.run().await {
+                tracing::debug!(peer = %s.peer, user = %s.user, error = %e, "MySQL session ended");
+            }
+        }
+        Ok(false) => {}
+        Err(Fatal(e)) => tracing::debug!(peer = %peer, error = %e, "MySQL login failed"),
+    }
+    s.release_all().await;
+    shared.metrics.clients.dec();
+}
+
+impl Session {
+    async fn send(&mut self, seq: u8, payload: &[u8]) -> Reply {
+        let mut out = Vec::with_capacity(payload.len() + 4);
+        wire::frame(&mut out, seq, payload);
+        self.wr.write_all(&out).await?;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Reply {
+        self.wr.flush().await?;
+        Ok(())
+    }
+
+    async fn error(&mut self, seq: u8, code: (u16, &str), msg: &str) -> Reply {
+        self.shared
+            .metrics
+            .errors
+            .with_label_values(&[&code.0.to_string()])
+            .inc();
+        self.send(seq, &wire::err_packet(code, msg)).await?;
+        self.flush().await
+    }
+
+    fn status(&self) -> u16 {
+        let mut s = 0;
+        if self.autocommit {
+            s |= wire::SERVER_STATUS_AUTOCOMMIT;
+        }
+        if self.in_tx {
+            s |= wire::SERVER_STATUS_IN_TRANS;
+        }
+        s
+    }
+
+    async fn ok(&mut self, seq: u8) -> Reply {
+        let p = wire::ok_packet(0, 0, self.status(), "");
+        self.send(seq, &p).await?;
+        self.flush().await
+    }
+
+    /// Handshake and authentication; Ok(false) when the client was refused.
+    async fn login(&mut self) -> Result<bool, Fatal> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let nonce = wire::nonce();
+        let hello = wire::handshake_v10(id, &self.shared.version, &nonce, cap::PROXY);
+        self.send(0, &hello).await?;
+        self.flush().await?;
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            wire::read_packet(&mut self.rd, &mut self.buf, 64 * 1024),
+        )
+        .await;
+        let seq = match read {
+            Ok(Ok(seq)) => seq,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                self.error(2, er::HANDSHAKE, "Bad handshake: no answer within 10 s")
+                    .await?;
+                return Ok(false);
+            }
+        };
+        let next = seq.wrapping_add(1);
+        if wire::is_ssl_request(&self.buf) {
+            // TLS is not offered (the SSL capability is not in the greeting).
+            self.error(
+                next,
+                er::HANDSHAKE,
+                "Bad handshake: this proxy does not offer TLS yet",
+            )
+            .await?;
+            return Ok(false);
+        }
+        let client = match wire::parse_handshake_response(&self.buf) {
+            Ok(c) => c,
+            Err(m) => {
+                self.error(next, er::HANDSHAKE, &format!("Bad handshake: {}", m.0))
+                    .await?;
+                return Ok(false);
+            }
+        };
+        self.user = client.user.clone();
+        let topo = self.shared.topology.load_full();
+        let account = topo.users.get(&client.user);
+        let plugin = client.plugin.as_deref().unwrap_or(wire::NATIVE);
+        let (mut auth, mut plugin, mut seq) = (client.auth.clone(), plugin.to_string(), next);
+        if plugin != wire::NATIVE && plugin != wire::SHA2 {
+            // Ask for mysql_native_password instead.
+            let mut p = vec![0xFE];
+            p.extend_from_slice(wire::NATIVE.as_bytes());
+            p.push(0);
+            p.extend_from_slice(&nonce);
+            p.push(0);
+            self.send(seq, &p).await?;
+            self.flush().await?;
+            let s = wire::read_packet(&mut self.rd, &mut self.buf, 64 * 1024).await?;
+            auth = self.buf.clone();
+            plugin = wire::NATIVE.into();
+            seq = s.wrapping_add(1);
+        }
+        let ok = account.is_some_and(|a| {
+            let want = if plugin == wire::SHA2 {
+                wire::scramble_sha2(a.password.as_bytes(), &nonce)
+            } else {
+                wire::scramble_native(a.password.as_bytes(), &nonce)
+            };
+            wire::same(&auth, &want)
+        });
+        if !ok {
+            self.shared
+                .metrics
+                .logins
+                .with_label_values(&["denied"])
+                .inc();
+            tracing::info!(peer = %self.peer, user = %client.user, "MySQL login refused");
+            let msg = format!(
+                "Access denied for user '{}'@'{}' (using password: {})",
+                client.user,
+                self.peer.ip(),
+                if auth.is_empty() { "NO" } else { "YES" }
+            );
+            self.error(seq, er::ACCESS_DENIED, &msg).await?;
+            return Ok(false);
+        }
+        if plugin == wire::SHA2 {
+            self.send(seq, &[0x01, 0x03]).await?;
+            seq = seq.wrapping_add(1);
+        }
+        if let Some(db) = &client.database {
+            if let Err((code, msg)) = self.check_db(&topo, db) {
+                self.error(seq, code, &msg).await?;
+                return Ok(false);
+            }
+            self.db = Some(db.to_ascii_lowercase());
+        }
+        self.shared.metrics.logins.with_label_values(&["ok"]).inc();
+        self.ok(seq).await?;
+        Ok(true)
+    }
+
+    fn check_db(&self, topo: &Topology, db: &str) -> Result<(), ((u16, &'static str), String)> {
+        let lower = db.to_ascii_lowercase();
+        let allowed = topo
+            .users
+            .get(&self.user)
+            .is_some_and(|a| a.databases.contains(&lower));
+        if !topo.databases.contains_key(&lower) {
+            Err((er::BAD_DB, format!("Unknown database '{db}'")))
+        } else if !allowed {
+            Err((
+                (1044, "42000"),
+                format!("Access denied for user '{}' to database '{db}'", self.user),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn run(&mut self) -> Reply {
+        loop {
+            let read = wire::read_packet(&mut self.rd, &mut self.buf, self.shared.max_packet).await;
+            match read {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    let msg = format!("Got a packet bigger than 'max_allowed_packet' bytes ({e})");
+                    self.error(1, er::NET_PACKET_TOO_LARGE, &msg).await?;
+                    return Err(Fatal(msg));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let Some(&cmd) = self.buf.first() else {
+                self.error(1, er::UNKNOWN_COM, "Empty command packet")
+                    .await?;
+                continue;
+            };
+            let payload = std::mem::take(&mut self.buf);
+            let r = match cmd {
+                com::QUIT => return Ok(()),
+                com::PING => self.ok(1).await,
+                com::QUERY => self.query(&payload).await,
+                com::INIT_DB => {
+                    let name = String::from_utf8_lossy(&payload[1..]).into_owned();
+                    self.use_db(&name).await
+                }
+                com::RESET_CONNECTION => {
+                    self.release_all().await;
+                    self.sets.clear();
+                    self.in_tx = false;
+                    self.tx_unit = None;
+                    self.autocommit = true;
+                    self.wrote = false;
+                    self.ok(1).await
+                }
+                com::SET_OPTION => {
+                    let p = wire::eof_packet(self.status());
+                    self.send(1, &p).await?;
+                    self.flush().await
+                }
+                com::STATISTICS => {
+                    let t = self.shared.topology.load();
+                    let text = format!(
+                        "tessera dbproxy  Databases: {}  Shards: {}",
+                        t.databases.len(),
+                        t.databases.values().map(|d| d.shards.len()).sum::<usize>()
+                    );
+                    self.send(1, text.as_bytes()).await?;
+                    self.flush().await
+                }
+                com::FIELD_LIST => self.field_list(&payload).await,
+                com::STMT_PREPARE
+                | com::STMT_EXECUTE
+                | com::STMT_CLOSE
+                | com::STMT_RESET
+                | com::STMT_SEND_LONG_DATA
+                | com::STMT_FETCH => {
+                    if cmd == com::STMT_CLOSE || cmd == com::STMT_SEND_LONG_DATA {
+                        // These have no response.
+                        Ok(())
+                    } else {
+                        self.error(
+                            1,
+                            er::NOT_SUPPORTED_YET,
+                            "tessera dbproxy does not support server-side prepared statements yet; use the text protocol (e.g. sysbench --db-ps-mode=disable, JDBC useServerPrepStmts=false)",
+                        )
+                        .await
+                    }
+                }
+                other => {
+                    self.error(
+                        1,
+                        er::UNKNOWN_COM,
+                        &format!("Unknown command 0x{other:02x}"),
+                    )
+                    .await
+                }
+            };
+            self.buf = payload;
+            r?;
+        }
+    }
+
+    async fn use_db(&mut self, name: &str) -> Reply {
+        let topo = self.shared.topology.load_full();
+        match self.check_db(&topo, name) {
+            Ok(()) => {
+                if self.tx_unit.is_some() {
+                    return self
+                        .error(
+                            1,
+                            er::UNKNOWN,
+                            "Cannot change the database inside a transaction pinned to a shard",
+                        )
+                        .await;
+                }
+                self.db = Some(name.to_ascii_lowercase());
+                self.ok(1).await
+            }
+            Err((code, msg)) => self.error(1, code, &msg).await,
+        }
+    }
+
+    fn database(&self, topo: &Topology) -> Option<Arc<Database>> {
+        topo.databases.get(self.db.as_ref()?).cloned()
+    }
+
+    /// The database to use when none is selected: the user's only one.
+    fn default_database(&self, topo: &Topology) -> Option<Arc<Database>> {
+        if let Some(d) = self.database(topo) {
+            return Some(d);
+        }
+        let a = topo.users.get(&self.user)?;
+        let mut dbs = a.databases.iter();
+        let first = dbs.next()?;
+        topo.databases.get(first).cloned()
+    }
+
+    async fn field_list(&mut self, payload: &[u8]) -> Reply {
+        let topo = self.shared.topology.load_full();
+        let Some(db) = self.database(&topo) else {
+            return self.error(1, er::NO_DB, "No database selected").await;
+        };
+        let Some(shard) = db.shards.values().next().cloned() else {
+            return self
+                .error(1, er::UNKNOWN, "The database has no shards")
+                .await;
+        };
+        self.relay_on(&shard, true, payload, "field_list").await
+    }
+
+    async fn query(&mut self, payload: &[u8]) -> Reply {
+        let started = Instant::now();
+        let text =
+            match std::str::from_utf8(&payload[1..]) {
+                Ok(t) => t.to_string(),
+                Err(_) => return self
+                    .error(
+                        1,
+                        er::UNKNOWN,
+                        "The statement is not valid UTF-8 (utf8mb4 is the proxy's character set)",
+                    )
+                    .await,
+            };
+        let analysis = sql::analyze(&text);
+        let class = match &analysis {
+            Ok(a) => class_label(&a.class),
+            Err(_) => "unparsed",
+        };
+        let r = self.route(payload, &text, analysis).await;
+        let took = started.elapsed();
+        self.shared
+            .metrics
+            .latency
+            .with_label_values(&[class])
+            .observe(took.as_secs_f64());
+        if let Some(slow) = self.shared.slow_query {
+            if took >= slow {
+                let shown: String = text.chars().take(1024).collect();
+                tracing::warn!(target: "tessera::slowquery", user = %self.user, db = ?self.db, ms = took.as_millis() as u64, class, sql = %shown, "Slow statement");
+            }
+        }
+        r
+    }
+
+    async fn route(
+        &mut self,
+        payload: &[u8],
+        text: &str,
+        analysis: Result<Analysis, (ParseFailure, sql::Hint)>,
+    ) -> Reply {
+        let topo = self.shared.topology.load_full();
+        let a = match analysis {
+            Ok(a) => a,
+            Err((ParseFailure::Empty, _)) => {
+                return self.error(1, (1065, "42000"), "Query was empty").await
+            }
+            Err((ParseFailure::Multi, _)) => {
+                return self
+                    .error(1, er::NOT_SUPPORTED_YET, "tessera dbproxy routes one statement at a time: send the statements separately")
+                    .await
+            }
+            Err((ParseFailure::Syntax(e), hint)) => {
+                // Route what cannot be parsed only where its target is certain.
+                let db = self.default_database(&topo);
+                let shard = match (&hint.unit, &db) {
+                    (Some(u), Some(d)) => d.shards.get(u).cloned(),
+                    (None, Some(d)) if d.shards.len() == 1 => d.shards.values().next().cloned(),
+                    _ => None,
+                };
+                return match shard {
+                    Some(s) => self.single(&s, &Class::Write, true, payload, "unparsed").await,
+                    None => {
+                        self.error(1, er::PARSE, &format!(
+                            "tessera dbproxy cannot parse this statement to route it ({e}); add /* tessera: shard=UNIT */ to send it to one shard"
+                        ))
+                        .await
+                    }
+                };
+            }
+        };
+        match &a.class {
+            Class::Use(name) => return self.use_db(&name.clone()).await,
+            Class::Begin => {
+                if self.tx_unit.is_some() {
+                    // MySQL commits an open transaction at BEGIN.
+                    if let Err(m) = self.finish_tx("COMMIT").await {
+                        return self.error(1, er::UNKNOWN, &m).await;
+                    }
+                }
+                self.in_tx = true;
+                return self.ok(1).await;
+            }
+            Class::Commit | Class::Rollback => {
+                let word = if a.class == Class::Commit {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                let r = self.finish_tx(word).await;
+                self.in_tx = !self.autocommit;
+                return match r {
+                    Ok(()) => self.ok(1).await,
+                    Err(m) => self.error(1, er::UNKNOWN, &m).await,
+                };
+            }
+            Class::Autocommit(on) => {
+                let on = *on;
+                if on && self.tx_unit.is_some() {
+                    if let Err(m) = self.finish_tx("COMMIT").await {
+                        return self.error(1, er::UNKNOWN, &m).await;
+                    }
+                }
+                self.autocommit = on;
+                self.in_tx = !on;
+                return self.ok(1).await;
+            }
+            Class::Session => return self.session_set(text, &topo).await,
+            _ => {}
+        }
+        let Some(db) = self.default_database(&topo) else {
+            return if a.tables.is_empty() {
+                self.error(1, er::NO_DB, "No database selected and this user has none; connect with a database the proxy serves")
+                    .await
+            } else {
+                self.error(1, er::NO_DB, "No database selected").await
+            };
+        };
+        if a.class == Class::Ddl {
+            return self.ddl(&db, payload, &a).await;
+        }
+        // Which shards does the statement touch?
+        let units: Vec<String> = match self.target_units(&topo, &db, &a) {
+            Ok(u) => u,
+            Err(m) => return self.error(1, er::UNKNOWN, &m).await,
+        };
+        let write = a.class != Class::Read;
+        if let Some(pinned) = &self.tx_unit {
+            if units.len() != 1 || &units[0] != pinned {
+                let m = format!(
+                    "This transaction is pinned to shard {pinned} (unit); the statement needs {}. Finish the transaction first; it is unchanged.",
+                    units.join(", ")
+                );
+                return self.error(1, er::UNKNOWN, &m).await;
+            }
+        }
+        if units.len() == 1 {
+            let Some(shard) = db.shards.get(&units[0]).cloned() else {
+                let m = format!("Database '{}' has no shard for unit {}", db.name, units[0]);
+                return self.error(1, er::UNKNOWN, &m).await;
+            };
+            let primary =
+                write || self.in_tx || a.hint.primary || (self.read_your_writes && self.wrote);
+            let class = class_label(&a.class);
+            self.shared
+                .metrics
+                .statements
+                .with_label_values(&[&db.name, &shard.unit, class])
+                .inc();
+            return self.single(&shard, &a.class, primary, payload, class).await;
+        }
+        // Several shards.
+        let (_, kinds) = db.table_kinds(&a.tables);
+        let every = !kinds.is_empty() && kinds.iter().all(|k| *k == TableType::EveryShard);
+        if write {
+            if every && a.class == Class::Write && !self.in_tx {
+                return self.broadcast(&db, payload).await;
+            }
+            let m = format!(
+                "This {} spans shards {} of database '{}': writes must name one shard key value (or IN values of one shard), or carry /* tessera: shard=UNIT */",
+                if a.class == Class::Write { "write" } else { "statement" },
+                units.join(", "),
+                db.name
+            );
+            return self.error(1, er::UNKNOWN, &m).await;
+        }
+        if self.in_tx {
+            let m = "A statement that spans shards cannot run inside a transaction (it is pinned to one shard); the transaction is unchanged";
+            return self.error(1, er::UNKNOWN, m).await;
+        }
+        match &a.merge {
+            Ok(plan) => {
+                let plan = plan.clone();
+                for u in &units {
+                    self.shared
+                        .metrics
+                        .statements
+                        .with_label_values(&[&db.name, u, "scatter"])
+                        .inc();
+                }
+                self.scatter(&db, &units, &plan).await
+            }
+            Err(why) => {
+                let m = format!(
+                    "This SELECT has no shard key, so it would run on shards {}; {why}. Add the shard key to WHERE or /* tessera: shard=UNIT */",
+                    units.join(", ")
+                );
+                self.error(1, er::NOT_SUPPORTED_YET, &m).await
+            }
+        }
+    }
+
+    /// The units a statement's rows live in.
+    fn target_units(
+        &self,
+        topo: &Topology,
+        db: &Database,
+        a: &Analysis,
+    ) -> Result<Vec<String>, String> {
+        if let Some(u) = &a.hint.unit {
+            if !db.shards.contains_key(u) {
+                return Err(format!(
+                    "The hint names shard {u}, which database '{}' does not have (it has {})",
+                    db.name,
+                    db.shards.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            return Ok(vec![u.clone()]);
+        }
+        let all: Vec<String> = db.shards.keys().cloned().collect();
+        let here = || -> Vec<String> {
+            match &self.tx_unit {
+                Some(u) => vec![u.clone()],
+                None => all.iter().take(1).cloned().collect(),
+            }
+        };
+        if a.tables.is_empty() {
+            return Ok(here());
+        }
+        let (keys, kinds) = db.table_kinds(&a.tables);
+        let global = kinds.contains(&TableType::Global);
+        let sharded = kinds.contains(&TableType::Sharded);
+        if global && sharded {
+            return Err("A statement cannot mix global tables with sharded ones (they live in different shards)".into());
+        }
+        if global {
+            let g = topo
+                .global_units
+                .iter()
+                .find(|u| db.shards.contains_key(*u))
+                .ok_or_else(|| {
+                    format!(
+                        "Database '{}' has no shard in a GZone unit for its global tables",
+                        db.name
+                    )
+                })?;
+            return Ok(vec![g.clone()]);
+        }
+        if !sharded {
+            // Only every-shard tables: any one shard reads; writes go to all.
+            return Ok(if a.class == Class::Read { here() } else { all });
+        }
+        match a.key_values(&keys) {
+            Some(values) => {
+                let mut units = BTreeSet::new();
+                for v in &values {
+                    let u = topo.unit_of(v).ok_or_else(|| {
+                        format!("No unit owns the slot of shard key value {v}: the shard map does not cover it")
+                    })?;
+                    units.insert(u.to_string());
+                }
+                Ok(units.into_iter().collect())
+            }
+            None => Ok(all),
+        }
+    }
+
+    /// A backend connection to `pool` for this session (held until the session ends).
+    async fn conn(&mut self, pool: &Arc<Pool>) -> Result<&mut Held, String> {
+        let key = key(pool);
+        if !self.held.contains_key(&key) {
+            let mut lease = pool
+                .get()
+                .await
+                .map_err(|e| format!("{}: {e}", pool.target.addr))?;
+            for s in &self.sets {
+                let mut p = vec![com::QUERY];
+                p.extend_from_slice(s.as_bytes());
+                match lease.conn.collect(&p).await {
+                    Ok(Collected::Ok(_)) => {}
+                    Ok(_) => return Err(format!("replaying `{s}` on {} failed", pool.target.addr)),
+                    Err(e) => {
+                        pool.discard(lease);
+                        return Err(format!("{}: {e}", pool.target.addr));
+                    }
+                }
+            }
+            self.held.insert(
+                key,
+                Held {
+                    pool: pool.clone(),
+                    lease,
+                },
+            );
+        }
+        Ok(self.held.get_mut(&key).expect("just inserted"))
+    }
+
+    fn drop_conn(&mut self, pool: &Arc<Pool>) {
+        if let Some(h) = self.held.remove(&key(pool)) {
+            h.pool.discard(h.lease);
+        }
+    }
+
+    async fn release_all(&mut self) {
+        for (_, h) in self.held.drain() {
+            h.pool.put(h.lease, true).await;
+        }
+    }
+
+    /// The pool a statement on `shard` uses.
+    fn pick(&self, shard: &ShardRoute, primary: bool, max_lag_ms: u64) -> Arc<Pool> {
+        if !primary {
+            let ok: Vec<&Arc<Pool>> = shard
+                .replicas
+                .iter()
+                .filter(|p| p.is_up() && p.health.lag_ms.load(Ordering::Relaxed) <= max_lag_ms)
+                .collect();
+            if !ok.is_empty() {
+                // Prefer a replica this session already holds a connection to.
+                if let Some(p) = ok.iter().find(|p| self.held.contains_key(&key(p))) {
+                    return (*p).clone();
+                }
+                let i = self.shared.rr.fetch_add(1, Ordering::Relaxed) % ok.len();
+                return ok[i].clone();
+            }
+        }
+        shard.primary.clone()
+    }
+
+    /// Runs one statement on one shard and relays the answer.
+    async fn single(
+        &mut self,
+        shard: &Arc<ShardRoute>,
+        class: &Class,
+        primary: bool,
+        payload: &[u8],
+        label: &str,
+    ) -> Reply {
+        if self.in_tx && self.tx_unit.is_none() {
+            // Start the held-back transaction on this shard's primary.
+            let pool = shard.primary.clone();
+            let begun = match self.conn(&pool).await {
+                Ok(h) => h.lease.conn.collect(b"\x03START TRANSACTION").await,
+                Err(m) => return self.shard_down(shard, &pool, &m).await,
+            };
+            match begun {
+                Ok(Collected::Ok(_)) => self.tx_unit = Some(shard.unit.clone()),
+                Ok(Collected::Err(p)) => {
+                    self.send(1, &p).await?;
+                    return self.flush().await;
+                }
+                Ok(_) | Err(_) => {
+                    self.drop_conn(&pool);
+                    return self
+                        .shard_down(shard, &pool, "the transaction could not be started")
+                        .await;
+                }
+            }
+        }
+        let _ = class;
+        self.relay_on(shard, primary, payload, label).await
+    }
+
+    async fn relay_on(
+        &mut self,
+        shard: &Arc<ShardRoute>,
+        primary: bool,
+        payload: &[u8],
+        _label: &str,
+    ) -> Reply {
+        let lag = {
+            let topo = self.shared.topology.load();
+            self.db
+                .as_ref()
+                .and_then(|d| topo.databases.get(d))
+                .map(|d| d.max_replica_lag_ms)
+                .unwrap_or(5_000)
+        };
+        let pool = self.pick(shard, primary || self.in_tx, lag);
+        if pool.target.addr == shard.primary.target.addr && primary {
+            self.wrote = true;
+        }
+        if let Err(m) = self.conn(&pool).await {
+            return self.shard_down(shard, &pool, &m).await;
+        }
+        // Out of the map while it relays, so the client writer can be borrowed too.
+        let mut held = self.held.remove(&key(&pool)).expect("held above");
+        let r = held.lease.conn.relay(payload, &mut self.wr).await;
+        if held.lease.conn.healthy {
+            self.held.insert(key(&pool), held);
+        } else {
+            pool.discard(held.lease);
+        }
+        match r {
+            Ok(_) => self.flush().await,
+            Err(BackendError::Lost(e)) => {
+                pool.mark_down(&e);
+                self.drop_conn(&pool);
+                self.shard_down(shard, &pool, &format!("the connection was lost ({e})"))
+                    .await
+            }
+            Err(e) => {
+                if matches!(e, BackendError::Io(_)) {
+                    pool.mark_down(&e.to_string());
+                }
+                // Bytes of the answer may already be on their way: the client cannot be
+                // told cleanly; end the session (as a server crash would).
+                Err(Fatal(format!(
+                    "backend {} failed mid-statement: {e}",
+                    pool.target.addr
+                )))
+            }
+        }
+    }
+
+    async fn shard_down(&mut self, shard: &ShardRoute, pool: &Pool, why: &str) -> Reply {
+        let role = if std::ptr::eq(pool, &*shard.primary) {
+            "primary"
+        } else {
+            "replica"
+        };
+        let aborted = if self.tx_unit.is_some() {
+            self.tx_unit = None;
+            self.in_tx = !self.autocommit;
+            " (the open transaction is lost)"
+        } else {
+            ""
+        };
+        let m = format!(
+            "Shard {} is unavailable: its {role} {} cannot be reached: {why}{aborted}",
+            shard.unit, pool.target.addr
+        );
+        self.shared
+            .metrics
+            .backend_errors
+            .with_label_values(&[&shard.unit, role])
+            .inc();
+        self.error(1, er::UNAVAILABLE, &m).await
+    }
+
+    /// Ends the pinned transaction with COMMIT or ROLLBACK; Err names what went wrong.
+    async fn finish_tx(&mut self, word: &str) -> Result<(), String> {
+        let Some(unit) = self.tx_unit.take() else {
+            return Ok(());
+        };
+        let topo = self.shared.topology.load_full();
+        let pool = self
+            .database(&topo)
+            .or_else(|| self.default_database(&topo))
+            .and_then(|d| d.shards.get(&unit).map(|s| s.primary.clone()))
+            .ok_or_else(|| {
+                format!("shard {unit} is no longer configured; the transaction was abandoned")
+            })?;
+        let mut p = vec![com::QUERY];
+        p.extend_from_slice(word.as_bytes());
+        let h = self.conn(&pool).await?;
+        match h.lease.conn.collect(&p).await {
+            Ok(Collected::Ok(_)) => Ok(()),
+            Ok(Collected::Err(e)) => Err(wire::parse_err(&e)
+                .map(|(c, m)| format!("{m} (error {c})"))
+                .unwrap_or_default()),
+            Ok(_) => Err("unexpected answer".into()),
+            Err(e) => {
+                self.drop_conn(&pool);
+                Err(format!(
+                    "{word} on shard {unit} failed: {e}; the outcome is unknown"
+                ))
+            }
+        }
+    }
+
+    async fn session_set(&mut self, text: &str, topo: &Topology) -> Reply {
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("tessera_read_your_writes") {
+            self.read_your_writes =
+                !(lower.contains("= 0") || lower.contains("=0") || lower.contains("off"));
+            return self.ok(1).await;
+        }
+        // Apply to every held connection; check it on one shard when none is held.
+        let mut p = vec![com::QUERY];
+        p.extend_from_slice(text.as_bytes());
+        let mut pools: Vec<Arc<Pool>> = self.held.values().map(|h| h.pool.clone()).collect();
+        if pools.is_empty() {
+            if let Some(s) = self
+                .default_database(topo)
+                .and_then(|d| d.shards.values().next().cloned())
+            {
+                pools.push(s.primary.clone());
+            }
+        }
+        for pool in pools {
+            let r = match self.conn(&pool).await {
+                Ok(h) => h.lease.conn.collect(&p).await,
+                Err(m) => return self.error(1, er::UNAVAILABLE, &m).await,
+            };
+            match r {
+                Ok(Collected::Ok(_)) => {}
+                Ok(Collected::Err(e)) => {
+                    self.send(1, &e).await?;
+                    return self.flush().await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.drop_conn(&pool);
+                    return self.error(1, er::UNAVAILABLE, &e.to_string()).await;
+                }
+            }
+        }
+        self.sets.push(text.to_string());
+        self.ok(1).await
+    }
+
+    /// DDL on every shard's primary, one after another; the first error stops it.
+    async fn ddl(&mut self, db: &Database, payload: &[u8], a: &Analysis) -> Reply {
+        if self.tx_unit.is_some() {
+            return self
+                .error(
+                    1,
+                    er::UNKNOWN,
+                    "DDL inside a transaction pinned to a shard is not allowed; COMMIT first",
+                )
+                .await;
+        }
+        let shards: Vec<Arc<ShardRoute>> = match &a.hint.unit {
+            Some(u) => db.shards.get(u).cloned().into_iter().collect(),
+            None => db.shards.values().cloned().collect(),
+        };
+        self.run_everywhere(&shards, payload).await
+    }
+
+    async fn broadcast(&mut self, db: &Database, payload: &[u8]) -> Reply {
+        let shards: Vec<Arc<ShardRoute>> = db.shards.values().cloned().collect();
+        self.run_everywhere(&shards, payload).await
+    }
+
+    async fn run_everywhere(&mut self, shards: &[Arc<ShardRoute>], payload: &[u8]) -> Reply {
+        let mut affected = 0u64;
+        for s in shards {
+            let pool = s.primary.clone();
+            let r = match self.conn(&pool).await {
+                Ok(h) => h.lease.conn.collect(payload).await,
+                Err(m) => return self.shard_down(s, &pool, &m).await,
+            };
+            match r {
+                Ok(Collected::Ok(p)) => affected += wire::ok_counts(&p).map(|c| c.0).unwrap_or(0),
+                Ok(Collected::Err(e)) => {
+                    let (code, msg) = wire::parse_err(&e).unwrap_or((1105, String::new()));
+                    let m = format!("on shard {}: {msg}", s.unit);
+                    self.send(1, &wire::err_packet((code, "HY000"), &m)).await?;
+                    return self.flush().await;
+                }
+                Ok(Collected::Rows { .. }) => {}
+                Err(e) => {
+                    self.drop_conn(&pool);
+                    return self.shard_down(s, &pool, &e.to_string()).await;
+                }
+            }
+        }
+        let p = wire::ok_packet(affected, 0, self.status(), "");
+        self.send(1, &p).await?;
+        self.flush().await
+    }
+
+    /// A SELECT on every shard in `units`, merged: ORDER BY and LIMIT/OFFSET applied to
+    /// the union as one database would.
+    async fn scatter(&mut self, db: &Database, units: &[String], plan: &sql::Merge) -> Reply {
+        let mut p = vec![com::QUERY];
+        p.extend_from_slice(plan.shard_sql.as_bytes());
+        let mut results = Vec::new();
+        // One shard after another on this session's connections (held for reuse); the
+        // shards answer in parallel below when the session holds no state to replay.
+        let mut pools = Vec::new();
+        for u in units {
+            let Some(shard) = db.shards.get(u).cloned() else {
+                continue;
+            };
+            let pool = self.pick(
+                &shard,
+                self.read_your_writes && self.wrote,
+                db.max_replica_lag_ms,
+            );
+            if let Err(m) = self.conn(&pool).await {
+                return self.shard_down(&shard, &pool, &m).await;
+            }
+            pools.push((shard, pool));
+        }
+        let futs = pools.iter().map(|(_, pool)| {
+            let key = key(pool);
+            let held = self.held.remove(&key);
+            let p = p.clone();
+            async move {
+                let mut held = held.expect("held above");
+                let r = held.lease.conn.collect(&p).await;
+                (key, held, r)
+            }
+        });
+        let answers = futures_util::future::join_all(futs).await;
+        let mut failed = None;
+        for ((shard, _), (key, held, r)) in pools.iter().zip(answers) {
+            let healthy = held.lease.conn.healthy;
+            if healthy {
+                self.held.insert(key, held);
+            } else {
+                held.pool.discard(held.lease);
+            }
+            match r {
+                Ok(c) => results.push(c),
+                Err(e) => failed = Some((shard.clone(), held_addr(&pools, key), e.to_string())),
+            }
+        }
+        if let Some((shard, addr, e)) = failed {
+            let m = format!(
+                "Shard {} ({addr}) failed during a scattered SELECT: {e}",
+                shard.unit
+            );
+            return self.error(1, er::UNAVAILABLE, &m).await;
+        }
+        let mut columns = None;
+        let mut rows = Vec::new();
+        for c in results {
+            match c {
+                Collected::Err(e) => {
+                    self.send(1, &e).await?;
+                    return self.flush().await;
+                }
+                Collected::Ok(_) => {}
+                Collected::Rows {
+                    columns: cols,
+                    rows: r,
+                    ..
+                } => {
+                    columns.get_or_insert(cols);
+                    rows.extend(r);
+                }
+            }
+        }
+        let Some(columns) = columns else {
+            return self.ok(1).await;
+        };
+        let rows = match super::merge::merge(&columns, rows, plan) {
+            Ok(r) => r,
+            Err(m) => return self.error(1, er::UNKNOWN, &m).await,
+        };
+        let columns = &columns[..columns.len().saturating_sub(plan.hidden)];
+        let mut out = Vec::with_capacity(rows.iter().map(|r| r.len() + 4).sum::<usize>() + 256);
+        let mut cnt = Vec::new();
+        wire::put_lenenc_int(&mut cnt, columns.len() as u64);
+        let mut seq = wire::frame(&mut out, 1, &cnt);
+        for c in columns {
+            seq = wire::frame(&mut out, seq, c);
+        }
+        seq = wire::frame(&mut out, seq, &wire::eof_packet(self.status()));
+        for r in &rows {
+            seq = wire::frame(&mut out, seq, r);
+        }
+        wire::frame(&mut out, seq, &wire::eof_packet(self.status()));
+        self.wr.write_all(&out).await?;
+        self.flush().await
+    }
+}
+
+/// A pool's identity as a map key.
+fn key(p: &Arc<Pool>) -> usize {
+    Arc::as_ptr(p) as usize
+}
+
+fn held_addr(pools: &[(Arc<ShardRoute>, Arc<Pool>)], k: usize) -> String {
+    pools
+        .iter()
+        .find(|(_, p)| key(p) == k)
+        .map(|(_, p)| p.target.addr.clone())
+        .unwrap_or_default()
+}
+
+fn class_label(c: &Class) -> &'static str {
+    match c {
+        Class::Read => "read",
+        Class::Write => "write",
+        Class::Begin | Class::Commit | Class::Rollback | Class::Autocommit(_) => "transaction",
+        Class::Session => "set",
+        Class::Use(_) => "use",
+        Class::Ddl => "ddl",
+        Class::Other => "other",
+    }
+}

@@ -1,0 +1,465 @@
+//! What a statement means for routing: its class (read, write, transaction control,
+//! session setting, DDL), the tables it names, the shard-key values it pins, the proxy
+//! hints in its comments, and, for a SELECT without a shard key, how to scatter it and
+//! merge the answers.
+//!
+//! Parsing is sqlparser's MySQL dialect (a well-kept parser used by DataFusion and
+//! others; hand-writing a MySQL grammar is how proxies get routing wrong). Statements it
+//! cannot parse are routed only when a hint or a single shard makes the target clear.
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, FunctionArguments, GroupByExpr, InTarget, LimitClause, ObjectName,
+    ObjectNamePart, OrderByKind, OrderBySort, SelectItem, SetExpr, Statement, TableObject,
+    UnaryOperator, Use, Value,
+};
+use sqlparser::dialect::MySqlDialect;
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Class {
+    /// A read: a replica may answer it outside a transaction.
+    Read,
+    /// A write (or a locking read): the primary answers it.
+    Write,
+    Begin,
+    Commit,
+    Rollback,
+    /// `SET autocommit = 0|1`.
+    Autocommit(bool),
+    /// Any other `SET`: session state, replayed on every backend connection the session
+    /// uses.
+    Session,
+    /// `USE db`.
+    Use(String),
+    /// DDL: run on every shard's primary.
+    Ddl,
+    /// Anything else (SHOW, EXPLAIN, ...): one shard's primary.
+    Other,
+}
+
+/// Routing overrides in a comment: `/* tessera: shard=rz00 */`, `/* tessera: primary */`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Hint {
+    pub unit: Option<String>,
+    pub primary: bool,
+}
+
+/// How a scattered SELECT's answers are merged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Merge {
+    /// (column name or 1-based position, descending).
+    pub order_by: Vec<(OrderKey, bool)>,
+    pub limit: Option<u64>,
+    pub offset: u64,
+    /// The statement each shard runs (LIMIT widened to offset + limit, no OFFSET, and
+    /// ORDER BY columns the result lacks appended to the select list).
+    pub shard_sql: String,
+    /// How many columns were appended for ORDER BY (dropped after the merge).
+    pub hidden: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OrderKey {
+    Name(String),
+    Position(usize),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Analysis {
+    pub class: Class,
+    /// Tables named (lowercase, without schema), in order of appearance.
+    pub tables: Vec<String>,
+    pub hint: Hint,
+    /// Set for a SELECT that may be scattered; the reason it may not be, otherwise.
+    pub merge: Result<Merge, String>,
+    ast: Option<Statement>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum ParseFailure {
+    Empty,
+    /// Several statements in one COM_QUERY.
+    Multi,
+    Syntax(String),
+}
+
+/// Parses and classifies one statement.
+pub fn analyze(sql: &str) -> Result<Analysis, (ParseFailure, Hint)> {
+    let hint = hints(sql);
+    let mut stmts = match sqlparser::parser::Parser::parse_sql(&MySqlDialect {}, sql) {
+        Ok(s) => s,
+        Err(e) => return Err((ParseFailure::Syntax(e.to_string()), hint)),
+    };
+    let stmt = match stmts.len() {
+        0 => return Err((ParseFailure::Empty, hint)),
+        1 => stmts.remove(0),
+        _ => return Err((ParseFailure::Multi, hint)),
+    };
+    let mut tables = Vec::new();
+    let _ = sqlparser::ast::visit_relations(&stmt, |name: &ObjectName| {
+        if let Some(t) = last_part(name) {
+            if !tables.contains(&t) {
+                tables.push(t);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let class = classify(&stmt);
+    let merge = match &stmt {
+        Statement::Query(_) if class == Class::Read => scatter_plan(&stmt),
+        _ => Err("only a SELECT can span shards".into()),
+    };
+    Ok(Analysis {
+        class,
+        tables,
+        hint,
+        merge,
+        ast: Some(stmt),
+    })
+}
+
+fn last_part(name: &ObjectName) -> Option<String> {
+    match name.0.last()? {
+        ObjectNamePart::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+fn classify(stmt: &Statement) -> Class {
+    match stmt {
+        Statement::Query(q) => {
+            if q.locks.is_empty() && !matches!(*q.body, SetExpr::Select(ref s) if s.into.is_some())
+            {
+                Class::Read
+            } else {
+                Class::Write
+            }
+        }
+        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => Class::Write,
+        Statement::StartTransaction { .. } => Class::Begin,
+        Statement::Commit { .. } => Class::Commit,
+        Statement::Rollback {
+            savepoint: None, ..
+        } => Class::Rollback,
+        Statement::Rollback { .. } | Statement::Savepoint { .. } => Class::Write,
+        Statement::Set(set) => match set {
+            sqlparser::ast::Set::SingleAssignment {
+                variable, values, ..
+            } if last_part(variable).as_deref() == Some("autocommit") && values.len() == 1 => {
+                match &values[0] {
+                    Expr::Value(v) => match &v.value {
+                        Value::Number(n, _) => Class::Autocommit(n != "0"),
+                        Value::Boolean(b) => Class::Autocommit(*b),
+                        Value::SingleQuotedString(s) => {
+                            Class::Autocommit(!(s == "0" || s.eq_ignore_ascii_case("off")))
+                        }
+                        _ => Class::Session,
+                    },
+                    Expr::Identifier(i) => Class::Autocommit(!i.value.eq_ignore_ascii_case("off")),
+                    _ => Class::Session,
+                }
+            }
+            _ => Class::Session,
+        },
+        Statement::Use(Use::Database(n) | Use::Schema(n) | Use::Object(n)) => {
+            Class::Use(match n.0.last() {
+                Some(ObjectNamePart::Identifier(i)) => i.value.clone(),
+                _ => String::new(),
+            })
+        }
+        Statement::CreateTable(_)
+        | Statement::AlterTable(_)
+        | Statement::CreateIndex(_)
+        | Statement::Drop { .. }
+        | Statement::DropFunction(_)
+        | Statement::Truncate(_)
+        | Statement::CreateView(_) => Class::Ddl,
+        _ => Class::Other,
+    }
+}
+
+/// Finds `/* tessera: ... */` hints anywhere in the text.
+pub fn hints(sql: &str) -> Hint {
+    let mut h = Hint::default();
+    let mut rest = sql;
+    while let Some(i) = rest.find("/*") {
+        let after = &rest[i + 2..];
+        let Some(end) = after.find("*/") else { break };
+        let body = after[..end].trim();
+        if let Some(spec) = body.strip_prefix("tessera:") {
+            for item in spec.split([',', ' ']).filter(|s| !s.is_empty()) {
+                match item.split_once('=') {
+                    Some(("shard" | "unit", v)) => h.unit = Some(v.trim().to_string()),
+                    None if item == "primary" || item == "master" => h.primary = true,
+                    _ => {}
+                }
+            }
+        }
+        rest = &after[end + 2..];
+    }
+    h
+}
+
+/// A shard-key value as the slot function sees it: the literal's text.
+fn literal(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => Some(n.clone()),
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        Expr::Nested(e) => literal(e),
+        Expr::UnaryOp {
+            op: UnaryOperator::Plus,
+            expr,
+        } => literal(expr),
+        _ => None,
+    }
+}
+
+fn column_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_ascii_lowercase()),
+        Expr::Nested(e) => column_name(e),
+        _ => None,
+    }
+}
+
+/// The shard-key values a predicate pins, if it pins any: `k = v`, `k IN (...)`, ANDs
+/// (either side pins) and ORs (both sides pin). None = any row may match.
+fn pinned(e: &Expr, keys: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+    match e {
+        Expr::BinaryOp { left, op, right } => match op {
+            BinaryOperator::Eq => {
+                if let (Some(c), Some(v)) = (column_name(left), literal(right)) {
+                    keys.contains(&c).then(|| BTreeSet::from([v]))
+                } else if let (Some(v), Some(c)) = (literal(left), column_name(right)) {
+                    keys.contains(&c).then(|| BTreeSet::from([v]))
+                } else {
+                    None
+                }
+            }
+            BinaryOperator::And => match (pinned(left, keys), pinned(right, keys)) {
+                (Some(a), Some(b)) => {
+                    let i: BTreeSet<String> = a.intersection(&b).cloned().collect();
+                    // Contradictory pins match no row; keep one side so the statement
+                    // still goes to a single shard.
+                    Some(if i.is_empty() { a } else { i })
+                }
+                (a, b) => a.or(b),
+            },
+            BinaryOperator::Or => {
+                let mut a = pinned(left, keys)?;
+                a.extend(pinned(right, keys)?);
+                Some(a)
+            }
+            _ => None,
+        },
+        Expr::In {
+            expr,
+            target: InTarget::List(list),
+            negated: false,
+            ..
+        } => {
+            let c = column_name(expr)?;
+            if !keys.contains(&c) {
+                return None;
+            }
+            list.iter().map(literal).collect::<Option<BTreeSet<_>>>()
+        }
+        Expr::Nested(e) => pinned(e, keys),
+        _ => None,
+    }
+}
+
+impl Analysis {
+    /// The shard-key values the statement pins, given the shard-key columns of its
+    /// tables: Some(values) when every row it touches has one of them, None otherwise.
+    /// An INSERT's values come from its rows; a row without the key column gives None.
+    pub fn key_values(&self, keys: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+        if keys.is_empty() {
+            return None;
+        }
+        match self.ast.as_ref()? {
+            Statement::Insert(ins) => {
+                if !matches!(ins.table, TableObject::TableName(_)) {
+                    return None;
+                }
+                let at = ins
+                    .columns
+                    .iter()
+                    .position(|c| last_part(c).is_some_and(|c| keys.contains(&c)))?;
+                let src = ins.source.as_ref()?;
+                let SetExpr::Values(values) = &*src.body else {
+                    return None;
+                };
+                values
+                    .rows
+                    .iter()
+                    .map(|row| row.content.get(at).and_then(literal))
+                    .collect()
+            }
+            Statement::Update(u) => pinned(u.selection.as_ref()?, keys),
+            Statement::Delete(d) => pinned(d.selection.as_ref()?, keys),
+            Statement::Query(q) => match &*q.body {
+                SetExpr::Select(s) => pinned(s.selection.as_ref()?, keys),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Whether (and how) a SELECT without a shard key can run on every shard and be merged
+/// into the answer one database would give.
+fn scatter_plan(stmt: &Statement) -> Result<Merge, String> {
+    let Statement::Query(q) = stmt else {
+        return Err("not a SELECT".into());
+    };
+    let SetExpr::Select(s) = &*q.body else {
+        return Err("UNION and other set operations cannot be merged across shards".into());
+    };
+    if q.with.is_some() {
+        return Err("WITH cannot be merged across shards".into());
+    }
+    if s.distinct.is_some() {
+        return Err("DISTINCT cannot be merged across shards".into());
+    }
+    if s.having.is_some() || !matches!(&s.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+    {
+        return Err("GROUP BY cannot be merged across shards".into());
+    }
+    for item in &s.projection {
+        let e = match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            _ => continue,
+        };
+        let mut agg = None;
+        let _ = sqlparser::ast::visit_expressions(e, |e: &Expr| {
+            if let Expr::Function(f) = e {
+                let name = f.name.to_string().to_ascii_lowercase();
+                if matches!(
+                    name.as_str(),
+                    "count"
+                        | "sum"
+                        | "min"
+                        | "max"
+                        | "avg"
+                        | "group_concat"
+                        | "std"
+                        | "stddev"
+                        | "variance"
+                ) || matches!(f.args, FunctionArguments::Subquery(_))
+                {
+                    agg = Some(name);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        if let Some(name) = agg {
+            return Err(format!(
+                "the aggregate {}() cannot be merged across shards",
+                name.to_uppercase()
+            ));
+        }
+    }
+    // Names the result already has (aliases and plain columns); `*` has them all.
+    let wildcard = s.projection.iter().any(|i| {
+        matches!(
+            i,
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+        )
+    });
+    let named: Vec<String> = s
+        .projection
+        .iter()
+        .filter_map(|i| match i {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_ascii_lowercase()),
+            SelectItem::UnnamedExpr(e) => column_name(e),
+            _ => None,
+        })
+        .collect();
+    let mut hidden_exprs = Vec::new();
+    let mut order_by = Vec::new();
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(exprs) = &ob.kind else {
+            return Err("ORDER BY ALL cannot be merged across shards".into());
+        };
+        for o in exprs {
+            let desc = matches!(o.options.sort, Some(OrderBySort::Desc));
+            let key = match &o.expr {
+                Expr::Value(v) => match &v.value {
+                    Value::Number(n, _) => match n.parse::<usize>() {
+                        Ok(p) if p >= 1 => OrderKey::Position(p),
+                        _ => return Err(format!("ORDER BY {n} is not a column position")),
+                    },
+                    _ => return Err("ORDER BY a constant".into()),
+                },
+                e => match column_name(e) {
+                    Some(c) if wildcard || named.contains(&c) => OrderKey::Name(c),
+                    Some(_) => {
+                        // Fetch it too, under a name of its own, and drop it after sorting.
+                        let alias = format!("__tessera_order_{}", hidden_exprs.len());
+                        hidden_exprs.push(SelectItem::ExprWithAlias {
+                            expr: e.clone(),
+                            alias: sqlparser::ast::Ident::new(alias.clone()),
+                        });
+                        OrderKey::Name(alias)
+                    }
+                    None => {
+                        return Err(format!(
+                            "ORDER BY {e} across shards: order by a column of the result"
+                        ))
+                    }
+                },
+            };
+            order_by.push((key, desc));
+        }
+    }
+    let number = |e: &Expr| -> Result<u64, String> {
+        literal(e)
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| format!("LIMIT {e} across shards: use a number"))
+    };
+    let (limit, offset) = match &q.limit_clause {
+        None => (None, 0),
+        Some(LimitClause::LimitOffset { limit, offset, .. }) => (
+            limit.as_ref().map(number).transpose()?,
+            offset
+                .as_ref()
+                .map(|o| number(&o.value))
+                .transpose()?
+                .unwrap_or(0),
+        ),
+        Some(LimitClause::OffsetCommaLimit { offset, limit }) => {
+            (Some(number(limit)?), number(offset)?)
+        }
+    };
+    let mut shard_q = q.clone();
+    let hidden = hidden_exprs.len();
+    if hidden > 0 {
+        if let SetExpr::Select(sel) = &mut *shard_q.body {
+            sel.projection.extend(hidden_exprs);
+        }
+    }
+    if let Some(l) = limit {
+        shard_q.limit_clause = Some(LimitClause::LimitOffset {
+            limit: Some(Expr::value(Value::Number((l + offset).to_string(), false))),
+            offset: None,
+            limit_by: Vec::new(),
+        });
+    }
+    Ok(Merge {
+        order_by,
+        limit,
+        offset,
+        shard_sql: Statement::Query(shard_q).to_string(),
+        hidden,
+    })
+}
+
+#[cfg(test)]
+mod tests;

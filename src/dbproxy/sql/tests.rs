@@ -1,0 +1,149 @@
+use super::*;
+
+fn keys(k: &[&str]) -> BTreeSet<String> {
+    k.iter().map(|s| s.to_string()).collect()
+}
+
+fn vals(v: &[&str]) -> Option<BTreeSet<String>> {
+    Some(keys(v))
+}
+
+#[test]
+fn statements_are_classified() {
+    let c = |s: &str| analyze(s).unwrap().class;
+    assert_eq!(c("SELECT * FROM t WHERE uid = 1"), Class::Read);
+    assert_eq!(c("SELECT * FROM t WHERE uid = 1 FOR UPDATE"), Class::Write);
+    assert_eq!(c("INSERT INTO t (uid) VALUES (1)"), Class::Write);
+    assert_eq!(c("UPDATE t SET a = 1 WHERE uid = 1"), Class::Write);
+    assert_eq!(c("DELETE FROM t WHERE uid = 1"), Class::Write);
+    assert_eq!(c("BEGIN"), Class::Begin);
+    assert_eq!(c("START TRANSACTION"), Class::Begin);
+    assert_eq!(c("COMMIT"), Class::Commit);
+    assert_eq!(c("ROLLBACK"), Class::Rollback);
+    assert_eq!(c("SET autocommit = 0"), Class::Autocommit(false));
+    assert_eq!(c("SET autocommit=1"), Class::Autocommit(true));
+    assert_eq!(c("SET NAMES utf8mb4"), Class::Session);
+    assert_eq!(c("USE accountdb"), Class::Use("accountdb".into()));
+    assert_eq!(c("CREATE TABLE t (uid BIGINT PRIMARY KEY)"), Class::Ddl);
+    assert_eq!(c("SHOW TABLES"), Class::Other);
+    assert_eq!(c("SELECT @@version_comment LIMIT 1"), Class::Read);
+}
+
+#[test]
+fn shard_keys_are_found_in_where_in_and_insert_values() {
+    let k = keys(&["uid"]);
+    let v = |s: &str| analyze(s).unwrap().key_values(&k);
+    assert_eq!(
+        v("SELECT * FROM t WHERE uid = 2088000000000007"),
+        vals(&["2088000000000007"])
+    );
+    assert_eq!(
+        v("SELECT * FROM t WHERE t.uid = '42' AND a > 3"),
+        vals(&["42"])
+    );
+    assert_eq!(v("SELECT * FROM t WHERE 42 = uid"), vals(&["42"]));
+    assert_eq!(
+        v("SELECT * FROM t WHERE uid IN (1, 2, 3)"),
+        vals(&["1", "2", "3"])
+    );
+    assert_eq!(
+        v("SELECT * FROM t WHERE uid = 1 OR uid = 52"),
+        vals(&["1", "52"])
+    );
+    assert_eq!(v("SELECT * FROM t WHERE uid = 1 OR a = 2"), None);
+    assert_eq!(v("SELECT * FROM t WHERE a = 2"), None);
+    assert_eq!(v("SELECT * FROM t WHERE uid > 2"), None);
+    assert_eq!(v("SELECT * FROM t WHERE uid NOT IN (1)"), None);
+    assert_eq!(v("SELECT * FROM t"), None);
+    assert_eq!(
+        v("UPDATE t SET a = 1 WHERE (uid = 7) AND b = 2"),
+        vals(&["7"])
+    );
+    assert_eq!(
+        v("DELETE FROM t WHERE uid IN ('a1', 'b2')"),
+        vals(&["a1", "b2"])
+    );
+    assert_eq!(
+        v("INSERT INTO t (a, uid) VALUES (1, 11), (2, 62)"),
+        vals(&["11", "62"])
+    );
+    assert_eq!(v("INSERT INTO t (a) VALUES (1)"), None);
+    assert_eq!(v("INSERT INTO t (uid, a) VALUES (NOW(), 1)"), None);
+    assert_eq!(v("INSERT INTO t (uid) SELECT uid FROM s"), None);
+}
+
+#[test]
+fn tables_and_hints_are_read() {
+    let a =
+        analyze("/* tessera: shard=rz01 */ SELECT * FROM db.Orders o JOIN items i ON o.id = i.oid")
+            .unwrap();
+    assert_eq!(a.tables, vec!["orders", "items"]);
+    assert_eq!(a.hint.unit.as_deref(), Some("rz01"));
+    assert!(!a.hint.primary);
+    assert!(hints("SELECT 1 /* tessera: primary */").primary);
+    assert_eq!(hints("SELECT 1 /* other */"), Hint::default());
+    assert_eq!(
+        hints("SELECT 1 /* tessera: shard=gz00, primary */")
+            .unit
+            .as_deref(),
+        Some("gz00")
+    );
+}
+
+#[test]
+fn scatter_plans_widen_limits_and_refuse_what_cannot_merge() {
+    let m = analyze("SELECT id, uid FROM t ORDER BY uid DESC, 1 LIMIT 5 OFFSET 10")
+        .unwrap()
+        .merge
+        .unwrap();
+    assert_eq!(
+        m.order_by,
+        vec![
+            (OrderKey::Name("uid".into()), true),
+            (OrderKey::Position(1), false)
+        ]
+    );
+    assert_eq!((m.limit, m.offset), (Some(5), 10));
+    assert!(m.shard_sql.ends_with("LIMIT 15"), "{}", m.shard_sql);
+    let m = analyze("SELECT * FROM t LIMIT 10, 5")
+        .unwrap()
+        .merge
+        .unwrap();
+    assert_eq!((m.limit, m.offset), (Some(5), 10));
+    for bad in [
+        "SELECT COUNT(*) FROM t",
+        "SELECT a, SUM(b) FROM t GROUP BY a",
+        "SELECT DISTINCT a FROM t",
+        "SELECT a FROM t UNION SELECT a FROM s",
+        "SELECT a FROM t ORDER BY a + 1",
+        "INSERT INTO t VALUES (1)",
+    ] {
+        assert!(analyze(bad).unwrap().merge.is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn bad_sql_is_reported_not_panicked() {
+    assert!(matches!(
+        analyze("SELEC 1"),
+        Err((ParseFailure::Syntax(_), _))
+    ));
+    assert!(matches!(analyze(""), Err((ParseFailure::Empty, _))));
+    assert!(matches!(
+        analyze("SELECT 1; SELECT 2"),
+        Err((ParseFailure::Multi, _))
+    ));
+    let mut rng = fastrand::Rng::with_seed(3);
+    let words = [
+        "SELECT", "*", "FROM", "t", "WHERE", "uid", "=", "1", "(", ")", "IN", "'x", "ORDER", "BY",
+        "LIMIT", ",", "/*", "*/", "tessera:", "shard=",
+    ];
+    for _ in 0..3000 {
+        let s: Vec<&str> = (0..rng.usize(0..14))
+            .map(|_| words[rng.usize(..words.len())])
+            .collect();
+        if let Ok(a) = analyze(&s.join(" ")) {
+            let _ = a.key_values(&keys(&["uid"]));
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The DB proxy against real MariaDB servers: two shards (rz00 with a real replica,
+//! rz01 without), data sources from the control plane, the `mariadb` command-line client
+//! through the proxy.
+
+use crate::harness::{free_port, http, Node};
+use crate::mariadb::MariaDb;
+use serde_json::Value;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BACKEND_USER: &str = "tessera";
+const BACKEND_PASSWORD: &str = "backend-pw";
+const APP: &str = "app";
+const APP_PASSWORD: &str = "app-pw";
+
+fn ip(last: u8) -> IpAddr {
+    format!("127.0.0.{last}").parse().unwrap()
+}
+
+struct Estate {
+    _control: Node,
+    proxy: Node,
+    api: SocketAddr,
+    token: String,
+    mysql: SocketAddr,
+    admin: SocketAddr,
+    a: MariaDb,
+    a_replica: MariaDb,
+    b: MariaDb,
+}
+
+/// `ips`: three free 127.0.0.x addresses for rz00's primary, its replica and rz01's primary.
+fn estate(ips: [u8; 3]) -> Estate {
+    let a = MariaDb::start(ip(ips[0]), 1);
+    let b = MariaDb::start(ip(ips[2]), 3);
+    for (db, name) in [(&a, "acct_00"), (&b, "acct_01")] {
+        db.create_user(BACKEND_USER, BACKEND_PASSWORD);
+        db.sql(&format!("CREATE DATABASE {name}"));
+    }
+    let a_replica = MariaDb::start_replica_of(ip(ips[1]), 2, &a);
+    let local: IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    let control_profile = format!(
+        "node_name = \"ctl-1\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n",
+        free_port(local),
+        free_port(local)
+    );
+    let mut control = Node::run_profile(&control_profile, &[], &[]);
+    let api = control.addr("control", "api");
+    control.wait_ready(api);
+    let token = control.admin_token();
+    let datasource = format!(
+        r#"
+---
+apiVersion: tessera.io/v1
+kind: DataSource
+metadata: {{name: accountdb}}
+spec:
+  database: accountdb
+  shardKey: uid
+  user: {BACKEND_USER}
+  password: {BACKEND_PASSWORD}
+  proxyUsers: [{{name: {APP}, password: {APP_PASSWORD}}}]
+  tables: [{{name: t_dict, type: everyShard}}]
+  shards:
+    - {{unit: rz00, primary: "{}", replicas: ["{}"], database: acct_00}}
+    - {{unit: rz01, primary: "{}", database: acct_01}}
+"#,
+        a.addr, a_replica.addr, b.addr
+    );
+    let body = format!("{}{datasource}", crate::harness::TOPOLOGY);
+    let (code, _, out) = http(api, "POST", "/api/v1/apply", Some(&token), &body).unwrap();
+    assert_eq!(code, 200, "{out}");
+    let (code, _, out) = http(
+        api,
+        "POST",
+        "/api/v1/tokens",
+        Some(&token),
+        r#"{"role": "dbproxy"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{out}");
+    let join: Value = serde_json::from_str(&out).unwrap();
+    let profile = format!(
+        "node_name = \"dbp-1\"\nroles = [\"dbproxy\"]\ndata_dir = \"DATA\"\n[dbproxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\nbackend_connect_timeout_ms = 1000\n",
+        join["token"].as_str().unwrap()
+    );
+    let mut proxy = Node::run_profile(&profile, &[], &[]);
+    let mysql = proxy.addr("dbproxy", "mysql");
+    let admin = proxy.addr("dbproxy", "admin");
+    proxy.wait_ready(admin);
+    Estate {
+        _control: control,
+        proxy,
+        api,
+        token,
+        mysql,
+        admin,
+        a,
+        a_replica,
+        b,
+    }
+}
+
+/// Runs statements with the `mariadb` CLI through the proxy: (exit ok, stdout, stderr).
+fn client(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+    sql: &str,
+) -> (bool, String, String) {
+    let mut cmd = Command::new("mariadb");
+    cmd.arg("--no-defaults")
+        .arg("--protocol=tcp")
+        .arg(format!("--host={}", addr.ip()))
+        .arg(format!("--port={}", addr.port()))
+        .arg(format!("--user={user}"))
+        .arg(format!("--password={password}"))
+        .arg("--connect-timeout=5")
+        .arg("--skip-ssl")
+        .arg("--comments")
+        .args(["-N", "-B", "--force"]);
+    if let Some(db) = db {
+        cmd.arg(db);
+    }
+    // Statements on stdin (not -e): with --force the CLI goes on after an error.
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mariadb CLI");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(sql.as_bytes()).unwrap();
+        stdin.write_all(b";\n").unwrap();
+    }
+    let out = wait_bounded(child, Duration::from_secs(30));
+    // With --force the exit code is 0 even after errors: an ERROR line is the failure.
+    (
+        out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("ERROR "),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn wait_bounded(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "client hung for {limit:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn app(e: &Estate, sql: &str) -> (bool, String, String) {
+    client(e.mysql, APP, APP_PASSWORD, Some("accountdb"), sql)
+}
+
+fn app_ok(e: &Estate, sql: &str) -> String {
+    let (ok, out, err) = app(e, sql);
+    assert!(
+        ok,
+        "`{sql}` failed through the proxy: {err}\n{}",
+        e.proxy.logs()
+    );
+    out
+}
+
+const SCHEMA: &str = "CREATE TABLE t_user (uid BIGINT PRIMARY KEY, name VARCHAR(32) NOT NULL, balance INT NOT NULL DEFAULT 0); \
+                      CREATE TABLE t_dict (code VARCHAR(8) PRIMARY KEY, label VARCHAR(32))";
+
+#[test]
+fn rows_land_in_their_units_shard_reads_split_and_scatter_merges() {
+    let e = estate([100, 101, 102]);
+    // DDL through the proxy reaches every shard (and the replica, by replication).
+    app_ok(&e, SCHEMA);
+    assert_eq!(e.a.sql("SHOW TABLES FROM acct_00").trim(), "t_dict\nt_user");
+    assert_eq!(e.b.sql("SHOW TABLES FROM acct_01").trim(), "t_dict\nt_user");
+
+    // Rows land in the shard of their key's unit: slot 07 → rz00, slot 57 → rz01.
+    let mut all = Vec::new();
+    for i in 0..20u64 {
+        let uid = 2088000000000000 + i * 7;
+        all.push(uid);
+        app_ok(
+            &e,
+            &format!(
+                "INSERT INTO t_user (uid, name, balance) VALUES ({uid}, 'u{i}', {})",
+                i * 10
+            ),
+        );
+    }
+    let on = |db: &MariaDb, name: &str| -> Vec<u64> {
+        db.sql(&format!("SELECT uid FROM {name}.t_user ORDER BY uid"))
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    };
+    let (in_a, in_b) = (on(&e.a, "acct_00"), on(&e.b, "acct_01"));
+    assert!(in_a.iter().all(|u| u % 100 < 50), "{in_a:?}");
+    assert!(in_b.iter().all(|u| u % 100 >= 50), "{in_b:?}");
+    assert_eq!(in_a.len() + in_b.len(), all.len());
+
+    // Reads outside a transaction go to the replica: a row only the replica has is seen,
+    // unless the statement asks for the primary.
+    e.a_replica.wait_caught_up(&e.a);
+    e.a_replica
+        .sql("INSERT INTO acct_00.t_user (uid, name) VALUES (3000000000000001, 'replica-only')");
+    assert_eq!(
+        app_ok(&e, "SELECT name FROM t_user WHERE uid = 3000000000000001").trim(),
+        "replica-only"
+    );
+    assert_eq!(
+        app_ok(
+            &e,
+            "SELECT /* tessera: primary */ name FROM t_user WHERE uid = 3000000000000001"
+        )
+        .trim(),
+        ""
+    );
+    e.a_replica
+        .sql("DELETE FROM acct_00.t_user WHERE uid = 3000000000000001");
+
+    // A SELECT without the key is scattered and merged as one database would answer.
+    let mut sorted = all.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let want: Vec<String> = sorted
+        .iter()
+        .skip(2)
+        .take(5)
+        .map(|u| u.to_string())
+        .collect();
+    let got = app_ok(
+        &e,
+        "SELECT uid FROM t_user ORDER BY uid DESC LIMIT 5 OFFSET 2",
+    );
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+    let got = app_ok(
+        &e,
+        "SELECT uid, name FROM t_user WHERE balance >= 150 ORDER BY balance",
+    );
+    assert_eq!(got.lines().count(), 5, "{got}");
+    let (ok, _, err) = app(&e, "SELECT COUNT(*) FROM t_user");
+    assert!(
+        !ok && err.contains("cannot be merged across shards"),
+        "{err}"
+    );
+
+    // Writes that span shards are refused, naming the shards.
+    let (ok, _, err) = app(&e, "UPDATE t_user SET balance = 0");
+    assert!(!ok && err.contains("spans shards rz00, rz01"), "{err}");
+    // An IN list within one shard is fine.
+    app_ok(
+        &e,
+        "UPDATE t_user SET balance = balance + 1 WHERE uid IN (2088000000000007, 2088000000000014)",
+    );
+
+    // Every-shard tables: a write reaches all shards; a read is answered by one.
+    app_ok(&e, "INSERT INTO t_dict VALUES ('CNY', 'yuan')");
+    assert_eq!(e.b.sql("SELECT label FROM acct_01.t_dict").trim(), "yuan");
+    assert_eq!(
+        app_ok(&e, "SELECT label FROM t_dict WHERE code = 'CNY'").trim(),
+        "yuan"
+    );
+
+    // Transactions are pinned to one shard: a statement for another is refused and the
+    // transaction goes on untouched.
+    let (ok, _, err) = app(
+        &e,
+        // One statement per line: after an error, the CLI's --force goes on with the
+        // next line.
+        "BEGIN;\n\
+         INSERT INTO t_user (uid, name) VALUES (4000000000000001, 'tx-a');\n\
+         INSERT INTO t_user (uid, name) VALUES (4000000000000051, 'tx-b');\n\
+         UPDATE t_user SET name = 'tx-a2' WHERE uid = 4000000000000001;\n\
+         COMMIT",
+    );
+    assert!(!ok && err.contains("pinned to shard rz00"), "{err}");
+    assert_eq!(
+        e.a.sql("SELECT name FROM acct_00.t_user WHERE uid = 4000000000000001")
+            .trim(),
+        "tx-a2"
+    );
+    assert_eq!(
+        e.b.sql("SELECT COUNT(*) FROM acct_01.t_user WHERE uid = 4000000000000051")
+            .trim(),
+        "0"
+    );
+    // A rolled-back transaction leaves nothing.
+    app_ok(&e, "START TRANSACTION; INSERT INTO t_user (uid, name) VALUES (4000000000000002, 'gone'); ROLLBACK");
+    assert_eq!(
+        e.a.sql("SELECT COUNT(*) FROM acct_00.t_user WHERE uid = 4000000000000002")
+            .trim(),
+        "0"
+    );
+
+    // The admin listener shows the shards and their health.
+    let (code, _, body) = http(e.admin, "GET", "/datasources", None, "").unwrap();
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let shards = &v["databases"][0]["shards"];
+    assert_eq!(shards[0]["unit"], "rz00");
+    assert_eq!(shards[0]["primary"]["up"], true);
+    assert_eq!(
+        shards[0]["replicas"][0]["address"],
+        e.a_replica.addr.to_string()
+    );
+    let (_, _, metrics) = http(e.admin, "GET", "/metrics", None, "").unwrap();
+    assert!(metrics.contains("tessera_dbproxy_statements_total{class=\"write\",database=\"accountdb\",unit=\"rz01\"}"), "{metrics}");
+    let _ = (&e.api, &e.token);
+}
+
+#[test]
+fn bad_logins_bad_sql_and_a_dead_primary_get_clear_errors() {
+    let mut e = estate([104, 105, 106]);
+    app_ok(&e, SCHEMA);
+    // Wrong password, unknown user, unknown database.
+    let (ok, _, err) = client(e.mysql, APP, "wrong", Some("accountdb"), "SELECT 1");
+    assert!(
+        !ok && err.contains("1045") && err.contains("Access denied"),
+        "{err}"
+    );
+    let (ok, _, err) = client(e.mysql, "nobody", "x", None, "SELECT 1");
+    assert!(!ok && err.contains("1045"), "{err}");
+    let (ok, _, err) = client(e.mysql, APP, APP_PASSWORD, Some("nodb"), "SELECT 1");
+    assert!(
+        !ok && err.contains("1049") && err.contains("Unknown database"),
+        "{err}"
+    );
+    // SQL the parser rejects: 1064, and the session goes on.
+    let (ok, out, err) = app(&e, "SELEC uid FROM t_user;\nSELECT 42");
+    assert!(!ok && err.contains("1064"), "{err}");
+    assert_eq!(out.trim(), "42");
+    // Table-less statements work (the client's own probes).
+    assert_eq!(app_ok(&e, "SELECT 1 + 1").trim(), "2");
+
+    // Malformed protocol bytes get an ERR packet or a closed connection, never a hang.
+    for junk in [
+        &b"\x01\x00\x00\x01\xff"[..],
+        b"\xff\xff\xff\x01garbage",
+        b"\x05\x00\x00\x01\x85\xa6\x3f\x20\x00",
+    ] {
+        let mut s = std::net::TcpStream::connect(e.mysql).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        use std::io::{Read, Write};
+        let mut greeting = [0u8; 512];
+        let n = s.read(&mut greeting).unwrap();
+        assert!(n > 10 && greeting[4] == 10, "handshake v10 expected");
+        s.write_all(junk).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        if answer.len() > 4 {
+            assert_eq!(answer[4], 0xFF, "an ERR packet: {answer:?}");
+        }
+    }
+
+    // rz01's primary dies: its statements fail fast with a clear error, rz00's go on.
+    app_ok(
+        &e,
+        "INSERT INTO t_user (uid, name) VALUES (51, 'b'), (151, 'b2')",
+    );
+    e.b.kill();
+    let t0 = Instant::now();
+    let (ok, _, err) = app(&e, "SELECT name FROM t_user WHERE uid = 51");
+    assert!(!ok && err.contains("Shard rz01 is unavailable"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(app_ok(&e, "INSERT INTO t_user (uid, name) VALUES (2088000000000001, 'a'); SELECT /* tessera: primary */ name FROM t_user WHERE uid = 2088000000000001").trim(), "a");
+    // It comes back: statements work again without restarting anything.
+    e.b.restart();
+    let t0 = Instant::now();
+    loop {
+        let (ok, out, err) = app(&e, "SELECT name FROM t_user WHERE uid = 51");
+        if ok {
+            assert_eq!(out.trim(), "b");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "rz01 did not come back: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
