@@ -9,7 +9,7 @@ set -euo pipefail
 want=(clang libclang-dev)          # rocksdb's C++ build and its bindgen
 if [ "${1:-build}" = test ]; then
   want+=(curl)                     # a TLS + HTTP/2 client for peer-listener tests
-  want+=(mariadb-server mariadb-client)  # real MySQL-protocol backends for the DB proxy tests
+  want+=(mariadb-server mariadb-client sysbench)  # real MySQL backends and clients for the DB proxy tests
   command -v python3 >/dev/null || want+=(python3)
   python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
 fi

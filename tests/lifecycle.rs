@@ -153,7 +153,11 @@ fn dbproxy_greets_mysql_clients_and_refuses_unknown_users() {
     let mut greeting = [0u8; 256];
     let got = s.read(&mut greeting).unwrap();
     // Handshake v10 (protocol byte 10) with the proxy's version string.
-    assert!(got > 40 && greeting[3] == 0 && greeting[4] == 10, "{:?}", &greeting[..got]);
+    assert!(
+        got > 40 && greeting[3] == 0 && greeting[4] == 10,
+        "{:?}",
+        &greeting[..got]
+    );
     assert!(String::from_utf8_lossy(&greeting[5..got]).contains("tessera"));
     // HandshakeResponse41 for user `nobody` without a password: ER_ACCESS_DENIED (1045).
     let mut resp = Vec::new();

@@ -288,6 +288,45 @@ impl Backend {
         }
     }
 
+    /// COM_STMT_PREPARE: Ok(Ok((server's statement id, the response's payloads))) or
+    /// Ok(Err(ERR payload)).
+    pub async fn prepare(
+        &mut self,
+        payload: &[u8],
+    ) -> Result<Result<(u32, Vec<Vec<u8>>), Vec<u8>>, BackendError> {
+        if let Err(e) = self.send(payload).await {
+            return Err(BackendError::Lost(e.to_string()));
+        }
+        if let Err(e) = self.read().await {
+            return Err(BackendError::Lost(e.to_string()));
+        }
+        if self.buf.first() == Some(&0xFF) {
+            return Ok(Err(self.buf.clone()));
+        }
+        let (id, cols, params) = match super::prepared::parse_prepare_ok(&self.buf) {
+            Ok(x) => x,
+            Err(m) => {
+                self.healthy = false;
+                return Err(m.into());
+            }
+        };
+        let mut packets = vec![self.buf.clone()];
+        for n in [params, cols] {
+            if n > 0 {
+                for _ in 0..=n {
+                    self.read().await?;
+                    packets.push(self.buf.clone());
+                }
+                if wire::eof_status(packets.last().map(Vec::as_slice).unwrap_or_default()).is_none()
+                {
+                    self.healthy = false;
+                    return Err(BackendError::Protocol("prepare response without its EOF"));
+                }
+            }
+        }
+        Ok(Ok((id, packets)))
+    }
+
     /// A statement's column names and rows, for the proxy's own checks.
     pub async fn query_named(
         &mut self,

@@ -7,6 +7,7 @@
 //! - `backend.rs`: backend connections (results relayed undecoded) and their pools.
 //! - `session.rs`: one client: login, routing, transactions, read/write splitting.
 //! - `merge.rs`: ORDER BY / LIMIT over the rows of a SELECT scattered over shards.
+//! - `prepared.rs`: prepared statements (the proxy's ids, EXECUTE parameter decoding).
 //! - `metrics.rs`: `tessera_dbproxy_*`.
 //!
 //! Inputs come from `crate::api::feed` (list + watch of `zones units shardmaps
@@ -16,6 +17,7 @@
 mod backend;
 mod merge;
 mod metrics;
+mod prepared;
 mod session;
 mod sql;
 mod topology;

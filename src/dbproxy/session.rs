@@ -13,6 +13,7 @@
 
 use super::backend::{BackendError, Collected, Lease, Pool};
 use super::metrics::DbMetrics;
+use super::prepared::{self, Prepared};
 use super::sql::{self, Analysis, Class, ParseFailure};
 use super::topology::{Database, ShardRoute, Topology};
 use super::wire::{self, cap, com, er};
@@ -55,6 +56,17 @@ impl From<std::io::Error> for Fatal {
 struct Held {
     pool: Arc<Pool>,
     lease: Lease,
+    /// The client's prepared statement ids → this connection's.
+    stmts: HashMap<u32, u32>,
+}
+
+/// What a routed command sends to the chosen backend.
+#[derive(Clone, Copy)]
+enum Cmd<'a> {
+    /// A COM_QUERY (or COM_FIELD_LIST) payload, sent as it is.
+    Text(&'a [u8]),
+    /// A COM_STMT_EXECUTE of the client's statement `id`.
+    Exec { id: u32, payload: &'a [u8] },
 }
 
 pub struct Session {
@@ -79,6 +91,9 @@ pub struct Session {
     /// with `SET tessera_read_your_writes = 1`.
     read_your_writes: bool,
     wrote: bool,
+    /// Prepared statements by the proxy's id.
+    stmts: HashMap<u32, Prepared>,
+    next_stmt: u32,
 }
 
 pub async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -99,6 +114,8 @@ pub async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         held: HashMap::new(),
         read_your_writes: false,
         wrote: false,
+        stmts: HashMap::new(),
+        next_stmt: 1,
     };
     shared.metrics.clients.inc();
     match s.login().await {
@@ -322,23 +339,36 @@ impl Session {
                     self.flush().await
                 }
                 com::FIELD_LIST => self.field_list(&payload).await,
-                com::STMT_PREPARE
-                | com::STMT_EXECUTE
-                | com::STMT_CLOSE
-                | com::STMT_RESET
-                | com::STMT_SEND_LONG_DATA
-                | com::STMT_FETCH => {
-                    if cmd == com::STMT_CLOSE || cmd == com::STMT_SEND_LONG_DATA {
-                        // These have no response.
-                        Ok(())
-                    } else {
-                        self.error(
-                            1,
-                            er::NOT_SUPPORTED_YET,
-                            "tessera dbproxy does not support server-side prepared statements yet; use the text protocol (e.g. sysbench --db-ps-mode=disable, JDBC useServerPrepStmts=false)",
-                        )
-                        .await
+                com::STMT_PREPARE => self.prepare(&payload).await,
+                com::STMT_EXECUTE => self.execute(&payload).await,
+                com::STMT_CLOSE => {
+                    self.close_stmt(&payload).await;
+                    Ok(())
+                }
+                com::STMT_SEND_LONG_DATA => {
+                    // No response; replayed before the next EXECUTE.
+                    if let Some(p) = prepared::stmt_id(&payload)
+                        .ok()
+                        .and_then(|id| self.stmts.get_mut(&id))
+                    {
+                        p.long_data.push(payload.clone());
                     }
+                    Ok(())
+                }
+                com::STMT_RESET => {
+                    let known = prepared::stmt_id(&payload)
+                        .ok()
+                        .and_then(|id| self.stmts.get_mut(&id))
+                        .map(|p| p.long_data.clear())
+                        .is_some();
+                    if known {
+                        self.ok(1).await
+                    } else {
+                        self.error(1, er::UNKNOWN_STMT_HANDLER, "Unknown prepared statement handler given to mysqld_stmt_reset").await
+                    }
+                }
+                com::STMT_FETCH => {
+                    self.error(1, er::NOT_SUPPORTED_YET, "Cursors (COM_STMT_FETCH) are not supported by tessera dbproxy; execute without a cursor").await
                 }
                 other => {
                     self.error(
@@ -399,7 +429,7 @@ impl Session {
                 .error(1, er::UNKNOWN, "The database has no shards")
                 .await;
         };
-        self.relay_on(&shard, true, payload, "field_list").await
+        self.relay_on(&shard, true, Cmd::Text(payload)).await
     }
 
     async fn query(&mut self, payload: &[u8]) -> Reply {
@@ -462,7 +492,7 @@ impl Session {
                     _ => None,
                 };
                 return match shard {
-                    Some(s) => self.single(&s, &Class::Write, true, payload, "unparsed").await,
+                    Some(s) => self.single(&s, true, Cmd::Text(payload)).await,
                     None => {
                         self.error(1, er::PARSE, &format!(
                             "tessera dbproxy cannot parse this statement to route it ({e}); add /* tessera: shard=UNIT */ to send it to one shard"
@@ -511,7 +541,23 @@ impl Session {
             Class::Session => return self.session_set(text, &topo).await,
             _ => {}
         }
-        let Some(db) = self.default_database(&topo) else {
+        self.dispatch(Cmd::Text(payload), &a, None, &topo).await
+    }
+
+    /// Routes a statement (text, or an EXECUTE with its parameter values) to its shards.
+    async fn dispatch(
+        &mut self,
+        cmd: Cmd<'_>,
+        a: &Analysis,
+        params: Option<&[Option<String>]>,
+        topo: &Topology,
+    ) -> Reply {
+        let exec = matches!(cmd, Cmd::Exec { .. });
+        let payload = match cmd {
+            Cmd::Text(p) => p,
+            Cmd::Exec { payload, .. } => payload,
+        };
+        let Some(db) = self.default_database(topo) else {
             return if a.tables.is_empty() {
                 self.error(1, er::NO_DB, "No database selected and this user has none; connect with a database the proxy serves")
                     .await
@@ -520,10 +566,13 @@ impl Session {
             };
         };
         if a.class == Class::Ddl {
-            return self.ddl(&db, payload, &a).await;
+            if exec {
+                return self.error(1, er::NOT_SUPPORTED_YET, "DDL cannot be prepared through tessera dbproxy; send it as a plain statement").await;
+            }
+            return self.ddl(&db, payload, a).await;
         }
         // Which shards does the statement touch?
-        let units: Vec<String> = match self.target_units(&topo, &db, &a) {
+        let units: Vec<String> = match self.target_units(topo, &db, a, params) {
             Ok(u) => u,
             Err(m) => return self.error(1, er::UNKNOWN, &m).await,
         };
@@ -550,7 +599,14 @@ impl Session {
                 .statements
                 .with_label_values(&[&db.name, &shard.unit, class])
                 .inc();
-            return self.single(&shard, &a.class, primary, payload, class).await;
+            return self.single(&shard, primary, cmd).await;
+        }
+        if exec {
+            let m = format!(
+                "This prepared statement's parameters reach shards {}; a prepared statement runs on one shard (bind one shard key value, or send it as a plain statement to scatter a SELECT)",
+                units.join(", ")
+            );
+            return self.error(1, er::NOT_SUPPORTED_YET, &m).await;
         }
         // Several shards.
         let (_, kinds) = db.table_kinds(&a.tables);
@@ -593,12 +649,235 @@ impl Session {
         }
     }
 
+    /// Makes sure the client's statement `id` is prepared on `held`'s connection and
+    /// that its long data has been sent there; returns the connection's statement id.
+    /// Err(Ok(ERR payload)) when the server refuses to prepare it.
+    async fn on_backend(
+        &mut self,
+        held: &mut Held,
+        id: u32,
+    ) -> Result<u32, Result<Vec<u8>, BackendError>> {
+        let Some(st) = self.stmts.get_mut(&id) else {
+            return Err(Ok(wire::err_packet(
+                er::UNKNOWN_STMT_HANDLER,
+                "Unknown prepared statement",
+            )));
+        };
+        let backend_id = match held.stmts.get(&id) {
+            Some(b) => *b,
+            None => {
+                let mut p = vec![com::STMT_PREPARE];
+                p.extend_from_slice(st.sql.as_bytes());
+                match held.lease.conn.prepare(&p).await {
+                    Ok(Ok((b, _))) => {
+                        held.stmts.insert(id, b);
+                        b
+                    }
+                    Ok(Err(err)) => return Err(Ok(err)),
+                    Err(e) => return Err(Err(e)),
+                }
+            }
+        };
+        for chunk in std::mem::take(&mut st.long_data) {
+            let p = prepared::with_stmt_id(&chunk, backend_id);
+            if let Err(e) = held.lease.conn.send(&p).await {
+                return Err(Err(BackendError::Lost(e.to_string())));
+            }
+        }
+        Ok(backend_id)
+    }
+
+    /// COM_STMT_PREPARE: prepared on one shard the statement may run on (for its
+    /// metadata, which every shard shares); the client gets the proxy's own id.
+    async fn prepare(&mut self, payload: &[u8]) -> Reply {
+        let Ok(sql) = std::str::from_utf8(&payload[1..]) else {
+            return self
+                .error(1, er::UNKNOWN, "The statement is not valid UTF-8")
+                .await;
+        };
+        let sql = sql.to_string();
+        let topo = self.shared.topology.load_full();
+        let Some(db) = self.default_database(&topo) else {
+            return self.error(1, er::NO_DB, "No database selected").await;
+        };
+        let analysis = match sql::analyze(&sql) {
+            Ok(a) => Some(a),
+            Err((ParseFailure::Syntax(e), hint)) if hint.unit.is_none() && db.shards.len() > 1 => {
+                let m = format!(
+                    "tessera dbproxy cannot parse this statement to route it ({e}); add /* tessera: shard=UNIT */ to send it to one shard"
+                );
+                return self.error(1, er::PARSE, &m).await;
+            }
+            Err((ParseFailure::Multi, _)) => {
+                return self
+                    .error(
+                        1,
+                        er::NOT_SUPPORTED_YET,
+                        "tessera dbproxy prepares one statement at a time",
+                    )
+                    .await;
+            }
+            Err(_) => None,
+        };
+        let unit = match &analysis {
+            Some(a) => match self.target_units(&topo, &db, a, None) {
+                Ok(u) => self.tx_unit.clone().or_else(|| u.into_iter().next()),
+                Err(m) => return self.error(1, er::UNKNOWN, &m).await,
+            },
+            None => sql::hints(&sql)
+                .unit
+                .or_else(|| db.shards.keys().next().cloned()),
+        };
+        let Some(shard) = unit.and_then(|u| db.shards.get(&u).cloned()) else {
+            return self
+                .error(1, er::UNKNOWN, "No shard to prepare the statement on")
+                .await;
+        };
+        let pool = shard.primary.clone();
+        if let Err(m) = self.conn(&pool).await {
+            return self.shard_down(&shard, &pool, &m).await;
+        }
+        let mut held = self.held.remove(&key(&pool)).expect("held above");
+        let r = held.lease.conn.prepare(payload).await;
+        let (backend_id, packets) = match r {
+            Ok(Ok(x)) => x,
+            Ok(Err(err)) => {
+                self.held.insert(key(&pool), held);
+                self.send(1, &err).await?;
+                return self.flush().await;
+            }
+            Err(e) => {
+                if held.lease.conn.healthy {
+                    self.held.insert(key(&pool), held);
+                } else {
+                    pool.discard(held.lease);
+                }
+                return self.shard_down(&shard, &pool, &e.to_string()).await;
+            }
+        };
+        let (_, _, params) = prepared::parse_prepare_ok(&packets[0]).unwrap_or_default();
+        let id = self.next_stmt;
+        self.next_stmt = self.next_stmt.wrapping_add(1).max(1);
+        held.stmts.insert(id, backend_id);
+        self.held.insert(key(&pool), held);
+        self.stmts.insert(
+            id,
+            Prepared {
+                sql,
+                analysis,
+                params,
+                types: Vec::new(),
+                long_data: Vec::new(),
+            },
+        );
+        let mut out = Vec::new();
+        let mut seq = 1u8;
+        for (i, p) in packets.iter().enumerate() {
+            let p = if i == 0 {
+                prepared::with_stmt_id(p, id)
+            } else {
+                p.clone()
+            };
+            seq = wire::frame(&mut out, seq, &p);
+        }
+        self.wr.write_all(&out).await?;
+        self.flush().await
+    }
+
+    /// COM_STMT_EXECUTE: routed by its parameters like the statement it prepares.
+    async fn execute(&mut self, payload: &[u8]) -> Reply {
+        let started = Instant::now();
+        let id = prepared::stmt_id(payload).unwrap_or(0);
+        let Some(st) = self.stmts.get_mut(&id) else {
+            let m =
+                format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute");
+            return self.error(1, er::UNKNOWN_STMT_HANDLER, &m).await;
+        };
+        if prepared::exec_flags(payload).unwrap_or(0) != prepared::CURSOR_NONE {
+            return self
+                .error(1, er::NOT_SUPPORTED_YET, "Cursors are not supported by tessera dbproxy; execute without a cursor (e.g. JDBC useCursorFetch=false)")
+                .await;
+        }
+        let values = match prepared::exec_params(payload, st.params as usize, &mut st.types) {
+            Ok(v) => v,
+            Err(m) => {
+                let msg = format!("Malformed COM_STMT_EXECUTE: {}", m.0);
+                return self.error(1, er::HANDSHAKE, &msg).await;
+            }
+        };
+        let (analysis, sql) = (st.analysis.clone(), st.sql.clone());
+        let topo = self.shared.topology.load_full();
+        let Some(a) = analysis else {
+            // Unparsed: the one shard it was prepared for (hint or only shard).
+            let unit = sql::hints(&sql).unit;
+            let shard = self.default_database(&topo).and_then(|d| match unit {
+                Some(u) => d.shards.get(&u).cloned(),
+                None => d.shards.values().next().cloned(),
+            });
+            return match shard {
+                Some(s) => self.single(&s, true, Cmd::Exec { id, payload }).await,
+                None => {
+                    self.error(
+                        1,
+                        er::UNKNOWN,
+                        "The statement's shard is no longer configured",
+                    )
+                    .await
+                }
+            };
+        };
+        let class = class_label(&a.class);
+        let r = match &a.class {
+            // Transaction control and settings behave as their text forms.
+            Class::Begin
+            | Class::Commit
+            | Class::Rollback
+            | Class::Autocommit(_)
+            | Class::Use(_)
+            | Class::Session => {
+                let mut p = vec![com::QUERY];
+                p.extend_from_slice(sql.as_bytes());
+                Box::pin(self.route(&p, &sql, Ok(a.clone()))).await
+            }
+            _ => {
+                self.dispatch(Cmd::Exec { id, payload }, &a, Some(&values), &topo)
+                    .await
+            }
+        };
+        self.shared
+            .metrics
+            .latency
+            .with_label_values(&[class])
+            .observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    /// COM_STMT_CLOSE: forgotten here and on every connection that prepared it.
+    async fn close_stmt(&mut self, payload: &[u8]) {
+        let Ok(id) = prepared::stmt_id(payload) else {
+            return;
+        };
+        if self.stmts.remove(&id).is_none() {
+            return;
+        }
+        for held in self.held.values_mut() {
+            if let Some(b) = held.stmts.remove(&id) {
+                let _ = held
+                    .lease
+                    .conn
+                    .send(&prepared::with_stmt_id(payload, b))
+                    .await;
+            }
+        }
+    }
+
     /// The units a statement's rows live in.
     fn target_units(
         &self,
         topo: &Topology,
         db: &Database,
         a: &Analysis,
+        params: Option<&[Option<String>]>,
     ) -> Result<Vec<String>, String> {
         if let Some(u) = &a.hint.unit {
             if !db.shards.contains_key(u) {
@@ -611,6 +890,10 @@ impl Session {
             return Ok(vec![u.clone()]);
         }
         let all: Vec<String> = db.shards.keys().cloned().collect();
+        if all.len() == 1 {
+            // An unsharded database: everything is in its one shard.
+            return Ok(all);
+        }
         let here = || -> Vec<String> {
             match &self.tx_unit {
                 Some(u) => vec![u.clone()],
@@ -645,8 +928,32 @@ impl Session {
         }
         match a.key_values(&keys) {
             Some(values) => {
+                // Parameters (`?` bound at EXECUTE): their values, or every shard when
+                // they are not known yet (PREPARE).
+                let mut bound = BTreeSet::new();
+                for v in values {
+                    match prepared::marker_index(&v) {
+                        None => {
+                            bound.insert(v);
+                        }
+                        Some(i) => match params {
+                            None => return Ok(all),
+                            Some(p) => match p.get(i).cloned().flatten() {
+                                Some(x) => {
+                                    bound.insert(x);
+                                }
+                                None => {
+                                    return Err(format!(
+                                        "The shard key is bound to parameter {} whose value is NULL or not a number or string",
+                                        i + 1
+                                    ))
+                                }
+                            },
+                        },
+                    }
+                }
                 let mut units = BTreeSet::new();
-                for v in &values {
+                for v in &bound {
                     let u = topo.unit_of(v).ok_or_else(|| {
                         format!("No unit owns the slot of shard key value {v}: the shard map does not cover it")
                     })?;
@@ -683,6 +990,7 @@ impl Session {
                 Held {
                     pool: pool.clone(),
                     lease,
+                    stmts: HashMap::new(),
                 },
             );
         }
@@ -722,14 +1030,7 @@ impl Session {
     }
 
     /// Runs one statement on one shard and relays the answer.
-    async fn single(
-        &mut self,
-        shard: &Arc<ShardRoute>,
-        class: &Class,
-        primary: bool,
-        payload: &[u8],
-        label: &str,
-    ) -> Reply {
+    async fn single(&mut self, shard: &Arc<ShardRoute>, primary: bool, cmd: Cmd<'_>) -> Reply {
         if self.in_tx && self.tx_unit.is_none() {
             // Start the held-back transaction on this shard's primary.
             let pool = shard.primary.clone();
@@ -751,17 +1052,10 @@ impl Session {
                 }
             }
         }
-        let _ = class;
-        self.relay_on(shard, primary, payload, label).await
+        self.relay_on(shard, primary, cmd).await
     }
 
-    async fn relay_on(
-        &mut self,
-        shard: &Arc<ShardRoute>,
-        primary: bool,
-        payload: &[u8],
-        _label: &str,
-    ) -> Reply {
+    async fn relay_on(&mut self, shard: &Arc<ShardRoute>, primary: bool, cmd: Cmd<'_>) -> Reply {
         let lag = {
             let topo = self.shared.topology.load();
             self.db
@@ -779,7 +1073,22 @@ impl Session {
         }
         // Out of the map while it relays, so the client writer can be borrowed too.
         let mut held = self.held.remove(&key(&pool)).expect("held above");
-        let r = held.lease.conn.relay(payload, &mut self.wr).await;
+        let r = match cmd {
+            Cmd::Text(payload) => held.lease.conn.relay(payload, &mut self.wr).await,
+            Cmd::Exec { id, payload } => match self.on_backend(&mut held, id).await {
+                Ok(backend_id) => {
+                    let p = prepared::with_stmt_id(payload, backend_id);
+                    held.lease.conn.relay(&p, &mut self.wr).await
+                }
+                Err(Ok(err)) => {
+                    // The backend refused to prepare it (a table missing on this shard).
+                    self.held.insert(key(&pool), held);
+                    self.send(1, &err).await?;
+                    return self.flush().await;
+                }
+                Err(Err(e)) => Err(e),
+            },
+        };
         if held.lease.conn.healthy {
             self.held.insert(key(&pool), held);
         } else {

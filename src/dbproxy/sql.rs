@@ -96,6 +96,10 @@ pub fn analyze(sql: &str) -> Result<Analysis, (ParseFailure, Hint)> {
         1 => stmts.remove(0),
         _ => return Err((ParseFailure::Multi, hint)),
     };
+    let mut stmt = stmt;
+    if sql.contains('?') {
+        number_placeholders(sql, &mut stmt);
+    }
     let mut tables = Vec::new();
     let _ = sqlparser::ast::visit_relations(&stmt, |name: &ObjectName| {
         if let Some(t) = last_part(name) {
@@ -117,6 +121,32 @@ pub fn analyze(sql: &str) -> Result<Analysis, (ParseFailure, Hint)> {
         merge,
         ast: Some(stmt),
     })
+}
+
+/// Renames each `?` to `?N`, N its position among the statement's placeholders (from
+/// the tokens' locations), so a shard key bound to a parameter can be found at EXECUTE.
+fn number_placeholders(sql: &str, stmt: &mut Statement) {
+    let Ok(tokens) =
+        sqlparser::tokenizer::Tokenizer::new(&MySqlDialect {}, sql).tokenize_with_location()
+    else {
+        return;
+    };
+    let at: Vec<(u64, u64)> = tokens
+        .iter()
+        .filter(|t| matches!(&t.token, sqlparser::tokenizer::Token::Placeholder(p) if p == "?"))
+        .map(|t| (t.span.start.line, t.span.start.column))
+        .collect();
+    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e: &mut Expr| {
+        if let Expr::Value(v) = e {
+            if matches!(&v.value, Value::Placeholder(p) if p == "?") {
+                let here = (v.span.start.line, v.span.start.column);
+                if let Some(n) = at.iter().position(|l| *l == here) {
+                    v.value = Value::Placeholder(format!("?{n}"));
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 fn last_part(name: &ObjectName) -> Option<String> {
@@ -207,6 +237,10 @@ fn literal(e: &Expr) -> Option<String> {
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => Some(n.clone()),
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
+            Value::Placeholder(p) => p
+                .strip_prefix('?')
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(super::prepared::marker),
             _ => None,
         },
         Expr::Nested(e) => literal(e),

@@ -147,3 +147,18 @@ fn bad_sql_is_reported_not_panicked() {
         }
     }
 }
+
+#[test]
+fn placeholders_are_numbered_so_a_bound_shard_key_can_be_found() {
+    use crate::dbproxy::prepared::marker;
+    let k = keys(&["uid"]);
+    let a = analyze("SELECT c FROM t WHERE a = ? AND uid = ?").unwrap();
+    assert_eq!(a.key_values(&k), Some([marker(1)].into_iter().collect()));
+    let a = analyze("INSERT INTO t (x, uid, y) VALUES (?, ?, 'q?')").unwrap();
+    assert_eq!(a.key_values(&k), Some([marker(1)].into_iter().collect()));
+    let a = analyze("SELECT c FROM t WHERE uid IN (?, ?)\n  AND b = ?").unwrap();
+    assert_eq!(
+        a.key_values(&k),
+        Some([marker(0), marker(1)].into_iter().collect())
+    );
+}
