@@ -177,6 +177,28 @@ fn wait_bounded(mut child: std::process::Child, limit: Duration) -> std::process
     }
 }
 
+/// Waits (bounded) until `tessera get datasources` shows `want` in the SHARDS column.
+fn wait_for_health(e: &Estate, want: &str) {
+    let server = format!("http://{}", e.api);
+    let t0 = Instant::now();
+    loop {
+        let out = crate::harness::tessera(
+            &["get", "datasources"],
+            &[("TESSERA_SERVER", &server), ("TESSERA_TOKEN", &e.token)],
+        );
+        let text = crate::harness::stdout(&out);
+        if text.contains(want) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "`tessera get datasources` never showed {want}:\n{text}{}",
+            crate::harness::stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn app(e: &Estate, sql: &str) -> (bool, String, String) {
     client(e.mysql, APP, APP_PASSWORD, Some("accountdb"), sql)
 }
@@ -332,7 +354,6 @@ fn rows_land_in_their_units_shard_reads_split_and_scatter_merges() {
     );
     let (_, _, metrics) = http(e.admin, "GET", "/metrics", None, "").unwrap();
     assert!(metrics.contains("tessera_dbproxy_statements_total{class=\"write\",database=\"accountdb\",unit=\"rz01\"}"), "{metrics}");
-    let _ = (&e.api, &e.token);
 }
 
 #[test]
@@ -393,6 +414,8 @@ fn bad_logins_bad_sql_and_a_dead_primary_get_clear_errors() {
         "took {:?}",
         t0.elapsed()
     );
+    // The proxy reports it; `tessera get datasources` shows the shard down.
+    wait_for_health(&e, "rz00=ok,rz01=down");
     assert_eq!(app_ok(&e, "INSERT INTO t_user (uid, name) VALUES (2088000000000001, 'a'); SELECT /* tessera: primary */ name FROM t_user WHERE uid = 2088000000000001").trim(), "a");
     // It comes back: statements work again without restarting anything.
     e.b.restart();
@@ -409,6 +432,7 @@ fn bad_logins_bad_sql_and_a_dead_primary_get_clear_errors() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    wait_for_health(&e, "rz00=ok,rz01=ok");
 }
 
 /// sysbench (libmariadb, server-side prepared statements) through the proxy: its schema

@@ -318,6 +318,45 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// A data source's shards with their health as the DB proxies report it
+/// (`rz00=ok,rz01=down`): `down` when a proxy cannot reach the primary, `degraded` when
+/// a replica is down or too far behind, `?` when no proxy has reported.
+fn shard_health(shards: &Value, status: &Value) -> String {
+    let reports: Vec<&Value> = status
+        .get("proxies")
+        .and_then(Value::as_object)
+        .map(|m| m.values().collect())
+        .unwrap_or_default();
+    let units: Vec<&str> = shards
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.get("unit")?.as_str()).collect())
+        .unwrap_or_default();
+    units
+        .iter()
+        .map(|u| {
+            let seen: Vec<&Value> = reports
+                .iter()
+                .filter_map(|r| r.get("shards")?.get(*u))
+                .collect();
+            let state = if seen.is_empty() {
+                "?"
+            } else if seen.iter().any(|s| s["primary"]["up"] == false) {
+                "down"
+            } else if seen.iter().any(|s| {
+                s["replicas"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().any(|r| r["up"] == false || r["lagging"] == true))
+            }) {
+                "degraded"
+            } else {
+                "ok"
+            };
+            format!("{u}={state}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Kind-specific table columns: (header, spec field).
 fn columns(k: Kind) -> &'static [(&'static str, &'static str)] {
     match k {
@@ -350,7 +389,7 @@ fn columns(k: Kind) -> &'static [(&'static str, &'static str)] {
             ("APP", "app"),
             ("BY", "routeBy"),
         ],
-        Kind::DataSource => &[("DATABASE", "database")],
+        Kind::DataSource => &[("DATABASE", "database"), ("SHARDS", "shards")],
         Kind::User => &[("ROLE", "role")],
         _ => &[],
     }
@@ -389,7 +428,11 @@ fn print_resources(
             for r in items {
                 let mut row = vec![r.metadata.name.clone()];
                 for (_, field) in cols {
-                    row.push(s(r.spec.get(*field).unwrap_or(&Value::Null)));
+                    let v = r.spec.get(*field).unwrap_or(&Value::Null);
+                    row.push(match (k, *field) {
+                        (Kind::DataSource, "shards") => shard_health(v, &r.status),
+                        _ => s(v),
+                    });
                 }
                 row.push(
                     r.metadata

@@ -9,6 +9,7 @@
 //! - `merge.rs`: ORDER BY / LIMIT over the rows of a SELECT scattered over shards.
 //! - `prepared.rs`: prepared statements (the proxy's ids, EXECUTE parameter decoding).
 //! - `metrics.rs`: `tessera_dbproxy_*`.
+//! - `report.rs`: server health reported to the control plane (DataSource status).
 //!
 //! Inputs come from `crate::api::feed` (list + watch of `zones units shardmaps
 //! datasources`, cached in `<data_dir>/dbproxy/datasources.json`). A checker pings every
@@ -18,6 +19,7 @@ mod backend;
 mod merge;
 mod metrics;
 mod prepared;
+mod report;
 mod session;
 mod sql;
 mod topology;
@@ -78,6 +80,14 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         .iter()
         .map(|u| u.to_string().trim_end_matches('/').to_string())
         .collect();
+    let report = {
+        let (shared, urls, file) = (
+            shared.clone(),
+            urls.clone(),
+            cfg.data_dir.join("dbproxy").join("credential"),
+        );
+        move |shutdown| report::run(shared, urls, file, shutdown)
+    };
     let feed = Feed {
         credential: crate::api::enroll::ServiceCredential {
             role: "dbproxy",
@@ -127,6 +137,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             health.set_not_ready("no data sources yet (from the control plane or the cache)");
             let feed_task = tokio::spawn(feed.run(shutdown.clone()));
             let checks = tokio::spawn(check_backends(shared.clone(), shutdown.clone()));
+            let reporter = tokio::spawn(report(shutdown.clone()));
             let ready = {
                 let (shared, health, shutdown) = (shared.clone(), health.clone(), shutdown.clone());
                 tokio::spawn(async move {
@@ -143,7 +154,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 serve_mysql(mysql, shared.clone(), d.max_connections, shutdown.clone()),
                 admin::serve(admin_l, admin_router, shutdown)
             );
-            let _ = tokio::join!(feed_task, checks, ready);
+            let _ = tokio::join!(feed_task, checks, ready, reporter);
             health.set_not_ready("stopped");
             a.and(b).map_err(|source| RoleError::Serve {
                 role: Role::Dbproxy,

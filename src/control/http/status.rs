@@ -29,7 +29,8 @@ const MAX_STATUS: usize = 64 << 10;
 
 /// `PUT /api/v1/{kinds}/{name}/status {status, revision?}`: replaces the status that
 /// tessera's own components (agents, reconcilers) report, leaving spec and labels alone.
-/// Admins, and agents for their own node and the instances placed on it. Not audited:
+/// Admins, agents for their own node and the instances placed on it, and DB proxies for
+/// data sources (merged under `status.proxies.<proxy>`). Not audited:
 /// status is observed state, not a change anyone declares, and it changes with every
 /// heartbeat.
 pub async fn put_status(
@@ -51,7 +52,12 @@ pub async fn put_status(
                 crate::model::Kind::Node | crate::model::Kind::Instance
             )
         });
-    if agent_node.is_none() {
+    // A DB proxy reports how it sees a data source's servers, under its own name in
+    // `status.proxies` (each proxy's report replaces only its own entry).
+    let proxy = (caller.role == "dbproxy" && kind == crate::model::Kind::DataSource)
+        .then(|| caller.user.strip_prefix("dbproxy-").map(str::to_string))
+        .flatten();
+    if agent_node.is_none() && proxy.is_none() {
         caller.require_admin()?;
     }
     let (b, raw): (StatusBody, Bytes) =
@@ -125,7 +131,27 @@ pub async fn put_status(
             }
         }
         obj.metadata.revision = None;
-        obj.status = b.status.clone();
+        match &proxy {
+            Some(p) => {
+                if !obj.status.is_object() {
+                    obj.status = serde_json::json!({});
+                }
+                let proxies = obj
+                    .status
+                    .as_object_mut()
+                    .expect("made an object above")
+                    .entry("proxies")
+                    .or_insert_with(|| serde_json::json!({}));
+                if !proxies.is_object() {
+                    *proxies = serde_json::json!({});
+                }
+                proxies
+                    .as_object_mut()
+                    .expect("made an object above")
+                    .insert(p.clone(), b.status.clone());
+            }
+            None => obj.status = b.status.clone(),
+        }
         let value = serde_json::to_string(&obj).map_err(|e| ApiError::internal("encode", e))?;
         let cmd = Command::Txn {
             compare: vec![Compare {

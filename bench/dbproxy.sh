@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# dbproxy.sh -- tessera's DB proxy next to direct MariaDB (and haproxy in TCP mode, a
+# plain L4 hop) in one run: sysbench oltp_point_select and oltp_read_write.
+#
+# Drives the shared baseline (/work/shared/bench/mysql-proxy-baseline.sh, read-only; it
+# apt-installs mariadb-server, sysbench, haproxy when missing) with tessera as its
+# extra target: PROXY_CMD (started once the baseline's MariaDB is up) runs
+# bench/dbproxy-target.sh: a control node, a data source `sbtest` whose one shard is that
+# MariaDB, and a DB proxy process on PROXY_HOST:PROXY_PORT. Every statement is parsed
+# and routed (a one-shard database takes them all); sysbench uses server-side prepared
+# statements (DB_PS_MODE=auto), as against MariaDB directly.
+#
+# Usage (from the repo root, as root):
+#   bash bench/dbproxy.sh
+#   DURATION=5 ROUNDS=1 WARMUP=1 bash bench/dbproxy.sh      # quick check
+#   SAVE=1 bash bench/dbproxy.sh     # also write bench/results/dbproxy-<date>.txt
+# Environment: everything the baseline reads (DURATION, THREADS, ROUNDS, TESTS, WARMUP,
+# TABLES, TABLE_SIZE, DB_PS_MODE, PORT, ...), plus TESSERA_BIN (see
+# bench/tessera-cluster.sh), PROXY_PORT [19310], WORKERS [2] (tokio worker threads).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BASELINE=${BASELINE:-/work/shared/bench/mysql-proxy-baseline.sh}
+SAVE=${SAVE:-0}
+export PROXY_HOST=127.0.0.1 PROXY_PORT=${PROXY_PORT:-19310} PROXY_NAME=tessera
+TESSERA_BIN=$(TESSERA_CLUSTER_DIR=/nonexistent bash "$HERE/tessera-cluster.sh" bin)
+export TESSERA_BIN WORKERS=${WORKERS:-2}
+export PROXY_CMD="bash $HERE/dbproxy-target.sh"
+if [ "$SAVE" = 1 ]; then
+  mkdir -p "$HERE/results"
+  out="$HERE/results/dbproxy-$(date -u +%Y%m%d-%H%M).txt"
+  { echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), tessera $("$TESSERA_BIN" --version | head -1)"
+    bash "$BASELINE"; } 2>&1 | tee "$out"
+else
+  bash "$BASELINE"
+fi
