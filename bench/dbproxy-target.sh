@@ -63,4 +63,4 @@ control = ["http://127.0.0.1:17400"]
 join_token = "$join"
 max_backend_connections = 1024
 TOML
-TOKIO_WORKER_THREADS=${WORKERS:-2} "$TESSERA_BIN" run --profile "$W/dbproxy.toml" 2>"$W/dbproxy.log"
+TOKIO_WORKER_THREADS=${WORKERS:-1} "$TESSERA_BIN" run --profile "$W/dbproxy.toml" 2>"$W/dbproxy.log"

@@ -28,6 +28,8 @@ struct Estate {
     a: MariaDb,
     a_replica: MariaDb,
     b: MariaDb,
+    /// The DataSource as applied (YAML, plain-text passwords).
+    datasource: String,
 }
 
 /// `ips`: three free 127.0.0.x addresses for rz00's primary, its replica and rz01's primary.
@@ -38,6 +40,11 @@ fn estate(ips: [u8; 3]) -> Estate {
 /// With `two_shards` false, `accountdb` is one unsharded database: rz00's primary and
 /// its replica (rz01's server runs but is not used).
 fn estate_with(ips: [u8; 3], two_shards: bool) -> Estate {
+    estate_full(ips, two_shards, "")
+}
+
+/// [`estate_with`] with `proxy_toml` appended to the proxy's `[dbproxy]` settings.
+fn estate_full(ips: [u8; 3], two_shards: bool, proxy_toml: &str) -> Estate {
     let a = MariaDb::start(ip(ips[0]), 1);
     let b = MariaDb::start(ip(ips[2]), 3);
     for (db, name) in [(&a, "acct_00"), (&b, "acct_01")] {
@@ -94,7 +101,7 @@ spec:
     assert_eq!(code, 201, "{out}");
     let join: Value = serde_json::from_str(&out).unwrap();
     let profile = format!(
-        "node_name = \"dbp-1\"\nroles = [\"dbproxy\"]\ndata_dir = \"DATA\"\n[dbproxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\nbackend_connect_timeout_ms = 1000\n",
+        "node_name = \"dbp-1\"\nroles = [\"dbproxy\"]\ndata_dir = \"DATA\"\n[dbproxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\nbackend_connect_timeout_ms = 1000\n{proxy_toml}",
         join["token"].as_str().unwrap()
     );
     let mut proxy = Node::run_profile(&profile, &[], &[]);
@@ -111,6 +118,7 @@ spec:
         a,
         a_replica,
         b,
+        datasource,
     }
 }
 
@@ -122,6 +130,18 @@ fn client(
     db: Option<&str>,
     sql: &str,
 ) -> (bool, String, String) {
+    client_with(addr, user, password, db, sql, &["--skip-ssl".to_string()])
+}
+
+/// [`client`] with TLS settings of its own (`tls`: `--skip-ssl` or `--ssl...` flags).
+fn client_with(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+    sql: &str,
+    tls: &[String],
+) -> (bool, String, String) {
     let mut cmd = Command::new("mariadb");
     cmd.arg("--no-defaults")
         .arg("--protocol=tcp")
@@ -130,7 +150,7 @@ fn client(
         .arg(format!("--user={user}"))
         .arg(format!("--password={password}"))
         .arg("--connect-timeout=5")
-        .arg("--skip-ssl")
+        .args(tls)
         .arg("--comments")
         .args(["-N", "-B", "--force"]);
     if let Some(db) = db {
@@ -340,6 +360,41 @@ fn rows_land_in_their_units_shard_reads_split_and_scatter_merges() {
             .trim(),
         "0"
     );
+
+    // Passwords are sealed: no API answer, export or audit record carries them, and
+    // reapplying the same plain-text file changes nothing.
+    let server = format!("http://{}", e.api);
+    let env = [
+        ("TESSERA_SERVER", server.as_str()),
+        ("TESSERA_TOKEN", e.token.as_str()),
+    ];
+    let shown = crate::harness::stdout(&crate::harness::tessera(
+        &["get", "datasource", "accountdb", "-o", "yaml"],
+        &env,
+    ));
+    assert!(shown.contains("enc:v1:"), "{shown}");
+    let (_, _, audit) = http(e.api, "GET", "/api/v1/auditevents", Some(&e.token), "").unwrap();
+    for secret in [BACKEND_PASSWORD, APP_PASSWORD] {
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(!audit.contains(secret), "the audit trail holds a password");
+    }
+    let (code, _, out) = http(
+        e.api,
+        "POST",
+        "/api/v1/apply",
+        Some(&e.token),
+        &e.datasource,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{out}");
+    assert!(
+        !out.contains("\"configured\""),
+        "reapplying changed something: {out}"
+    );
+    // What `get` shows applies back unchanged too.
+    let (code, _, out) = http(e.api, "POST", "/api/v1/apply", Some(&e.token), &shown).unwrap();
+    assert_eq!(code, 200, "{out}");
+    assert!(!out.contains("\"configured\""), "{out}");
 
     // The admin listener shows the shards and their health.
     let (code, _, body) = http(e.admin, "GET", "/datasources", None, "").unwrap();
@@ -608,4 +663,76 @@ fn a_rust_client_with_prepared_statements_is_routed_by_its_parameters() {
         assert_eq!(n, Some(42));
         conn.disconnect().await.unwrap();
     });
+}
+
+/// TLS to clients: with `require_tls`, a client must switch to TLS (verified against the
+/// proxy's certificate) and one that does not is refused with error 3159.
+#[test]
+fn clients_speak_tls_and_plain_text_is_refused_when_tls_is_required() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tessera test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "dbproxy");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("proxy.pem"),
+        dir.path().join("proxy.key"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let e = estate_full(
+        [116, 117, 118],
+        true,
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls = true\n",
+            cert_pem.display(),
+            key_pem.display()
+        ),
+    );
+    let tls = [
+        "--ssl".to_string(),
+        format!("--ssl-ca={}", ca_pem.display()),
+        "--ssl-verify-server-cert".to_string(),
+    ];
+    let (ok, out, err) = client_with(
+        e.mysql,
+        APP,
+        APP_PASSWORD,
+        Some("accountdb"),
+        "status",
+        &tls,
+    );
+    assert!(ok, "{err}\n{}", e.proxy.logs());
+    assert!(out.contains("Cipher in use"), "{out}");
+    let (ok, out, err) = client_with(
+        e.mysql,
+        APP,
+        APP_PASSWORD,
+        Some("accountdb"),
+        "SELECT 6 * 7",
+        &tls,
+    );
+    assert!(ok && out.trim() == "42", "{out}{err}");
+    // Without TLS: refused, saying why.
+    let (ok, _, err) = client(e.mysql, APP, APP_PASSWORD, Some("accountdb"), "SELECT 1");
+    assert!(
+        !ok && err.contains("3159") && err.contains("requires TLS"),
+        "{err}"
+    );
+    // A wrong password over TLS is still 1045.
+    let (ok, _, err) = client_with(e.mysql, APP, "wrong", Some("accountdb"), "SELECT 1", &tls);
+    assert!(!ok && err.contains("1045"), "{err}");
 }

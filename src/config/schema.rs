@@ -315,6 +315,12 @@ pub struct DbproxyConfig {
     pub max_packet_bytes: usize,
     /// The server version string clients see.
     pub server_version: String,
+    /// PEM certificate chain offered to MySQL clients that ask for TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Its PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Refuse clients that do not switch to TLS (needs `tls_cert`).
+    pub require_tls: bool,
 }
 
 impl Default for DbproxyConfig {
@@ -331,6 +337,9 @@ impl Default for DbproxyConfig {
             slow_query_ms: 1_000,
             max_packet_bytes: 64 << 20,
             server_version: "8.0.36-tessera".into(),
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
         }
     }
 }

@@ -247,6 +247,22 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
                 c.fail(key, "must be at least 1");
             }
         }
+        if d.tls_cert.is_some() != d.tls_key.is_some() {
+            c.fail(
+                if d.tls_cert.is_some() {
+                    "dbproxy.tls_key"
+                } else {
+                    "dbproxy.tls_cert"
+                },
+                "tls_cert and tls_key go together",
+            );
+        }
+        if d.require_tls && d.tls_cert.is_none() {
+            c.fail(
+                "dbproxy.require_tls",
+                "needs dbproxy.tls_cert and dbproxy.tls_key",
+            );
+        }
         if d.max_packet_bytes < 1024 || d.max_packet_bytes > (1 << 30) {
             c.fail("dbproxy.max_packet_bytes", "must be 1024-1073741824");
         }

@@ -57,8 +57,21 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         ("mysql", local_addr(&mysql, d.listen.0)),
         ("admin", local_addr(&admin_l, d.admin_listen.0)),
     ];
+    let tls = match (&d.tls_cert, &d.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(
+                tls_acceptor(cert, key).map_err(|message| RoleError::Failed {
+                    role: Role::Dbproxy,
+                    message: format!("dbproxy.tls_cert/tls_key: {message}"),
+                })?,
+            )
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         topology: ArcSwap::from_pointee(Topology::default()),
+        tls,
+        require_tls: d.require_tls,
         metrics: metrics::DbMetrics::new(ctx.metrics.registry()),
         next_id: AtomicU32::new(1),
         version: d.server_version.clone(),
@@ -163,6 +176,34 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             })
         })
     }))
+}
+
+/// TLS for MySQL clients from PEM files (the certificate chain, leaf first, and its key).
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_pem = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: holds no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("the certificate and key do not go together: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 async fn serve_mysql(

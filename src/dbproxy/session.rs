@@ -24,13 +24,16 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
 /// What every session shares.
 pub struct Shared {
     pub topology: ArcSwap<Topology>,
+    /// TLS offered to clients (`dbproxy.tls_cert`/`tls_key`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Clients without TLS are refused.
+    pub require_tls: bool,
     pub metrics: DbMetrics,
     pub next_id: AtomicU32,
     pub version: String,
@@ -72,8 +75,8 @@ enum Cmd<'a> {
 pub struct Session {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    rd: BufReader<OwnedReadHalf>,
-    wr: BufWriter<OwnedWriteHalf>,
+    rd: BufReader<Rd>,
+    wr: BufWriter<Wr>,
     buf: Vec<u8>,
     user: String,
     /// Current logical database (lowercase).
@@ -96,15 +99,122 @@ pub struct Session {
     next_stmt: u32,
 }
 
+type Rd = Box<dyn AsyncRead + Send + Unpin>;
+type Wr = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What the greeting exchange leaves: the streams (TLS or not), the client's handshake
+/// response and its sequence id, and the nonce it answers.
+struct Greeted {
+    rd: BufReader<Rd>,
+    wr: BufWriter<Wr>,
+    response: Vec<u8>,
+    seq: u8,
+    nonce: [u8; 20],
+}
+
+/// Sends the greeting, reads the client's answer, and switches to TLS when it asks.
+async fn greet(mut sock: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Greeted> {
+    let refuse = |seq: u8, code: (u16, &str), msg: &str| {
+        let mut out = Vec::new();
+        wire::frame(&mut out, seq, &wire::err_packet(code, msg));
+        out
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let nonce = wire::nonce();
+    let caps = if shared.tls.is_some() {
+        cap::PROXY | cap::SSL
+    } else {
+        cap::PROXY
+    };
+    let mut out = Vec::new();
+    wire::frame(
+        &mut out,
+        0,
+        &wire::handshake_v10(id, &shared.version, &nonce, caps),
+    );
+    sock.write_all(&out).await.ok()?;
+    let mut buf = Vec::with_capacity(256);
+    let limit = Duration::from_secs(10);
+    let seq = match tokio::time::timeout(limit, wire::read_packet(&mut sock, &mut buf, 64 * 1024))
+        .await
+    {
+        Ok(Ok(seq)) => seq,
+        Ok(Err(_)) => return None,
+        Err(_) => {
+            let _ = sock
+                .write_all(&refuse(
+                    1,
+                    er::HANDSHAKE,
+                    "Bad handshake: no answer within 10 s",
+                ))
+                .await;
+            return None;
+        }
+    };
+    if !wire::is_ssl_request(&buf) {
+        if shared.require_tls {
+            let m = "Connections using insecure transport are prohibited: this proxy requires TLS (mariadb --ssl, mysql --ssl-mode=REQUIRED)";
+            let _ = sock
+                .write_all(&refuse(seq.wrapping_add(1), (3159, "HY000"), m))
+                .await;
+            return None;
+        }
+        let (r, w) = sock.into_split();
+        return Some(Greeted {
+            rd: BufReader::with_capacity(16 * 1024, Box::new(r) as Rd),
+            wr: BufWriter::with_capacity(32 * 1024, Box::new(w) as Wr),
+            response: buf,
+            seq,
+            nonce,
+        });
+    }
+    let Some(acceptor) = shared.tls.clone() else {
+        let _ = sock
+            .write_all(&refuse(
+                seq.wrapping_add(1),
+                er::HANDSHAKE,
+                "Bad handshake: TLS was not offered",
+            ))
+            .await;
+        return None;
+    };
+    let tls = match tokio::time::timeout(limit, acceptor.accept(sock)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "MySQL client TLS handshake failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let (r, w) = tokio::io::split(tls);
+    let mut rd = BufReader::with_capacity(16 * 1024, Box::new(r) as Rd);
+    let seq =
+        match tokio::time::timeout(limit, wire::read_packet(&mut rd, &mut buf, 64 * 1024)).await {
+            Ok(Ok(seq)) => seq,
+            _ => return None,
+        };
+    Some(Greeted {
+        rd,
+        wr: BufWriter::with_capacity(32 * 1024, Box::new(w) as Wr),
+        response: buf,
+        seq,
+        nonce,
+    })
+}
+
 pub async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = sock.set_nodelay(true);
-    let (r, w) = sock.into_split();
+    shared.metrics.clients.inc();
+    let Some(g) = greet(sock, peer, &shared).await else {
+        shared.metrics.clients.dec();
+        return;
+    };
     let mut s = Session {
         shared: shared.clone(),
         peer,
-        rd: BufReader::with_capacity(16 * 1024, r),
-        wr: BufWriter::with_capacity(32 * 1024, w),
-        buf: Vec::with_capacity(1024),
+        rd: g.rd,
+        wr: g.wr,
+        buf: g.response,
         user: String::new(),
         db: None,
         autocommit: true,
@@ -117,8 +227,7 @@ pub async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         stmts: HashMap::new(),
         next_stmt: 1,
     };
-    shared.metrics.clients.inc();
-    match s.login().await {
+    match s.login(g.seq, g.nonce).await {
         Ok(true) => {
             if let Err(Fatal(e)) = s.run().await {
                 tracing::debug!(peer = %s.peer, user = %s.user, error = %e, "MySQL session ended");
@@ -172,37 +281,10 @@ impl Session {
     }
 
     /// Handshake and authentication; Ok(false) when the client was refused.
-    async fn login(&mut self) -> Result<bool, Fatal> {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let nonce = wire::nonce();
-        let hello = wire::handshake_v10(id, &self.shared.version, &nonce, cap::PROXY);
-        self.send(0, &hello).await?;
-        self.flush().await?;
-        let read = tokio::time::timeout(
-            Duration::from_secs(10),
-            wire::read_packet(&mut self.rd, &mut self.buf, 64 * 1024),
-        )
-        .await;
-        let seq = match read {
-            Ok(Ok(seq)) => seq,
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => {
-                self.error(2, er::HANDSHAKE, "Bad handshake: no answer within 10 s")
-                    .await?;
-                return Ok(false);
-            }
-        };
+    /// Authenticates the handshake response in `self.buf` (sequence `seq`) against the
+    /// proxy users; Ok(false) when the client was refused.
+    async fn login(&mut self, seq: u8, nonce: [u8; 20]) -> Result<bool, Fatal> {
         let next = seq.wrapping_add(1);
-        if wire::is_ssl_request(&self.buf) {
-            // TLS is not offered (the SSL capability is not in the greeting).
-            self.error(
-                next,
-                er::HANDSHAKE,
-                "Bad handshake: this proxy does not offer TLS yet",
-            )
-            .await?;
-            return Ok(false);
-        }
         let client = match wire::parse_handshake_response(&self.buf) {
             Ok(c) => c,
             Err(m) => {

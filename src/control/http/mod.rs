@@ -14,6 +14,7 @@ mod lease;
 mod openapi;
 mod placement;
 mod resources;
+mod secrets;
 mod shardmaps;
 mod status;
 mod users;

@@ -286,8 +286,9 @@ async fn list_kind(
         .map_err(|e| ApiError::internal("resource read", e))?;
     let mut items = Vec::new();
     for kv in &kvs {
-        let r = decode(kv)?;
+        let mut r = decode(kv)?;
         if selector.matches(&r.metadata.labels) {
+            super::secrets::reveal(&s, &caller, kind, &mut r);
             items.push(r);
         }
     }
@@ -331,11 +332,15 @@ pub async fn get(
         .get(&object_key(kind, &name))
         .map_err(|e| ApiError::internal("resource read", e))?;
     match kv {
-        Some(kv) => Ok(with_revision(
-            rev,
-            serde_json::to_value(decode(&kv)?).unwrap_or_default(),
-            StatusCode::OK,
-        )),
+        Some(kv) => {
+            let mut r = decode(&kv)?;
+            super::secrets::reveal(&s, &caller, kind, &mut r);
+            Ok(with_revision(
+                rev,
+                serde_json::to_value(r).unwrap_or_default(),
+                StatusCode::OK,
+            ))
+        }
         None => Err(ApiError::not_found(format!(
             "{} `{name}` does not exist",
             kind.singular().to_ascii_lowercase()
@@ -413,6 +418,13 @@ pub(super) async fn commit(
     };
     relevant.sort();
     relevant.dedup();
+    // Secrets in the objects are sealed under the cluster's data key (made on first use).
+    let key = match want {
+        Want::Put(objects) if objects.iter().any(|(k, _)| super::secrets::has_secrets(*k)) => {
+            Some(super::secrets::data_key(s).await?)
+        }
+        _ => None,
+    };
     for _ in 0..ATTEMPTS {
         match s.node.linearize().await {
             Ok(()) => {}
@@ -425,7 +437,7 @@ pub(super) async fn commit(
             Extra::Ops(ops) => ops.clone(),
             Extra::Computed(f) => f(s)?,
         };
-        let plan = match plan(&snap, want) {
+        let plan = match plan(&snap, want, key.as_ref()) {
             Ok(p) => p,
             Err(Failure::Api(e)) => return Err(e),
             Err(Failure::Refused(kind, name, e)) => {
@@ -503,7 +515,11 @@ struct Plan {
     maps_changed: Vec<String>,
 }
 
-fn plan(snap: &Snapshot, want: &Want) -> Result<Plan, Failure> {
+fn plan(
+    snap: &Snapshot,
+    want: &Want,
+    key: Option<&super::secrets::DataKey>,
+) -> Result<Plan, Failure> {
     let world = &snap.world;
     let mut changes = Vec::new();
     let mut outcomes = Vec::new();
@@ -583,6 +599,15 @@ fn plan(snap: &Snapshot, want: &Want) -> Result<Plan, Failure> {
                     .or_else(|| Some(crate::model::now_rfc3339()));
                 if stored.spec.is_null() {
                     stored.spec = json!({});
+                }
+                if let (true, Some(key)) = (super::secrets::has_secrets(*kind), key) {
+                    super::secrets::seal_spec(
+                        key,
+                        &name,
+                        &mut stored.spec,
+                        current.map(|c| &c.spec),
+                    )
+                    .map_err(|e| refuse(*kind, &name, e))?;
                 }
                 let unchanged = current.is_some_and(|c| c.declared() == stored.declared());
                 let mut shown = stored.clone();

@@ -261,6 +261,7 @@ pub async fn resources(
         .iter()
         .map(|k| format!("{PREFIX}{}/", k.plural()))
         .collect();
+    let (state, who) = (s.clone(), caller.clone());
     let render = move |ev: &Event| -> Option<axum::response::sse::Event> {
         if !prefixes.iter().any(|p| ev.kv.key.starts_with(p.as_str())) {
             return None;
@@ -272,6 +273,7 @@ pub async fn resources(
             EventKind::Put => {
                 let mut r: Resource = serde_json::from_str(&ev.kv.value).ok()?;
                 r.metadata.revision = Some(ev.kv.mod_revision);
+                super::secrets::reveal(&state, &who, kind, &mut r);
                 (
                     if ev.kv.version == 1 {
                         "ADDED"
