@@ -40,11 +40,12 @@ fn estate(ips: [u8; 3]) -> Estate {
 /// With `two_shards` false, `accountdb` is one unsharded database: rz00's primary and
 /// its replica (rz01's server runs but is not used).
 fn estate_with(ips: [u8; 3], two_shards: bool) -> Estate {
-    estate_full(ips, two_shards, "")
+    estate_full(ips, two_shards, "", "")
 }
 
-/// [`estate_with`] with `proxy_toml` appended to the proxy's `[dbproxy]` settings.
-fn estate_full(ips: [u8; 3], two_shards: bool, proxy_toml: &str) -> Estate {
+/// [`estate_with`] with `proxy_toml` appended to the proxy's `[dbproxy]` settings and
+/// `spec_yaml` (indented lines) to the DataSource's spec.
+fn estate_full(ips: [u8; 3], two_shards: bool, proxy_toml: &str, spec_yaml: &str) -> Estate {
     let a = MariaDb::start(ip(ips[0]), 1);
     let b = MariaDb::start(ip(ips[2]), 3);
     for (db, name) in [(&a, "acct_00"), (&b, "acct_01")] {
@@ -75,7 +76,7 @@ spec:
   password: {BACKEND_PASSWORD}
   proxyUsers: [{{name: {APP}, password: {APP_PASSWORD}}}]
   tables: [{{name: t_dict, type: everyShard}}]
-  shards:
+{spec_yaml}  shards:
     - {{unit: rz00, primary: "{}", replicas: ["{}"], database: acct_00}}
 "#,
         a.addr, a_replica.addr
@@ -701,6 +702,7 @@ fn clients_speak_tls_and_plain_text_is_refused_when_tls_is_required() {
             cert_pem.display(),
             key_pem.display()
         ),
+        "",
     );
     let tls = [
         "--ssl".to_string(),
@@ -735,4 +737,101 @@ fn clients_speak_tls_and_plain_text_is_refused_when_tls_is_required() {
     // A wrong password over TLS is still 1045.
     let (ok, _, err) = client_with(e.mysql, APP, "wrong", Some("accountdb"), "SELECT 1", &tls);
     assert!(!ok && err.contains("1045"), "{err}");
+}
+
+/// `failover: auto`: rz00's primary dies; the proxy has the control plane make its
+/// replica the primary (spec and audit trail), promotes the server, and writes resume.
+#[test]
+fn with_automatic_failover_the_replica_is_promoted_and_writes_resume() {
+    let mut e = estate_full(
+        [120, 121, 122],
+        true,
+        "",
+        "  failover: auto\n  failoverAfterMs: 1500\n",
+    );
+    app_ok(&e, SCHEMA);
+    app_ok(
+        &e,
+        "INSERT INTO t_user (uid, name) VALUES (2088000000000011, 'before')",
+    );
+    e.a_replica.wait_caught_up(&e.a);
+    e.a.kill();
+    let t0 = Instant::now();
+    loop {
+        let (ok, _, err) = app(
+            &e,
+            "INSERT INTO t_user (uid, name) VALUES (2088000000000012, 'after')",
+        );
+        if ok {
+            break;
+        }
+        if t0.elapsed() >= Duration::from_secs(30) {
+            let (_, _, view) = http(e.admin, "GET", "/datasources", None, "").unwrap();
+            let (_, _, m) = http(e.admin, "GET", "/metrics", None, "").unwrap();
+            let m: Vec<&str> = m
+                .lines()
+                .filter(|l| l.contains("failover") || l.contains("backend_up"))
+                .collect();
+            panic!(
+                "writes to rz00 did not resume: {err}\n{view}\n{m:?}\n{}",
+                e.proxy.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!(
+        "writes resumed {:?} after the primary was killed",
+        t0.elapsed()
+    );
+    assert_eq!(
+        e.a_replica
+            .sql("SELECT name FROM acct_00.t_user ORDER BY uid")
+            .trim(),
+        "before\nafter"
+    );
+    assert!(
+        e.a_replica.slave_status().is_none(),
+        "the promoted server still replicates"
+    );
+    // Recorded in the control plane: the spec names the new primary; the audit trail
+    // has the failover by the proxy.
+    let (_, _, body) = http(
+        e.api,
+        "GET",
+        "/api/v1/datasources/accountdb",
+        Some(&e.token),
+        "",
+    )
+    .unwrap();
+    let ds: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        ds["spec"]["shards"][0]["primary"],
+        e.a_replica.addr.to_string(),
+        "{ds}"
+    );
+    assert_eq!(ds["spec"]["shards"][0]["replicas"], serde_json::json!([]));
+    let (_, _, audit) = http(e.api, "GET", "/api/v1/auditevents", Some(&e.token), "").unwrap();
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let by_proxy = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ev| {
+            ev["kind"] == "DataSource"
+                && ev["user"] == "dbproxy-dbp-1"
+                && ev["outcome"] == "accepted"
+        })
+        .unwrap_or_else(|| panic!("no audited failover: {audit}"));
+    let diff = by_proxy["diff"].to_string();
+    assert!(
+        diff.contains("spec.shards") && !diff.contains("maxReplicaLagMs"),
+        "{diff}"
+    );
+    // The other shard never noticed.
+    app_ok(
+        &e,
+        "INSERT INTO t_user (uid, name) VALUES (2088000000000057, 'b')",
+    );
+    let (_, _, metrics) = http(e.admin, "GET", "/metrics", None, "").unwrap();
+    assert!(metrics.contains("tessera_dbproxy_failovers_total{database=\"accountdb\",outcome=\"promoted\",unit=\"rz00\"} 1"), "{metrics}");
 }

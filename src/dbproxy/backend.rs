@@ -466,6 +466,8 @@ pub struct Health {
     pub lag_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     pub checked: Mutex<Option<Instant>>,
+    /// Since when the server has been unreachable without a success in between.
+    pub down_since: Mutex<Option<Instant>>,
 }
 
 pub struct Pool {
@@ -570,6 +572,11 @@ impl Pool {
         self.health.up.store(true, Ordering::Relaxed);
         *self
             .health
+            .down_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .health
             .last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
@@ -577,6 +584,11 @@ impl Pool {
 
     pub fn mark_down(&self, error: &str) {
         self.health.up.store(false, Ordering::Relaxed);
+        self.health
+            .down_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
         *self
             .health
             .last_error
@@ -594,6 +606,15 @@ impl Pool {
 
     pub fn is_up(&self) -> bool {
         self.health.up.load(Ordering::Relaxed)
+    }
+
+    /// How long the server has been unreachable (None while it answers).
+    pub fn down_for(&self) -> Option<Duration> {
+        self.health
+            .down_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
     }
 
     pub fn last_error(&self) -> Option<String> {

@@ -21,6 +21,8 @@ pub struct DbMetrics {
     pub backend_up: IntGaugeVec,
     pub replica_lag_ms: IntGaugeVec,
     pub topology_revision: IntGauge,
+    /// Automatic failovers by database, unit and outcome.
+    pub failovers: IntCounterVec,
 }
 
 impl DbMetrics {
@@ -88,6 +90,11 @@ impl DbMetrics {
                 "Replication lag of each replica (-1 when it is not replicating).",
                 &server,
             ),
+            failovers: counter(
+                "tessera_dbproxy_failovers_total",
+                "Automatic failovers this proxy took part in, by outcome (promoted, promote_failed, lost to another proxy, refused).",
+                &["database", "unit", "outcome"],
+            ),
             topology_revision: IntGauge::new(
                 "tessera_dbproxy_topology_revision",
                 "Control-plane revision of the data sources in use.",
@@ -106,6 +113,7 @@ impl DbMetrics {
             Box::new(m.backend_up.clone()),
             Box::new(m.replica_lag_ms.clone()),
             Box::new(m.topology_revision.clone()),
+            Box::new(m.failovers.clone()),
         ] {
             let _ = registry.register(c);
         }

@@ -10,12 +10,14 @@
 //! - `prepared.rs`: prepared statements (the proxy's ids, EXECUTE parameter decoding).
 //! - `metrics.rs`: `tessera_dbproxy_*`.
 //! - `report.rs`: server health reported to the control plane (DataSource status).
+//! - `failover.rs`: automatic promotion of a replica when a primary stays unreachable.
 //!
 //! Inputs come from `crate::api::feed` (list + watch of `zones units shardmaps
 //! datasources`, cached in `<data_dir>/dbproxy/datasources.json`). A checker pings every
 //! backend server every 2 s and reads each replica's lag.
 
 mod backend;
+mod failover;
 mod merge;
 mod metrics;
 mod prepared;
@@ -93,6 +95,14 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         .iter()
         .map(|u| u.to_string().trim_end_matches('/').to_string())
         .collect();
+    let failover = {
+        let (shared, urls, file) = (
+            shared.clone(),
+            urls.clone(),
+            cfg.data_dir.join("dbproxy").join("credential"),
+        );
+        move |shutdown| failover::run(shared, urls, file, shutdown)
+    };
     let report = {
         let (shared, urls, file) = (
             shared.clone(),
@@ -151,6 +161,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             let feed_task = tokio::spawn(feed.run(shutdown.clone()));
             let checks = tokio::spawn(check_backends(shared.clone(), shutdown.clone()));
             let reporter = tokio::spawn(report(shutdown.clone()));
+            let promoter = tokio::spawn(failover(shutdown.clone()));
             let ready = {
                 let (shared, health, shutdown) = (shared.clone(), health.clone(), shutdown.clone());
                 tokio::spawn(async move {
@@ -167,7 +178,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 serve_mysql(mysql, shared.clone(), d.max_connections, shutdown.clone()),
                 admin::serve(admin_l, admin_router, shutdown)
             );
-            let _ = tokio::join!(feed_task, checks, ready, reporter);
+            let _ = tokio::join!(feed_task, checks, ready, reporter, promoter);
             health.set_not_ready("stopped");
             a.and(b).map_err(|source| RoleError::Serve {
                 role: Role::Dbproxy,

@@ -80,6 +80,8 @@ pub struct Database {
     /// Shards by unit.
     pub shards: BTreeMap<String, Arc<ShardRoute>>,
     pub max_replica_lag_ms: u64,
+    /// Promote a replica after the primary is unreachable this long (None: manual).
+    pub failover_after: Option<Duration>,
 }
 
 impl Database {
@@ -244,6 +246,8 @@ pub fn compile(inputs: &Inputs, pools: &Pools) -> Topology {
                     .collect(),
                 shards,
                 max_replica_lag_ms: ds.max_replica_lag_ms as u64,
+                failover_after: (ds.failover == crate::model::specs::FailoverMode::Auto)
+                    .then(|| Duration::from_millis(ds.failover_after_ms as u64)),
             }),
         );
     }

@@ -481,6 +481,21 @@ pub struct DataSourceSpec {
     /// Reads go to a replica only while its replication lag is at most this.
     #[serde(default = "five_thousand")]
     pub max_replica_lag_ms: u32,
+    /// `manual` (default): a dead primary gives clear errors until an operator acts.
+    /// `auto`: after `failoverAfterMs` of a primary unreachable while a replica is up,
+    /// a DB proxy promotes that replica (recorded in the spec and the audit trail).
+    #[serde(default)]
+    pub failover: FailoverMode,
+    #[serde(default = "five_thousand")]
+    pub failover_after_ms: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FailoverMode {
+    #[default]
+    Manual,
+    Auto,
 }
 
 fn five_thousand() -> u32 {

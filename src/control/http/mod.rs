@@ -6,6 +6,7 @@
 mod audit;
 pub mod auth;
 pub mod context;
+mod dsfailover;
 mod error;
 mod forward;
 pub mod join;
@@ -84,6 +85,10 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
             );
     }
     let api = Router::new()
+        .route(
+            "/api/v1/datasources/{name}/failover",
+            post(dsfailover::failover),
+        )
         .route("/api/v1/kv/txn", post(kv::txn))
         .route("/api/v1/kv-compact", get(kv::compaction).post(kv::compact))
         .route("/api/v1/snapshot", get(kv::snapshot))

@@ -207,6 +207,22 @@ fn build() -> Value {
                 ok("200", r(name)),
             )}),
         );
+        if kind == Kind::DataSource {
+            paths.insert(
+                "/api/v1/datasources/{name}/failover".to_string(),
+                json!({"post": op(
+                    "failover_datasource",
+                    "Make a replica of a shard its primary in place of `from` (DB proxies, admins, operators; audited; 409 when `from` is no longer the primary)",
+                    vec![name_param.clone()],
+                    Some(json!({"type": "object", "required": ["unit", "from", "to"], "additionalProperties": false, "properties": {
+                        "unit": {"type": "string"},
+                        "from": {"type": "string"},
+                        "to": {"type": "string"},
+                    }})),
+                    ok("200", r(name)),
+                )}),
+            );
+        }
         paths.insert(format!("/api/v1/{plural}"), Value::Object(list_ops));
         paths.insert(format!("/api/v1/{plural}/{{name}}"), Value::Object(one_ops));
     }

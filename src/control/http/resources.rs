@@ -133,7 +133,7 @@ pub(super) fn may_write(caller: &Caller, kind: Kind) -> Result<(), ApiError> {
     })
 }
 
-fn invalid(e: &Invalid) -> ApiError {
+pub(super) fn invalid(e: &Invalid) -> ApiError {
     let (status, code) = if e.conflict {
         (StatusCode::CONFLICT, "conflict")
     } else {

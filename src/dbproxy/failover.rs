@@ -1,0 +1,154 @@
+//! Automatic failover (`failover: auto` on a DataSource): when a shard's primary has been
+//! unreachable for `failoverAfterMs` and a replica answers, this proxy asks the control
+//! plane to make that replica the primary (`POST /api/v1/datasources/{name}/failover`;
+//! the control plane lets exactly one proxy win), and the winner promotes the server:
+//! it lets the replica apply what it already received (bounded), stops replication and
+//! turns `read_only` off. Every proxy then follows the new spec through its watch.
+//!
+//! The judgement is this proxy's own view: a primary cut off from this proxy alone is
+//! failed over too. Replication is asynchronous unless the servers run semi-sync:
+//! writes the old primary acknowledged but never shipped are not on the new one.
+
+use super::backend::{Backend, BackendError, Pool, Target};
+use super::session::Shared;
+use crate::api::Client;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const EVERY: Duration = Duration::from_secs(1);
+/// A failover of the same primary is not asked for again sooner than this.
+const RETRY: Duration = Duration::from_secs(5);
+/// How long the replica may take to apply the relay log it already has.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+pub async fn run(
+    shared: Arc<Shared>,
+    urls: Vec<String>,
+    credential: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut asked: HashMap<(String, String), Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        let topo = shared.topology.load_full();
+        for db in topo.databases.values() {
+            let Some(after) = db.failover_after else {
+                continue;
+            };
+            for shard in db.shards.values() {
+                if shard.primary.down_for().is_none_or(|d| d < after) {
+                    continue;
+                }
+                let from = shard.primary.target.addr.clone();
+                let key = (db.datasource.clone(), from.clone());
+                if asked.get(&key).is_some_and(|t| t.elapsed() < RETRY) {
+                    continue;
+                }
+                let Some(to) = best_replica(&shard.replicas) else {
+                    continue;
+                };
+                asked.insert(key, Instant::now());
+                let Ok(token) = std::fs::read_to_string(&credential) else {
+                    continue;
+                };
+                let body = json!({"unit": shard.unit, "from": from, "to": to.target.addr});
+                let path = format!("/api/v1/datasources/{}/failover", db.datasource);
+                let outcome = ask(&urls, token.trim(), &path, &body).await;
+                let label = match outcome {
+                    Ok(true) => {
+                        tracing::warn!(datasource = %db.datasource, unit = %shard.unit, %from, to = %to.target.addr, "Primary unreachable: promoting its replica");
+                        match promote(&to.target, to.connect_timeout).await {
+                            Ok(()) => {
+                                tracing::warn!(datasource = %db.datasource, unit = %shard.unit, primary = %to.target.addr, "Replica promoted");
+                                "promoted"
+                            }
+                            Err(e) => {
+                                tracing::error!(datasource = %db.datasource, unit = %shard.unit, server = %to.target.addr, error = %e, "Promoting the replica failed; it is the primary in the spec, check the server");
+                                "promote_failed"
+                            }
+                        }
+                    }
+                    Ok(false) => {
+                        tracing::info!(datasource = %db.datasource, unit = %shard.unit, %from, "Another failover of this primary came first");
+                        "lost"
+                    }
+                    Err(e) => {
+                        tracing::warn!(datasource = %db.datasource, unit = %shard.unit, error = %e, "Asking the control plane for a failover failed");
+                        "refused"
+                    }
+                };
+                shared
+                    .metrics
+                    .failovers
+                    .with_label_values(&[&db.name, &shard.unit, label])
+                    .inc();
+            }
+        }
+    }
+}
+
+/// The replica to promote: one that answers, least behind, then by address (so proxies
+/// with the same view pick the same one).
+fn best_replica(replicas: &[Arc<Pool>]) -> Option<&Arc<Pool>> {
+    replicas.iter().filter(|r| r.is_up()).min_by_key(|r| {
+        (
+            r.health.lag_ms.load(Ordering::Relaxed),
+            r.target.addr.clone(),
+        )
+    })
+}
+
+/// Ok(true): this proxy's request committed; Ok(false): another failover came first.
+async fn ask(urls: &[String], token: &str, path: &str, body: &Value) -> Result<bool, String> {
+    let mut last = String::from("no control URL");
+    for url in urls {
+        let client = Client::new(url, Some(token.to_string()))
+            .map_err(|e| e.to_string())?
+            .with_timeout(Duration::from_secs(10));
+        match client
+            .call::<Value>(http::Method::POST, path, Some(body))
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(e) if e.status() == Some(409) => return Ok(false),
+            Err(e) => last = format!("{url}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Makes a replica a primary: apply what it has, stop replicating, accept writes.
+async fn promote(target: &Target, timeout: Duration) -> Result<(), BackendError> {
+    let mut b = Backend::connect(target, timeout).await?;
+    let _ = b.query_named("STOP SLAVE IO_THREAD").await;
+    let t0 = Instant::now();
+    while t0.elapsed() < CATCH_UP {
+        let (names, rows) = b.query_named("SHOW SLAVE STATUS").await?;
+        let Some(row) = rows.first() else { break };
+        let cell = |n: &str| {
+            names
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(n))
+                .and_then(|i| row.get(i).cloned().flatten())
+                .unwrap_or_default()
+        };
+        let applied = cell("Master_Log_File") == cell("Relay_Master_Log_File")
+            && cell("Read_Master_Log_Pos") == cell("Exec_Master_Log_Pos");
+        if applied || cell("Slave_SQL_Running") != "Yes" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.query_named("STOP SLAVE").await?;
+    b.query_named("RESET SLAVE ALL").await?;
+    b.query_named("SET GLOBAL read_only = OFF").await?;
+    Ok(())
+}
