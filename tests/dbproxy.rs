@@ -835,3 +835,72 @@ fn with_automatic_failover_the_replica_is_promoted_and_writes_resume() {
     let (_, _, metrics) = http(e.admin, "GET", "/metrics", None, "").unwrap();
     assert!(metrics.contains("tessera_dbproxy_failovers_total{database=\"accountdb\",outcome=\"promoted\",unit=\"rz00\"} 1"), "{metrics}");
 }
+
+/// A raw protocol session: after a good login, unknown commands, unknown statement ids,
+/// truncated and non-UTF-8 packets get ERR packets with the server's codes and the
+/// session goes on; a packet over max_packet_bytes gets 1153 and the connection closes.
+#[test]
+fn bad_protocol_bytes_get_err_packets_with_the_right_codes() {
+    use std::io::{Read, Write};
+    use tessera::dbproxy::wire;
+    let e = estate_full([124, 125, 126], true, "max_packet_bytes = 4096\n", "");
+    let mut s = std::net::TcpStream::connect(e.mysql).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let read = |s: &mut std::net::TcpStream| -> Option<(u8, Vec<u8>)> {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).ok()?;
+        let n = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
+        let mut p = vec![0; n];
+        s.read_exact(&mut p).ok()?;
+        Some((h[3], p))
+    };
+    let send = |s: &mut std::net::TcpStream, seq: u8, p: &[u8]| {
+        let mut out = Vec::new();
+        wire::frame(&mut out, seq, p);
+        s.write_all(&out).unwrap();
+    };
+    let (_, greeting) = read(&mut s).unwrap();
+    let hello = wire::parse_handshake_v10(&greeting).unwrap();
+    let auth = wire::scramble_native(APP_PASSWORD.as_bytes(), &hello.nonce);
+    let resp = wire::handshake_response(
+        wire::cap::PROXY,
+        APP,
+        &auth,
+        Some("accountdb"),
+        wire::NATIVE,
+    );
+    send(&mut s, 1, &resp);
+    let (_, ok) = read(&mut s).unwrap();
+    assert_eq!(ok[0], 0, "login: {ok:?}");
+    let code = |p: &[u8]| wire::parse_err(p).map(|(c, _)| c);
+    // Unknown command: 1047, and the session goes on.
+    send(&mut s, 0, &[0x99, 1, 2]);
+    assert_eq!(code(&read(&mut s).unwrap().1), Some(1047));
+    send(&mut s, 0, &[wire::com::PING]);
+    assert_eq!(read(&mut s).unwrap().1[0], 0);
+    // EXECUTE of a statement never prepared: 1243; a truncated one too.
+    send(
+        &mut s,
+        0,
+        &[wire::com::STMT_EXECUTE, 9, 0, 0, 0, 0, 1, 0, 0, 0],
+    );
+    assert_eq!(code(&read(&mut s).unwrap().1), Some(1243));
+    send(&mut s, 0, &[wire::com::STMT_EXECUTE, 1]);
+    assert_eq!(code(&read(&mut s).unwrap().1), Some(1243));
+    // A statement that is not UTF-8, an empty one.
+    send(&mut s, 0, &[wire::com::QUERY, 0xff, 0xfe, b'x']);
+    assert!(code(&read(&mut s).unwrap().1).is_some());
+    send(&mut s, 0, &[wire::com::QUERY]);
+    assert_eq!(code(&read(&mut s).unwrap().1), Some(1065));
+    // An empty command packet.
+    send(&mut s, 0, &[]);
+    assert_eq!(code(&read(&mut s).unwrap().1), Some(1047));
+    send(&mut s, 0, &[wire::com::PING]);
+    assert_eq!(read(&mut s).unwrap().1[0], 0);
+    // Over max_packet_bytes: 1153, then the connection is closed.
+    let mut big = vec![wire::com::QUERY];
+    big.extend(std::iter::repeat_n(b'x', 5000));
+    send(&mut s, 0, &big);
+    assert_eq!(code(&read(&mut s).unwrap().1), Some(1153));
+    assert!(read(&mut s).is_none(), "the connection should be closed");
+}

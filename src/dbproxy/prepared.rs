@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn truncated_and_random_executes_are_errors_not_panics() {
         let mut rng = fastrand::Rng::with_seed(11);
-        for _ in 0..5000 {
+        for _ in 0..crate::dbproxy::wire::fuzz_iterations(5000) {
             let p: Vec<u8> = (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect();
             let mut t = Vec::new();
             let _ = exec_params(&p, rng.usize(0..6), &mut t);

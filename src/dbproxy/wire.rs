@@ -541,6 +541,15 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How many inputs the in-process fuzz tests try: `TESSERA_FUZZ_ITERS`, else `default`
+/// (`bench/fuzz-dbproxy.sh` runs them with millions).
+pub fn fuzz_iterations(default: usize) -> usize {
+    std::env::var("TESSERA_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// 20 random nonce bytes, none of them NUL (clients treat the nonce as a C string).
 pub fn nonce() -> [u8; 20] {
     let mut n = [0u8; 20];

@@ -138,7 +138,7 @@ fn bad_sql_is_reported_not_panicked() {
         "SELECT", "*", "FROM", "t", "WHERE", "uid", "=", "1", "(", ")", "IN", "'x", "ORDER", "BY",
         "LIMIT", ",", "/*", "*/", "tessera:", "shard=",
     ];
-    for _ in 0..3000 {
+    for _ in 0..crate::dbproxy::wire::fuzz_iterations(3000) {
         let s: Vec<&str> = (0..rng.usize(0..14))
             .map(|_| words[rng.usize(..words.len())])
             .collect();

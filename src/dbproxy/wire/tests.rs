@@ -112,7 +112,7 @@ fn parsers_survive_random_and_mutated_input() {
     let mut rng = fastrand::Rng::with_seed(7);
     let good_hello = handshake_v10(1, "v", &nonce(), cap::PROXY);
     let good_resp = handshake_response(cap::PROXY, "u", &[1; 20], Some("d"), NATIVE);
-    for i in 0..20_000 {
+    for i in 0..fuzz_iterations(20_000) {
         let mut b: Vec<u8> = match i % 3 {
             0 => (0..rng.usize(0..80)).map(|_| rng.u8(..)).collect(),
             1 => good_hello.clone(),
