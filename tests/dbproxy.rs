@@ -362,6 +362,23 @@ fn rows_land_in_their_units_shard_reads_split_and_scatter_merges() {
         "0"
     );
 
+    // The proxy answers with the logical database, not a shard's.
+    assert_eq!(app_ok(&e, "SELECT DATABASE()").trim(), "accountdb");
+    assert_eq!(app_ok(&e, "SHOW DATABASES").trim(), "accountdb");
+    // A client's character set reaches the backend connections it uses.
+    let (ok, out, err) = client_with(
+        e.mysql,
+        APP,
+        APP_PASSWORD,
+        Some("accountdb"),
+        "SELECT @@character_set_client",
+        &[
+            "--skip-ssl".to_string(),
+            "--default-character-set=latin1".to_string(),
+        ],
+    );
+    assert!(ok && out.trim() == "latin1", "{out}{err}");
+
     // Passwords are sealed: no API answer, export or audit record carries them, and
     // reapplying the same plain-text file changes nothing.
     let server = format!("http://{}", e.api);

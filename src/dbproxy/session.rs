@@ -347,6 +347,11 @@ impl Session {
             }
             self.db = Some(db.to_ascii_lowercase());
         }
+        // Backend connections speak utf8mb4; a client that chose another character set
+        // gets it on every connection it uses.
+        if let Some(cs) = wire::charset_name(client.charset) {
+            self.sets.push(format!("SET NAMES {cs}"));
+        }
         self.shared.metrics.logins.with_label_values(&["ok"]).inc();
         self.ok(seq).await?;
         Ok(true)
@@ -621,6 +626,7 @@ impl Session {
                 return self.ok(1).await;
             }
             Class::Session => return self.session_set(text, &topo).await,
+            Class::Local(what) => return self.local(*what, &topo).await,
             _ => {}
         }
         self.dispatch(Cmd::Text(payload), &a, None, &topo).await
@@ -1254,6 +1260,49 @@ impl Session {
         }
     }
 
+    /// Answers what only the proxy knows: the logical database names.
+    async fn local(&mut self, what: sql::Local, topo: &Topology) -> Reply {
+        let (column, rows): (&str, Vec<Option<String>>) = match what {
+            sql::Local::Database => (
+                "DATABASE()",
+                vec![self
+                    .db
+                    .as_ref()
+                    .and_then(|d| topo.databases.get(d))
+                    .map(|d| d.name.clone())],
+            ),
+            sql::Local::ShowDatabases => {
+                let mut names: Vec<String> = topo
+                    .users
+                    .get(&self.user)
+                    .map(|a| {
+                        a.databases
+                            .iter()
+                            .filter_map(|d| topo.databases.get(d).map(|d| d.name.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                names.sort();
+                ("Database", names.into_iter().map(Some).collect())
+            }
+        };
+        let mut out = Vec::new();
+        let mut seq = wire::frame(&mut out, 1, &[1]);
+        seq = wire::frame(&mut out, seq, &wire::column_def(column));
+        seq = wire::frame(&mut out, seq, &wire::eof_packet(self.status()));
+        for r in rows {
+            let mut p = Vec::new();
+            match r {
+                Some(v) => wire::put_lenenc_str(&mut p, v.as_bytes()),
+                None => p.push(0xFB),
+            }
+            seq = wire::frame(&mut out, seq, &p);
+        }
+        wire::frame(&mut out, seq, &wire::eof_packet(self.status()));
+        self.wr.write_all(&out).await?;
+        self.flush().await
+    }
+
     async fn session_set(&mut self, text: &str, topo: &Topology) -> Reply {
         let lower = text.to_ascii_lowercase();
         if lower.contains("tessera_read_your_writes") {
@@ -1464,6 +1513,7 @@ fn class_label(c: &Class) -> &'static str {
         Class::Begin | Class::Commit | Class::Rollback | Class::Autocommit(_) => "transaction",
         Class::Session => "set",
         Class::Use(_) => "use",
+        Class::Local(_) => "local",
         Class::Ddl => "ddl",
         Class::Other => "other",
     }

@@ -36,6 +36,16 @@ pub enum Class {
     Ddl,
     /// Anything else (SHOW, EXPLAIN, ...): one shard's primary.
     Other,
+    /// Answered by the proxy itself: the logical database, not a shard's.
+    Local(Local),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Local {
+    /// `SELECT DATABASE()` / `SELECT SCHEMA()`.
+    Database,
+    /// `SHOW DATABASES`: the logical databases the user may use.
+    ShowDatabases,
 }
 
 /// Routing overrides in a comment: `/* tessera: shard=rz00 */`, `/* tessera: primary */`.
@@ -156,8 +166,28 @@ fn last_part(name: &ObjectName) -> Option<String> {
     }
 }
 
+/// `SELECT DATABASE()` (or `SCHEMA()`), with no FROM.
+fn is_select_database(q: &sqlparser::ast::Query) -> bool {
+    let SetExpr::Select(s) = &*q.body else {
+        return false;
+    };
+    if !s.from.is_empty() || s.selection.is_some() || s.projection.len() != 1 {
+        return false;
+    }
+    let e = match &s.projection[0] {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return false,
+    };
+    matches!(e, Expr::Function(f) if {
+        let n = f.name.to_string().to_ascii_lowercase();
+        n == "database" || n == "schema"
+    })
+}
+
 fn classify(stmt: &Statement) -> Class {
     match stmt {
+        Statement::Query(q) if is_select_database(q) => Class::Local(Local::Database),
+        Statement::ShowDatabases { .. } => Class::Local(Local::ShowDatabases),
         Statement::Query(q) => {
             if q.locks.is_empty() && !matches!(*q.body, SetExpr::Select(ref s) if s.into.is_some())
             {

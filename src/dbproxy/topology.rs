@@ -9,7 +9,7 @@
 
 use super::backend::{Pool, Target};
 use crate::api::feed::Inputs;
-use crate::model::specs::{DataSourceSpec, ShardMapSpec, TableType, UnitSpec, UnitType};
+use crate::model::specs::{DataSourceSpec, ProxyUser, ShardMapSpec, TableType, UnitSpec, UnitType};
 use crate::model::{Kind, Resource};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -212,7 +212,17 @@ pub fn compile(inputs: &Inputs, pools: &Pools) -> Topology {
                 }),
             );
         }
-        for u in &ds.proxy_users {
+        // Without proxy users, the backend account itself may log in to the proxy.
+        let fallback = ProxyUser {
+            name: user.clone(),
+            password: password.clone(),
+        };
+        let accounts: &[ProxyUser] = if ds.proxy_users.is_empty() && !user.is_empty() {
+            std::slice::from_ref(&fallback)
+        } else {
+            &ds.proxy_users
+        };
+        for u in accounts {
             let acct = t
                 .users
                 .entry(u.name.clone())

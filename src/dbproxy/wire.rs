@@ -429,6 +429,36 @@ pub fn ok_packet(affected: u64, last_insert_id: u64, status: u16, info: &str) ->
     p
 }
 
+/// A text column definition (VAR_STRING, utf8mb4) for results the proxy makes itself.
+pub fn column_def(name: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(32 + name.len());
+    for s in ["def", "", "", ""] {
+        put_lenenc_str(&mut p, s.as_bytes());
+    }
+    put_lenenc_str(&mut p, name.as_bytes());
+    put_lenenc_str(&mut p, b"");
+    p.push(0x0c);
+    p.extend_from_slice(&(UTF8MB4_GENERAL_CI as u16).to_le_bytes());
+    p.extend_from_slice(&256u32.to_le_bytes());
+    p.push(0xFD);
+    p.extend_from_slice(&[0, 0, 0, 0, 0]);
+    p
+}
+
+/// The `SET NAMES` character set for a client's handshake collation id, when it is not
+/// utf8mb4 (what the proxy's backend connections use).
+pub fn charset_name(collation: u8) -> Option<&'static str> {
+    match collation {
+        8 | 47 | 48 | 49 | 94 => Some("latin1"),
+        33 | 83 | 192..=215 => Some("utf8mb3"),
+        28 | 87 => Some("gbk"),
+        24 | 86 => Some("gb2312"),
+        63 => Some("binary"),
+        11 | 65 => Some("ascii"),
+        _ => None,
+    }
+}
+
 pub fn eof_packet(status: u16) -> Vec<u8> {
     let mut p = vec![0xFE, 0, 0];
     p.extend_from_slice(&status.to_le_bytes());

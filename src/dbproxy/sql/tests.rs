@@ -27,6 +27,10 @@ fn statements_are_classified() {
     assert_eq!(c("CREATE TABLE t (uid BIGINT PRIMARY KEY)"), Class::Ddl);
     assert_eq!(c("SHOW TABLES"), Class::Other);
     assert_eq!(c("SELECT @@version_comment LIMIT 1"), Class::Read);
+    assert_eq!(c("SELECT DATABASE()"), Class::Local(Local::Database));
+    assert_eq!(c("select schema()"), Class::Local(Local::Database));
+    assert_eq!(c("SHOW DATABASES"), Class::Local(Local::ShowDatabases));
+    assert_eq!(c("SELECT DATABASE() FROM t"), Class::Read);
 }
 
 #[test]
