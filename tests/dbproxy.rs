@@ -860,7 +860,19 @@ fn with_automatic_failover_the_replica_is_promoted_and_writes_resume() {
 fn bad_protocol_bytes_get_err_packets_with_the_right_codes() {
     use std::io::{Read, Write};
     use tessera::dbproxy::wire;
-    let e = estate_full([124, 125, 126], true, "max_packet_bytes = 4096\n", "");
+    let e = estate_full(
+        [124, 125, 126],
+        true,
+        "max_packet_bytes = 4096\nstatement_timeout_ms = 1000\n",
+        "",
+    );
+    // A statement past statement_timeout_ms: 3024, killed on the server, and the
+    // session goes on.
+    let t0 = Instant::now();
+    let (ok, out, err) = app(&e, "SELECT SLEEP(5);\nSELECT 'next'");
+    assert!(!ok && err.contains("3024"), "{err}");
+    assert_eq!(out.trim(), "next");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     let mut s = std::net::TcpStream::connect(e.mysql).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let read = |s: &mut std::net::TcpStream| -> Option<(u8, Vec<u8>)> {

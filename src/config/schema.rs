@@ -313,6 +313,9 @@ pub struct DbproxyConfig {
     pub slow_query_ms: u64,
     /// The largest packet a client may send (MySQL's max_allowed_packet).
     pub max_packet_bytes: usize,
+    /// A statement unanswered after this is killed on its server and the client gets
+    /// error 3024; 0 = no limit (the default, as MySQL's max_execution_time).
+    pub statement_timeout_ms: u64,
     /// The server version string clients see.
     pub server_version: String,
     /// PEM certificate chain offered to MySQL clients that ask for TLS.
@@ -336,6 +339,7 @@ impl Default for DbproxyConfig {
             backend_connect_timeout_ms: 2_000,
             slow_query_ms: 1_000,
             max_packet_bytes: 64 << 20,
+            statement_timeout_ms: 0,
             server_version: "8.0.36-tessera".into(),
             tls_cert: None,
             tls_key: None,

@@ -59,6 +59,8 @@ pub struct Backend {
     pub version: String,
     /// False once an I/O or protocol error leaves the connection in an unknown state.
     pub healthy: bool,
+    /// Whether the response being relayed has sent any byte to the client yet.
+    pub relayed: bool,
     buf: Vec<u8>,
 }
 
@@ -87,6 +89,7 @@ impl Backend {
                 conn_id: 0,
                 version: String::new(),
                 healthy: true,
+                relayed: false,
                 buf: Vec::with_capacity(4096),
             };
             b.login(t).await?;
@@ -210,6 +213,7 @@ impl Backend {
         let mut state = State::First;
         let mut hdr = Vec::with_capacity(4);
         let mut first = true;
+        self.relayed = false;
         loop {
             let seq = match self.read().await {
                 Ok(seq) => seq,
@@ -234,6 +238,7 @@ impl Backend {
                 }
             }
             .await;
+            self.relayed = true;
             if let Err(e) = w {
                 // The client went away; the server's response must still be drained.
                 self.healthy = false;

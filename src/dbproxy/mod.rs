@@ -79,6 +79,8 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         version: d.server_version.clone(),
         slow_query: (d.slow_query_ms > 0).then(|| Duration::from_millis(d.slow_query_ms)),
         max_packet: d.max_packet_bytes,
+        statement_timeout: (d.statement_timeout_ms > 0)
+            .then(|| Duration::from_millis(d.statement_timeout_ms)),
         rr: AtomicUsize::new(0),
     });
     let pools = Arc::new(Pools::new(PoolSettings {

@@ -11,7 +11,7 @@
 //! statement for another shard inside the transaction is refused and the transaction
 //! is left as it was.
 
-use super::backend::{BackendError, Collected, Lease, Pool};
+use super::backend::{Backend, BackendError, Collected, Lease, Pool};
 use super::metrics::DbMetrics;
 use super::prepared::{self, Prepared};
 use super::sql::{self, Analysis, Class, ParseFailure};
@@ -39,6 +39,8 @@ pub struct Shared {
     pub version: String,
     pub slow_query: Option<Duration>,
     pub max_packet: usize,
+    /// A statement still unanswered after this is abandoned (None: no limit).
+    pub statement_timeout: Option<Duration>,
     /// Round-robin over replicas.
     pub rr: AtomicUsize,
 }
@@ -1161,12 +1163,15 @@ impl Session {
         }
         // Out of the map while it relays, so the client writer can be borrowed too.
         let mut held = self.held.remove(&key(&pool)).expect("held above");
+        let limit = self.shared.statement_timeout;
         let r = match cmd {
-            Cmd::Text(payload) => held.lease.conn.relay(payload, &mut self.wr).await,
+            Cmd::Text(payload) => {
+                bounded(limit, held.lease.conn.relay(payload, &mut self.wr)).await
+            }
             Cmd::Exec { id, payload } => match self.on_backend(&mut held, id).await {
                 Ok(backend_id) => {
                     let p = prepared::with_stmt_id(payload, backend_id);
-                    held.lease.conn.relay(&p, &mut self.wr).await
+                    bounded(limit, held.lease.conn.relay(&p, &mut self.wr)).await
                 }
                 Err(Ok(err)) => {
                     // The backend refused to prepare it (a table missing on this shard).
@@ -1174,14 +1179,38 @@ impl Session {
                     self.send(1, &err).await?;
                     return self.flush().await;
                 }
-                Err(Err(e)) => Err(e),
+                Err(Err(e)) => Some(Err(e)),
             },
         };
-        if held.lease.conn.healthy {
+        let (relayed, conn_id) = (held.lease.conn.relayed, held.lease.conn.conn_id);
+        if held.lease.conn.healthy && r.is_some() {
             self.held.insert(key(&pool), held);
         } else {
             pool.discard(held.lease);
         }
+        let Some(r) = r else {
+            // Timed out: stop the statement on the server, drop the connection (its
+            // answer is half read), and tell the client if it has seen nothing yet.
+            let target = pool.target.clone();
+            let timeout = pool.connect_timeout;
+            tokio::spawn(async move {
+                if let Ok(mut b) = Backend::connect(&target, timeout).await {
+                    let _ = b.query_named(&format!("KILL QUERY {conn_id}")).await;
+                }
+            });
+            if self.tx_unit.is_some() {
+                self.tx_unit = None;
+                self.in_tx = !self.autocommit;
+            }
+            let ms = limit.map(|l| l.as_millis()).unwrap_or(0);
+            if relayed {
+                return Err(Fatal(format!(
+                    "statement timed out after {ms} ms mid-answer"
+                )));
+            }
+            let m = format!("Query execution was interrupted, maximum statement execution time exceeded (dbproxy.statement_timeout_ms = {ms}; shard {}, {})", shard.unit, pool.target.addr);
+            return self.error(1, (3024, "HY000"), &m).await;
+        };
         match r {
             Ok(_) => self.flush().await,
             Err(BackendError::Lost(e)) => {
@@ -1490,6 +1519,17 @@ impl Session {
         wire::frame(&mut out, seq, &wire::eof_packet(self.status()));
         self.wr.write_all(&out).await?;
         self.flush().await
+    }
+}
+
+/// `fut` within `limit` (None: it did not finish in time).
+async fn bounded<T>(
+    limit: Option<Duration>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match limit {
+        Some(l) => tokio::time::timeout(l, fut).await.ok(),
+        None => Some(fut.await),
     }
 }
 
