@@ -2,7 +2,7 @@
 //! rz01 without), data sources from the control plane, the `mariadb` command-line client
 //! through the proxy.
 
-use crate::harness::{free_port, http, Node};
+use crate::harness::{http, Node};
 use crate::mariadb::MariaDb;
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
@@ -53,16 +53,7 @@ fn estate_full(ips: [u8; 3], two_shards: bool, proxy_toml: &str, spec_yaml: &str
         db.sql(&format!("CREATE DATABASE {name}"));
     }
     let a_replica = MariaDb::start_replica_of(ip(ips[1]), 2, &a);
-    let local: IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
-    let control_profile = format!(
-        "node_name = \"ctl-1\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n",
-        free_port(local),
-        free_port(local)
-    );
-    let mut control = Node::run_profile(&control_profile, &[], &[]);
-    let api = control.addr("control", "api");
-    control.wait_ready(api);
-    let token = control.admin_token();
+    let (control, api, token) = crate::harness::control_with(crate::harness::TOPOLOGY);
     let datasource = format!(
         r#"
 ---
@@ -88,22 +79,11 @@ spec:
     } else {
         String::new()
     };
-    let body = format!("{}{datasource}", crate::harness::TOPOLOGY);
-    let (code, _, out) = http(api, "POST", "/api/v1/apply", Some(&token), &body).unwrap();
+    let (code, _, out) = http(api, "POST", "/api/v1/apply", Some(&token), &datasource).unwrap();
     assert_eq!(code, 200, "{out}");
-    let (code, _, out) = http(
-        api,
-        "POST",
-        "/api/v1/tokens",
-        Some(&token),
-        r#"{"role": "dbproxy"}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 201, "{out}");
-    let join: Value = serde_json::from_str(&out).unwrap();
+    let join = crate::harness::join_token(api, &token, "dbproxy");
     let profile = format!(
-        "node_name = \"dbp-1\"\nroles = [\"dbproxy\"]\ndata_dir = \"DATA\"\n[dbproxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\nbackend_connect_timeout_ms = 1000\n{proxy_toml}",
-        join["token"].as_str().unwrap()
+        "node_name = \"dbp-1\"\nroles = [\"dbproxy\"]\ndata_dir = \"DATA\"\n[dbproxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{join}\"\nbackend_connect_timeout_ms = 1000\n{proxy_toml}"
     );
     let mut proxy = Node::run_profile(&profile, &[], &[]);
     let mysql = proxy.addr("dbproxy", "mysql");

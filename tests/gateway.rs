@@ -4,7 +4,7 @@
 //! under load, changes under load, draining, restart with the control plane down, and
 //! bad clients.
 
-use crate::harness::{free_port, http, tessera, Node, BIN};
+use crate::harness::{http, tessera, Node, BIN};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -192,30 +192,10 @@ fn estate(extra_gateway: &[&str]) -> Estate {
 
 /// [`estate`] with `gateway_toml` appended to the gateway's profile (after `[gateway]`).
 fn estate_with(gateway_toml: &str, extra_gateway: &[&str]) -> Estate {
-    let control_profile = format!(
-        "node_name = \"ctl-1\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n",
-        free_port(std::net::Ipv4Addr::LOCALHOST.into()),
-        free_port(std::net::Ipv4Addr::LOCALHOST.into())
-    );
-    let mut control = Node::run_profile(&control_profile, &[], &[]);
-    let api = control.addr("control", "api");
-    control.wait_ready(api);
-    let token = control.admin_token();
-    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), ESTATE).unwrap();
-    assert_eq!(code, 200, "{body}");
-    let (code, _, body) = http(
-        api,
-        "POST",
-        "/api/v1/tokens",
-        Some(&token),
-        r#"{"role": "gateway"}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 201, "{body}");
-    let join: Value = serde_json::from_str(&body).unwrap();
+    let (control, api, token) = crate::harness::control_with(ESTATE);
+    let join = crate::harness::join_token(api, &token, "gateway");
     let profile = format!(
-        "node_name = \"gw-1\"\nroles = [\"gateway\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\n",
-        join["token"].as_str().unwrap()
+        "node_name = \"gw-1\"\nroles = [\"gateway\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{join}\"\n"
     ) + gateway_toml;
     let mut gateway = Node::run_profile(&profile, extra_gateway, &[]);
     let gw = gateway.addr("gateway", "entrance");

@@ -446,6 +446,39 @@ pub fn http_within(
 /// Two regions, three zones, RZones rz00 (slots 00-49, hz-a, standby hz-b) and rz01
 /// (50-99, hz-b, standby sh-a), GZone gz00 (hz-a), and the shard map: the estate the
 /// gateway and agent tests build on.
+/// A one-node control plane on 127.0.0.1 (ports fixed up front, so a restart keeps
+/// them) with `estate` applied: (node, API address, admin token).
+pub fn control_with(estate: &str) -> (Node, SocketAddr, String) {
+    let local: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    let profile = format!(
+        "node_name = \"ctl-1\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n",
+        free_port(local),
+        free_port(local)
+    );
+    let mut control = Node::run_profile(&profile, &[], &[]);
+    let api = control.addr("control", "api");
+    control.wait_ready(api);
+    let token = control.admin_token();
+    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), estate).unwrap();
+    assert_eq!(code, 200, "{body}");
+    (control, api, token)
+}
+
+/// A join token for `role` from the control plane at `api`.
+pub fn join_token(api: SocketAddr, admin: &str, role: &str) -> String {
+    let (code, _, body) = http(
+        api,
+        "POST",
+        "/api/v1/tokens",
+        Some(admin),
+        &format!("{{\"role\": \"{role}\"}}"),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
 pub const TOPOLOGY: &str = r#"
 apiVersion: tessera.io/v1
 kind: Region

@@ -30,16 +30,12 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         .iter()
         .map(|u| u.to_string().trim_end_matches('/').to_string())
         .collect();
-    let credential = crate::api::enroll::ServiceCredential {
-        role: "agent",
-        node_name: cfg.node_name.clone(),
-        urls: url_strings.clone(),
-        join_token: cfg.agent.join_token.clone(),
-        admin_token: cfg
-            .has(Role::Control)
-            .then(|| cfg.data_dir.join("admin.token")),
-        file: cfg.data_dir.join("agent").join("credential"),
-    };
+    let credential = crate::api::enroll::ServiceCredential::for_role(
+        "agent",
+        cfg,
+        url_strings.clone(),
+        cfg.agent.join_token.clone(),
+    );
     let supervisor = supervisor::Supervisor::new(
         cfg.node_name.clone(),
         cfg.zone.clone(),

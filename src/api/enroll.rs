@@ -185,6 +185,27 @@ pub struct ServiceCredential {
 }
 
 impl ServiceCredential {
+    /// The credential of `role` on this node: kept in `<data_dir>/<role>/credential`,
+    /// enrolled with `join_token`, or with the local admin token when a control role
+    /// runs in the same process.
+    pub fn for_role(
+        role: &'static str,
+        cfg: &crate::config::RuntimeConfig,
+        urls: Vec<String>,
+        join_token: Option<String>,
+    ) -> ServiceCredential {
+        ServiceCredential {
+            role,
+            node_name: cfg.node_name.clone(),
+            urls,
+            join_token,
+            admin_token: cfg
+                .has(crate::config::Role::Control)
+                .then(|| cfg.data_dir.join("admin.token")),
+            file: cfg.data_dir.join(role).join("credential"),
+        }
+    }
+
     /// The token: from the file, or enrolled now (None: shut down meanwhile).
     pub async fn get(&self, shutdown: &CancellationToken) -> Result<Option<String>, String> {
         if let Ok(t) = std::fs::read_to_string(&self.file) {

@@ -114,16 +114,12 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         move |shutdown| report::run(shared, urls, file, shutdown)
     };
     let feed = Feed {
-        credential: crate::api::enroll::ServiceCredential {
-            role: "dbproxy",
-            node_name: cfg.node_name.clone(),
-            urls: urls.clone(),
-            join_token: d.join_token.clone(),
-            admin_token: cfg
-                .has(Role::Control)
-                .then(|| cfg.data_dir.join("admin.token")),
-            file: cfg.data_dir.join("dbproxy").join("credential"),
-        },
+        credential: crate::api::enroll::ServiceCredential::for_role(
+            "dbproxy",
+            cfg,
+            urls.clone(),
+            d.join_token.clone(),
+        ),
         urls,
         dir: cfg.data_dir.join("dbproxy"),
         cache_file: "datasources.json",

@@ -73,16 +73,12 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         .map(|u| u.to_string().trim_end_matches('/').to_string())
         .collect();
     let feed = Feed {
-        credential: crate::api::enroll::ServiceCredential {
-            role: "gateway",
-            node_name: cfg.node_name.clone(),
-            urls: urls.clone(),
-            join_token: g.join_token.clone(),
-            admin_token: cfg
-                .has(Role::Control)
-                .then(|| cfg.data_dir.join("admin.token")),
-            file: cfg.data_dir.join("gateway").join("credential"),
-        },
+        credential: crate::api::enroll::ServiceCredential::for_role(
+            "gateway",
+            cfg,
+            urls.clone(),
+            g.join_token.clone(),
+        ),
         urls,
         dir: cfg.data_dir.join("gateway"),
         cache_file: "routes.json",
