@@ -8,22 +8,8 @@ set -euo pipefail
 : "${PROXY_HOST:?}" "${PROXY_PORT:?}"
 W=$(mktemp -d /tmp/tessera-dbproxy-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
-cat >"$W/control.toml" <<TOML
-node_name = "bench-ctl"
-roles = ["control"]
-data_dir = "$W/control"
-[control]
-bootstrap = true
-listen = "127.0.0.1:17400"
-peer_listen = "127.0.0.1:17401"
-TOML
-"$TESSERA_BIN" run --profile "$W/control.toml" >"$W/control.log" 2>&1 &
-for _ in $(seq 1 100); do
-  curl -sf http://127.0.0.1:17400/readyz >/dev/null 2>&1 && [ -s "$W/control/admin.token" ] && break
-  sleep 0.1
-done
-export TESSERA_SERVER=http://127.0.0.1:17400 TESSERA_TOKEN
-TESSERA_TOKEN=$(cat "$W/control/admin.token")
+# shellcheck source=bench/control-node.sh
+. "$(dirname "${BASH_SOURCE[0]}")/control-node.sh"
 "$TESSERA_BIN" apply -f - >/dev/null <<YAML
 apiVersion: tessera.io/v1
 kind: Region

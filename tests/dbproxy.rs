@@ -667,30 +667,9 @@ fn a_rust_client_with_prepared_statements_is_routed_by_its_parameters() {
 /// proxy's certificate) and one that does not is refused with error 3159.
 #[test]
 fn clients_speak_tls_and_plain_text_is_refused_when_tls_is_required() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "tessera test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "dbproxy");
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let (ca_pem, cert_pem, key_pem) = (
-        dir.path().join("ca.pem"),
-        dir.path().join("proxy.pem"),
-        dir.path().join("proxy.key"),
-    );
-    std::fs::write(&ca_pem, ca.pem()).unwrap();
-    std::fs::write(&cert_pem, cert.pem()).unwrap();
-    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let ca = crate::harness::TestCa::new();
+    let ca_pem = ca.ca_pem();
+    let (cert_pem, key_pem) = ca.issue("dbproxy", &["127.0.0.1"]);
     let e = estate_full(
         [116, 117, 118],
         true,

@@ -828,33 +828,11 @@ fn bad_clients_get_clear_answers_and_no_credential_without_a_token() {
 
 #[test]
 fn https_entrance_picks_certificates_by_sni_and_speaks_h2_and_http1() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "tessera test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let ca = crate::harness::TestCa::new();
+    let dir = &ca.dir;
     let mut toml = String::from("tls_listen = \"127.0.0.1:0\"\n");
-    for (file, names) in [
-        ("bank", vec!["api.bank.example"]),
-        ("shop", vec!["*.shop.example"]),
-    ] {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.into_iter().map(String::from).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, file);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let (c, k) = (
-            dir.path().join(format!("{file}.pem")),
-            dir.path().join(format!("{file}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
+    for (file, names) in [("bank", ["api.bank.example"]), ("shop", ["*.shop.example"])] {
+        let (c, k) = ca.issue(file, &names);
         toml.push_str(&format!(
             "[[gateway.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
             c.display(),

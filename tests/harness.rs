@@ -446,6 +446,52 @@ pub fn http_within(
 /// Two regions, three zones, RZones rz00 (slots 00-49, hz-a, standby hz-b) and rz01
 /// (50-99, hz-b, standby sh-a), GZone gz00 (hz-a), and the shard map: the estate the
 /// gateway and agent tests build on.
+/// A throwaway certificate authority in a temp dir (`ca.pem`), issuing PEM files.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tessera test CA");
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        TestCa {
+            dir,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// `<name>.pem` and `<name>.key` for `names` (DNS names or IP addresses).
+    pub fn issue(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
 /// A one-node control plane on 127.0.0.1 (ports fixed up front, so a restart keeps
 /// them) with `estate` applied: (node, API address, admin token).
 pub fn control_with(estate: &str) -> (Node, SocketAddr, String) {
