@@ -827,7 +827,7 @@ impl Session {
         if let Err(m) = self.conn(&pool).await {
             return self.shard_down(&shard, &pool, &m).await;
         }
-        let mut held = self.held.remove(&key(&pool)).expect("held above");
+        let mut held = self.held.remove(&key(&pool)).expect("held above"); // ok: conn() just put it there
         let r = held.lease.conn.prepare(payload).await;
         let (backend_id, packets) = match r {
             Ok(Ok(x)) => x,
@@ -1084,7 +1084,7 @@ impl Session {
                 },
             );
         }
-        Ok(self.held.get_mut(&key).expect("just inserted"))
+        Ok(self.held.get_mut(&key).expect("just inserted")) // ok: inserted above
     }
 
     fn drop_conn(&mut self, pool: &Arc<Pool>) {
@@ -1162,7 +1162,7 @@ impl Session {
             return self.shard_down(shard, &pool, &m).await;
         }
         // Out of the map while it relays, so the client writer can be borrowed too.
-        let mut held = self.held.remove(&key(&pool)).expect("held above");
+        let mut held = self.held.remove(&key(&pool)).expect("held above"); // ok: conn() just put it there
         let limit = self.shared.statement_timeout;
         let r = match cmd {
             Cmd::Text(payload) => {
@@ -1437,6 +1437,12 @@ impl Session {
             let Some(shard) = db.shards.get(u).cloned() else {
                 continue;
             };
+            // Units that share one physical database are asked once.
+            if pools.iter().any(|(s, _): &(Arc<ShardRoute>, Arc<Pool>)| {
+                Arc::ptr_eq(&s.primary, &shard.primary)
+            }) {
+                continue;
+            }
             let pool = self.pick(
                 &shard,
                 self.read_your_writes && self.wrote,
@@ -1452,7 +1458,7 @@ impl Session {
             let held = self.held.remove(&key);
             let p = p.clone();
             async move {
-                let mut held = held.expect("held above");
+                let mut held = held.expect("held above"); // ok: conn() put each pool there, once
                 let r = held.lease.conn.collect(&p).await;
                 (key, held, r)
             }

@@ -139,7 +139,7 @@ pub async fn put_status(
                 let proxies = obj
                     .status
                     .as_object_mut()
-                    .expect("made an object above")
+                    .expect("made an object above") // ok: set to an object just before
                     .entry("proxies")
                     .or_insert_with(|| serde_json::json!({}));
                 if !proxies.is_object() {
@@ -147,7 +147,7 @@ pub async fn put_status(
                 }
                 proxies
                     .as_object_mut()
-                    .expect("made an object above")
+                    .expect("made an object above") // ok: set to an object just before
                     .insert(p.clone(), b.status.clone());
             }
             None => obj.status = b.status.clone(),
