@@ -5,7 +5,8 @@
 //! - `sql.rs`: what a statement means for routing (sqlparser, MySQL dialect).
 //! - `topology.rs`: data sources, shards and proxy users from the control plane.
 //! - `backend.rs`: backend connections (results relayed undecoded) and their pools.
-//! - `session.rs`: one client: login, routing, transactions, read/write splitting.
+//! - `session.rs`: one client: login, routing, transactions, read/write splitting;
+//!   `session/prepared_cmds.rs` prepared statements, `session/multi.rs` what spans shards.
 //! - `merge.rs`: ORDER BY / LIMIT over the rows of a SELECT scattered over shards.
 //! - `prepared.rs`: prepared statements (the proxy's ids, EXECUTE parameter decoding).
 //! - `metrics.rs`: `tessera_dbproxy_*`.
