@@ -186,6 +186,14 @@ struct Estate {
     admin: SocketAddr,
 }
 
+/// The revision a CLI answer ends with (`... (revision N)`).
+fn revision_in(said: &str) -> u64 {
+    said.rsplit("revision ")
+        .next()
+        .and_then(|r| r.trim().trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {said:?}"))
+}
+
 fn estate(extra_gateway: &[&str]) -> Estate {
     estate_with("", extra_gateway)
 }
@@ -937,15 +945,7 @@ fn failover_moves_a_unit_to_its_standby_zone_and_back() {
     assert!(out.status.success(), "{}", crate::harness::stderr(&out));
     let said = crate::harness::stdout(&out);
     assert!(said.contains("zone hz-a -> hz-b, standby hz-a"), "{said}");
-    let rev: u64 = said
-        .rsplit("revision ")
-        .next()
-        .unwrap()
-        .trim()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
-    e.wait_revision(rev);
+    e.wait_revision(revision_in(&said));
     assert_eq!(zone_of(), "hz-b");
     // Audited as a change to the unit, by the admin.
     let (_, _, body) = http(
@@ -975,15 +975,7 @@ fn failover_moves_a_unit_to_its_standby_zone_and_back() {
     let out = failover("hz-a");
     assert!(out.status.success());
     let said = crate::harness::stdout(&out);
-    let rev: u64 = said
-        .rsplit("revision ")
-        .next()
-        .unwrap()
-        .trim()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
-    e.wait_revision(rev);
+    e.wait_revision(revision_in(&said));
     assert_eq!(zone_of(), "hz-a");
     assert!(crate::harness::stdout(&failover("hz-a")).contains("already in zone hz-a"));
 }

@@ -11,8 +11,7 @@
 
 use super::backend::{Backend, BackendError, Pool, Target};
 use super::session::Shared;
-use crate::api::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -56,12 +55,23 @@ pub async fn run(
                     continue;
                 };
                 asked.insert(key, Instant::now());
-                let Ok(token) = std::fs::read_to_string(&credential) else {
-                    continue;
-                };
                 let body = json!({"unit": shard.unit, "from": from, "to": to.target.addr});
                 let path = format!("/api/v1/datasources/{}/failover", db.datasource);
-                let outcome = ask(&urls, token.trim(), &path, &body).await;
+                let outcome = match super::call_control(
+                    &urls,
+                    &credential,
+                    http::Method::POST,
+                    &path,
+                    &body,
+                    Duration::from_secs(10),
+                )
+                .await
+                {
+                    Ok(_) => Ok(true),
+                    // Another failover (or an edit) came first.
+                    Err((Some(409), _)) => Ok(false),
+                    Err((_, e)) => Err(e),
+                };
                 let label = match outcome {
                     Ok(true) => {
                         tracing::warn!(datasource = %db.datasource, unit = %shard.unit, %from, to = %to.target.addr, "Primary unreachable: promoting its replica");
@@ -104,25 +114,6 @@ fn best_replica(replicas: &[Arc<Pool>]) -> Option<&Arc<Pool>> {
             r.target.addr.clone(),
         )
     })
-}
-
-/// Ok(true): this proxy's request committed; Ok(false): another failover came first.
-async fn ask(urls: &[String], token: &str, path: &str, body: &Value) -> Result<bool, String> {
-    let mut last = String::from("no control URL");
-    for url in urls {
-        let client = Client::new(url, Some(token.to_string()))
-            .map_err(|e| e.to_string())?
-            .with_timeout(Duration::from_secs(10));
-        match client
-            .call::<Value>(http::Method::POST, path, Some(body))
-            .await
-        {
-            Ok(_) => return Ok(true),
-            Err(e) if e.status() == Some(409) => return Ok(false),
-            Err(e) => last = format!("{url}: {e}"),
-        }
-    }
-    Err(last)
 }
 
 /// Makes a replica a primary: apply what it has, stop replicating, accept writes.

@@ -50,6 +50,36 @@ use topology::{PoolSettings, Pools, Topology};
 
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
+/// Calls the control plane with this proxy's credential (the file the feed enrolled
+/// into), trying each URL until one answers with success. Err: (HTTP status of the last
+/// answer, if any, and what went wrong).
+async fn call_control(
+    urls: &[String],
+    credential: &std::path::Path,
+    method: http::Method,
+    path: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<serde_json::Value, (Option<u16>, String)> {
+    let token = std::fs::read_to_string(credential)
+        .map_err(|e| (None, format!("no credential yet ({e})")))?;
+    let mut last = (None, String::from("no control URL"));
+    for url in urls {
+        let client = match crate::api::Client::new(url, Some(token.trim().to_string())) {
+            Ok(c) => c.with_timeout(timeout),
+            Err(e) => {
+                last = (None, format!("{url}: {e}"));
+                continue;
+            }
+        };
+        match client.call(method.clone(), path, Some(body)).await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = (e.status(), format!("{url}: {e}")),
+        }
+    }
+    Err(last)
+}
+
 pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let cfg = &ctx.config;
     let d = cfg.dbproxy.clone();

@@ -4,7 +4,6 @@
 //! its age in `updatedAt`).
 
 use super::session::Shared;
-use crate::api::Client;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,11 +27,6 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EVERY) => {}
         }
-        // The feed enrols; the reporter only uses the credential it wrote.
-        let Ok(token) = std::fs::read_to_string(&credential) else {
-            continue;
-        };
-        let token = token.trim().to_string();
         let topo = shared.topology.load_full();
         for db in topo.databases.values() {
             let server = |p: &super::backend::Pool| {
@@ -68,22 +62,21 @@ pub async fn run(
             let body =
                 json!({"status": {"updatedAt": crate::model::now_rfc3339(), "shards": shards}});
             let path = format!("/api/v1/datasources/{}/status", db.datasource);
-            for url in &urls {
-                let Ok(client) = Client::new(url, Some(token.clone())) else {
-                    continue;
-                };
-                let client = client.with_timeout(Duration::from_secs(5));
-                match client
-                    .call::<Value>(http::Method::PUT, &path, Some(&body))
-                    .await
-                {
-                    Ok(_) => {
-                        sent.insert(db.datasource.clone(), (shards.clone(), Instant::now()));
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::debug!(url, error = %e, datasource = %db.datasource, "Reporting data source health failed")
-                    }
+            match super::call_control(
+                &urls,
+                &credential,
+                http::Method::PUT,
+                &path,
+                &body,
+                Duration::from_secs(5),
+            )
+            .await
+            {
+                Ok(_) => {
+                    sent.insert(db.datasource.clone(), (shards, Instant::now()));
+                }
+                Err((_, e)) => {
+                    tracing::debug!(error = %e, datasource = %db.datasource, "Reporting data source health failed")
                 }
             }
         }
