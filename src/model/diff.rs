@@ -8,10 +8,26 @@ use serde_json::Value;
 pub struct FieldChange {
     /// Dotted path, e.g. `spec.slots.00-49`.
     pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Absent: the field did not exist; `null`: it was null. The two must survive a
+    /// round trip through JSON, since audit events are hashed as serialized.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub before: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub after: Option<Value>,
+}
+
+/// A field that is present is `Some`, even when it is `null` (serde's `Option` would
+/// read `null` as `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// The changes from `before` to `after` (None = absent), objects compared key by key.
