@@ -185,7 +185,7 @@ fn estate() -> String {
         r#"apiVersion: tessera.io/v1
 kind: App
 metadata: {name: echo}
-spec: {mode: vm, artifact: "builtin:echo", port: 9000, units: [rz00, rz01], healthCheck: {path: /healthz, intervalSecs: 1, timeoutSecs: 1}}
+spec: {mode: vm, artifact: "builtin:echo", port: 9000, units: [rz00, rz01], healthCheck: {path: /healthz, intervalSecs: 1, timeoutSecs: 1}, resources: {openFiles: 1000}}
 ---
 apiVersion: tessera.io/v1
 kind: TrafficRule
@@ -244,6 +244,20 @@ fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
         "{body}"
     );
     let pid = inst["status"]["pid"].as_u64().unwrap();
+    // Its resource limits were applied (an rlimit here: this machine has cgroup v1).
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits.lines().any(|l| l.starts_with("Max open files")
+            && l.split_whitespace().filter(|w| *w == "1000").count() == 2),
+        "{limits}"
+    );
+    assert!(
+        inst["status"]["limits"]
+            .as_str()
+            .unwrap_or("")
+            .contains("open files 1000"),
+        "{inst}"
+    );
     let other = read(api, &token, "/api/v1/instances/echo-rz01-0");
     let _reaper = Reaper(vec![pid, other["status"]["pid"].as_u64().unwrap_or(0)]);
     // The nodes registered themselves, with heartbeats.

@@ -3,6 +3,7 @@
 //! VM-mode instances placed on it (`supervisor.rs`). It is ready once the control plane
 //! answers. Artifacts, logs and events build on this.
 
+mod limits;
 mod supervisor;
 
 use crate::admin;

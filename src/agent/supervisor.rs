@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +57,8 @@ pub struct Supervisor {
     /// Node events not yet recorded (`events` resources named `<node>-<ms>-<n>`).
     events: Vec<Value>,
     event_seq: u64,
+    /// How instances' `spec.resources` are enforced on this machine.
+    limits: super::limits::Mechanism,
 }
 
 /// What is kept on disk to adopt running instances after a restart.
@@ -89,6 +91,8 @@ struct Proc {
     /// port (taken between the agent's check and the instance's bind), so the next
     /// start gets a fresh one.
     new_port: bool,
+    /// The resource limits applied to the running process, as reported.
+    limits: Option<String>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -160,6 +164,8 @@ impl Supervisor {
         stop_on_exit: bool,
     ) -> Supervisor {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tessera"));
+        let (limits, how) = super::limits::Mechanism::detect(Path::new("/sys/fs/cgroup"));
+        tracing::info!(how = %how, "Instance resource limits");
         Supervisor {
             node,
             zone,
@@ -173,6 +179,7 @@ impl Supervisor {
             last_heartbeat: None,
             events: Vec::new(),
             event_seq: 0,
+            limits,
         }
     }
 
@@ -264,6 +271,7 @@ impl Supervisor {
                         reported: None,
                         unit_zone: String::new(),
                         new_port: false,
+                        limits: None,
                     },
                 );
             }
@@ -456,6 +464,7 @@ impl Supervisor {
                         reported: None,
                         unit_zone: unit_zone.clone(),
                         new_port: false,
+                        limits: None,
                     },
                 );
             }
@@ -508,6 +517,7 @@ impl Supervisor {
             self.dir.join("instances").join(name),
         );
         let stop_on_exit = self.stop_on_exit;
+        let limits = self.limits.clone();
         let (events, seq, node) = (&mut self.events, &mut self.event_seq, self.node.as_str());
         let Some(p) = self.procs.get_mut(name) else {
             return;
@@ -524,7 +534,23 @@ impl Supervisor {
             (None, Some(pid)) if !pid_alive(pid) => Some("exited".into()),
             _ => None,
         };
-        if let Some(how) = exited {
+        if let Some(mut how) = exited {
+            if p.pid.is_some_and(|pid| limits.reap(name, pid)) {
+                let mb = app.resources.as_ref().and_then(|r| r.memory_mb);
+                how = format!(
+                    "killed by the OOM killer at its memory limit of {} MiB",
+                    mb.unwrap_or(0)
+                );
+                push_event(
+                    events,
+                    seq,
+                    node,
+                    "Warning",
+                    "OOMKilled",
+                    Some(name),
+                    format!("instance {name}: {how}"),
+                );
+            }
             p.new_port = !p.ready;
             tracing::warn!(instance = %name, status = %how, restarts = p.restarts, "Instance exited; restarting it with backoff");
             push_event(
@@ -602,6 +628,10 @@ impl Supervisor {
                 Ok(child) => {
                     p.pid = child.id();
                     p.child = Some(child);
+                    p.limits = match (&app.resources, p.pid) {
+                        (Some(r), Some(pid)) => Some(limits.apply(name, pid, r)),
+                        _ => None,
+                    };
                     p.phase = "starting";
                     tracing::info!(instance = %name, pid = ?p.pid, port = p.port, "Started an instance");
                 }
@@ -645,16 +675,26 @@ impl Supervisor {
     }
 
     async fn stop_leaving(&mut self) {
+        let limits = &self.limits;
+        // A stopped process's cgroup (if any) is removed with it.
+        let stop = |name: &str, p: &mut Proc| {
+            let pid = p.pid;
+            let gone = step_stop(name, p);
+            if let (true, Some(pid)) = (gone, pid) {
+                limits.reap(name, pid);
+            }
+            gone
+        };
         let mut gone = Vec::new();
         for (name, p) in self.procs.iter_mut() {
-            if step_stop(name, p) {
+            if stop(name, p) {
                 gone.push(name.clone());
             }
         }
         for n in gone {
             self.procs.remove(&n);
         }
-        self.retiring.retain_mut(|(name, p)| !step_stop(name, p));
+        self.retiring.retain_mut(|(name, p)| !stop(name, p));
     }
 
     async fn stop_all(&mut self) {
@@ -694,6 +734,7 @@ impl Supervisor {
                 "pid": pid,
                 "restarts": p.restarts,
                 "message": p.message,
+                "limits": p.limits,
             });
             if p.reported.as_ref() == Some(&status) {
                 continue;

@@ -195,6 +195,28 @@ pub struct AppSpec {
     /// Fixed endpoints, e.g. of a service outside tessera, used besides its instances.
     #[serde(default)]
     pub endpoints: Vec<StaticEndpoint>,
+    /// VM mode: limits on each instance (cgroup v2 where the agent may use it, rlimits
+    /// otherwise; the instance's `status.limits` says what was applied).
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+/// Limits on one instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// Memory in MiB (cgroup `memory.max`, or the address-space rlimit).
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    /// CPU in thousandths of a core (cgroup `cpu.max`; 1000 = one core).
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
+    /// Open file descriptors (`RLIMIT_NOFILE`).
+    #[serde(default)]
+    pub open_files: Option<u64>,
+    /// Processes and threads (cgroup `pids.max`).
+    #[serde(default)]
+    pub pids: Option<u64>,
 }
 
 /// An endpoint declared in an app's spec rather than registered by an instance.
@@ -793,6 +815,24 @@ pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
             if let Some(d) = &s.log_dir {
                 if !d.starts_with('/') {
                     return Err(Invalid::new("spec.logDir", "must be an absolute path"));
+                }
+            }
+            if let Some(r) = &s.resources {
+                let ranges: [(&str, Option<u64>, u64, u64); 4] = [
+                    ("memoryMb", r.memory_mb, 16, 16 << 20),
+                    ("cpuMillis", r.cpu_millis.map(u64::from), 10, 1_000_000),
+                    ("openFiles", r.open_files, 16, 1 << 20),
+                    ("pids", r.pids, 1, 1 << 22),
+                ];
+                for (field, value, lo, hi) in ranges {
+                    if let Some(v) = value {
+                        if !(lo..=hi).contains(&v) {
+                            return Err(Invalid::new(
+                                format!("spec.resources.{field}"),
+                                format!("{v} is out of range {lo}-{hi}"),
+                            ));
+                        }
+                    }
                 }
             }
         }
