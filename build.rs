@@ -1,9 +1,148 @@
-//! Stamps the binary with its git commit and build date for `tessera --version`.
-//! Reproducible builds set SOURCE_DATE_EPOCH; builds outside git say "unknown".
+//! Two jobs before the crate compiles:
+//!
+//! - stamps the binary with its git commit and build date for `tessera --version`
+//!   (reproducible builds set SOURCE_DATE_EPOCH; builds outside git say "unknown");
+//! - builds the web console (`ui/`, a Vite app) into `ui/dist`, which `control::console`
+//!   embeds. `npm ci` + `npm run build` run only when the console's sources changed since
+//!   the last build (a digest of them is kept in `ui/.build-stamp`). Offline or without
+//!   Node.js, `TESSERA_UI_DIST=DIR` embeds an already built `dist` instead.
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() {
+    stamp_version();
+    if let Err(e) = console() {
+        // A build script's panic is how cargo shows a clear failure.
+        panic!("\n\nbuilding the web console (ui/) failed: {e}\n\n");
+    }
+}
+
+/// The console's inputs: everything under ui/ that the Vite build reads.
+const UI_INPUTS: &[&str] = &[
+    "index.html",
+    "package.json",
+    "package-lock.json",
+    "tsconfig.json",
+    "vite.config.ts",
+    "src",
+    "public",
+    "scripts",
+];
+
+fn console() -> Result<(), String> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let ui = root.join("ui");
+    let dist = ui.join("dist");
+    println!("cargo:rerun-if-env-changed=TESSERA_UI_DIST");
+    for input in UI_INPUTS {
+        println!("cargo:rerun-if-changed=ui/{input}");
+    }
+    if let Some(given) = std::env::var_os("TESSERA_UI_DIST") {
+        let given = PathBuf::from(given);
+        if !given.join("index.html").is_file() {
+            return Err(format!(
+                "TESSERA_UI_DIST={} has no index.html: point it at a built ui/dist",
+                given.display()
+            ));
+        }
+        let given = given
+            .canonicalize()
+            .map_err(|e| format!("TESSERA_UI_DIST={}: {e}", given.display()))?;
+        println!("cargo:rustc-env=TESSERA_UI_EMBED={}", given.display());
+        return Ok(());
+    }
+    println!("cargo:rustc-env=TESSERA_UI_EMBED={}", dist.display());
+    let digest = inputs_digest(&ui).map_err(|e| format!("reading ui/: {e}"))?;
+    let stamp = ui.join(".build-stamp");
+    if dist.join("index.html").is_file()
+        && std::fs::read_to_string(&stamp).ok().as_deref() == Some(digest.as_str())
+    {
+        return Ok(());
+    }
+    let lock = ui.join("package-lock.json");
+    let installed = ui.join("node_modules/.package-lock.json");
+    let fresh = match (modified(&lock), modified(&installed)) {
+        (Some(l), Some(i)) => i >= l,
+        _ => false,
+    };
+    if !fresh {
+        npm(&ui, &["ci", "--no-audit", "--no-fund", "--loglevel=error"])?;
+    }
+    npm(&ui, &["run", "build", "--silent"])?;
+    if !dist.join("index.html").is_file() {
+        return Err("`npm run build` left no ui/dist/index.html".into());
+    }
+    std::fs::write(&stamp, digest).map_err(|e| format!("writing {}: {e}", stamp.display()))
+}
+
+fn npm(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run npm ({e}). Install Node.js 18+ with npm, or build the console \
+                 elsewhere and set TESSERA_UI_DIST to its dist directory (README: offline build)"
+            )
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "`npm {}` in {} failed ({}):\n{}{}",
+        args.join(" "),
+        dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// FNV-1a over every input file's path and bytes, in sorted order.
+fn inputs_digest(ui: &Path) -> std::io::Result<String> {
+    let mut files = Vec::new();
+    for input in UI_INPUTS {
+        collect(&ui.join(input), &mut files)?;
+    }
+    files.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for f in files {
+        eat(f
+            .strip_prefix(ui)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .as_bytes());
+        eat(&[0]);
+        eat(&std::fs::read(&f)?);
+        eat(&[0]);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if p.is_dir() {
+        for entry in std::fs::read_dir(p)? {
+            collect(&entry?.path(), out)?;
+        }
+    } else if p.is_file() {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}
+
+fn stamp_version() {
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what tessera's build and tests need, when missing.
 # Usage: scripts/deps.sh build|test
-#   build: Debian packages for the rocksdb build (clang, libclang-dev)
-#   test:  also curl, MariaDB (server + client), and a Python venv with schemathesis (the OpenAPI fuzzer the tests
+#   build: Debian packages for the rocksdb build (clang, libclang-dev) and, when npm is
+#          missing, Node.js + npm for the console build
+#   test:  also curl, MariaDB (server + client), Chromium, and a Python venv with schemathesis (the OpenAPI fuzzer the tests
 #          run) under $TESSERA_TOOLS (default /var/cache/tessera/tools when writable,
 #          else ~/.cache/tessera/tools); versions pinned below
 set -euo pipefail
 want=(clang libclang-dev)          # rocksdb's C++ build and its bindgen
+command -v npm >/dev/null || want+=(nodejs npm)  # the web console's build (ui/, run by build.rs)
 if [ "${1:-build}" = test ]; then
   want+=(curl)                     # a TLS + HTTP/2 client for peer-listener tests
   want+=(mariadb-server mariadb-client sysbench)  # real MySQL backends and clients for the DB proxy tests
+  want+=(chromium)                 # the console's end-to-end tests (Playwright drives Debian's Chromium)
   command -v python3 >/dev/null || want+=(python3)
   python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
 fi

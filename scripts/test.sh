@@ -26,4 +26,11 @@ bin="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/tessera"
 step "release binary"
 ls -l "$bin"
 ldd "$bin" || true
+
+# The console: its dependencies were installed and its dist built by build.rs (npm ci).
+step "console: component tests (Vitest)"
+(cd ui && npm test)
+
+step "console: end to end (Playwright + Chromium against tessera up --demo)"
+(cd ui && TESSERA_BIN="$(realpath "$bin")" npm run e2e)
 echo "done in $(( $(date +%s) - start ))s"

@@ -9,6 +9,7 @@ mod backup;
 mod cli;
 mod cluster;
 mod config_errors;
+mod console;
 mod dbproxy;
 mod faults;
 mod fuzz;

@@ -159,6 +159,9 @@ pub struct ControlConfig {
     /// Renew this node's certificate (signed by the cluster CA, valid 365 days) when fewer
     /// than this many days are left. Checked at start and hourly.
     pub cert_renew_days: u64,
+    /// Serve the web console from this directory (a built `ui/dist`) instead of the copy
+    /// embedded in the binary: for console development.
+    pub console_dir: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -178,6 +181,7 @@ impl Default for ControlConfig {
             peer_advertise: None,
             api_advertise: None,
             cert_renew_days: 30,
+            console_dir: None,
         }
     }
 }

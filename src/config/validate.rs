@@ -160,6 +160,17 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
                 format!("{} is out of range 1-3650", ctl.cert_renew_days),
             );
         }
+        if let Some(dir) = &ctl.console_dir {
+            if !dir.join("index.html").is_file() {
+                c.fail(
+                    "control.console_dir",
+                    format!(
+                        "{} has no index.html: point it at a built console (ui/dist, `npm run build` in ui/)",
+                        dir.display()
+                    ),
+                );
+            }
+        }
         if ctl.history_revisions < 1000 {
             c.fail(
                 "control.history_revisions",

@@ -3,6 +3,7 @@
 //! the peer listener carries Raft RPCs between control nodes.
 
 mod certs;
+mod console;
 pub mod housekeeping;
 mod http;
 mod join;
@@ -100,7 +101,11 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         api: router,
         join: join_router,
         forwarded,
-    } = http::routers(node.clone(), clock.clone());
+    } = http::routers(
+        node.clone(),
+        clock.clone(),
+        console::Console::new(cfg.control.console_dir.clone()),
+    );
     let router = router.merge(admin::router(health.clone(), ctx.metrics.clone()));
     let history_revisions = cfg.control.history_revisions;
     let registry = ctx.metrics.registry().clone();

@@ -339,6 +339,87 @@ pub async fn list(
     ))
 }
 
+/// `GET /api/v1/auditevents/verify`: walks the whole chain from the first event (a
+/// page at a time, through one linearizable read each) and checks sequence numbers,
+/// links and hashes, then that the last event is the recorded head.
+pub async fn verify(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    may_read(&caller)?;
+    if let Some(answer) =
+        super::kv::linearize_or_forward(&s, axum::http::Method::GET, &uri, &headers).await?
+    {
+        return Ok(answer);
+    }
+    let store = s.node.store();
+    // The head first: events are appended in the same transaction that moves it, so every
+    // event up to this head is already readable.
+    let (head_kv, rev) = store
+        .get(HEAD)
+        .map_err(|e| ApiError::internal("audit read", e))?;
+    let head = HeadAt::from_kv(head_kv.as_ref())
+        .map_err(|e| ApiError::internal("audit head", e))?
+        .head;
+    let mut prev = (0u64, GENESIS.to_string());
+    let broken = |seq: u64, message: String, checked: u64| {
+        Ok(with_revision(
+            rev,
+            json!({"ok": false, "checked": checked, "seq": seq, "message": message,
+                   "head": {"seq": head.seq, "hash": head.hash}}),
+            StatusCode::OK,
+        ))
+    };
+    while prev.0 < head.seq {
+        let (kvs, _) = store
+            .range_from(EVENTS, &event_key(prev.0 + 1), MAX_PAGE)
+            .map_err(|e| ApiError::internal("audit read", e))?;
+        let mut page = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            match serde_json::from_str::<AuditEvent>(&kv.value) {
+                Ok(ev) if ev.seq <= head.seq => page.push(ev),
+                Ok(_) => break,
+                Err(e) => {
+                    return broken(
+                        prev.0 + 1,
+                        format!("the event stored at {} does not decode: {e}", kv.key),
+                        prev.0,
+                    )
+                }
+            }
+        }
+        if page.is_empty() {
+            return broken(
+                prev.0 + 1,
+                format!(
+                    "the head says {} events, but the chain ends at {}",
+                    head.seq, prev.0
+                ),
+                prev.0,
+            );
+        }
+        match crate::model::audit::verify(&page, (prev.0, &prev.1)) {
+            Ok(last) => prev = last,
+            Err(b) => return broken(b.seq, b.reason, b.seq.saturating_sub(1)),
+        }
+    }
+    if prev.1 != head.hash {
+        return broken(
+            head.seq,
+            "the last event's hash is not the recorded head: the head or the event was changed"
+                .into(),
+            prev.0,
+        );
+    }
+    Ok(with_revision(
+        rev,
+        json!({"ok": true, "checked": prev.0, "head": {"seq": head.seq, "hash": head.hash}}),
+        StatusCode::OK,
+    ))
+}
+
 pub async fn show(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,

@@ -21,10 +21,11 @@ mod status;
 mod users;
 mod watch;
 
+use super::console::Console;
 use super::housekeeping::LeaseClock;
 use super::store::RaftNode;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::Uri;
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -59,8 +60,8 @@ pub async fn reconcile(
     placement::run(ApiState { node, leases }, shutdown).await;
 }
 
-/// The API's routers (see [`Routers`]).
-pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
+/// The API's routers (see [`Routers`]); paths outside `/api/` go to the console.
+pub fn routers(node: RaftNode, leases: LeaseClock, console: Console) -> Routers {
     let state = ApiState { node, leases };
     // One route per kind (unknown kinds fall through to the JSON 404).
     let mut kinds = Router::new();
@@ -115,6 +116,7 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
         .route("/api/v1/users/{name}/tokens", post(users::add_token))
         .route("/api/v1/watch", get(watch::resources))
         .route("/api/v1/auditevents", get(audit::list))
+        .route("/api/v1/auditevents/verify", get(audit::verify))
         .route("/api/v1/auditevents/{seq}", get(audit::show))
         .route("/api/v1/shardmaps/{name}/history", get(shardmaps::history))
         .route("/api/v1/shardmaps/{name}/revert", post(shardmaps::revert))
@@ -139,26 +141,24 @@ pub fn routers(node: RaftNode, leases: LeaseClock) -> Routers {
         .layer(axum::middleware::from_fn(context::forwarded))
         .with_state(state.clone());
     let api = Router::new()
-        .route("/", get(index_public))
         .route("/api/v1/join/info", get(join::info))
         .merge(api.layer(axum::middleware::from_fn(context::direct)))
-        .fallback(not_found)
+        .fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+            let console = console.clone();
+            async move {
+                if uri.path() == "/api" || uri.path().starts_with("/api/") {
+                    not_found(uri).await.into_response()
+                } else {
+                    console.serve(&method, &uri, &headers).await
+                }
+            }
+        })
         .with_state(state);
     Routers {
         api,
         join: join_routes,
         forwarded,
     }
-}
-
-async fn index_public(State(s): State<ApiState>) -> Response {
-    Json(json!({
-        "name": "tessera",
-        "version": crate::telemetry::VERSION,
-        "cluster": s.node.store().cluster_id(),
-        "api": "/api/v1",
-    }))
-    .into_response()
 }
 
 async fn index(State(s): State<ApiState>, Extension(caller): Extension<auth::Caller>) -> Response {

@@ -229,7 +229,7 @@ fn build() -> Value {
     let map_name = path_param("name", json!({"type": "string", "pattern": NAME_PATTERN}));
     let int = json!({"type": "integer", "format": "int64", "minimum": 0});
     let extra = json!({
-        "/api/v1/apply": {"post": op("apply", "Create or update many resources, all or nothing", vec![], Some(json!({"type": "array", "maxItems": 50, "items": {"oneOf": any_resource}})), ok("200", json!({"type": "object"})))},
+        "/api/v1/apply": {"post": op("apply", "Create or update many resources, all or nothing", vec![query("dryRun", json!({"type": "boolean"}), "validate and answer what would change, committing nothing")], Some(json!({"type": "array", "maxItems": 50, "items": {"oneOf": any_resource}})), ok("200", json!({"type": "object"})))},
         "/api/v1/watch": {"get": {"operationId": "watch", "summary": "Server-Sent Events of resource changes", "parameters": [
             query("kinds", json!({"type": "string"}), "comma-separated kinds"), query("since", int.clone(), "last revision seen"),
             query("progress", json!({"type": "boolean"}), "also PROGRESS events: every change up to their revision has been sent")],
@@ -245,6 +245,7 @@ fn build() -> Value {
             query("since", json!({"type": "string", "format": "date-time"}), "RFC 3339"),
             query("until", json!({"type": "string", "format": "date-time"}), "RFC 3339"),
         ], None, ok("200", json!({"type": "object", "properties": {"items": {"type": "array", "items": audit}, "next": int.clone(), "more": {"type": "boolean"}}})))},
+        "/api/v1/auditevents/verify": {"get": op("verify_auditevents", "Check the whole audit chain: sequence, links and hashes, up to the head", vec![], None, ok("200", json!({"type": "object", "required": ["ok", "checked"], "properties": {"ok": {"type": "boolean"}, "checked": int.clone(), "seq": int.clone(), "message": {"type": "string"}, "head": {"type": "object"}}})))},
         "/api/v1/auditevents/{seq}": {"get": op("get_auditevent", "One audit event", vec![path_param("seq", int.clone())], None, ok("200", r("AuditEvent")))},
         "/api/v1/kv/{key}": {
             "get": op("kv_get", "Read a key (admin)", vec![path_param("key", json!({"type": "string"})), query("prefix", json!({"type": "boolean"}), "range"), query("limit", json!({"type": "integer"}), "range size"), query("consistency", json!({"type": "string"}), "linearizable or stale")], None, ok("200", json!({"type": "object"}))),

@@ -410,6 +410,7 @@ pub(super) async fn commit(
     if !s.node.is_leader() {
         return forward(s, original).await.map(Err);
     }
+    let dry = dry_run(original.uri);
     // Only the kinds the rules can involve are read (an estate's instances and events
     // need not be decoded to add a region).
     let mut relevant: Vec<Kind> = match want {
@@ -440,11 +441,13 @@ pub(super) async fn commit(
         let plan = match plan(&snap, want, key.as_ref()) {
             Ok(p) => p,
             Err(Failure::Api(e)) => return Err(e),
+            // A dry run changes nothing, so its refusal is not an event of the audit trail.
+            Err(Failure::Refused(_, _, e)) if dry => return Err(e),
             Err(Failure::Refused(kind, name, e)) => {
                 return Err(audit::refuse(s, caller, ctx, verb, &kind, &name, e).await)
             }
         };
-        if plan.ops.is_empty() {
+        if plan.ops.is_empty() || dry {
             return Ok(Ok((plan.outcomes, snap.revision)));
         }
         let (audit_ops, _) = audit::append_ops(&snap.head.head, caller, ctx, plan.entries)
@@ -492,6 +495,13 @@ pub(super) async fn commit(
         "busy",
         "other changes kept committing first; retry",
     ))
+}
+
+/// `?dryRun=true`: validate against the current estate and answer what would change,
+/// committing nothing.
+pub(super) fn dry_run(uri: &Uri) -> bool {
+    uri.query()
+        .is_some_and(|q| q.split('&').any(|p| p == "dryRun=true" || p == "dryRun=1"))
 }
 
 pub(super) async fn forward(s: &ApiState, o: &Original<'_>) -> Result<Response, ApiError> {
@@ -960,6 +970,7 @@ pub async fn apply(
         };
         let kind = match d.check(None) {
             Ok(k) => k,
+            Err(e) if dry_run(&uri) => return Err(at(e)),
             Err(e) => {
                 let e = at(e);
                 return Err(audit::refuse(
@@ -975,6 +986,9 @@ pub async fn apply(
             }
         };
         if let Err(e) = may_write(&caller, kind) {
+            if dry_run(&uri) {
+                return Err(e);
+            }
             return Err(audit::refuse(
                 &s,
                 &caller,
