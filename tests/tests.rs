@@ -18,6 +18,7 @@ mod kv_api;
 mod leases;
 mod lifecycle;
 mod lincheck;
+mod logs;
 mod mariadb;
 mod relay;
 mod resources;

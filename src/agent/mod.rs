@@ -1,9 +1,11 @@
 //! The agent role: the control plane's hand on each machine. It enrols for its own
 //! credential (`api::enroll`), registers its node and keeps its heartbeat, and runs the
-//! VM-mode instances placed on it (`supervisor.rs`). It is ready once the control plane
-//! answers. Artifacts, logs and events build on this.
+//! VM-mode instances placed on it (`supervisor.rs`) within their resource limits
+//! (`limits.rs`), and collects their logs (`logs/`, served as `GET /logs` on its
+//! listener to control nodes with a grant). It is ready once the control plane answers.
 
 mod limits;
+mod logs;
 mod supervisor;
 
 use crate::admin;
@@ -37,7 +39,19 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         url_strings.clone(),
         cfg.agent.join_token.clone(),
     );
-    let supervisor = supervisor::Supervisor::new(
+    let logs = logs::Logs::open(
+        &cfg.node_name,
+        cfg.data_dir.join("agent").join("logs"),
+        cfg.agent.log_store_mb << 20,
+    )
+    .map_err(|e| RoleError::Failed {
+        role: Role::Agent,
+        message: format!(
+            "cannot open the log store under {}: {e}",
+            cfg.data_dir.display()
+        ),
+    })?;
+    let mut supervisor = supervisor::Supervisor::new(
         cfg.node_name.clone(),
         cfg.zone.clone(),
         cfg.agent.instance_ip,
@@ -45,8 +59,22 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         cfg.data_dir.join("agent"),
         cfg.agent.stop_workloads_on_exit,
     );
+    // Where control nodes reach this agent (for logs): its listener, or the instance
+    // address when it listens on every interface.
+    let api = local_addr(&main, cfg.agent.listen.0);
+    let api_ip = if api.ip().is_unspecified() {
+        cfg.agent.instance_ip
+    } else {
+        api.ip()
+    };
+    supervisor.agent_api = Some(format!(
+        "http://{}",
+        std::net::SocketAddr::new(api_ip, api.port())
+    ));
+    supervisor.log_sources = logs.sources.clone();
     let gauge = ctx.metrics.control_reachable(Role::Agent);
-    let router = admin::router(health.clone(), ctx.metrics.clone());
+    let admin_router = admin::router(health.clone(), ctx.metrics.clone());
+    let router = admin_router.clone().merge(logs.router());
     Ok(Bound::new(Role::Agent, listeners, move |shutdown| {
         Box::pin(async move {
             let probe = tokio::spawn(probe::watch_control(
@@ -57,17 +85,25 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 Some(health.clone()),
                 shutdown.clone(),
             ));
-            let work = tokio::spawn(work(credential, url_strings, supervisor, shutdown.clone()));
-            let serve_main = admin::serve(main, router.clone(), shutdown.clone());
+            let collect = tokio::spawn(logs.clone().collect(shutdown.clone()));
+            let work = tokio::spawn(work(
+                credential,
+                url_strings,
+                supervisor,
+                logs,
+                shutdown.clone(),
+            ));
+            let serve_main = admin::serve(main, router, shutdown.clone());
             let result = match extra {
                 Some(l) => {
-                    let (a, b) = tokio::join!(serve_main, admin::serve(l, router, shutdown));
+                    let (a, b) = tokio::join!(serve_main, admin::serve(l, admin_router, shutdown));
                     a.and(b)
                 }
                 None => serve_main.await,
             };
             let _ = probe.await;
             let _ = work.await;
+            let _ = collect.await;
             health.set_not_ready("stopped");
             result.map_err(|source| RoleError::Serve {
                 role: Role::Agent,
@@ -85,6 +121,7 @@ async fn work(
     credential: crate::api::enroll::ServiceCredential,
     urls: Vec<String>,
     mut supervisor: supervisor::Supervisor,
+    logs: logs::Logs,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     supervisor.start();
@@ -107,6 +144,7 @@ async fn work(
                 continue;
             }
         };
+        logs.set_credential(&token);
         let Some(url) = urls.first() else { break };
         let client = match crate::api::Client::new(url, Some(token)) {
             Ok(c) => c.with_timeout(Duration::from_secs(10)),

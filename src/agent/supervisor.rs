@@ -59,6 +59,11 @@ pub struct Supervisor {
     event_seq: u64,
     /// How instances' `spec.resources` are enforced on this machine.
     limits: super::limits::Mechanism,
+    /// `http://IP:PORT` of this agent's listener, reported with the heartbeat (control
+    /// nodes read logs there).
+    pub agent_api: Option<String>,
+    /// The files the log collector follows, set on every pass.
+    pub log_sources: std::sync::Arc<std::sync::Mutex<Vec<super::logs::follow::Source>>>,
 }
 
 /// What is kept on disk to adopt running instances after a restart.
@@ -180,6 +185,8 @@ impl Supervisor {
             events: Vec::new(),
             event_seq: 0,
             limits,
+            agent_api: None,
+            log_sources: Default::default(),
         }
     }
 
@@ -358,6 +365,9 @@ impl Supervisor {
         let mut status = machine_facts();
         status["heartbeatMs"] = json!(now_ms());
         status["instances"] = json!(self.procs.len());
+        if let Some(api) = &self.agent_api {
+            status["agentApi"] = json!(api);
+        }
         let path = format!("/api/v1/nodes/{}/status", self.node);
         // Tried again a heartbeat interval later, whatever the outcome.
         self.last_heartbeat = Some(Instant::now());
@@ -484,11 +494,59 @@ impl Supervisor {
             }
             self.supervise(name, spec, app, &version).await;
         }
+        self.collect_logs_of(&mine, &apps);
         self.stop_leaving().await;
         self.save();
         self.report(client).await;
         self.flush_events(client).await;
         Ok(())
+    }
+
+    /// Tells the log collector what to follow: each instance's stdout and stderr, and
+    /// its app's log directory (shared by an app's instances on this node).
+    fn collect_logs_of(
+        &self,
+        mine: &BTreeMap<String, InstanceSpec>,
+        apps: &BTreeMap<String, (Resource, Option<AppSpec>)>,
+    ) {
+        use super::logs::follow::Source;
+        let mut per_app: BTreeMap<&str, usize> = BTreeMap::new();
+        for spec in mine.values() {
+            *per_app.entry(spec.app.as_str()).or_default() += 1;
+        }
+        let mut sources: Vec<Source> = Vec::new();
+        for (name, spec) in mine {
+            let dir = self.dir.join("instances").join(name);
+            for f in ["stdout", "stderr"] {
+                sources.push(Source {
+                    path: dir.join(format!("{f}.log")),
+                    dir: false,
+                    app: spec.app.clone(),
+                    unit: spec.unit.clone(),
+                    instance: Some(name.clone()),
+                    label: f.into(),
+                });
+            }
+            let log_dir = apps
+                .get(&spec.app)
+                .and_then(|(_, a)| a.as_ref()?.log_dir.clone());
+            if let Some(d) = log_dir {
+                let path = PathBuf::from(d);
+                if sources.iter().any(|s| s.path == path) {
+                    continue;
+                }
+                let alone = per_app.get(spec.app.as_str()) == Some(&1);
+                sources.push(Source {
+                    path,
+                    dir: true,
+                    app: spec.app.clone(),
+                    unit: spec.unit.clone(),
+                    instance: alone.then(|| name.clone()),
+                    label: String::new(),
+                });
+            }
+        }
+        *self.log_sources.lock().unwrap_or_else(|e| e.into_inner()) = sources;
     }
 
     fn free_port(&self) -> u16 {

@@ -51,9 +51,40 @@ pub enum Command {
     /// The audit trail
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// An app's log lines, collected by the agents, from every node it runs on
+    Logs(LogsArgs),
     /// A small HTTP echo server (the demo's app, and a backend for tests): answers with
     /// its app, unit, zone, version and instance
     DemoApp(DemoAppArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The app
+    pub app: String,
+    /// Only this unit's instances
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// Only this instance
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Lines read since: a duration back from now (90s, 15m, 2h, 1d) or an RFC 3339 time
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines matching this regular expression
+    #[arg(long)]
+    pub grep: Option<String>,
+    /// The most recent lines, at most (1-10000; default 500)
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Keep streaming new lines
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// `text` or `json` (one record per line)
+    #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod args;
 mod client_cmd;
 mod config_cmd;
 mod demo_app;
+mod logs_cmd;
 mod resource_cmd;
 mod serve;
 mod snapshot_cmd;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Get(a) => resource_cmd::get(a),
         Command::Delete(a) => resource_cmd::delete(a),
         Command::Failover(a) => resource_cmd::failover(a),
+        Command::Logs(a) => logs_cmd::logs(a),
         Command::User(c) => resource_cmd::user(c),
         Command::Audit(c) => resource_cmd::audit(c),
         Command::DemoApp(a) => demo_app::run(a),

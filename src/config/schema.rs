@@ -206,6 +206,9 @@ pub struct AgentConfig {
     /// Stop the instances when the agent stops (`tessera up` does); by default they keep
     /// running and a restarted agent adopts them again.
     pub stop_workloads_on_exit: bool,
+    /// Collected log lines kept on this node (`<data_dir>/agent/logs`), in MiB; the
+    /// oldest go first.
+    pub log_store_mb: u64,
 }
 
 impl Default for AgentConfig {
@@ -217,6 +220,7 @@ impl Default for AgentConfig {
             join_token: None,
             instance_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             ports: "20000-29999".into(),
+            log_store_mb: 256,
             stop_workloads_on_exit: false,
         }
     }

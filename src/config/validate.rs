@@ -240,6 +240,12 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
             ),
         );
     }
+    if has(Role::Agent) && !(8..=1_048_576).contains(&cfg.agent.log_store_mb) {
+        c.fail(
+            "agent.log_store_mb",
+            format!("{} is out of range 8-1048576", cfg.agent.log_store_mb),
+        );
+    }
     if has(Role::Dbproxy) {
         let d = &cfg.dbproxy;
         for (key, v) in [

@@ -12,6 +12,7 @@ mod forward;
 pub mod join;
 mod kv;
 mod lease;
+mod logs;
 mod openapi;
 mod placement;
 mod resources;
@@ -104,6 +105,7 @@ pub fn routers(node: RaftNode, leases: LeaseClock, console: Console) -> Routers 
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/api/v1/kv-watch", get(watch::watch))
+        .route("/api/v1/logs", get(logs::logs))
         .route("/api/v1/members", get(members))
         .route(
             "/api/v1/members/{name}",

@@ -245,6 +245,15 @@ fn build() -> Value {
             query("since", json!({"type": "string", "format": "date-time"}), "RFC 3339"),
             query("until", json!({"type": "string", "format": "date-time"}), "RFC 3339"),
         ], None, ok("200", json!({"type": "object", "properties": {"items": {"type": "array", "items": audit}, "next": int.clone(), "more": {"type": "boolean"}}})))},
+        "/api/v1/logs": {"get": {"operationId": "logs", "summary": "An app's collected log lines from every node it runs on (NDJSON: records, and {node, error} for a node that could not be read)", "parameters": [
+            {"name": "app", "in": "query", "required": true, "schema": {"type": "string", "pattern": NAME_PATTERN}},
+            query("unit", json!({"type": "string", "pattern": NAME_PATTERN}), "only this unit's instances"),
+            query("instance", json!({"type": "string", "pattern": NAME_PATTERN}), "only this instance"),
+            query("since", json!({"type": "string"}), "RFC 3339 time or ms since the epoch"),
+            query("grep", json!({"type": "string", "maxLength": 1000}), "a regular expression the line must match"),
+            query("limit", json!({"type": "integer", "minimum": 1, "maximum": 10000}), "the most recent lines, at most (default 500)"),
+            query("follow", json!({"type": "boolean"}), "keep the answer open for new lines")],
+            "responses": {"200": {"description": "NDJSON lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "default": {"description": "an error", "content": {"application/json": {"schema": r("Error")}}}}}},
         "/api/v1/auditevents/verify": {"get": op("verify_auditevents", "Check the whole audit chain: sequence, links and hashes, up to the head", vec![], None, ok("200", json!({"type": "object", "required": ["ok", "checked"], "properties": {"ok": {"type": "boolean"}, "checked": int.clone(), "seq": int.clone(), "message": {"type": "string"}, "head": {"type": "object"}}})))},
         "/api/v1/auditevents/{seq}": {"get": op("get_auditevent", "One audit event", vec![path_param("seq", int.clone())], None, ok("200", r("AuditEvent")))},
         "/api/v1/kv/{key}": {
