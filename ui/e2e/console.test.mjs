@@ -73,11 +73,25 @@ async function walk(lang) {
     await page.waitForTimeout(300);
     await shot(`${p}-${lang}`);
   }
+  await tid('nav-apps').click();
+  await tid('logs-link-echo').click();
+  await logLine('listening on').waitFor();
+  await until('the log answer', 15000, async () => (await tid('logs-status').getAttribute('data-state')) === 'done');
+  await shot(`apps-logs-${lang}`);
   await tid('nav-traffic').click();
   await tid('open-echo').click();
   await tid('yaml-editor').waitFor();
   await shot(`traffic-editor-${lang}`);
 }
+
+/** A log line of the console's log view containing `text`. */
+const logLine = (text) => page.locator('[data-testid="log-line"]', { hasText: text }).first();
+
+/** The log lines shown: [{t, instance, text}]. */
+const shownLines = () =>
+  page.$$eval('[data-testid="log-line"]', (els) =>
+    els.map((e) => ({ t: Number(e.getAttribute('data-t')), instance: e.getAttribute('data-instance'), text: e.querySelector('.log-text')?.textContent ?? '', marked: !!e.querySelector('mark') })),
+  );
 
 async function editorText() {
   return tid('yaml-editor').inputValue();
@@ -113,7 +127,7 @@ test('signs in and walks every page', { timeout: 90000 }, async () => {
     assert.equal(await tid(`instance-${name}`).getAttribute('data-ready'), 'true');
     assert.equal(await tid(`instance-${name}`).getAttribute('data-phase'), 'running');
   }
-  await tid('logs-unavailable').waitFor();
+  assert.equal(await tid('logs-link-echo').getAttribute('href'), '/apps/echo/logs');
   // Audit: the accepted writes of the demo's setup are listed.
   await tid('nav-audit').click();
   await page.locator('[data-testid^="audit-"][data-testid$="1"]').first().waitFor();
@@ -193,13 +207,101 @@ test('a killed instance goes not ready and comes back', { timeout: 90000 }, asyn
   assert.ok(after.status.restarts >= 1 || after.status.pid !== pid, 'restarted');
 });
 
+test("the echo app's logs: a line, a search, a refusal, and Follow sees a new line", { timeout: 150000 }, async () => {
+  // The server's own answer first (tells a server problem from a console one).
+  const res = await fetch(`${CONTROL}/api/v1/logs?app=echo&grep=listening`, { headers: { Authorization: `Bearer ${tessera.token}` } });
+  const body = await res.text();
+  assert.equal(res.status, 200, `GET /api/v1/logs: ${body}`);
+  assert.match(res.headers.get('content-type') ?? '', /application\/x-ndjson/);
+  const records = body.split('\n').filter(Boolean).map((l) => JSON.parse(l)).filter((r) => r.line !== undefined);
+  assert.ok(records.some((r) => r.instance === 'echo-rz00-0' && /listening on /.test(r.line)), `a listening line of echo-rz00-0 in ${body.slice(0, 2000)}`);
+
+  // Opened from the Apps page; the instance's output is there.
+  await tid('nav-apps').click();
+  await tid('logs-link-echo').click();
+  await tid('logs-panel').waitFor();
+  assert.match(page.url(), /\/apps\/echo\/logs$/);
+  await logLine('listening on').waitFor();
+  // A deep link to the same view works (the SPA fallback and the router).
+  await page.goto(new URL('/apps/echo/logs?unit=rz00', consoleUrl).toString());
+  await logLine('listening on').waitFor();
+  assert.equal(await tid('logs-unit').inputValue(), 'rz00');
+  await until('rz00 lines only', 15000, async () => {
+    const lines = await shownLines();
+    return lines.length > 0 && lines.every((l) => l.instance === '' || l.instance.startsWith('echo-rz00-'));
+  });
+
+  // A search: sent to the server (grep), the match highlighted.
+  const logRequests = [];
+  const onRequest = (r) => r.url().includes('/api/v1/logs?') && logRequests.push(r.url());
+  page.on('request', onRequest);
+  await tid('logs-grep').fill('listening on 127\\.0\\.0\\.202');
+  await until('the search to reach the server', 15000, () => logRequests.some((u) => new URL(u).searchParams.get('grep') === 'listening on 127\\.0\\.0\\.202'));
+  await until('the search answer', 15000, async () => (await tid('logs-status').getAttribute('data-state')) === 'done');
+  let lines = await shownLines();
+  assert.ok(lines.length > 0, 'some lines match');
+  assert.ok(lines.every((l) => /listening on 127\.0\.0\.202/.test(l.text) && l.marked), JSON.stringify(lines.slice(0, 5)));
+
+  // A pattern the server refuses: its message and field, as the server words them.
+  const bad = await (await fetch(`${CONTROL}/api/v1/logs?app=echo&grep=${encodeURIComponent('listening(')}`, { headers: { Authorization: `Bearer ${tessera.token}` } })).json();
+  await tid('logs-grep').fill('listening(');
+  await tid('logs-error').waitFor();
+  assert.equal(await tid('logs-error-message').textContent(), bad.message);
+  assert.match(await tid('logs-error-field').textContent(), /grep/);
+  assert.equal(bad.field, 'grep');
+
+  // Follow, on one instance: a killed process is restarted and says `listening on` again.
+  await tid('logs-grep').fill('listening on');
+  await tid('logs-instance').selectOption('echo-rz00-0');
+  await until('the filtered answer', 15000, async () => (await tid('logs-status').getAttribute('data-state')) === 'done' && (await shownLines()).length > 0);
+  await tid('logs-follow').check();
+  await until('following', 15000, async () => (await tid('logs-status').getAttribute('data-state')) === 'following');
+  assert.match(page.url(), /follow=true/);
+  await until('the followed backlog', 15000, async () => (await shownLines()).length > 0);
+  const before = await shownLines();
+  const lastT = Math.max(...before.map((l) => l.t));
+  const inst = await tessera.api('/api/v1/instances/echo-rz00-0');
+  const pid = inst.status.pid;
+  assert.ok(pid > 1, 'a pid is reported');
+  const killedAt = Date.now();
+  process.kill(pid, 'SIGKILL');
+  await until('a new `listening on` line while following', 60000, async () => {
+    const now = await shownLines();
+    return now.length > before.length && now.some((l) => l.t > lastT && l.instance === 'echo-rz00-0' && /listening on 127\.0\.0\.202:\d+/.test(l.text));
+  }, 500);
+  lines = await shownLines();
+  const fresh = lines.filter((l) => l.t > lastT);
+  assert.ok(fresh.every((l) => l.t >= killedAt - 2000), `new lines are from after the kill: ${JSON.stringify(fresh)}`);
+  assert.equal(await tid('logs-status').getAttribute('data-state'), 'following', 'the stream is still open');
+  assert.ok(lines.every((l) => l.instance === 'echo-rz00-0'));
+  await shot('apps-logs-follow-en');
+
+  // Follow off: the streamed request is aborted, the lines stay.
+  const aborted = new Promise((resolve) => {
+    const onFailed = (r) => {
+      if (r.url().includes('follow=true')) {
+        page.off('requestfailed', onFailed);
+        resolve(r.failure()?.errorText ?? 'failed');
+      }
+    };
+    page.on('requestfailed', onFailed);
+  });
+  await tid('logs-follow').uncheck();
+  const why = await Promise.race([aborted, new Promise((r) => setTimeout(() => r(null), 10000))]);
+  assert.ok(why, 'the follow request was aborted');
+  assert.equal(await tid('logs-status').getAttribute('data-state'), 'paused');
+  assert.equal((await shownLines()).length, lines.length);
+  page.off('request', onRequest);
+  await until('echo-rz00-0 ready again', 60000, async () => (await tessera.api('/api/v1/instances/echo-rz00-0')).status?.ready === true, 500);
+});
+
 test('switches to 中文 and keeps the choice', { timeout: 90000 }, async () => {
   await tid('lang-switch').selectOption('zh-CN');
   await until('Chinese navigation', 5000, async () => (await tid('nav-overview').textContent()) === '概览');
   assert.equal(await tid('nav-apps').textContent(), '应用');
   await walk('zh');
   await tid('nav-apps').click();
-  assert.match(await tid('logs-unavailable').textContent(), /此版本尚不支持日志采集/);
+  assert.equal(await tid('logs-link-echo').textContent(), '日志');
   await page.reload();
   await tid('nav-overview').waitFor();
   assert.equal(await tid('nav-overview').textContent(), '概览');

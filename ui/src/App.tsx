@@ -8,6 +8,7 @@ import { Apps } from './pages/Apps';
 import { Audit } from './pages/Audit';
 import { EditorRoute } from './pages/EditorRoute';
 import { Events } from './pages/Events';
+import { LogsRoute } from './pages/LogsRoute';
 import { NotFound } from './pages/NotFound';
 import { Overview } from './pages/Overview';
 import { Releases } from './pages/Releases';
@@ -87,6 +88,7 @@ export function App() {
   if (p === '/' || p === '/overview') page = <Overview store={store} who={who} />;
   else if (p === '/topology') page = <Topology store={store} />;
   else if (p === '/apps') page = <Apps store={store} />;
+  else if ((m = match('/apps/:app/logs', p))) page = <LogsRoute key={m.app} store={store} app={m.app} path={path} />;
   else if (p === '/traffic') page = <ResourceList store={store} who={who} kind="trafficrules" />;
   else if (p === '/datasources') page = <ResourceList store={store} who={who} kind="datasources" />;
   else if ((m = match('/traffic/:name', p))) page = <EditorRoute store={store} who={who} kind="trafficrules" name={m.name} />;

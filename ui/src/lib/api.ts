@@ -46,6 +46,8 @@ export interface RequestOptions {
   token?: string;
   /** Do not treat 401 as a revoked session (the sign-in check). */
   quiet401?: boolean;
+  /** The Accept header (default application/json). */
+  accept?: string;
 }
 
 export function headers(token: string | null, contentType?: string): Record<string, string> {
@@ -74,13 +76,19 @@ export async function errorFrom(res: Response): Promise<ApiError> {
   return new ApiError(res.status, String(res.status), text.trim() || `HTTP ${res.status} ${res.statusText}`);
 }
 
-export async function request<T = unknown>(path: string, opts: RequestOptions = {}): Promise<T> {
+/**
+ * Sends a request and returns the answer once its status is a success, with the body
+ * unread (for streams); anything else becomes an ApiError with the server's words.
+ */
+export async function open(path: string, opts: RequestOptions = {}): Promise<Response> {
   const token = opts.token ?? getToken();
+  const h = headers(token, opts.contentType);
+  if (opts.accept) h.Accept = opts.accept;
   let res: Response;
   try {
     res = await fetch(path, {
       method: opts.method ?? 'GET',
-      headers: headers(token, opts.contentType),
+      headers: h,
       body: opts.body,
       signal: opts.signal,
       credentials: 'same-origin',
@@ -95,6 +103,11 @@ export async function request<T = unknown>(path: string, opts: RequestOptions = 
     if (res.status === 401 && !opts.quiet401 && onUnauthorized) onUnauthorized(err.message);
     throw err;
   }
+  return res;
+}
+
+export async function request<T = unknown>(path: string, opts: RequestOptions = {}): Promise<T> {
+  const res = await open(path, opts);
   const text = await res.text();
   return (text ? JSON.parse(text) : null) as T;
 }

@@ -2,15 +2,36 @@ import { Card, Dot, Empty, Page } from '../components/common';
 import { t } from '../i18n';
 import type { Resource } from '../lib/api';
 import { useStore } from '../lib/hooks';
+import { Link } from '../lib/router';
 import type { ResourceStore } from '../lib/store';
+
+/** The log view of an app, optionally filtered to a unit and an instance. */
+export function logsHref(app: string, unit?: string, instance?: string): string {
+  const q = new URLSearchParams();
+  if (unit) q.set('unit', unit);
+  if (instance) q.set('instance', instance);
+  const qs = q.toString();
+  return `/apps/${encodeURIComponent(app)}/logs${qs ? `?${qs}` : ''}`;
+}
 
 function InstanceRow({ i }: { i: Resource }) {
   const st = i.status ?? {};
   const ready = st.ready === true;
   const phase = st.phase ?? 'pending';
+  const name = i.metadata.name;
   return (
-    <tr data-testid={`instance-${i.metadata.name}`} data-phase={phase} data-ready={String(ready)}>
-      <td>{i.metadata.name}</td>
+    <tr data-testid={`instance-${name}`} data-phase={phase} data-ready={String(ready)}>
+      <td>
+        {name}
+        {i.spec?.app ? (
+          <>
+            {' '}
+            <Link href={logsHref(i.spec.app, i.spec?.unit, name)} class="small" data-testid={`instance-logs-${name}`} title={t('apps.instanceLogs', { name })}>
+              {t('apps.logs')}
+            </Link>
+          </>
+        ) : null}
+      </td>
       <td>
         <span class={`badge phase-${phase}`}>{phase}</span>
         {st.draining ? <span class="badge warn">draining</span> : null}
@@ -61,6 +82,11 @@ export function Apps({ store }: { store: ResourceStore }) {
             <span class={ready === items.length && items.length ? 'badge ok' : 'badge warn'}>
               {ready}/{items.length} {t('apps.ready')}
             </span>
+            {app ? (
+              <Link href={logsHref(name)} class="btn small card-action" data-testid={`logs-link-${name}`}>
+                {t('apps.logs')}
+              </Link>
+            ) : null}
           </>
         }
       >
@@ -110,11 +136,6 @@ export function Apps({ store }: { store: ResourceStore }) {
         {apps.length === 0 && orphans.length === 0 ? <Empty /> : null}
         {apps.map((a) => section(a.metadata.name, a, instances.filter((i) => i.spec?.app === a.metadata.name)))}
         {orphans.length ? section('—', null, orphans) : null}
-        <Card title={t('apps.logs')} testid="logs-panel" wide>
-          <p class="notice" data-testid="logs-unavailable">
-            {t('apps.logsUnavailable')}
-          </p>
-        </Card>
       </div>
     </Page>
   );
