@@ -5,6 +5,7 @@ mod harness;
 mod workload;
 
 mod agent;
+mod artifacts;
 mod backup;
 mod cli;
 mod cluster;

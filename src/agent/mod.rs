@@ -4,6 +4,7 @@
 //! (`limits.rs`), and collects their logs (`logs/`, served as `GET /logs` on its
 //! listener to control nodes with a grant). It is ready once the control plane answers.
 
+mod artifacts;
 mod limits;
 mod logs;
 mod supervisor;

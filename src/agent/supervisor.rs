@@ -20,8 +20,9 @@
 //! - Restart: the agent keeps `<data_dir>/agent/instances.json` (pid and port per
 //!   instance) and adopts processes still running when it starts again.
 
+use super::artifacts::{self, ArtifactError, Unpacked};
 use crate::api::Client;
-use crate::model::specs::{AppSpec, InstanceSpec, UnitSpec};
+use crate::model::specs::{AppSpec, ArtifactSpec, InstanceSpec, UnitSpec};
 use crate::model::Resource;
 use http::Method;
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,9 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Between an instance leaving the table and its SIGTERM: gateways stop sending to it.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// An instance's artifact made ready: the directory it runs in, and what it is.
+type Prepared = Result<(PathBuf, Unpacked), ArtifactError>;
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 pub struct Supervisor {
@@ -394,6 +398,12 @@ impl Supervisor {
         let instances = list("instances").await?;
         let apps = list("apps").await?;
         let units = list("units").await?;
+        let artifacts: BTreeMap<String, ArtifactSpec> = list("artifacts")
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|r| Some((r.metadata.name, serde_json::from_value(r.spec).ok()?)))
+            .collect();
         let apps: BTreeMap<String, (Resource, Option<AppSpec>)> = apps
             .items
             .into_iter()
@@ -436,7 +446,28 @@ impl Supervisor {
                 .get(&spec.unit)
                 .map(|u| u.zone.clone())
                 .unwrap_or_default();
-            let version = spec.version.clone().unwrap_or_else(|| "v1".into());
+            // What the app runs from: a pushed artifact (by name), or builtin:echo / a command.
+            let artifact = app
+                .artifact
+                .as_deref()
+                .filter(|a| *a != "builtin:echo")
+                .map(|a| match artifacts.get(a) {
+                    Some(ArtifactSpec {
+                        sha256: Some(sha), ..
+                    }) => Ok(sha.clone()),
+                    Some(_) => Err(format!("artifact `{a}` has no content (no sha256): push it with `tessera artifact push`")),
+                    None => Err(format!("no artifact `{a}`: push it with `tessera artifact push`")),
+                });
+            let version = spec
+                .version
+                .clone()
+                .or_else(|| {
+                    app.artifact
+                        .as_deref()
+                        .and_then(|a| artifacts.get(a))
+                        .map(|a| a.version.clone())
+                })
+                .unwrap_or_else(|| "v1".into());
             let launch = format!(
                 "{}|{}|{}",
                 serde_json::to_string(app).unwrap_or_default(),
@@ -492,7 +523,17 @@ impl Supervisor {
                     p.new_port = false;
                 }
             }
-            self.supervise(name, spec, app, &version).await;
+            // The artifact is fetched (once per node) and unpacked (once per instance)
+            // only when the process is about to start.
+            let starting = self
+                .procs
+                .get(name)
+                .is_some_and(|p| p.pid.is_none() && Instant::now() >= p.next_start);
+            let prepared = match (artifact, starting) {
+                (Some(a), true) => Some(self.prepare(client, name, a).await),
+                _ => None,
+            };
+            self.supervise(name, spec, app, &version, prepared).await;
         }
         self.collect_logs_of(&mine, &apps);
         self.stop_leaving().await;
@@ -568,7 +609,36 @@ impl Supervisor {
     }
 
     /// Keeps one instance running and finds out whether it is ready.
-    async fn supervise(&mut self, name: &str, spec: &InstanceSpec, app: &AppSpec, version: &str) {
+    /// Downloads (checking the digest) and unpacks an instance's artifact.
+    async fn prepare(
+        &mut self,
+        client: &Client,
+        name: &str,
+        sha: Result<String, String>,
+    ) -> Prepared {
+        let sha = sha.map_err(ArtifactError::Failed)?;
+        let file = artifacts::fetch(client, &self.dir.join("artifacts"), &sha).await?;
+        let dest = self
+            .dir
+            .join("instances")
+            .join(name)
+            .join(format!("app-{}", &sha[..12.min(sha.len())]));
+        let d = dest.clone();
+        let kind = tokio::task::spawn_blocking(move || artifacts::unpack(&file, &d))
+            .await
+            .map_err(|e| ArtifactError::Failed(e.to_string()))?
+            .map_err(|e| ArtifactError::Failed(format!("artifact {sha}: {e}")))?;
+        Ok((dest, kind))
+    }
+
+    async fn supervise(
+        &mut self,
+        name: &str,
+        spec: &InstanceSpec,
+        app: &AppSpec,
+        version: &str,
+        prepared: Option<Prepared>,
+    ) {
         let (ip, exe, dir) = (
             self.ip,
             self.exe.clone(),
@@ -633,24 +703,51 @@ impl Supervisor {
             p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
         }
         if p.pid.is_none() && Instant::now() >= p.next_start {
-            let argv: Vec<String> = if app.artifact.as_deref() == Some("builtin:echo")
-                && app.command.is_empty()
-            {
-                vec![
-                    exe.display().to_string(),
-                    "demo-app".into(),
-                    "--listen".into(),
-                    SocketAddr::new(ip, p.port).to_string(),
-                ]
-            } else if !app.command.is_empty() {
-                app.command.clone()
-            } else {
-                p.phase = "failed";
-                p.message = Some(format!(
-                    "artifact `{}`: fetching artifacts is not built yet; give the app a `command` or use builtin:echo",
-                    app.artifact.as_deref().unwrap_or("")
-                ));
-                return;
+            let mut cwd = None;
+            let planned: Result<Vec<String>, (String, &str)> = match prepared {
+                _ if app.artifact.as_deref() == Some("builtin:echo") && app.command.is_empty() => {
+                    Ok(vec![
+                        exe.display().to_string(),
+                        "demo-app".into(),
+                        "--listen".into(),
+                        SocketAddr::new(ip, p.port).to_string(),
+                    ])
+                }
+                Some(Ok((dest, kind))) => {
+                    let argv = artifacts::command(&app.command, &dest, &kind)
+                        .map_err(|m| (m, "ArtifactFailed"));
+                    cwd = Some(dest);
+                    argv
+                }
+                Some(Err(ArtifactError::Corrupt(m))) => Err((m, "ArtifactCorrupt")),
+                Some(Err(ArtifactError::Failed(m))) => Err((m, "ArtifactFailed")),
+                None if !app.command.is_empty() => Ok(app.command.clone()),
+                None => Err((
+                    "the app has neither an artifact nor a command".into(),
+                    "ArtifactFailed",
+                )),
+            };
+            let argv = match planned {
+                Ok(argv) => argv,
+                Err((message, reason)) => {
+                    tracing::warn!(instance = %name, reason, %message, "Cannot start an instance");
+                    if p.message.as_deref() != Some(message.as_str()) {
+                        push_event(
+                            events,
+                            seq,
+                            node,
+                            "Warning",
+                            reason,
+                            Some(name),
+                            format!("instance {name}: {message}"),
+                        );
+                    }
+                    p.phase = "failed";
+                    p.message = Some(message);
+                    p.next_start = Instant::now() + p.backoff;
+                    p.backoff = (p.backoff * 2).min(BACKOFF_MAX);
+                    return;
+                }
             };
             let _ = std::fs::create_dir_all(&dir);
             let open = |f: &str| {
@@ -678,6 +775,7 @@ impl Supervisor {
                 .env("TESSERA_VERSION", version)
                 .env("TESSERA_INSTANCE", name)
                 .stdin(std::process::Stdio::null())
+                .current_dir(cwd.as_deref().unwrap_or(&dir))
                 .stdout(out)
                 .stderr(err)
                 .process_group(0)

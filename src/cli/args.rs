@@ -53,9 +53,33 @@ pub enum Command {
     Audit(AuditCommand),
     /// An app's log lines, collected by the agents, from every node it runs on
     Logs(LogsArgs),
+    /// Artifacts: the packages VM-mode apps run from
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
     /// A small HTTP echo server (the demo's app, and a backend for tests): answers with
     /// its app, unit, zone, version and instance
     DemoApp(DemoAppArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// Store a package on the control nodes (by its SHA-256) and record it as an
+    /// artifact; apps run it by naming the artifact in `spec.artifact`
+    Push {
+        /// A gzipped tar, a tar, or a single executable
+        file: std::path::PathBuf,
+        /// The app it is a version of
+        #[arg(long)]
+        app: String,
+        /// Its version (TESSERA_VERSION of the instances that run it)
+        #[arg(long = "version", value_name = "VERSION")]
+        version: String,
+        /// The artifact's name (default: APP-VERSION, dots made dashes)
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Args)]

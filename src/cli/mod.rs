@@ -2,6 +2,7 @@
 //! Exit codes: 0 ok, 1 operation failed, 2 bad usage or bad input.
 
 mod args;
+mod artifact_cmd;
 mod client_cmd;
 mod config_cmd;
 mod demo_app;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Delete(a) => resource_cmd::delete(a),
         Command::Failover(a) => resource_cmd::failover(a),
         Command::Logs(a) => logs_cmd::logs(a),
+        Command::Artifact(c) => artifact_cmd::artifact(c),
         Command::User(c) => resource_cmd::user(c),
         Command::Audit(c) => resource_cmd::audit(c),
         Command::DemoApp(a) => demo_app::run(a),

@@ -267,6 +267,9 @@ pub struct InstanceSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArtifactSpec {
+    /// The app it is a version of (informational; apps name artifacts in `artifact`).
+    #[serde(default)]
+    pub app: Option<String>,
     pub version: String,
     /// SHA-256 of the file, hex.
     #[serde(default)]
@@ -843,6 +846,9 @@ pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
         }
         Kind::Artifact => {
             let s: ArtifactSpec = parse(spec)?;
+            if let Some(a) = &s.app {
+                name_ref("spec.app", a)?;
+            }
             if s.version.is_empty() {
                 return Err(Invalid::new("spec.version", "must not be empty"));
             }

@@ -5,6 +5,7 @@
 
 mod audit;
 pub mod auth;
+mod blobs;
 pub mod context;
 mod dsfailover;
 mod error;
@@ -105,6 +106,12 @@ pub fn routers(node: RaftNode, leases: LeaseClock, console: Console) -> Routers 
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/api/v1/kv-watch", get(watch::watch))
+        .route(
+            "/api/v1/blobs/{sha256}",
+            get(blobs::get)
+                .put(blobs::put)
+                .layer(DefaultBodyLimit::max(blobs::MAX_BLOB)),
+        )
         .route("/api/v1/logs", get(logs::logs))
         .route("/api/v1/members", get(members))
         .route(

@@ -245,6 +245,12 @@ fn build() -> Value {
             query("since", json!({"type": "string", "format": "date-time"}), "RFC 3339"),
             query("until", json!({"type": "string", "format": "date-time"}), "RFC 3339"),
         ], None, ok("200", json!({"type": "object", "properties": {"items": {"type": "array", "items": audit}, "next": int.clone(), "more": {"type": "boolean"}}})))},
+        "/api/v1/blobs/{sha256}": {
+            "put": {"operationId": "put_blob", "summary": "Store an artifact's content (checked against its SHA-256) on every control node", "parameters": [path_param("sha256", json!({"type": "string", "pattern": "^[0-9a-f]{64}$"}))],
+                "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"200": {"description": "stored", "content": {"application/json": {"schema": {"type": "object"}}}}, "default": {"description": "an error", "content": {"application/json": {"schema": r("Error")}}}}},
+            "get": {"operationId": "get_blob", "summary": "An artifact's content", "parameters": [path_param("sha256", json!({"type": "string", "pattern": "^[0-9a-f]{64}$"}))],
+                "responses": {"200": {"description": "the bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, "default": {"description": "an error", "content": {"application/json": {"schema": r("Error")}}}}}},
         "/api/v1/logs": {"get": {"operationId": "logs", "summary": "An app's collected log lines from every node it runs on (NDJSON: records, and {node, error} for a node that could not be read)", "parameters": [
             {"name": "app", "in": "query", "required": true, "schema": {"type": "string", "pattern": NAME_PATTERN}},
             query("unit", json!({"type": "string", "pattern": NAME_PATTERN}), "only this unit's instances"),

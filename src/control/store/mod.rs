@@ -82,6 +82,14 @@ pub struct Store {
 }
 
 impl Store {
+    /// `<data_dir>/control`, where the store's directory is (blobs live beside it).
+    pub fn control_dir(&self) -> PathBuf {
+        self.dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.dir.clone())
+    }
+
     /// Opens (creating if new) the store at `dir` for node `node`. Blocking.
     pub fn open(dir: &Path, node: &str) -> Result<Store, StoreError> {
         let rocks = |e: rocksdb::Error| {

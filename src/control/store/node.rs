@@ -385,6 +385,18 @@ impl RaftNode {
         self.raft.metrics().borrow().current_leader.is_some()
     }
 
+    /// Every member but this node (voters and learners), as the membership names them.
+    pub fn other_members(&self) -> Vec<NodeInfo> {
+        let m = self.raft.metrics().borrow().clone();
+        let me = m.id;
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
     pub fn members(&self) -> MembersView {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();

@@ -1,0 +1,242 @@
+//! Artifact contents ("blobs"), content-addressed by SHA-256 and kept on the control
+//! nodes' disks (`<data_dir>/control/blobs/<sha256>`), never in the Raft log; the
+//! `artifacts` resources name them.
+//!
+//! - `PUT /api/v1/blobs/{sha256}`: the bytes are checked against the digest, written
+//!   (temp file, fsync, rename) and copied to every other member over the peer channel
+//!   (mutual TLS, the caller's token with them). The answer says how many members hold
+//!   it. Admins and operators (the writers of artifacts).
+//! - `GET /api/v1/blobs/{sha256}`: the bytes, for agents and people. A node without
+//!   them fetches them from a member that has them (checking the digest) and keeps them.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::ApiState;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// Marks a copy sent by another member (stored, not copied further).
+const REPLICA: &str = "x-tessera-replica";
+/// The largest artifact accepted.
+pub const MAX_BLOB: usize = 512 << 20;
+const PEER_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn dir(s: &ApiState) -> std::path::PathBuf {
+    s.node.store().control_dir().join("blobs")
+}
+
+fn check_digest(sha: &str) -> Result<(), ApiError> {
+    if sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::bad_field(
+            "sha256",
+            format!("`{sha}` is not a SHA-256 digest (64 lowercase hex digits)"),
+        ))
+    }
+}
+
+fn may_push(caller: &Caller) -> Result<(), ApiError> {
+    if caller.role == "admin" || caller.role == "operator" {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "user `{}` (role {}) may not push artifacts: admins and operators only",
+            caller.user, caller.role
+        ),
+    ))
+}
+
+fn store_locally(s: &ApiState, sha: &str, body: &[u8]) -> Result<(), ApiError> {
+    let d = dir(s);
+    std::fs::create_dir_all(&d).map_err(|e| ApiError::internal("blob dir", e))?;
+    let path = d.join(sha);
+    if path.is_file() {
+        return Ok(());
+    }
+    crate::util::write_atomic(&path, body, 0o600).map_err(|e| {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage",
+            format!("cannot store the artifact on this control node: {e}"),
+        )
+    })
+}
+
+pub async fn put(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(sha): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    may_push(&caller)?;
+    check_digest(&sha)?;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "{}; artifacts are at most {} MiB",
+                e.body_text(),
+                MAX_BLOB >> 20
+            ),
+        )
+    })?;
+    let actual = crate::util::hex(&Sha256::digest(&body));
+    if actual != sha {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "digest_mismatch",
+            format!("the content's SHA-256 is {actual}, not {sha}: the upload was damaged"),
+        ));
+    }
+    let (b, s2, sha2) = (body.clone(), s.clone(), sha.clone());
+    tokio::task::spawn_blocking(move || store_locally(&s2, &sha2, &b))
+        .await
+        .map_err(|e| ApiError::internal("blob write", e))??;
+    if headers.contains_key(REPLICA) {
+        return Ok(Json(json!({"sha256": sha, "size": body.len()})).into_response());
+    }
+    // Copy it to every other member, all at once.
+    let others = s.node.other_members();
+    let total = others.len() + 1;
+    let copies = others.iter().map(|m| {
+        let req = http::Request::builder()
+            .method(Method::PUT)
+            .uri(format!("/api/v1/blobs/{sha}"))
+            .header(REPLICA, "1")
+            .header(header::CONTENT_TYPE, "application/octet-stream");
+        let req = match headers.get(header::AUTHORIZATION) {
+            Some(a) => req.header(header::AUTHORIZATION, a),
+            None => req,
+        };
+        let (s, body, name) = (s.clone(), body.clone(), m.name.clone());
+        async move {
+            let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+            match s.node.forward(m, req, PEER_TIMEOUT).await {
+                Ok(r) if r.status().is_success() => Ok(name),
+                Ok(r) => Err(format!("{name}: answered {}", r.status())),
+                Err(e) => Err(format!("{name}: {e}")),
+            }
+        }
+    });
+    let results = futures_util::future::join_all(copies).await;
+    let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    let held = total - failed.len();
+    if !failed.is_empty() {
+        tracing::warn!(sha256 = %sha, failed = ?failed, "Some members did not take an artifact's copy");
+    }
+    Ok(Json(json!({
+        "sha256": sha,
+        "size": body.len(),
+        "members": total,
+        "copies": held,
+        "failed": failed,
+    }))
+    .into_response())
+}
+
+pub async fn get(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(sha): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !matches!(
+        caller.role.as_str(),
+        "admin" | "operator" | "approver" | "viewer" | "agent"
+    ) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "user `{}` (role {}) may not read artifacts",
+                caller.user, caller.role
+            ),
+        ));
+    }
+    check_digest(&sha)?;
+    let path = dir(&s).join(&sha);
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => Bytes::from(b),
+        Err(_) if headers.contains_key(REPLICA) => {
+            return Err(ApiError::not_found(format!(
+                "no artifact content {sha} here"
+            )));
+        }
+        Err(_) => fetch_from_members(&s, &sha, &headers).await?,
+    };
+    let mut resp = Response::new(Body::from(bytes));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{sha}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+/// Finds the content on another member, checks it, keeps a copy, and returns it.
+async fn fetch_from_members(
+    s: &ApiState,
+    sha: &str,
+    headers: &HeaderMap,
+) -> Result<Bytes, ApiError> {
+    let mut tried = Vec::new();
+    for m in s.node.other_members() {
+        let mut req = http::Request::builder()
+            .method(Method::GET)
+            .uri(format!("/api/v1/blobs/{sha}"))
+            .header(REPLICA, "1");
+        if let Some(a) = headers.get(header::AUTHORIZATION) {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let Ok(req) = req.body(Full::new(Bytes::new())) else {
+            continue;
+        };
+        match s.node.forward(&m, req, PEER_TIMEOUT).await {
+            Ok(r) if r.status().is_success() => {
+                let body = r.into_body();
+                if crate::util::hex(&Sha256::digest(&body)) != sha {
+                    tried.push(format!("{}: its copy is damaged", m.name));
+                    continue;
+                }
+                let (b, s2, sha2) = (body.clone(), s.clone(), sha.to_string());
+                let kept = tokio::task::spawn_blocking(move || store_locally(&s2, &sha2, &b)).await;
+                if !matches!(kept, Ok(Ok(()))) {
+                    tracing::warn!(sha256 = %sha, "Could not keep a fetched artifact copy");
+                }
+                tracing::info!(sha256 = %sha, from = %m.name, "Fetched an artifact's content from a member");
+                return Ok(body);
+            }
+            Ok(r) => tried.push(format!("{}: {}", m.name, r.status())),
+            Err(e) => tried.push(format!("{}: {e}", m.name)),
+        }
+    }
+    Err(ApiError::not_found(if tried.is_empty() {
+        format!("no artifact content {sha}: push it with `tessera artifact push`")
+    } else {
+        format!(
+            "no artifact content {sha} on any control node ({})",
+            tried.join("; ")
+        )
+    }))
+}

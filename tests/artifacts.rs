@@ -1,0 +1,297 @@
+//! Artifacts: `tessera artifact push` stores a package on the control nodes; an app
+//! naming it runs from it on an agent (downloaded, checked, unpacked, run in its
+//! directory with the artifact's version); a damaged download is refused and the
+//! running version keeps serving.
+
+use crate::harness::{free_port, http, stderr, stdout, tessera, Node, BIN};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const CONTROL: &str = r#"
+node_name = "ctl-1"
+roles = ["control"]
+data_dir = "DATA"
+[control]
+bootstrap = true
+listen = "127.0.0.1:0"
+peer_listen = "127.0.0.1:0"
+"#;
+
+const IP: &str = "127.0.0.31";
+
+/// A gzipped tar holding `run.sh`, which runs the demo echo server on the instance's
+/// address and port, and a file it does not need.
+fn package(dir: &Path, name: &str) -> std::path::PathBuf {
+    let src = dir.join(format!("{name}-src"));
+    std::fs::create_dir_all(src.join("conf")).unwrap();
+    let script = src.join("run.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ntest -f conf/app.conf || exit 3\nexec \"$TESSERA_BIN\" demo-app --listen \"$LISTEN_IP:$PORT\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(src.join("conf/app.conf"), name).unwrap();
+    let out = dir.join(format!("{name}.tar.gz"));
+    let ok = std::process::Command::new("tar")
+        .args([
+            "czf",
+            &out.display().to_string(),
+            "-C",
+            &src.display().to_string(),
+            ".",
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    out
+}
+
+fn read(api: SocketAddr, token: &str, path: &str) -> Value {
+    let (code, _, body) = http(api, "GET", path, Some(token), "").unwrap();
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn app(artifact: &str) -> String {
+    format!(
+        "apiVersion: tessera.io/v1\nkind: App\nmetadata: {{name: shop}}\nspec: {{mode: vm, artifact: {artifact}, command: [./run.sh], port: 9000, units: [rz00], env: {{TESSERA_BIN: \"{BIN}\", LISTEN_IP: \"{IP}\"}}}}\n"
+    )
+}
+
+/// GET / on the instance's endpoint: the demo server's JSON.
+fn ask(endpoint: &str) -> Option<Value> {
+    let addr: SocketAddr = endpoint.parse().ok()?;
+    let (code, _, body) = http(addr, "GET", "/", None, "").ok()?;
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+#[test]
+fn apps_run_from_pushed_artifacts_and_damaged_downloads_are_refused() {
+    let mut c = Node::run_profile(CONTROL, &[], &[]);
+    let api = c.addr("control", "api");
+    c.wait_ready(api);
+    let token = c.admin_token();
+    let server = format!("http://{api}");
+    let work = tempfile::tempdir().unwrap();
+
+    // Push: stored on the (one) control node, recorded as artifact shop-2-0-1.
+    let v1 = package(work.path(), "v1");
+    let o = tessera(
+        &[
+            "artifact",
+            "push",
+            &v1.display().to_string(),
+            "--app",
+            "shop",
+            "--version",
+            "2.0.1",
+            "--server",
+            &server,
+            "--token",
+            &token,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("artifact/shop-2-0-1"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("stored on 1/1 control nodes"),
+        "{}",
+        stderr(&o)
+    );
+    let art = read(api, &token, "/api/v1/artifacts/shop-2-0-1");
+    let sha1 = art["spec"]["sha256"].as_str().unwrap().to_string();
+    assert_eq!(art["spec"]["version"], "2.0.1");
+    assert!(c.data_dir.join("control/blobs").join(&sha1).is_file());
+
+    let estate = format!("{}---\n{}", crate::harness::TOPOLOGY, app("shop-2-0-1"));
+    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (_, _, body) = http(
+        api,
+        "POST",
+        "/api/v1/tokens",
+        Some(&token),
+        r#"{"role": "agent"}"#,
+    )
+    .unwrap();
+    let join: Value = serde_json::from_str(&body).unwrap();
+    let profile = format!(
+        "node_name = \"host-a\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\n[agent]\nlisten = \"{IP}:{}\"\ninstance_ip = \"{IP}\"\nstop_workloads_on_exit = true\ncontrol = [\"{server}\"]\njoin_token = \"{}\"\n",
+        free_port(IP.parse().unwrap()),
+        join["token"].as_str().unwrap()
+    );
+    let agent = Node::run_profile(&profile, &[], &[]);
+
+    // The instance runs from the unpacked artifact, with the artifact's version.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let answer = loop {
+        // Placement names the instance within a second or so.
+        let (_, _, body) = http(
+            api,
+            "GET",
+            "/api/v1/instances/shop-rz00-0",
+            Some(&token),
+            "",
+        )
+        .unwrap();
+        let inst: Value = serde_json::from_str(&body).unwrap_or_default();
+        if inst["status"]["ready"] == true {
+            if let Some(v) = ask(inst["status"]["endpoint"].as_str().unwrap_or("")) {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not running: {inst}\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(answer["version"], "2.0.1", "{answer}");
+    assert_eq!(answer["app"], "shop", "{answer}");
+    assert!(
+        agent.data_dir.join("agent/artifacts").join(&sha1).is_file(),
+        "cached by digest"
+    );
+
+    // A second version whose stored copy is damaged on the control node: the agent
+    // refuses the download, and the running version keeps serving.
+    let v2 = package(work.path(), "v2");
+    let o = tessera(
+        &[
+            "artifact",
+            "push",
+            &v2.display().to_string(),
+            "--app",
+            "shop",
+            "--version",
+            "2.0.2",
+            "--server",
+            &server,
+            "--token",
+            &token,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sha2 = read(api, &token, "/api/v1/artifacts/shop-2-0-2")["spec"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = c.data_dir.join("control/blobs").join(&sha2);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&stored, bytes).unwrap();
+    let (code, _, body) = http(
+        api,
+        "POST",
+        "/api/v1/apply",
+        Some(&token),
+        &app("shop-2-0-2"),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = read(api, &token, "/api/v1/events");
+        let refused = events["items"].as_array().unwrap().iter().find(|e| {
+            e["spec"]["reason"] == "ArtifactCorrupt"
+                && e["spec"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("damaged, refused")
+        });
+        if refused.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ArtifactCorrupt event: {events}\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        !agent.data_dir.join("agent/artifacts").join(&sha2).exists(),
+        "a damaged download is not kept"
+    );
+    let inst = read(api, &token, "/api/v1/instances/shop-rz00-0");
+    let still =
+        ask(inst["status"]["endpoint"].as_str().unwrap()).expect("the old version still serves");
+    assert_eq!(still["version"], "2.0.1", "{still}");
+
+    // Bad input: content that does not match its digest, unknown content, a viewer.
+    let (code, _, body) = http(
+        api,
+        "PUT",
+        &format!("/api/v1/blobs/{sha1}"),
+        Some(&token),
+        "not the package",
+    )
+    .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("damaged"), "{body}");
+    let (code, _, body) = http(
+        api,
+        "GET",
+        &format!("/api/v1/blobs/{}", "0".repeat(64)),
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    assert_eq!(code, 404, "{body}");
+    let (code, _, body) = http(api, "GET", "/api/v1/blobs/xyz", Some(&token), "").unwrap();
+    assert_eq!(code, 400, "{body}");
+    let o = tessera(
+        &[
+            "user", "create", "vera", "--role", "viewer", "--server", &server, "--token", &token,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let vera = stdout(&o).split_whitespace().last().unwrap().to_string();
+    let o = tessera(
+        &[
+            "artifact",
+            "push",
+            &v1.display().to_string(),
+            "--app",
+            "shop",
+            "--version",
+            "9",
+            "--server",
+            &server,
+            "--token",
+            &vera,
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("may not push artifacts"),
+        "{}",
+        stderr(&o)
+    );
+    let o = tessera(
+        &[
+            "artifact",
+            "push",
+            "/nonexistent",
+            "--app",
+            "shop",
+            "--version",
+            "1",
+            "--server",
+            &server,
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    drop(agent);
+}
