@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-fn get_uid(gw: SocketAddr, uid: &str) -> Option<(String, Value)> {
+pub(crate) fn get_uid(gw: SocketAddr, uid: &str) -> Option<(String, Value)> {
     let mut s = TcpStream::connect_timeout(&gw, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -27,7 +27,7 @@ fn get_uid(gw: SocketAddr, uid: &str) -> Option<(String, Value)> {
 }
 
 /// Waits until `uid` is answered with 200; returns the answer.
-fn wait_served(
+pub(crate) fn wait_served(
     gw: SocketAddr,
     uid: &str,
     within: Duration,

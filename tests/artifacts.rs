@@ -29,7 +29,7 @@ fn package(dir: &Path, name: &str) -> std::path::PathBuf {
     let script = src.join("run.sh");
     std::fs::write(
         &script,
-        "#!/bin/sh\ntest -f conf/app.conf || exit 3\nexec \"$TESSERA_BIN\" demo-app --listen \"$LISTEN_IP:$PORT\"\n",
+        "#!/bin/sh\ntest -f conf/app.conf || exit 3\nexec \"$TESSERA_BIN\" demo-app --listen \"$TESSERA_IP:$PORT\"\n",
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -58,7 +58,7 @@ fn read(api: SocketAddr, token: &str, path: &str) -> Value {
 
 fn app(artifact: &str) -> String {
     format!(
-        "apiVersion: tessera.io/v1\nkind: App\nmetadata: {{name: shop}}\nspec: {{mode: vm, artifact: {artifact}, command: [./run.sh], port: 9000, units: [rz00], env: {{TESSERA_BIN: \"{BIN}\", LISTEN_IP: \"{IP}\"}}}}\n"
+        "apiVersion: tessera.io/v1\nkind: App\nmetadata: {{name: shop}}\nspec: {{mode: vm, artifact: {artifact}, command: [./run.sh], port: 9000, units: [rz00], env: {{TESSERA_BIN: \"{BIN}\"}}}}\n"
     )
 }
 
@@ -294,4 +294,139 @@ fn apps_run_from_pushed_artifacts_and_damaged_downloads_are_refused() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     drop(agent);
+}
+
+/// The agent issue's main scenario: control + gateway, agents in two zones (two in
+/// hz-a), the echo app deployed from a pushed artifact; users land in their unit; when a
+/// node dies its instance is placed on another node of the zone and users are served
+/// again.
+#[test]
+fn an_app_from_an_artifact_serves_both_zones_and_moves_off_a_dead_node() {
+    use crate::agent::{get_uid, wait_served};
+    let profile = "node_name = \"ctl-1\"\nroles = [\"control\", \"gateway\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:0\"\npeer_listen = \"127.0.0.1:0\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
+    let mut c = Node::run_profile(profile, &[], &[]);
+    let api = c.addr("control", "api");
+    let gw = c.addr("gateway", "entrance");
+    c.wait_ready(api);
+    let token = c.admin_token();
+    let server = format!("http://{api}");
+    let work = tempfile::tempdir().unwrap();
+    let pkg = package(work.path(), "echo");
+    let o = tessera(
+        &[
+            "artifact",
+            "push",
+            &pkg.display().to_string(),
+            "--app",
+            "echo",
+            "--version",
+            "1.0",
+            "--server",
+            &server,
+            "--token",
+            &token,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let estate = format!(
+        "{}---\napiVersion: tessera.io/v1\nkind: App\nmetadata: {{name: echo}}\nspec: {{mode: vm, artifact: echo-1-0, command: [./run.sh], port: 9000, units: [rz00, rz01], env: {{TESSERA_BIN: \"{BIN}\"}}}}\n---\napiVersion: tessera.io/v1\nkind: TrafficRule\nmetadata: {{name: echo}}\nspec: {{app: echo}}\n",
+        crate::harness::TOPOLOGY
+    );
+    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let agent = |name: &str, zone: &str, ip: &str| -> Node {
+        let (_, _, body) = http(
+            api,
+            "POST",
+            "/api/v1/tokens",
+            Some(&token),
+            r#"{"role": "agent"}"#,
+        )
+        .unwrap();
+        let join: Value = serde_json::from_str(&body).unwrap();
+        let p = format!(
+            "node_name = \"{name}\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"{zone}\"\n[agent]\nlisten = \"{ip}:{}\"\ninstance_ip = \"{ip}\"\nstop_workloads_on_exit = true\ncontrol = [\"{server}\"]\njoin_token = \"{}\"\n",
+            free_port(ip.parse().unwrap()),
+            join["token"].as_str().unwrap()
+        );
+        Node::run_profile(&p, &[], &[])
+    };
+    let mut nodes = [
+        (
+            "host-a",
+            "127.0.0.32",
+            agent("host-a", "hz-a", "127.0.0.32"),
+        ),
+        (
+            "host-b",
+            "127.0.0.33",
+            agent("host-b", "hz-b", "127.0.0.33"),
+        ),
+        (
+            "host-c",
+            "127.0.0.34",
+            agent("host-c", "hz-a", "127.0.0.34"),
+        ),
+    ];
+    let logs = || String::new();
+    let (head, v) = wait_served(gw, "2088000000000007", Duration::from_secs(40), &logs);
+    assert!(
+        head.contains("x-tessera-unit: rz00") && head.contains("x-tessera-zone: hz-a"),
+        "{head}"
+    );
+    assert_eq!(
+        (v["version"].as_str(), v["unit"].as_str()),
+        (Some("1.0"), Some("rz00")),
+        "{v}"
+    );
+    let (head, v) = wait_served(gw, "2088000000000057", Duration::from_secs(40), &logs);
+    assert!(
+        head.contains("x-tessera-unit: rz01") && head.contains("x-tessera-zone: hz-b"),
+        "{head}"
+    );
+    assert_eq!(v["instance"], "echo-rz01-0");
+    let inst = read(api, &token, "/api/v1/instances/echo-rz00-0");
+    let first = inst["spec"]["node"].as_str().unwrap().to_string();
+    assert!(
+        first == "host-a" || first == "host-c",
+        "placed in hz-a: {inst}"
+    );
+    let inst_b = read(api, &token, "/api/v1/instances/echo-rz01-0");
+    assert_eq!(inst_b["spec"]["node"], "host-b", "{inst_b}");
+
+    // The node running rz00's instance dies (its agent killed outright; the instance,
+    // started to die with its agent, goes too). Once its heartbeat lapses the instance
+    // is placed on the other hz-a node, and rz00's users are served from there.
+    let i = nodes.iter().position(|(n, _, _)| *n == first).unwrap();
+    nodes[i].2.kill();
+    let other = if first == "host-a" {
+        ("host-c", "127.0.0.34")
+    } else {
+        ("host-a", "127.0.0.32")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let inst = read(api, &token, "/api/v1/instances/echo-rz00-0");
+        let moved = inst["spec"]["node"] == other.0
+            && inst["status"]["ready"] == true
+            && inst["status"]["endpoint"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(other.1));
+        if moved {
+            if let Some((head, v)) = get_uid(gw, "2088000000000007") {
+                assert!(head.contains("x-tessera-zone: hz-a"), "{head}");
+                assert_eq!(v["version"], "1.0");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "not re-placed: {inst}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // rz01 was never disturbed.
+    assert_eq!(
+        read(api, &token, "/api/v1/instances/echo-rz01-0")["status"]["pid"],
+        inst_b["status"]["pid"]
+    );
+    assert!(get_uid(gw, "2088000000000057").is_some());
 }

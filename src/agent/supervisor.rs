@@ -774,6 +774,7 @@ impl Supervisor {
                 .env("TESSERA_ZONE", &p.unit_zone)
                 .env("TESSERA_VERSION", version)
                 .env("TESSERA_INSTANCE", name)
+                .env("TESSERA_IP", ip.to_string())
                 .stdin(std::process::Stdio::null())
                 .current_dir(cwd.as_deref().unwrap_or(&dir))
                 .stdout(out)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# agent-rss.sh -- the agent's idle memory: a one-node control plane and an agent in its
+# own process running the demo's two echo instances (src/cli/demo.yaml), left idle for
+# IDLE seconds (default 30); then the agent's VmRSS and its split from /proc/PID/smaps_rollup: private (anon,
+# what the agent costs) and shared clean (the binary's code pages, shared with every
+# other tessera process on the machine and reclaimable).
+# Usage: TESSERA_BIN=path bench/agent-rss.sh [IDLE]
+set -euo pipefail
+N=2
+IDLE=${1:-30}
+TESSERA_BIN=${TESSERA_BIN:-${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/tessera}
+W=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+source "$(dirname "$0")/control-node.sh"
+join=$(curl -sf -X POST -H "Authorization: Bearer $TESSERA_TOKEN" -d '{"role":"agent"}' \
+  "$TESSERA_SERVER/api/v1/tokens" | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
+cat >"$W/agent.toml" <<TOML
+node_name = "bench-agent"
+roles = ["agent"]
+data_dir = "$W/agent"
+[agent]
+listen = "127.0.0.1:17402"
+control = ["$TESSERA_SERVER"]
+join_token = "$join"
+stop_workloads_on_exit = true
+TOML
+"$TESSERA_BIN" run --profile "$W/agent.toml" >"$W/agent.log" 2>&1 &
+agent=$!
+"$TESSERA_BIN" apply -f "$(dirname "$0")/../src/cli/demo.yaml" >/dev/null
+for _ in $(seq 1 100); do
+  ready=$(curl -sf -H "Authorization: Bearer $TESSERA_TOKEN" "$TESSERA_SERVER/api/v1/instances" |
+    python3 -c 'import sys,json; print(sum(1 for i in json.load(sys.stdin)["items"] if (i.get("status") or {}).get("ready")))')
+  [ "$ready" = "$N" ] && break
+  sleep 0.3
+done
+echo "agent pid $agent, $ready/$N instances ready; idle for ${IDLE}s"
+sleep "$IDLE"
+kb() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$agent/${2:-smaps_rollup}"; }
+printf 'machine: %s, %s cores\n' "$(uname -m)" "$(nproc)"
+printf 'VmRSS         %6d KiB\n' "$(kb VmRSS status)"
+printf 'Private_Dirty %6d KiB  (anonymous: heap, stacks; what the agent costs)\n' "$(kb Private_Dirty)"
+printf 'Shared_Clean  %6d KiB  (the binary'"'"'s code pages, shared and reclaimable)\n' "$(kb Shared_Clean)"
+printf 'Pss           %6d KiB\n' "$(kb Pss)"
+printf 'Threads       %6d\n' "$(kb Threads status)"
