@@ -430,3 +430,127 @@ fn an_app_from_an_artifact_serves_both_zones_and_moves_off_a_dead_node() {
     );
     assert!(get_uid(gw, "2088000000000057").is_some());
 }
+
+/// Bad input on a node: a forged join token, a command that exits at once, a port taken
+/// by someone else. Each gets a clear error or event, and nothing else is disturbed.
+#[test]
+fn bad_commands_ports_and_tokens_get_clear_errors_and_events() {
+    let mut c = Node::run_profile(CONTROL, &[], &[]);
+    let api = c.addr("control", "api");
+    c.wait_ready(api);
+    let token = c.admin_token();
+    let server = format!("http://{api}");
+    let ip: std::net::IpAddr = "127.0.0.35".parse().unwrap();
+    // Someone else holds the first port of the agent's range.
+    let low = free_port(ip);
+    let _squatter = std::net::TcpListener::bind((ip, low)).unwrap();
+    let estate = format!(
+        "{}---\n{}---\n{}",
+        crate::harness::TOPOLOGY,
+        "apiVersion: tessera.io/v1\nkind: App\nmetadata: {name: echo}\nspec: {mode: vm, artifact: \"builtin:echo\", port: 9000, units: [rz00]}\n",
+        "apiVersion: tessera.io/v1\nkind: App\nmetadata: {name: crasher}\nspec: {mode: vm, command: [/bin/sh, -c, \"echo boom: missing config >&2; exit 7\"], port: 9000, units: [rz00]}\n"
+    );
+    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (_, _, body) = http(
+        api,
+        "POST",
+        "/api/v1/tokens",
+        Some(&token),
+        r#"{"role": "agent"}"#,
+    )
+    .unwrap();
+    let join: Value = serde_json::from_str(&body).unwrap();
+    let join = join["token"].as_str().unwrap().to_string();
+    let profile = |name: &str, join: &str| {
+        format!(
+            "node_name = \"{name}\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\n[agent]\nlisten = \"{ip}:{}\"\ninstance_ip = \"{ip}\"\nports = \"{low}-{}\"\nstop_workloads_on_exit = true\ncontrol = [\"{server}\"]\njoin_token = \"{join}\"\n",
+            free_port(ip),
+            low + 50
+        )
+    };
+    // A forged token (the right CA fingerprint, a made-up secret): refused, said why.
+    let fp = join.split('.').nth(1).unwrap().to_string();
+    let forged = Node::run_profile(&profile("host-x", &format!("tsr1.{fp}.forged")), &[], &[]);
+    let agent = Node::run_profile(&profile("host-a", &join), &[], &[]);
+
+    // The echo instance runs on a port that was free (not the squatter's).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let echo = loop {
+        let (_, _, body) = http(
+            api,
+            "GET",
+            "/api/v1/instances/echo-rz00-0",
+            Some(&token),
+            "",
+        )
+        .unwrap();
+        let inst: Value = serde_json::from_str(&body).unwrap_or_default();
+        if inst["status"]["ready"] == true {
+            break inst;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "echo not ready: {inst}\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let endpoint = echo["status"]["endpoint"].as_str().unwrap();
+    assert_ne!(
+        endpoint,
+        format!("{ip}:{low}"),
+        "the agent skipped the port in use"
+    );
+
+    // The crasher exits at once: restarted with backoff, its exit status in the status
+    // and in InstanceExited events, its complaint in its collected logs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let inst = read(api, &token, "/api/v1/instances/crasher-rz00-0");
+        let events = read(api, &token, "/api/v1/events");
+        let exited = events["items"].as_array().unwrap().iter().filter(|e| {
+            e["spec"]["reason"] == "InstanceExited"
+                && e["spec"]["instance"] == "crasher-rz00-0"
+                && e["spec"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("exit status: 7")
+        });
+        if exited.count() >= 2
+            && inst["status"]["restarts"].as_u64() >= Some(2)
+            && inst["status"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("exit status: 7")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clear exits: {inst}\n{events}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let o = tessera(
+        &[
+            "logs", "crasher", "--grep", "boom", "--server", &server, "--token", &token,
+        ],
+        &[],
+    );
+    assert!(
+        stdout(&o).contains("stderr | boom: missing config"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // Nothing else was disturbed: echo kept its process.
+    let now = read(api, &token, "/api/v1/instances/echo-rz00-0");
+    assert_eq!(now["status"]["pid"], echo["status"]["pid"]);
+    assert_eq!(now["status"]["restarts"], 0);
+    let logs = forged.logs();
+    assert!(logs.contains("not known to this cluster"), "{logs}");
+    let (code, _, _) = http(api, "GET", "/api/v1/nodes/host-x", Some(&token), "").unwrap();
+    assert_eq!(code, 404, "a refused agent registers nothing");
+}

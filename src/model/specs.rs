@@ -750,10 +750,13 @@ pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
         Kind::App => {
             let s: AppSpec = parse(spec)?;
             match s.mode {
-                AppMode::Vm if s.artifact.as_deref().is_none_or(str::is_empty) => {
+                // A command alone runs what is already installed on the machines.
+                AppMode::Vm
+                    if s.artifact.as_deref().is_none_or(str::is_empty) && s.command.is_empty() =>
+                {
                     return Err(Invalid::new(
                         "spec.artifact",
-                        "a VM-mode app names the artifact it runs",
+                        "a VM-mode app names the artifact it runs, or a command already installed on its machines",
                     ))
                 }
                 AppMode::Container if s.image.as_deref().is_none_or(str::is_empty) => {
