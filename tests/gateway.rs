@@ -177,12 +177,12 @@ impl Load {
 use crate::harness::TOPOLOGY as ESTATE;
 
 /// Control (bootstrap) + a gateway in zone hz-a enrolled with a join token.
-struct Estate {
+pub(crate) struct Estate {
     control: Node,
-    gateway: Node,
+    pub(crate) gateway: Node,
     api: SocketAddr,
     token: String,
-    gw: SocketAddr,
+    pub(crate) gw: SocketAddr,
     admin: SocketAddr,
 }
 
@@ -194,7 +194,7 @@ fn revision_in(said: &str) -> u64 {
         .unwrap_or_else(|| panic!("no revision in {said:?}"))
 }
 
-fn estate(extra_gateway: &[&str]) -> Estate {
+pub(crate) fn estate(extra_gateway: &[&str]) -> Estate {
     estate_with("", extra_gateway)
 }
 
@@ -221,7 +221,7 @@ fn estate_with(gateway_toml: &str, extra_gateway: &[&str]) -> Estate {
 
 impl Estate {
     /// Applies `yaml` and waits until the gateway runs a table at least that new.
-    fn apply(&self, yaml: &str) -> u64 {
+    pub(crate) fn apply(&self, yaml: &str) -> u64 {
         let (code, _, body) =
             http(self.api, "POST", "/api/v1/apply", Some(&self.token), yaml).unwrap();
         assert_eq!(code, 200, "{body}");
@@ -249,7 +249,7 @@ impl Estate {
         }
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         http(self.admin, "GET", "/metrics", None, "").unwrap().2
     }
 }
@@ -272,7 +272,7 @@ fn app(name: &str, endpoints: &[(&Backend, &str, Option<&str>, &str)], health: b
     format!("---\napiVersion: tessera.io/v1\nkind: App\nmetadata: {{name: {name}}}\nspec: {spec}\n")
 }
 
-fn rule(name: &str, spec: &str) -> String {
+pub(crate) fn rule(name: &str, spec: &str) -> String {
     format!("---\napiVersion: tessera.io/v1\nkind: TrafficRule\nmetadata: {{name: {name}}}\nspec: {spec}\n")
 }
 

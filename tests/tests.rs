@@ -24,3 +24,4 @@ mod mariadb;
 mod relay;
 mod resources;
 mod static_binary;
+mod websocket;

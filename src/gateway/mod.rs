@@ -217,7 +217,7 @@ async fn serve_entrance(
         match &tls {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -250,7 +250,7 @@ async fn serve_entrance(
                             }
                         };
                     let conn = builder
-                        .serve_connection(TokioIo::new(tls_stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(client = %peer, error = %e, "Client connection ended with an error");

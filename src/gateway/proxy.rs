@@ -12,6 +12,8 @@
 //! - An endpoint counts as in flight until its answer's body has been sent on, which is
 //!   what draining waits for.
 
+mod upgrade;
+
 use super::table::{pick, Decision, EndpointState, EndpointStates, RequestView, RouteTable};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -56,6 +58,8 @@ pub struct GatewayMetrics {
     pub endpoints: IntGaugeVec,
     pub ejections: prometheus::IntCounter,
     pub tls_failures: prometheus::IntCounter,
+    /// Open protocol-switch tunnels (WebSocket).
+    pub tunnels: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -121,6 +125,11 @@ impl GatewayMetrics {
                 "Client TLS handshakes that failed or timed out.",
             )
             .expect("static metric"), // ok: constant name and labels
+            tunnels: IntGauge::new(
+                "tessera_gateway_tunnels",
+                "Open protocol-switch (WebSocket) tunnels.",
+            )
+            .expect("static metric"), // ok: constant name and labels
             ejections: prometheus::IntCounter::new(
                 "tessera_gateway_ejections_total",
                 "Endpoints ejected after consecutive failures.",
@@ -136,6 +145,7 @@ impl GatewayMetrics {
         let _ = registry.register(Box::new(m.endpoints.clone()));
         let _ = registry.register(Box::new(m.ejections.clone()));
         let _ = registry.register(Box::new(m.tls_failures.clone()));
+        let _ = registry.register(Box::new(m.tunnels.clone()));
         m
     }
 }
@@ -222,6 +232,44 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     h.remove("keep-alive");
     h.remove("proxy-connection");
+}
+
+/// The request's headers as the upstream gets them: hop-by-hop headers removed, `Host`
+/// kept, `x-forwarded-for`/`-proto` and the unit, zone and slot added.
+fn upstream_headers(
+    parts: &mut http::request::Parts,
+    client: SocketAddr,
+    secure: bool,
+    route: &super::table::Route<'_>,
+) {
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {}", client.ip()),
+        None => client.ip().to_string(),
+    };
+    parts.headers.insert("x-forwarded-for", value(&xff));
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if secure { "https" } else { "http" }),
+    );
+    parts.headers.insert("x-tessera-unit", value(&route.unit));
+    parts.headers.insert("x-tessera-zone", value(&route.zone));
+    if let Some(s) = route.slot {
+        parts
+            .headers
+            .insert("x-tessera-slot", value(&format!("{s:02}")));
+    }
 }
 
 fn upstream_uri(authority: &http::uri::Authority, pq: &http::uri::PathAndQuery) -> http::Uri {
@@ -398,6 +446,12 @@ impl Gateway {
             }
             Decision::Route(r) => r,
         };
+        // A protocol switch (WebSocket): a tunnel to one endpoint, no retries.
+        if let Some(protocol) = upgrade::requested(&parts) {
+            return Ok(self
+                .tunnel(parts, protocol, route, host, client, secure, start)
+                .await);
+        }
         // The body: read it now if small, else stream it.
         let refuse = |status: u16, reason: &'static str, message: String| {
             self.finish(
@@ -434,35 +488,7 @@ impl Gateway {
                 Some(Limited::new(body, self.max_body as usize).boxed_unsync()),
             ),
         };
-        // Headers for the upstream.
-        strip_hop_by_hop(&mut parts.headers);
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(a) = parts.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    parts.headers.insert(header::HOST, v);
-                }
-            }
-        }
-        let xff = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {}", client.ip()),
-            None => client.ip().to_string(),
-        };
-        parts.headers.insert("x-forwarded-for", value(&xff));
-        parts.headers.insert(
-            "x-forwarded-proto",
-            HeaderValue::from_static(if secure { "https" } else { "http" }),
-        );
-        parts.headers.insert("x-tessera-unit", value(&route.unit));
-        parts.headers.insert("x-tessera-zone", value(&route.zone));
-        if let Some(s) = route.slot {
-            parts
-                .headers
-                .insert("x-tessera-slot", value(&format!("{s:02}")));
-        }
+        upstream_headers(&mut parts, client, secure, &route);
         let pq = parts
             .uri
             .path_and_query()
