@@ -205,20 +205,7 @@ fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
     let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate()).unwrap();
     assert_eq!(code, 200, "{body}");
     let agent = |name: &str, zone: &str, ip: &str| -> Node {
-        let (_, _, body) = http(
-            api,
-            "POST",
-            "/api/v1/tokens",
-            Some(&token),
-            r#"{"role": "agent"}"#,
-        )
-        .unwrap();
-        let join: Value = serde_json::from_str(&body).unwrap();
-        let profile = format!(
-            "node_name = \"{name}\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"{zone}\"\n[agent]\nlisten = \"127.0.0.1:0\"\ninstance_ip = \"{ip}\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\n",
-            join["token"].as_str().unwrap()
-        );
-        Node::run_profile(&profile, &[], &[])
+        crate::harness::agent(api, &token, name, zone, ip, "")
     };
     let mut a = agent("host-a", "hz-a", "127.0.0.11");
     let b = agent("host-b", "hz-b", "127.0.0.12");

@@ -3,21 +3,11 @@
 //! directory with the artifact's version); a damaged download is refused and the
 //! running version keeps serving.
 
-use crate::harness::{free_port, http, stderr, stdout, tessera, Node, BIN};
+use crate::harness::{control, free_port, http, stderr, stdout, tessera, Node, BIN, CONTROL_ONLY};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-const CONTROL: &str = r#"
-node_name = "ctl-1"
-roles = ["control"]
-data_dir = "DATA"
-[control]
-bootstrap = true
-listen = "127.0.0.1:0"
-peer_listen = "127.0.0.1:0"
-"#;
 
 const IP: &str = "127.0.0.31";
 
@@ -50,6 +40,26 @@ fn package(dir: &Path, name: &str) -> std::path::PathBuf {
     out
 }
 
+/// `tessera artifact push FILE --app APP --version VERSION` (no token when `token` is empty).
+fn push(server: &str, token: &str, file: &Path, app: &str, version: &str) -> std::process::Output {
+    let file = file.display().to_string();
+    let mut args = vec![
+        "artifact",
+        "push",
+        &file,
+        "--app",
+        app,
+        "--version",
+        version,
+        "--server",
+        server,
+    ];
+    if !token.is_empty() {
+        args.extend_from_slice(&["--token", token]);
+    }
+    tessera(&args, &[])
+}
+
 fn read(api: SocketAddr, token: &str, path: &str) -> Value {
     let (code, _, body) = http(api, "GET", path, Some(token), "").unwrap();
     assert_eq!(code, 200, "{path}: {body}");
@@ -71,31 +81,12 @@ fn ask(endpoint: &str) -> Option<Value> {
 
 #[test]
 fn apps_run_from_pushed_artifacts_and_damaged_downloads_are_refused() {
-    let mut c = Node::run_profile(CONTROL, &[], &[]);
-    let api = c.addr("control", "api");
-    c.wait_ready(api);
-    let token = c.admin_token();
-    let server = format!("http://{api}");
+    let (c, api, token, server) = control(CONTROL_ONLY);
     let work = tempfile::tempdir().unwrap();
 
     // Push: stored on the (one) control node, recorded as artifact shop-2-0-1.
     let v1 = package(work.path(), "v1");
-    let o = tessera(
-        &[
-            "artifact",
-            "push",
-            &v1.display().to_string(),
-            "--app",
-            "shop",
-            "--version",
-            "2.0.1",
-            "--server",
-            &server,
-            "--token",
-            &token,
-        ],
-        &[],
-    );
+    let o = push(&server, &token, &v1, "shop", "2.0.1");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("artifact/shop-2-0-1"), "{}", stdout(&o));
     assert!(
@@ -111,21 +102,8 @@ fn apps_run_from_pushed_artifacts_and_damaged_downloads_are_refused() {
     let estate = format!("{}---\n{}", crate::harness::TOPOLOGY, app("shop-2-0-1"));
     let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
     assert_eq!(code, 200, "{body}");
-    let (_, _, body) = http(
-        api,
-        "POST",
-        "/api/v1/tokens",
-        Some(&token),
-        r#"{"role": "agent"}"#,
-    )
-    .unwrap();
-    let join: Value = serde_json::from_str(&body).unwrap();
-    let profile = format!(
-        "node_name = \"host-a\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\n[agent]\nlisten = \"{IP}:{}\"\ninstance_ip = \"{IP}\"\nstop_workloads_on_exit = true\ncontrol = [\"{server}\"]\njoin_token = \"{}\"\n",
-        free_port(IP.parse().unwrap()),
-        join["token"].as_str().unwrap()
-    );
-    let agent = Node::run_profile(&profile, &[], &[]);
+    let stop = "stop_workloads_on_exit = true\n";
+    let agent = crate::harness::agent(api, &token, "host-a", "hz-a", IP, stop);
 
     // The instance runs from the unpacked artifact, with the artifact's version.
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -162,22 +140,7 @@ fn apps_run_from_pushed_artifacts_and_damaged_downloads_are_refused() {
     // A second version whose stored copy is damaged on the control node: the agent
     // refuses the download, and the running version keeps serving.
     let v2 = package(work.path(), "v2");
-    let o = tessera(
-        &[
-            "artifact",
-            "push",
-            &v2.display().to_string(),
-            "--app",
-            "shop",
-            "--version",
-            "2.0.2",
-            "--server",
-            &server,
-            "--token",
-            &token,
-        ],
-        &[],
-    );
+    let o = push(&server, &token, &v2, "shop", "2.0.2");
     assert!(o.status.success(), "{}", stderr(&o));
     let sha2 = read(api, &token, "/api/v1/artifacts/shop-2-0-2")["spec"]["sha256"]
         .as_str()
@@ -256,41 +219,19 @@ fn apps_run_from_pushed_artifacts_and_damaged_downloads_are_refused() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let vera = stdout(&o).split_whitespace().last().unwrap().to_string();
-    let o = tessera(
-        &[
-            "artifact",
-            "push",
-            &v1.display().to_string(),
-            "--app",
-            "shop",
-            "--version",
-            "9",
-            "--server",
-            &server,
-            "--token",
-            &vera,
-        ],
-        &[],
-    );
+    let o = push(&server, &vera, &v1, "shop", "9");
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("may not push artifacts"),
         "{}",
         stderr(&o)
     );
-    let o = tessera(
-        &[
-            "artifact",
-            "push",
-            "/nonexistent",
-            "--app",
-            "shop",
-            "--version",
-            "1",
-            "--server",
-            &server,
-        ],
-        &[],
+    let o = push(
+        &server,
+        "",
+        std::path::Path::new("/nonexistent"),
+        "shop",
+        "1",
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     drop(agent);
@@ -304,30 +245,11 @@ fn apps_run_from_pushed_artifacts_and_damaged_downloads_are_refused() {
 fn an_app_from_an_artifact_serves_both_zones_and_moves_off_a_dead_node() {
     use crate::agent::{get_uid, wait_served};
     let profile = "node_name = \"ctl-1\"\nroles = [\"control\", \"gateway\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:0\"\npeer_listen = \"127.0.0.1:0\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
-    let mut c = Node::run_profile(profile, &[], &[]);
-    let api = c.addr("control", "api");
+    let (mut c, api, token, server) = control(profile);
     let gw = c.addr("gateway", "entrance");
-    c.wait_ready(api);
-    let token = c.admin_token();
-    let server = format!("http://{api}");
     let work = tempfile::tempdir().unwrap();
     let pkg = package(work.path(), "echo");
-    let o = tessera(
-        &[
-            "artifact",
-            "push",
-            &pkg.display().to_string(),
-            "--app",
-            "echo",
-            "--version",
-            "1.0",
-            "--server",
-            &server,
-            "--token",
-            &token,
-        ],
-        &[],
-    );
+    let o = push(&server, &token, &pkg, "echo", "1.0");
     assert!(o.status.success(), "{}", stderr(&o));
     let estate = format!(
         "{}---\napiVersion: tessera.io/v1\nkind: App\nmetadata: {{name: echo}}\nspec: {{mode: vm, artifact: echo-1-0, command: [./run.sh], port: 9000, units: [rz00, rz01], env: {{TESSERA_BIN: \"{BIN}\"}}}}\n---\napiVersion: tessera.io/v1\nkind: TrafficRule\nmetadata: {{name: echo}}\nspec: {{app: echo}}\n",
@@ -336,21 +258,14 @@ fn an_app_from_an_artifact_serves_both_zones_and_moves_off_a_dead_node() {
     let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
     assert_eq!(code, 200, "{body}");
     let agent = |name: &str, zone: &str, ip: &str| -> Node {
-        let (_, _, body) = http(
+        crate::harness::agent(
             api,
-            "POST",
-            "/api/v1/tokens",
-            Some(&token),
-            r#"{"role": "agent"}"#,
+            &token,
+            name,
+            zone,
+            ip,
+            "stop_workloads_on_exit = true\n",
         )
-        .unwrap();
-        let join: Value = serde_json::from_str(&body).unwrap();
-        let p = format!(
-            "node_name = \"{name}\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"{zone}\"\n[agent]\nlisten = \"{ip}:{}\"\ninstance_ip = \"{ip}\"\nstop_workloads_on_exit = true\ncontrol = [\"{server}\"]\njoin_token = \"{}\"\n",
-            free_port(ip.parse().unwrap()),
-            join["token"].as_str().unwrap()
-        );
-        Node::run_profile(&p, &[], &[])
     };
     let mut nodes = [
         (
@@ -435,11 +350,7 @@ fn an_app_from_an_artifact_serves_both_zones_and_moves_off_a_dead_node() {
 /// by someone else. Each gets a clear error or event, and nothing else is disturbed.
 #[test]
 fn bad_commands_ports_and_tokens_get_clear_errors_and_events() {
-    let mut c = Node::run_profile(CONTROL, &[], &[]);
-    let api = c.addr("control", "api");
-    c.wait_ready(api);
-    let token = c.admin_token();
-    let server = format!("http://{api}");
+    let (_control, api, token, server) = control(CONTROL_ONLY);
     let ip: std::net::IpAddr = "127.0.0.35".parse().unwrap();
     // Someone else holds the first port of the agent's range.
     let low = free_port(ip);
@@ -452,27 +363,23 @@ fn bad_commands_ports_and_tokens_get_clear_errors_and_events() {
     );
     let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
     assert_eq!(code, 200, "{body}");
-    let (_, _, body) = http(
-        api,
-        "POST",
-        "/api/v1/tokens",
-        Some(&token),
-        r#"{"role": "agent"}"#,
-    )
-    .unwrap();
-    let join: Value = serde_json::from_str(&body).unwrap();
-    let join = join["token"].as_str().unwrap().to_string();
-    let profile = |name: &str, join: &str| {
-        format!(
-            "node_name = \"{name}\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\n[agent]\nlisten = \"{ip}:{}\"\ninstance_ip = \"{ip}\"\nports = \"{low}-{}\"\nstop_workloads_on_exit = true\ncontrol = [\"{server}\"]\njoin_token = \"{join}\"\n",
-            free_port(ip),
-            low + 50
-        )
-    };
+    let join = crate::harness::join_token(api, &token, "agent");
+    let ip_s = ip.to_string();
+    let extra = format!(
+        "ports = \"{low}-{}\"\nstop_workloads_on_exit = true\n",
+        low + 50
+    );
     // A forged token (the right CA fingerprint, a made-up secret): refused, said why.
     let fp = join.split('.').nth(1).unwrap().to_string();
-    let forged = Node::run_profile(&profile("host-x", &format!("tsr1.{fp}.forged")), &[], &[]);
-    let agent = Node::run_profile(&profile("host-a", &join), &[], &[]);
+    let forged = Node::run_profile(
+        &format!(
+            "node_name = \"host-x\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\n[agent]\nlisten = \"{ip}:{}\"\ncontrol = [\"{server}\"]\njoin_token = \"tsr1.{fp}.forged\"\n",
+            free_port(ip)
+        ),
+        &[],
+        &[],
+    );
+    let agent = crate::harness::agent(api, &token, "host-a", "hz-a", &ip_s, &extra);
 
     // The echo instance runs on a port that was free (not the squatter's).
     let deadline = Instant::now() + Duration::from_secs(30);

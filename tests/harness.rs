@@ -525,6 +525,30 @@ pub fn join_token(api: SocketAddr, admin: &str, role: &str) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
+/// A profile for a lone control node on ephemeral ports.
+pub const CONTROL_ONLY: &str = "node_name = \"ctl-1\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:0\"\npeer_listen = \"127.0.0.1:0\"\n";
+
+/// A control node from `profile`, ready: (node, API address, admin token, API URL).
+pub fn control(profile: &str) -> (Node, SocketAddr, String, String) {
+    let mut c = Node::run_profile(profile, &[], &[]);
+    let api = c.addr("control", "api");
+    c.wait_ready(api);
+    let token = c.admin_token();
+    (c, api, token, format!("http://{api}"))
+}
+
+/// An agent in its own process: node `name` in `zone`, listening and running its
+/// instances on `ip` (its listener on a free port there), enrolled with a fresh join
+/// token from the control plane at `api`. `extra` is appended to its `[agent]` table.
+pub fn agent(api: SocketAddr, admin: &str, name: &str, zone: &str, ip: &str, extra: &str) -> Node {
+    let join = join_token(api, admin, "agent");
+    let port = free_port(ip.parse().expect("an IP address"));
+    let profile = format!(
+        "node_name = \"{name}\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"{zone}\"\n[agent]\nlisten = \"{ip}:{port}\"\ninstance_ip = \"{ip}\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{join}\"\n{extra}"
+    );
+    Node::run_profile(&profile, &[], &[])
+}
+
 pub const TOPOLOGY: &str = r#"
 apiVersion: tessera.io/v1
 kind: Region

@@ -3,22 +3,12 @@
 //! through the control plane, filtered and followed; agents refuse readers without a
 //! grant; a restarted agent does not collect a line twice.
 
-use crate::harness::{free_port, http, stderr, stdout, tessera, Node, BIN};
+use crate::harness::{http, stderr, stdout, tessera, Node, BIN};
 use serde_json::Value;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-const CONTROL: &str = r#"
-node_name = "ctl-1"
-roles = ["control"]
-data_dir = "DATA"
-[control]
-bootstrap = true
-listen = "127.0.0.1:0"
-peer_listen = "127.0.0.1:0"
-"#;
 
 fn estate(log_dir: &Path) -> String {
     let app = format!(
@@ -73,10 +63,7 @@ fn until(what: &str, limit: Duration, mut f: impl FnMut() -> Option<String>) -> 
 
 #[test]
 fn logs_are_collected_on_every_node_and_read_through_the_control_plane() {
-    let mut c = Node::run_profile(CONTROL, &[], &[]);
-    let api = c.addr("control", "api");
-    c.wait_ready(api);
-    let token = c.admin_token();
+    let (_control, api, token, _) = crate::harness::control(crate::harness::CONTROL_ONLY);
     // Each agent's log directory: what the app writes besides its output.
     let dirs = tempfile::tempdir().unwrap();
     let shared = dirs.path().join("echo-logs");
@@ -85,22 +72,14 @@ fn logs_are_collected_on_every_node_and_read_through_the_control_plane() {
         http(api, "POST", "/api/v1/apply", Some(&token), &estate(&shared)).unwrap();
     assert_eq!(code, 200, "{body}");
     let agent = |name: &str, zone: &str, ip: &str| -> Node {
-        let (_, _, body) = http(
+        crate::harness::agent(
             api,
-            "POST",
-            "/api/v1/tokens",
-            Some(&token),
-            r#"{"role": "agent"}"#,
+            &token,
+            name,
+            zone,
+            ip,
+            "stop_workloads_on_exit = true\n",
         )
-        .unwrap();
-        let join: Value = serde_json::from_str(&body).unwrap();
-        let ipaddr: std::net::IpAddr = ip.parse().unwrap();
-        let profile = format!(
-            "node_name = \"{name}\"\nroles = [\"agent\"]\ndata_dir = \"DATA\"\nzone = \"{zone}\"\n[agent]\nlisten = \"{ip}:{}\"\ninstance_ip = \"{ip}\"\nstop_workloads_on_exit = true\ncontrol = [\"http://{api}\"]\njoin_token = \"{}\"\n",
-            free_port(ipaddr),
-            join["token"].as_str().unwrap()
-        );
-        Node::run_profile(&profile, &[], &[])
     };
     let mut a = agent("host-a", "hz-a", "127.0.0.21");
     let b = agent("host-b", "hz-b", "127.0.0.22");

@@ -223,29 +223,20 @@ pub fn verify_grant(
     if expiry > now_ms + 5 * GRANT_TTL_MS {
         return Err("the grant's expiry is too far ahead (clock skew?)".into());
     }
-    let caller = unhex(caller)
+    let caller = crate::util::unhex(caller)
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or("malformed caller")?;
     let msg = message(node, expiry, &caller);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
     let ok = macs.split('-').take(16).any(|m| {
-        unhex(m).is_some_and(|mac| ring::hmac::verify(&key, msg.as_bytes(), &mac).is_ok())
+        crate::util::unhex(m)
+            .is_some_and(|mac| ring::hmac::verify(&key, msg.as_bytes(), &mac).is_ok())
     });
     if ok {
         Ok(caller)
     } else {
         Err("the grant is not signed for this node's credential".into())
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

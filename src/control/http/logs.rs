@@ -210,14 +210,7 @@ fn agent_keys(
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    crate::util::unhex(s)?.try_into().ok()
 }
 
 fn push(out: &mut Vec<u8>, line: &Line) {

@@ -24,18 +24,8 @@ const SEALED: &str = "enc:v1:";
 pub type DataKey = [u8; 32];
 
 fn parse_key(v: &str) -> Option<DataKey> {
-    let b = unhex(v.trim())?;
+    let b = crate::util::unhex(v.trim())?;
     b.try_into().ok()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The data key if one was made.
@@ -93,7 +83,7 @@ fn seal(key: &DataKey, aad: &str, plain: &str) -> Result<String, ApiError> {
 }
 
 fn open(key: &DataKey, aad: &str, sealed: &str) -> Option<String> {
-    let raw = unhex(sealed.strip_prefix(SEALED)?)?;
+    let raw = crate::util::unhex(sealed.strip_prefix(SEALED)?)?;
     if raw.len() < NONCE_LEN + 16 {
         return None;
     }
