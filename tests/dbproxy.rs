@@ -659,7 +659,43 @@ fn a_rust_client_with_prepared_statements_is_routed_by_its_parameters() {
         // Text queries and the session go on.
         let n: Option<u64> = conn.query_first("SELECT 40 + 2").await.unwrap();
         assert_eq!(n, Some(42));
+        // COM_CHANGE_USER (what pools do): the session starts afresh as that user.
+        conn.query_drop("SET @mark = 7").await.unwrap();
+        let again = mysql_async::ChangeUserOpts::default()
+            .with_user(Some(APP.into()))
+            .with_pass(Some(APP_PASSWORD.into()))
+            .with_db_name(Some("accountdb".into()));
+        conn.change_user(again).await.expect("change user");
+        let mark: Option<Option<u64>> = conn.query_first("SELECT @mark").await.unwrap();
+        assert_eq!(mark, Some(None), "session variables are reset");
+        // Prepared statements went with the old session, as on a server: prepare again.
+        let err = conn
+            .exec_first::<String, _, _>(&select, (2088000000000003u64,))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("Unknown prepared statement"),
+            "{err}"
+        );
+        let again = conn
+            .prep("SELECT name FROM t_user WHERE uid = ? AND 1 = 1")
+            .await
+            .unwrap();
+        let got: Option<String> = conn
+            .exec_first(&again, (2088000000000003u64,))
+            .await
+            .unwrap();
+        assert_eq!(got.as_deref(), Some("three"));
         conn.disconnect().await.unwrap();
+        // A wrong password is refused with 1045.
+        let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+            .await
+            .unwrap();
+        let wrong = mysql_async::ChangeUserOpts::default()
+            .with_user(Some(APP.into()))
+            .with_pass(Some("not-the-password".into()));
+        let err = conn.change_user(wrong).await.unwrap_err();
+        assert!(err.to_string().contains("Access denied"), "{err}");
     });
 }
 

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
+mod change_user;
 mod multi;
 mod prepared_cmds;
 
@@ -102,6 +103,10 @@ pub struct Session {
     /// Prepared statements by the proxy's id.
     stmts: HashMap<u32, Prepared>,
     next_stmt: u32,
+    /// The capabilities the client announced, and the nonce it was greeted with (a
+    /// COM_CHANGE_USER answers that same nonce).
+    caps: u32,
+    nonce: [u8; 20],
 }
 
 type Rd = Box<dyn AsyncRead + Send + Unpin>;
@@ -231,6 +236,8 @@ pub async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         wrote: false,
         stmts: HashMap::new(),
         next_stmt: 1,
+        caps: 0,
+        nonce: [0; 20],
     };
     match s.login(g.seq, g.nonce).await {
         Ok(true) => {
@@ -299,6 +306,8 @@ impl Session {
             }
         };
         self.user = client.user.clone();
+        self.caps = client.caps;
+        self.nonce = nonce;
         let topo = self.shared.topology.load_full();
         let account = topo.users.get(&client.user);
         let plugin = client.plugin.as_deref().unwrap_or(wire::NATIVE);
@@ -407,14 +416,10 @@ impl Session {
                     self.use_db(&name).await
                 }
                 com::RESET_CONNECTION => {
-                    self.release_all().await;
-                    self.sets.clear();
-                    self.in_tx = false;
-                    self.tx_unit = None;
-                    self.autocommit = true;
-                    self.wrote = false;
+                    self.reset().await;
                     self.ok(1).await
                 }
+                com::CHANGE_USER => self.change_user(&payload).await,
                 com::SET_OPTION => {
                     let p = wire::eof_packet(self.status());
                     self.send(1, &p).await?;

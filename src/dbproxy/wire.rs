@@ -394,6 +394,52 @@ pub fn parse_handshake_response(p: &[u8]) -> Result<ClientHello, Malformed> {
     })
 }
 
+/// A COM_CHANGE_USER request (after its command byte), read with the capabilities the
+/// client announced at login.
+#[derive(Debug, PartialEq)]
+pub struct ChangeUser {
+    pub user: String,
+    pub auth: Vec<u8>,
+    pub database: Option<String>,
+    pub charset: Option<u8>,
+    pub plugin: Option<String>,
+}
+
+pub fn parse_change_user(p: &[u8], caps: u32) -> Result<ChangeUser, Malformed> {
+    let mut r = Reader::new(p);
+    let user = std::str::from_utf8(r.cstr()?)
+        .map_err(|_| Malformed("user name is not UTF-8"))?
+        .to_string();
+    let auth = if caps & cap::SECURE_CONNECTION != 0 {
+        let n = r.u8()? as usize;
+        r.bytes(n)?.to_vec()
+    } else {
+        r.cstr()?.to_vec()
+    };
+    let db = std::str::from_utf8(r.cstr()?).map_err(|_| Malformed("database name is not UTF-8"))?;
+    let database = (!db.is_empty()).then(|| db.to_string());
+    let charset = if r.is_empty() {
+        None
+    } else {
+        // Two bytes; only the low one names a character set the proxy knows.
+        Some((r.u16()? & 0xff) as u8)
+    };
+    let plugin = if caps & cap::PLUGIN_AUTH != 0 && !r.is_empty() {
+        let rest = r.rest();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+    } else {
+        None
+    };
+    Ok(ChangeUser {
+        user,
+        auth,
+        database,
+        charset,
+        plugin,
+    })
+}
+
 /// The proxy's HandshakeResponse41 to a backend.
 pub fn handshake_response(
     caps: u32,

@@ -21,6 +21,37 @@ fn scrambles_match_the_reference_algorithms() {
 }
 
 #[test]
+fn change_user_requests_are_read() {
+    let caps = cap::PROTOCOL_41 | cap::SECURE_CONNECTION | cap::PLUGIN_AUTH;
+    let mut p = b"bob\0".to_vec();
+    p.push(3);
+    p.extend_from_slice(&[1, 2, 3]);
+    p.extend_from_slice(b"accountdb\0");
+    p.extend_from_slice(&[45, 0]);
+    p.extend_from_slice(b"mysql_native_password\0");
+    let c = parse_change_user(&p, caps).unwrap();
+    assert_eq!(
+        c,
+        ChangeUser {
+            user: "bob".into(),
+            auth: vec![1, 2, 3],
+            database: Some("accountdb".into()),
+            charset: Some(45),
+            plugin: Some(NATIVE.into()),
+        }
+    );
+    // Old clients stop after the database.
+    let short = parse_change_user(b"bob\0\0\0", caps).unwrap();
+    assert_eq!(
+        (short.database, short.charset, short.plugin),
+        (None, None, None)
+    );
+    for bad in [&b""[..], b"bob", b"bob\0\x05ab"] {
+        assert!(parse_change_user(bad, caps).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
 fn handshake_round_trips() {
     let n = nonce();
     assert!(n.iter().all(|&b| b != 0));
