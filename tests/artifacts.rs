@@ -189,6 +189,45 @@ fn apps_run_from_pushed_artifacts_and_damaged_downloads_are_refused() {
         ask(inst["status"]["endpoint"].as_str().unwrap()).expect("the old version still serves");
     assert_eq!(still["version"], "2.0.1", "{still}");
 
+    // Roll back to the artifact pushed before: the agent starts it from its kept copy
+    // (no download), the instance is healthy again, and there is nothing older to go to.
+    let o = tessera(
+        &["rollback", "shop", "--server", &server, "--token", &token],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("artifact/shop-2-0-2 -> artifact/shop-2-0-1"),
+        "{}",
+        stdout(&o)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let inst = read(api, &token, "/api/v1/instances/shop-rz00-0");
+        let healthy = inst["status"]["phase"] == "running" && inst["status"]["message"].is_null();
+        if healthy {
+            let v = ask(inst["status"]["endpoint"].as_str().unwrap()).unwrap();
+            assert_eq!(v["version"], "2.0.1");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not rolled back: {inst}\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let o = tessera(
+        &["rollback", "shop", "--server", &server, "--token", &token],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no artifact older than `shop-2-0-1`"),
+        "{}",
+        stderr(&o)
+    );
+
     // Bad input: content that does not match its digest, unknown content, a viewer.
     let (code, _, body) = http(
         api,

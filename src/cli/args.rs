@@ -56,9 +56,23 @@ pub enum Command {
     /// Artifacts: the packages VM-mode apps run from
     #[command(subcommand)]
     Artifact(ArtifactCommand),
+    /// Run an app's previous artifact again (the one pushed before its current one, or
+    /// `--to`); agents keep earlier versions unpacked, so it starts without a download
+    Rollback(RollbackArgs),
     /// A small HTTP echo server (the demo's app, and a backend for tests): answers with
     /// its app, unit, zone, version and instance
     DemoApp(DemoAppArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The app
+    pub app: String,
+    /// The artifact to go back to (default: the app's artifact pushed before the current)
+    #[arg(long)]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]

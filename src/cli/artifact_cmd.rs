@@ -83,6 +83,63 @@ pub fn artifact(cmd: ArtifactCommand) -> ExitCode {
     )
 }
 
+/// `tessera rollback APP [--to ARTIFACT]`: points the app back at an earlier artifact
+/// through the same audited update as any change; the agents do the rest (a surge
+/// upgrade, from the copy they kept).
+pub fn rollback(a: super::args::RollbackArgs) -> ExitCode {
+    let super::args::RollbackArgs { app, to, client } = a;
+    block_on(
+        |c| async move {
+            let mut obj = c.get(Kind::App, &app).await?;
+            let current = obj.spec["artifact"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let target = match to {
+                Some(t) => {
+                    c.get(Kind::Artifact, &t).await?;
+                    t
+                }
+                None => previous(&c, &app, &current).await?,
+            };
+            if target == current {
+                println!("app/{app} already runs artifact/{target}");
+                return Ok(());
+            }
+            obj.spec["artifact"] = serde_json::json!(target);
+            let after = c.put(Kind::App, &obj).await?;
+            println!(
+                "app/{app}: artifact/{current} -> artifact/{target} (revision {})",
+                after.metadata.revision.unwrap_or(0)
+            );
+            Ok(())
+        },
+        &client,
+    )
+}
+
+/// The app's artifact recorded just before `current` (by the revision it was created at).
+async fn previous(c: &crate::api::Client, app: &str, current: &str) -> Result<String, ClientError> {
+    let list = c.list(Kind::Artifact, None).await?;
+    let mine: Vec<&Resource> = list.items.iter().filter(|r| r.spec["app"] == app).collect();
+    let at = mine
+        .iter()
+        .find(|r| r.metadata.name == current)
+        .and_then(|r| r.metadata.revision)
+        .ok_or_else(|| {
+            ClientError::Local(format!(
+                "app {app} runs `{current}`, which is not one of its pushed artifacts: name one with --to"
+            ))
+        })?;
+    mine.iter()
+        .filter(|r| r.metadata.revision.is_some_and(|rev| rev < at))
+        .max_by_key(|r| r.metadata.revision)
+        .map(|r| r.metadata.name.clone())
+        .ok_or_else(|| {
+            ClientError::Local(format!("app {app} has no artifact older than `{current}`"))
+        })
+}
+
 /// `APP-VERSION` as a resource name: lowercase, anything but letters and digits a dash.
 fn default_name(app: &str, version: &str) -> String {
     let raw = format!("{app}-{version}").to_ascii_lowercase();

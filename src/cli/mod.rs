@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Failover(a) => resource_cmd::failover(a),
         Command::Logs(a) => logs_cmd::logs(a),
         Command::Artifact(c) => artifact_cmd::artifact(c),
+        Command::Rollback(a) => artifact_cmd::rollback(a),
         Command::User(c) => resource_cmd::user(c),
         Command::Audit(c) => resource_cmd::audit(c),
         Command::DemoApp(a) => demo_app::run(a),
