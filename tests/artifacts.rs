@@ -404,8 +404,9 @@ fn bad_commands_ports_and_tokens_get_clear_errors_and_events() {
     assert_eq!(code, 200, "{body}");
     let join = crate::harness::join_token(api, &token, "agent");
     let ip_s = ip.to_string();
+    // A disk-pressure threshold no machine meets: the node reports the condition.
     let extra = format!(
-        "ports = \"{low}-{}\"\nstop_workloads_on_exit = true\n",
+        "ports = \"{low}-{}\"\nstop_workloads_on_exit = true\ndisk_pressure_mb = 1099511627776\n",
         low + 50
     );
     // A forged token (the right CA fingerprint, a made-up secret): refused, said why.
@@ -495,6 +496,33 @@ fn bad_commands_ports_and_tokens_get_clear_errors_and_events() {
     let now = read(api, &token, "/api/v1/instances/echo-rz00-0");
     assert_eq!(now["status"]["pid"], echo["status"]["pid"]);
     assert_eq!(now["status"]["restarts"], 0);
+    // The node's status says so with its next heartbeat (every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let node = loop {
+        let node = read(api, &token, "/api/v1/nodes/host-a");
+        if node["status"]["conditions"] == serde_json::json!(["DiskPressure"]) {
+            break node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DiskPressure condition: {node}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(node["status"]["diskFreeMb"].as_u64().is_some(), "{node}");
+    let events = read(api, &token, "/api/v1/events");
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["spec"]["reason"] == "DiskPressure"
+                && e["spec"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("below agent.disk_pressure_mb")),
+        "{events}"
+    );
     let logs = forged.logs();
     assert!(logs.contains("not known to this cluster"), "{logs}");
     let (code, _, _) = http(api, "GET", "/api/v1/nodes/host-x", Some(&token), "").unwrap();

@@ -7,6 +7,7 @@
 mod artifacts;
 mod limits;
 mod logs;
+mod pressure;
 mod supervisor;
 
 use crate::admin;
@@ -73,6 +74,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         std::net::SocketAddr::new(api_ip, api.port())
     ));
     supervisor.log_sources = logs.sources.clone();
+    supervisor.pressure_mb = (cfg.agent.disk_pressure_mb, cfg.agent.memory_pressure_mb);
     let gauge = ctx.metrics.control_reachable(Role::Agent);
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
     let router = admin_router.clone().merge(logs.router());

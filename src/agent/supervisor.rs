@@ -66,6 +66,9 @@ pub struct Supervisor {
     /// `http://IP:PORT` of this agent's listener, reported with the heartbeat (control
     /// nodes read logs there).
     pub agent_api: Option<String>,
+    /// Pressure thresholds in MiB (0 = off), and the conditions that held last time.
+    pub pressure_mb: (u64, u64),
+    pressure: Vec<&'static str>,
     /// The files the log collector follows, set on every pass.
     pub log_sources: std::sync::Arc<std::sync::Mutex<Vec<super::logs::follow::Source>>>,
 }
@@ -190,6 +193,8 @@ impl Supervisor {
             event_seq: 0,
             limits,
             agent_api: None,
+            pressure_mb: (0, 0),
+            pressure: Vec::new(),
             log_sources: Default::default(),
         }
     }
@@ -372,6 +377,26 @@ impl Supervisor {
         if let Some(api) = &self.agent_api {
             status["agentApi"] = json!(api);
         }
+        let reading = super::pressure::read(&self.dir);
+        let (disk_mb, memory_mb) = self.pressure_mb;
+        let now = super::pressure::conditions(&reading, disk_mb, memory_mb, &self.dir);
+        for (name, message) in &now {
+            if !self.pressure.contains(name) {
+                tracing::warn!(condition = name, %message, "Node under pressure");
+                let m = format!("node {}: {message}", self.node);
+                self.event("Warning", name, None, m);
+            }
+        }
+        for name in std::mem::take(&mut self.pressure) {
+            if !now.iter().any(|(n, _)| *n == name) {
+                let m = format!("node {}: {name} is over", self.node);
+                self.event("Normal", &format!("{name}Relieved"), None, m);
+            }
+        }
+        self.pressure = now.iter().map(|(n, _)| *n).collect();
+        status["diskFreeMb"] = json!(reading.disk_free_mb);
+        status["memoryAvailableMb"] = json!(reading.memory_available_mb);
+        status["conditions"] = json!(self.pressure);
         let path = format!("/api/v1/nodes/{}/status", self.node);
         // Tried again a heartbeat interval later, whatever the outcome.
         self.last_heartbeat = Some(Instant::now());

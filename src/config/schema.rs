@@ -209,6 +209,12 @@ pub struct AgentConfig {
     /// Collected log lines kept on this node (`<data_dir>/agent/logs`), in MiB; the
     /// oldest go first.
     pub log_store_mb: u64,
+    /// A `DiskPressure` node event when less than this many MiB are free under the data
+    /// dir (0: not checked).
+    pub disk_pressure_mb: u64,
+    /// A `MemoryPressure` node event when less than this many MiB of memory are
+    /// available (0: not checked).
+    pub memory_pressure_mb: u64,
 }
 
 impl Default for AgentConfig {
@@ -221,6 +227,8 @@ impl Default for AgentConfig {
             instance_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             ports: "20000-29999".into(),
             log_store_mb: 256,
+            disk_pressure_mb: 1024,
+            memory_pressure_mb: 256,
             stop_workloads_on_exit: false,
         }
     }

@@ -240,6 +240,14 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
             ),
         );
     }
+    for (key, v) in [
+        ("agent.disk_pressure_mb", cfg.agent.disk_pressure_mb),
+        ("agent.memory_pressure_mb", cfg.agent.memory_pressure_mb),
+    ] {
+        if has(Role::Agent) && v > 1 << 40 {
+            c.fail(key, format!("{v} is out of range 0-{}", 1u64 << 40));
+        }
+    }
     if has(Role::Agent) && !(8..=1_048_576).contains(&cfg.agent.log_store_mb) {
         c.fail(
             "agent.log_store_mb",
