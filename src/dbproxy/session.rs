@@ -309,51 +309,17 @@ impl Session {
         self.caps = client.caps;
         self.nonce = nonce;
         let topo = self.shared.topology.load_full();
-        let account = topo.users.get(&client.user);
-        let plugin = client.plugin.as_deref().unwrap_or(wire::NATIVE);
-        let (mut auth, mut plugin, mut seq) = (client.auth.clone(), plugin.to_string(), next);
-        if plugin != wire::NATIVE && plugin != wire::SHA2 {
-            // Ask for mysql_native_password instead.
-            let mut p = vec![0xFE];
-            p.extend_from_slice(wire::NATIVE.as_bytes());
-            p.push(0);
-            p.extend_from_slice(&nonce);
-            p.push(0);
-            self.send(seq, &p).await?;
-            self.flush().await?;
-            let s = wire::read_packet(&mut self.rd, &mut self.buf, 64 * 1024).await?;
-            auth = self.buf.clone();
-            plugin = wire::NATIVE.into();
-            seq = s.wrapping_add(1);
-        }
-        let ok = account.is_some_and(|a| {
-            let want = if plugin == wire::SHA2 {
-                wire::scramble_sha2(a.password.as_bytes(), &nonce)
-            } else {
-                wire::scramble_native(a.password.as_bytes(), &nonce)
-            };
-            wire::same(&auth, &want)
-        });
-        if !ok {
-            self.shared
-                .metrics
-                .logins
-                .with_label_values(&["denied"])
-                .inc();
-            tracing::info!(peer = %self.peer, user = %client.user, "MySQL login refused");
-            let msg = format!(
-                "Access denied for user '{}'@'{}' (using password: {})",
-                client.user,
-                self.peer.ip(),
-                if auth.is_empty() { "NO" } else { "YES" }
-            );
-            self.error(seq, er::ACCESS_DENIED, &msg).await?;
-            return Ok(false);
-        }
-        if plugin == wire::SHA2 {
-            self.send(seq, &[0x01, 0x03]).await?;
-            seq = seq.wrapping_add(1);
-        }
+        let plugin = client.plugin.as_deref().unwrap_or(wire::NATIVE).to_string();
+        let seq = match self
+            .authenticate(&topo, &client.user, client.auth.clone(), plugin, next)
+            .await?
+        {
+            Ok(seq) => seq,
+            Err((seq, msg)) => {
+                self.error(seq, er::ACCESS_DENIED, &msg).await?;
+                return Ok(false);
+            }
+        };
         if let Some(db) = &client.database {
             if let Err((code, msg)) = self.check_db(&topo, db) {
                 self.error(seq, code, &msg).await?;
@@ -369,6 +335,61 @@ impl Session {
         self.shared.metrics.logins.with_label_values(&["ok"]).inc();
         self.ok(seq).await?;
         Ok(true)
+    }
+
+    /// Checks proxy user `user`'s `auth`, made with `plugin` against the greeting's nonce;
+    /// a client using another plugin is first switched to `mysql_native_password`
+    /// (sequence `seq`). Ok(next sequence) when accepted (after the fast-auth packet of
+    /// `caching_sha2_password`), Err((sequence, message)) when refused.
+    async fn authenticate(
+        &mut self,
+        topo: &Topology,
+        user: &str,
+        mut auth: Vec<u8>,
+        mut plugin: String,
+        mut seq: u8,
+    ) -> Result<Result<u8, (u8, String)>, Fatal> {
+        let nonce = self.nonce;
+        if plugin != wire::NATIVE && plugin != wire::SHA2 {
+            let mut p = vec![0xFE];
+            p.extend_from_slice(wire::NATIVE.as_bytes());
+            p.push(0);
+            p.extend_from_slice(&nonce);
+            p.push(0);
+            self.send(seq, &p).await?;
+            self.flush().await?;
+            let s = wire::read_packet(&mut self.rd, &mut self.buf, 64 * 1024).await?;
+            auth = std::mem::take(&mut self.buf);
+            plugin = wire::NATIVE.into();
+            seq = s.wrapping_add(1);
+        }
+        let ok = topo.users.get(user).is_some_and(|a| {
+            let want = if plugin == wire::SHA2 {
+                wire::scramble_sha2(a.password.as_bytes(), &nonce)
+            } else {
+                wire::scramble_native(a.password.as_bytes(), &nonce)
+            };
+            wire::same(&auth, &want)
+        });
+        if !ok {
+            self.shared
+                .metrics
+                .logins
+                .with_label_values(&["denied"])
+                .inc();
+            tracing::info!(peer = %self.peer, user = %user, "MySQL login refused");
+            let msg = format!(
+                "Access denied for user '{user}'@'{}' (using password: {})",
+                self.peer.ip(),
+                if auth.is_empty() { "NO" } else { "YES" }
+            );
+            return Ok(Err((seq, msg)));
+        }
+        if plugin == wire::SHA2 {
+            self.send(seq, &[0x01, 0x03]).await?;
+            seq = seq.wrapping_add(1);
+        }
+        Ok(Ok(seq))
     }
 
     fn check_db(&self, topo: &Topology, db: &str) -> Result<(), ((u16, &'static str), String)> {

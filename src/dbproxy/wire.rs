@@ -375,13 +375,7 @@ pub fn parse_handshake_response(p: &[u8]) -> Result<ClientHello, Malformed> {
     } else {
         None
     };
-    let plugin = if caps & cap::PLUGIN_AUTH != 0 && !r.is_empty() {
-        let rest = r.rest();
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        Some(String::from_utf8_lossy(&rest[..end]).into_owned())
-    } else {
-        None
-    };
+    let plugin = plugin_name(&r, caps);
     // Connection attributes follow; the proxy does not need them.
     Ok(ClientHello {
         caps,
@@ -392,6 +386,16 @@ pub fn parse_handshake_response(p: &[u8]) -> Result<ClientHello, Malformed> {
         database,
         plugin,
     })
+}
+
+/// The auth plugin a client names at the end of its handshake or change of user.
+fn plugin_name(r: &Reader<'_>, caps: u32) -> Option<String> {
+    if caps & cap::PLUGIN_AUTH == 0 || r.is_empty() {
+        return None;
+    }
+    let rest = r.rest();
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    Some(String::from_utf8_lossy(&rest[..end]).into_owned())
 }
 
 /// A COM_CHANGE_USER request (after its command byte), read with the capabilities the
@@ -424,13 +428,7 @@ pub fn parse_change_user(p: &[u8], caps: u32) -> Result<ChangeUser, Malformed> {
         // Two bytes; only the low one names a character set the proxy knows.
         Some((r.u16()? & 0xff) as u8)
     };
-    let plugin = if caps & cap::PLUGIN_AUTH != 0 && !r.is_empty() {
-        let rest = r.rest();
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        Some(String::from_utf8_lossy(&rest[..end]).into_owned())
-    } else {
-        None
-    };
+    let plugin = plugin_name(&r, caps);
     Ok(ChangeUser {
         user,
         auth,

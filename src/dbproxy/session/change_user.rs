@@ -28,54 +28,18 @@ impl Session {
                 return Err(Fatal(msg));
             }
         };
-        let nonce = self.nonce;
-        let (mut auth, mut plugin, mut seq) = (
-            req.auth.clone(),
-            req.plugin.clone().unwrap_or_else(|| wire::NATIVE.into()),
-            1u8,
-        );
-        if plugin != wire::NATIVE && plugin != wire::SHA2 {
-            let mut p = vec![0xFE];
-            p.extend_from_slice(wire::NATIVE.as_bytes());
-            p.push(0);
-            p.extend_from_slice(&nonce);
-            p.push(0);
-            self.send(1, &p).await?;
-            self.flush().await?;
-            let s = wire::read_packet(&mut self.rd, &mut self.buf, 64 * 1024).await?;
-            auth = std::mem::take(&mut self.buf);
-            plugin = wire::NATIVE.into();
-            seq = s.wrapping_add(1);
-        }
         let topo = self.shared.topology.load_full();
-        let ok = topo.users.get(&req.user).is_some_and(|a| {
-            let want = if plugin == wire::SHA2 {
-                wire::scramble_sha2(a.password.as_bytes(), &nonce)
-            } else {
-                wire::scramble_native(a.password.as_bytes(), &nonce)
-            };
-            wire::same(&auth, &want)
-        });
-        if !ok {
-            self.shared
-                .metrics
-                .logins
-                .with_label_values(&["denied"])
-                .inc();
-            tracing::info!(peer = %self.peer, from = %self.user, to = %req.user, "MySQL change of user refused");
-            let msg = format!(
-                "Access denied for user '{}'@'{}' (using password: {})",
-                req.user,
-                self.peer.ip(),
-                if auth.is_empty() { "NO" } else { "YES" }
-            );
-            self.error(seq, er::ACCESS_DENIED, &msg).await?;
-            return Err(Fatal(msg));
-        }
-        if plugin == wire::SHA2 {
-            self.send(seq, &[0x01, 0x03]).await?;
-            seq = seq.wrapping_add(1);
-        }
+        let plugin = req.plugin.clone().unwrap_or_else(|| wire::NATIVE.into());
+        let seq = match self
+            .authenticate(&topo, &req.user, req.auth.clone(), plugin, 1)
+            .await?
+        {
+            Ok(seq) => seq,
+            Err((seq, msg)) => {
+                self.error(seq, er::ACCESS_DENIED, &msg).await?;
+                return Err(Fatal(msg));
+            }
+        };
         self.reset().await;
         self.stmts.clear();
         let previous = std::mem::replace(&mut self.user, req.user.clone());
