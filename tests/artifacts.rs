@@ -102,7 +102,7 @@ fn apps_run_from_pushed_artifacts_and_damaged_downloads_are_refused() {
     let estate = format!("{}---\n{}", crate::harness::TOPOLOGY, app("shop-2-0-1"));
     let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
     assert_eq!(code, 200, "{body}");
-    let stop = "stop_workloads_on_exit = true\n";
+    let stop = crate::harness::STOP_WORKLOADS;
     let agent = crate::harness::agent(api, &token, "host-a", "hz-a", IP, stop);
 
     // The instance runs from the unpacked artifact, with the artifact's version.
@@ -297,14 +297,7 @@ fn an_app_from_an_artifact_serves_both_zones_and_moves_off_a_dead_node() {
     let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
     assert_eq!(code, 200, "{body}");
     let agent = |name: &str, zone: &str, ip: &str| -> Node {
-        crate::harness::agent(
-            api,
-            &token,
-            name,
-            zone,
-            ip,
-            "stop_workloads_on_exit = true\n",
-        )
+        crate::harness::agent(api, &token, name, zone, ip, crate::harness::STOP_WORKLOADS)
     };
     let mut nodes = [
         (

@@ -537,6 +537,10 @@ pub fn control(profile: &str) -> (Node, SocketAddr, String, String) {
     (c, api, token, format!("http://{api}"))
 }
 
+/// `[agent]` lines for an agent whose instances stop with it (and die with it when it is
+/// killed), so a test leaves no process behind.
+pub const STOP_WORKLOADS: &str = "stop_workloads_on_exit = true\n";
+
 /// An agent in its own process: node `name` in `zone`, listening and running its
 /// instances on `ip` (its listener on a free port there), enrolled with a fresh join
 /// token from the control plane at `api`. `extra` is appended to its `[agent]` table.

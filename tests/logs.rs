@@ -72,14 +72,7 @@ fn logs_are_collected_on_every_node_and_read_through_the_control_plane() {
         http(api, "POST", "/api/v1/apply", Some(&token), &estate(&shared)).unwrap();
     assert_eq!(code, 200, "{body}");
     let agent = |name: &str, zone: &str, ip: &str| -> Node {
-        crate::harness::agent(
-            api,
-            &token,
-            name,
-            zone,
-            ip,
-            "stop_workloads_on_exit = true\n",
-        )
+        crate::harness::agent(api, &token, name, zone, ip, crate::harness::STOP_WORKLOADS)
     };
     let mut a = agent("host-a", "hz-a", "127.0.0.21");
     let b = agent("host-b", "hz-b", "127.0.0.22");
