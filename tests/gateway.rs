@@ -979,3 +979,145 @@ fn failover_moves_a_unit_to_its_standby_zone_and_back() {
     assert_eq!(zone_of(), "hz-a");
     assert!(crate::harness::stdout(&failover("hz-a")).contains("already in zone hz-a"));
 }
+
+/// curl through the gateway; (exit ok, stdout).
+fn curl(args: &[&str]) -> (bool, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl");
+    if !out.status.success() {
+        eprintln!("curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.success(), out.stdout)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[test]
+fn bodies_of_every_size_and_framing_pass_through_both_ways() {
+    let e = estate(&[]);
+    let a0 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let b1 = Backend::start("127.0.0.2", "echo", "rz01", "hz-b", "v1");
+    e.apply(
+        &[
+            app(
+                "echo",
+                &[(&a0, "rz00", None, "v1"), (&b1, "rz01", None, "v1")],
+                false,
+            ),
+            rule(
+                "echo",
+                "{app: echo, routingKey: {source: query, name: uid}}",
+            ),
+        ]
+        .concat(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let small: Vec<u8> = (0..100u32).map(|i| (i % 251) as u8).collect();
+    // Over the 64 KiB the gateway buffers: streamed upstream.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let (small_f, big_f) = (dir.path().join("small"), dir.path().join("big"));
+    std::fs::write(&small_f, &small).unwrap();
+    std::fs::write(&big_f, &big).unwrap();
+    let url = |q: &str| format!("http://{}/upload?uid=2088000000000057{q}", e.gw);
+    let up = |file: &std::path::Path, extra: &[&str]| -> Value {
+        let data = format!("@{}", file.display());
+        let u = url("");
+        let mut args = vec!["-X", "POST", "--data-binary", data.as_str(), u.as_str()];
+        args.extend_from_slice(extra);
+        let (ok, out) = curl(&args);
+        assert!(ok);
+        serde_json::from_slice(&out).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out)))
+    };
+    for (name, file, data, extra) in [
+        ("small", &small_f, &small, &[][..]),
+        ("big with a length", &big_f, &big, &[][..]),
+        (
+            "big chunked",
+            &big_f,
+            &big,
+            &["-H", "Transfer-Encoding: chunked"][..],
+        ),
+        (
+            "big with Expect",
+            &big_f,
+            &big,
+            &["-H", "Expect: 100-continue"][..],
+        ),
+    ] {
+        let v = up(file, extra);
+        assert_eq!(v["unit"], "rz01", "{name}: {v}");
+        assert_eq!(v["bodyBytes"], data.len(), "{name}: {v}");
+        assert_eq!(v["bodySha256"], sha256_hex(data), "{name}: {v}");
+        assert_eq!(v["headers"]["x-tessera-unit"], "rz01", "{name}: {v}");
+    }
+    // Answers: by length, and streamed in chunks of unknown length.
+    for (q, n) in [
+        ("&bytes=1000000", 1_000_000),
+        ("&bytes=100000&chunked=1", 100_000),
+    ] {
+        let (ok, out) = curl(&["-D", "-", &url(q)]);
+        assert!(ok, "{q}");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body.len(), n, "{q}: {head}");
+        assert!(body.bytes().all(|b| b == b'x'), "{q}");
+        assert!(
+            head.to_ascii_lowercase().contains("x-tessera-unit: rz01"),
+            "{head}"
+        );
+    }
+    // HEAD: the length of what GET would answer, and no body.
+    let (ok, out) = curl(&["-I", &url("&bytes=5000")]);
+    assert!(ok);
+    let head = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 5000"), "{head}");
+    // Many requests on one client connection, alternating units: all answered in step.
+    let urls: Vec<String> = (0..20)
+        .map(|i| {
+            let slot = if i % 2 == 0 { "07" } else { "57" };
+            format!(
+                "http://{}/ka?uid=20880000000000{slot}&bytes={}",
+                e.gw,
+                1000 + i
+            )
+        })
+        .collect();
+    let mut args = Vec::new();
+    for (i, u) in urls.iter().enumerate() {
+        if i > 0 {
+            args.push("--next");
+        }
+        args.extend_from_slice(&[
+            "-w",
+            "|%{size_download}|%{num_connects}\n",
+            "-o",
+            "/dev/null",
+        ]);
+        args.push(u.as_str());
+    }
+    let (ok, out) = curl(&args);
+    assert!(ok);
+    let lines: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 20, "{lines:?}");
+    let mut connects = 0;
+    for (i, l) in lines.iter().enumerate() {
+        let f: Vec<&str> = l.split('|').collect();
+        assert_eq!(f[1], (1000 + i).to_string(), "{lines:?}");
+        connects += f[2].parse::<u32>().unwrap();
+    }
+    assert_eq!(connects, 1, "one client connection: {lines:?}");
+}

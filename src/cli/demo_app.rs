@@ -2,6 +2,9 @@
 //! request answers JSON naming the app, unit, zone, version and instance that served it,
 //! with the request's method, path, host and the `x-tessera-*` headers it arrived with.
 //! `?status=N` answers with that status, `?delay_ms=N` waits first (tests use both).
+//! The JSON also reports the request body's length and SHA-256 (`bodyBytes`,
+//! `bodySha256`; bodies up to 64 MiB). `?bytes=N` answers N bytes of `x` instead of JSON,
+//! with a length, or streamed in 16 KiB chunks of unknown length with `&chunked=1`.
 //! Prints `listening on ADDR` once bound; stops on SIGINT/SIGTERM.
 
 use super::args::DemoAppArgs;
@@ -121,6 +124,17 @@ async fn echo(State(id): State<Arc<Identity>>, req: Request) -> Response {
         .and_then(|s| u16::try_from(s).ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
+    if let Some(n) = param("bytes") {
+        let n = n.min(1 << 30);
+        if param("chunked") == Some(1) {
+            let chunks = futures_util::stream::iter((0..n.div_ceil(16 << 10)).map(move |i| {
+                let len = (n - i * (16 << 10)).min(16 << 10) as usize;
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(vec![b'x'; len]))
+            }));
+            return (status, axum::body::Body::from_stream(chunks)).into_response();
+        }
+        return (status, vec![b'x'; n as usize]).into_response();
+    }
     let mut seen = Map::new();
     for (k, v) in req.headers() {
         if k.as_str().starts_with("x-tessera-") || k.as_str().starts_with("x-forwarded-") {
@@ -136,16 +150,30 @@ async fn echo(State(id): State<Arc<Identity>>, req: Request) -> Response {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let received = match axum::body::to_bytes(req.into_body(), 64 << 20).await {
+        Ok(b) => b,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")).into_response()
+        }
+    };
+    let digest = {
+        use sha2::Digest;
+        crate::util::hex(&sha2::Sha256::digest(&received))
+    };
     let body = json!({
         "app": id.app,
         "unit": id.unit,
         "zone": id.zone,
         "version": id.version,
         "instance": id.instance,
-        "method": req.method().as_str(),
-        "path": req.uri().path(),
+        "method": method,
+        "path": path,
         "host": host,
         "headers": seen,
+        "bodyBytes": received.len(),
+        "bodySha256": digest,
     });
     (status, Json(body)).into_response()
 }

@@ -62,6 +62,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         GatewayMetrics::new(ctx.metrics.registry()),
         g.access_log,
         g.max_body_bytes,
+        g.max_header_bytes,
     ));
     let status = Arc::new(Mutex::new(FeedStatus {
         source: "none".into(),
@@ -276,12 +277,22 @@ async fn health_checks(gateway: Arc<Gateway>, shutdown: CancellationToken) {
         hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1)
             .build(http);
+    let mut rounds = 0u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         let table = gateway.table.load_full();
+        rounds = rounds.wrapping_add(1);
+        if rounds.is_multiple_of(20) {
+            // Idle upstream connections past their timeout are closed every 5 s.
+            gateway.upstreams.sweep(&|_| true);
+            gateway
+                .metrics
+                .upstream_idle
+                .set(gateway.upstreams.idle_count() as i64);
+        }
         let now = gateway.states.now_ms();
         let mut seen = std::collections::HashSet::new();
         for ep in &table.endpoints {

@@ -13,12 +13,13 @@
 //!   what draining waits for.
 
 mod upgrade;
+mod upstream;
 
 use super::table::{pick, Decision, EndpointState, EndpointStates, RequestView, RouteTable};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -40,7 +41,7 @@ use tokio::sync::Semaphore;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type UpBody = UnsyncBoxBody<Bytes, BoxError>;
-pub type RespBody = Either<Tracked<Incoming>, Full<Bytes>>;
+pub type RespBody = Either<Tracked<upstream::UpstreamBody>, Full<Bytes>>;
 
 /// Bodies up to this size with a known length are read before forwarding (retry, mirror).
 pub const BUFFER_MAX: u64 = 64 << 10;
@@ -60,6 +61,8 @@ pub struct GatewayMetrics {
     pub tls_failures: prometheus::IntCounter,
     /// Open protocol-switch tunnels (WebSocket).
     pub tunnels: IntGauge,
+    /// Idle pooled connections to endpoints (sampled every 5 s).
+    pub upstream_idle: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -130,6 +133,11 @@ impl GatewayMetrics {
                 "Open protocol-switch (WebSocket) tunnels.",
             )
             .expect("static metric"), // ok: constant name and labels
+            upstream_idle: IntGauge::new(
+                "tessera_gateway_upstream_idle_connections",
+                "Idle pooled connections to endpoints.",
+            )
+            .expect("static metric"), // ok: constant name and labels
             ejections: prometheus::IntCounter::new(
                 "tessera_gateway_ejections_total",
                 "Endpoints ejected after consecutive failures.",
@@ -146,6 +154,7 @@ impl GatewayMetrics {
         let _ = registry.register(Box::new(m.ejections.clone()));
         let _ = registry.register(Box::new(m.tls_failures.clone()));
         let _ = registry.register(Box::new(m.tunnels.clone()));
+        let _ = registry.register(Box::new(m.upstream_idle.clone()));
         m
     }
 }
@@ -154,7 +163,9 @@ impl GatewayMetrics {
 pub struct Gateway {
     pub table: ArcSwap<RouteTable>,
     pub states: Arc<EndpointStates>,
+    /// For mirror copies and protocol-switch tunnels; requests go through `upstreams`.
     client: Client<HttpConnector, UpBody>,
+    pub upstreams: Arc<upstream::Upstreams>,
     pub metrics: GatewayMetrics,
     access_log: bool,
     max_body: u64,
@@ -219,6 +230,11 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// A header that concerns one connection only, never forwarded.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(n) || matches!(n.as_str(), "keep-alive" | "proxy-connection")
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -237,38 +253,33 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// The request's headers as the upstream gets them: hop-by-hop headers removed, `Host`
 /// kept, `x-forwarded-for`/`-proto` and the unit, zone and slot added.
 fn upstream_headers(
-    parts: &mut http::request::Parts,
+    headers: &mut HeaderMap,
+    uri: &http::Uri,
     client: SocketAddr,
     secure: bool,
     route: &super::table::Route<'_>,
 ) {
-    strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
+    strip_hop_by_hop(headers);
+    if !headers.contains_key(header::HOST) {
+        if let Some(a) = uri.authority() {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(header::HOST, v);
+                headers.insert(header::HOST, v);
             }
         }
     }
-    let xff = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", client.ip()),
         None => client.ip().to_string(),
     };
-    parts.headers.insert("x-forwarded-for", value(&xff));
-    parts.headers.insert(
+    headers.insert("x-forwarded-for", value(&xff));
+    headers.insert(
         "x-forwarded-proto",
         HeaderValue::from_static(if secure { "https" } else { "http" }),
     );
-    parts.headers.insert("x-tessera-unit", value(&route.unit));
-    parts.headers.insert("x-tessera-zone", value(&route.zone));
+    headers.insert("x-tessera-unit", value(&route.unit));
+    headers.insert("x-tessera-zone", value(&route.zone));
     if let Some(s) = route.slot {
-        parts
-            .headers
-            .insert("x-tessera-slot", value(&format!("{s:02}")));
+        headers.insert("x-tessera-slot", value(&format!("{s:02}")));
     }
 }
 
@@ -328,7 +339,12 @@ enum Failed {
 }
 
 impl Gateway {
-    pub fn new(metrics: GatewayMetrics, access_log: bool, max_body: u64) -> Gateway {
+    pub fn new(
+        metrics: GatewayMetrics,
+        access_log: bool,
+        max_body: u64,
+        max_head: usize,
+    ) -> Gateway {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(3)));
@@ -344,6 +360,7 @@ impl Gateway {
             table: ArcSwap::from_pointee(RouteTable::default()),
             states: Arc::new(EndpointStates::default()),
             client,
+            upstreams: Arc::new(upstream::Upstreams::new(max_head)),
             metrics,
             access_log,
             max_body,
@@ -371,6 +388,7 @@ impl Gateway {
             table.endpoints.iter().map(|e| e.addr).collect();
         self.table.store(Arc::new(table));
         self.states.retain(&|a| addrs.contains(a));
+        self.upstreams.sweep(&|a| addrs.contains(a));
         self.metrics.table_revision.set(rev as i64);
         self.metrics.table_swaps.inc();
         self.metrics.endpoints.with_label_values(&["up"]).set(up);
@@ -392,7 +410,7 @@ impl Gateway {
     ) -> Result<Response<RespBody>, Infallible> {
         let start = Instant::now();
         let table = self.table.load_full();
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let host = {
             let raw = parts
                 .uri
@@ -475,7 +493,8 @@ impl Gateway {
             let m = format!("the request body exceeds {} bytes", self.max_body);
             return Ok(refuse(413, "body-too-large", m));
         }
-        let (buffered, mut streamed) = match hint.exact() {
+        let declared = hint.exact();
+        let (buffered, mut streamed) = match declared {
             Some(n) if n <= BUFFER_MAX => match body.collect().await {
                 Ok(c) => (Some(c.to_bytes()), None),
                 Err(e) => {
@@ -488,21 +507,38 @@ impl Gateway {
                 Some(Limited::new(body, self.max_body as usize).boxed_unsync()),
             ),
         };
-        upstream_headers(&mut parts, client, secure, &route);
         let pq = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         if let (Some(shadow), Some(b)) = (&route.shadow, &buffered) {
+            let mut headers = parts.headers.clone();
+            upstream_headers(&mut headers, &parts.uri, client, secure, &route);
             self.mirror(
                 shadow.authority.clone(),
                 &parts.method,
                 &pq,
-                &parts.headers,
+                headers,
                 b.clone(),
             );
         }
+        let head = upstream::RequestHead {
+            method: &parts.method,
+            target: pq.as_str(),
+            headers: &parts.headers,
+            authority: parts.uri.authority().map(|a| a.as_str()),
+            client: client.ip(),
+            secure,
+            unit: &route.unit,
+            zone: &route.zone,
+            slot: route.slot,
+        }
+        .encode(match (&buffered, declared) {
+            (Some(b), _) => upstream::Framed::Length(b.len() as u64),
+            (None, Some(n)) => upstream::Framed::Length(n),
+            (None, None) => upstream::Framed::Chunked,
+        });
         let can_retry_sent = buffered.is_some() && idempotent(&parts.method);
         let attempts = if buffered.is_some() {
             1 + usize::from(route.rule.retries)
@@ -516,24 +552,17 @@ impl Gateway {
                 break;
             };
             tried.push(ep.addr);
-            let body: UpBody = match (&buffered, streamed.take()) {
-                (Some(b), _) => full(b.clone()),
-                (None, Some(s)) => s,
+            let body = match (&buffered, streamed.take()) {
+                (Some(b), _) => upstream::OutBody::Full(b.clone()),
+                (None, Some(s)) => upstream::OutBody::Stream(s, declared),
                 (None, None) => break,
             };
-            let mut up = Request::new(body);
-            *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = upstream_uri(&ep.authority, &pq);
-            *up.version_mut() = Version::HTTP_11;
-            // Keep a copy of the headers only while another endpoint could be tried.
-            let retry_possible = attempt + 1 < attempts && route.candidates.len() > tried.len();
-            *up.headers_mut() = if retry_possible {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
             let guard = InFlight::new(&ep.state);
-            let sent = tokio::time::timeout(route.rule.timeout, self.client.request(up)).await;
+            let sent = tokio::time::timeout(
+                route.rule.timeout,
+                self.upstreams.send(ep.addr, &parts.method, &head, body),
+            )
+            .await;
             let failure = match sent {
                 Ok(Ok(resp)) => {
                     let status = resp.status().as_u16();
@@ -550,7 +579,6 @@ impl Gateway {
                         self.states.success(&ep.state);
                     }
                     let (mut rp, rb) = resp.into_parts();
-                    strip_hop_by_hop(&mut rp.headers);
                     rp.headers.insert("x-tessera-unit", value(&route.unit));
                     rp.headers.insert("x-tessera-zone", value(&route.zone));
                     self.finish(
@@ -575,8 +603,8 @@ impl Gateway {
                         }),
                     ));
                 }
-                Ok(Err(e)) if e.is_connect() => Failed::Connect(e.to_string()),
-                Ok(Err(e)) => Failed::Other(e.to_string()),
+                Ok(Err(upstream::UpError::Connect(e))) => Failed::Connect(e),
+                Ok(Err(upstream::UpError::Failed(e))) => Failed::Other(e),
                 Err(_) => Failed::Timeout,
             };
             drop(guard);
@@ -648,7 +676,7 @@ impl Gateway {
         shadow: http::uri::Authority,
         method: &Method,
         pq: &http::uri::PathAndQuery,
-        headers: &HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) {
         let Ok(permit) = self.mirrors.clone().try_acquire_owned() else {
@@ -659,7 +687,7 @@ impl Gateway {
         let mut req = Request::new(full(body));
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = headers.clone();
+        *req.headers_mut() = headers;
         req.headers_mut()
             .insert("x-tessera-mirror", HeaderValue::from_static("1"));
         let client = self.client.clone();

@@ -87,7 +87,7 @@ impl Gateway {
                 &[],
             );
         };
-        upstream_headers(&mut parts, client, secure, &route);
+        upstream_headers(&mut parts.headers, &parts.uri, client, secure, &route);
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
