@@ -400,4 +400,13 @@ fn an_instance_upgraded_under_load_fails_no_request() {
     eprintln!("upgrade v1 -> v2 under {rate:.0} requests/s: {served} served, 0 failed");
     // v2 only from now on.
     assert_eq!(get_uid(gw, "2088000000000007").unwrap().1["version"], "v2");
+    // The old process was stopped once the gateway (registered with the control plane)
+    // reported its endpoint drained, not after a fixed grace.
+    let v = read(api, &token, "/api/v1/gateways");
+    assert_eq!(v["items"][0]["live"], true, "{v}");
+    let logs = n.logs();
+    assert!(
+        logs.contains("Every gateway reports the endpoint drained"),
+        "no drain handshake:\n{logs}"
+    );
 }

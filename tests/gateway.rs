@@ -1121,3 +1121,64 @@ fn bodies_of_every_size_and_framing_pass_through_both_ways() {
     }
     assert_eq!(connects, 1, "one client connection: {lines:?}");
 }
+
+#[test]
+fn gateways_register_their_admin_url_and_only_their_own() {
+    let e = estate(&[]);
+    // The gateway registers itself within a few seconds of enrolling.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let me = loop {
+        let (code, _, body) = http(e.api, "GET", "/api/v1/gateways", Some(&e.token), "").unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if let Some(g) = v["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|g| g["name"] == "gw-1"))
+        {
+            break g.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never registered: {body}\n{}",
+            e.gateway.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(me["admin"], format!("http://{}", e.admin), "{me}");
+    assert_eq!(me["zone"], "hz-a", "{me}");
+    assert_eq!(me["live"], true, "{me}");
+    // Bad registrations: clear 400s naming what is wrong, nothing stored.
+    for (body, expect) in [
+        ("not json", "not a gateway registration"),
+        (r#"{"admin": "127.0.0.1:7403"}"#, "admin"),
+        (r#"{"admin": "http://x:1/path"}"#, "admin"),
+        (r#"{"admin": "http://x:1", "extra": 1}"#, "unknown field"),
+        (r#"{"admin": "http://x:1", "zone": "Not A Zone"}"#, "zone"),
+    ] {
+        let (code, _, resp) =
+            http(e.api, "PUT", "/api/v1/gateways/gw-2", Some(&e.token), body).unwrap();
+        assert_eq!(code, 400, "{body}: {resp}");
+        assert!(resp.contains(expect), "{body}: {resp}");
+    }
+    // Another user may not register a gateway; a gateway's credential only itself.
+    let user = json!({"name": "viewer-1", "role": "viewer"}).to_string();
+    let (code, _, resp) = http(e.api, "POST", "/api/v1/users", Some(&e.token), &user).unwrap();
+    assert_eq!(code, 201, "{resp}");
+    let viewer = serde_json::from_str::<Value>(&resp).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ok = r#"{"admin": "http://127.0.0.9:7403"}"#;
+    let (code, _, resp) = http(e.api, "PUT", "/api/v1/gateways/gw-1", Some(&viewer), ok).unwrap();
+    assert_eq!(code, 403, "{resp}");
+    let (code, _, _) = http(e.api, "GET", "/api/v1/gateways", Some(&viewer), "").unwrap();
+    assert_eq!(code, 200);
+    let cred = std::fs::read_to_string(e.gateway.data_dir.join("gateway/credential")).unwrap();
+    let (code, _, resp) =
+        http(e.api, "PUT", "/api/v1/gateways/gw-9", Some(cred.trim()), ok).unwrap();
+    assert_eq!(code, 403, "{resp}");
+    let (code, _, body) = http(e.api, "GET", "/api/v1/gateways", Some(&e.token), "").unwrap();
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{body}");
+}

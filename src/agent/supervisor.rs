@@ -20,6 +20,7 @@
 //! - Restart: the agent keeps `<data_dir>/agent/instances.json` (pid and port per
 //!   instance) and adopts processes still running when it starts again.
 
+mod drain;
 mod node;
 
 use super::artifacts::{self, ArtifactError, Unpacked};
@@ -39,8 +40,6 @@ use tokio_util::sync::CancellationToken;
 
 const TICK: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// Between an instance leaving the table and its SIGTERM: gateways stop sending to it.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// An instance's artifact made ready: the directory it runs in, and what it is.
@@ -99,6 +98,8 @@ struct Proc {
     message: Option<String>,
     /// Set once it is no longer placed here: when that happened.
     leaving: Option<Instant>,
+    /// Whether the gateways have drained its endpoint (see `drain.rs`).
+    drain: Option<std::sync::Arc<std::sync::atomic::AtomicU8>>,
     term_sent: Option<Instant>,
     reported: Option<Value>,
     unit_zone: String,
@@ -228,6 +229,7 @@ impl Supervisor {
                         phase: "running",
                         message: None,
                         leaving: None,
+                        drain: None,
                         term_sent: None,
                         reported: None,
                         unit_zone: String::new(),
@@ -333,10 +335,11 @@ impl Supervisor {
             }
         }
         // Instances no longer placed here leave.
+        let ip = self.ip;
         for (name, p) in self.procs.iter_mut() {
             if !mine.contains_key(name) && p.leaving.is_none() {
                 tracing::info!(instance = %name, "Instance no longer placed here; draining it");
-                p.leaving = Some(Instant::now());
+                begin_leaving(name, p, client, ip);
             }
         }
         for (name, spec) in &mine {
@@ -402,6 +405,7 @@ impl Supervisor {
                         phase: "starting",
                         message: None,
                         leaving: None,
+                        drain: None,
                         term_sent: None,
                         reported: None,
                         unit_zone: unit_zone.clone(),
@@ -808,7 +812,7 @@ impl Supervisor {
                         for (n, o) in self.retiring.iter_mut() {
                             if n == name && o.leaving.is_none() {
                                 tracing::info!(instance = %name, "New version serving; draining the old process");
-                                o.leaving = Some(Instant::now());
+                                begin_leaving(n, o, client, self.ip);
                             }
                         }
                     }
@@ -822,8 +826,16 @@ impl Supervisor {
     }
 }
 
-/// One step of stopping a process that is leaving: SIGTERM once the drain grace has
-/// passed, SIGKILL after the stop grace; true once it is gone.
+/// Marks a process as leaving; the gateways are asked in the background whether its
+/// endpoint has drained.
+fn begin_leaving(name: &str, p: &mut Proc, client: &Client, ip: IpAddr) {
+    p.leaving = Some(Instant::now());
+    p.drain = Some(drain::watch(client, name, SocketAddr::new(ip, p.port)));
+}
+
+/// One step of stopping a process that is leaving: SIGTERM once every gateway reports
+/// its endpoint drained (or the drain bounds passed), SIGKILL after the stop grace; true
+/// once it is gone.
 fn step_stop(name: &str, p: &mut Proc) -> bool {
     let Some(since) = p.leaving else {
         return false;
@@ -831,7 +843,7 @@ fn step_stop(name: &str, p: &mut Proc) -> bool {
     match (p.pid, p.term_sent) {
         (None, _) => true,
         (Some(pid), None) => {
-            if since.elapsed() >= DRAIN_GRACE {
+            if drain::may_stop(p.drain.as_deref(), since.elapsed()) {
                 signal(pid, rustix::process::Signal::TERM);
                 p.term_sent = Some(Instant::now());
             }

@@ -249,8 +249,13 @@ impl AgentConfig {
 pub struct GatewayConfig {
     /// HTTP entrance.
     pub listen: ListenAddr,
-    /// /healthz, /readyz, /metrics.
+    /// /healthz, /readyz, /metrics, /routes, /endpoints, /drained.
     pub admin_listen: ListenAddr,
+    /// The URL agents reach `admin_listen` at (`http://HOST:PORT`), registered with the
+    /// control plane so that agents ask this gateway whether an endpoint has drained
+    /// before stopping it. Default: `http://<admin_listen>`; when that is a wildcard
+    /// address the gateway does not register (agents then wait a fixed grace).
+    pub admin_advertise: Option<String>,
     /// Control plane URLs; defaults to the local control role when it runs in this process.
     pub control: Vec<String>,
     /// Token from `tessera token create --role gateway`, exchanged once for the
@@ -291,6 +296,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: local(8080),
             admin_listen: local(7403),
+            admin_advertise: None,
             control: Vec::new(),
             join_token: None,
             access_log: true,

@@ -58,6 +58,32 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         }
         None => None,
     };
+    let admin_bound = local_addr(&admin_l, g.admin_listen.0);
+    let advertise = match &g.admin_advertise {
+        Some(u) => {
+            let authority = u.strip_prefix("http://").map(|a| a.trim_end_matches('/'));
+            match authority {
+                Some(a)
+                    if !a.is_empty() && !a.contains(['/', '?', '#', '@']) && a.contains(':') =>
+                {
+                    Some(format!("http://{a}"))
+                }
+                _ => {
+                    return Err(RoleError::Failed {
+                        role: Role::Gateway,
+                        message: format!(
+                        "gateway.admin_advertise: `{u}` is not a URL of the form http://HOST:PORT"
+                    ),
+                    })
+                }
+            }
+        }
+        None if admin_bound.ip().is_unspecified() => {
+            tracing::warn!(admin = %admin_bound, "gateway.admin_listen is a wildcard address and gateway.admin_advertise is not set: agents cannot ask this gateway whether an endpoint drained");
+            None
+        }
+        None => Some(format!("http://{admin_bound}")),
+    };
     let gateway = Arc::new(Gateway::new(
         GatewayMetrics::new(ctx.metrics.registry()),
         g.access_log,
@@ -73,6 +99,13 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         .iter()
         .map(|u| u.to_string().trim_end_matches('/').to_string())
         .collect();
+    let registrar = advertise.map(|admin| Registrar {
+        urls: urls.clone(),
+        node: cfg.node_name.clone(),
+        zone: cfg.zone.clone(),
+        admin,
+        credential: cfg.data_dir.join("gateway").join("credential"),
+    });
     let feed = Feed {
         credential: crate::api::enroll::ServiceCredential::for_role(
             "gateway",
@@ -119,6 +152,14 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             health.set_not_ready("no route table yet (from the control plane or the cache)");
             let feed_task = tokio::spawn(feed.run(shutdown.clone()));
             let checks = tokio::spawn(health_checks(gateway.clone(), shutdown.clone()));
+            let registering = tokio::spawn({
+                let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
+                async move {
+                    if let Some(r) = registrar {
+                        r.run(gateway, shutdown).await;
+                    }
+                }
+            });
             let ready = {
                 let (gateway, health, shutdown) =
                     (gateway.clone(), health.clone(), shutdown.clone());
@@ -154,7 +195,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 admin::serve(admin_l, admin_router, shutdown.clone()),
                 secure
             );
-            let _ = tokio::join!(feed_task, checks, ready);
+            let _ = tokio::join!(feed_task, checks, ready, registering);
             health.set_not_ready("stopped");
             a.and(b).and(c).map_err(|source| RoleError::Serve {
                 role: Role::Gateway,
@@ -265,6 +306,81 @@ async fn serve_entrance(
     // In-flight requests finish; the process's drain deadline bounds this.
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Tells the control plane, every 10 s, where this gateway's admin listener is and which
+/// table revision it serves (`PUT /api/v1/gateways/<node>`), so that agents ask it
+/// whether an endpoint has drained before stopping it.
+struct Registrar {
+    urls: Vec<String>,
+    node: String,
+    zone: Option<String>,
+    admin: String,
+    /// The gateway's credential file, written once the feed has enrolled.
+    credential: std::path::PathBuf,
+}
+
+const REGISTER_EVERY: Duration = Duration::from_secs(10);
+
+impl Registrar {
+    async fn run(self, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+        let mut wait = Duration::from_millis(200);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let Some(token) = std::fs::read_to_string(&self.credential)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+            else {
+                wait = Duration::from_secs(1); // not enrolled yet
+                continue;
+            };
+            let body = json!({
+                "admin": self.admin,
+                "zone": self.zone,
+                "revision": gateway.table.load().revision,
+            });
+            let path = format!("/api/v1/gateways/{}", self.node);
+            let mut last = String::new();
+            let mut done = false;
+            for u in &self.urls {
+                let client = match crate::api::Client::new(u, Some(token.clone())) {
+                    Ok(c) => c.with_timeout(Duration::from_secs(5)),
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                };
+                match client
+                    .call::<serde_json::Value>(http::Method::PUT, &path, Some(&body))
+                    .await
+                {
+                    Ok(_) => {
+                        done = true;
+                        break;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if done {
+                if failing {
+                    tracing::info!(admin = %self.admin, "Registered with the control plane again");
+                }
+                failing = false;
+                wait = REGISTER_EVERY;
+            } else {
+                if !failing {
+                    tracing::warn!(error = %last, "Registering this gateway with the control plane failed; retrying");
+                }
+                failing = true;
+                wait = Duration::from_secs(2);
+            }
+        }
+    }
 }
 
 /// Active health checks: each endpoint whose app declares a check is probed at its

@@ -10,6 +10,7 @@ pub mod context;
 mod dsfailover;
 mod error;
 mod forward;
+mod gateways;
 pub mod join;
 mod kv;
 mod lease;
@@ -114,6 +115,11 @@ pub fn routers(node: RaftNode, leases: LeaseClock, console: Console) -> Routers 
         )
         .route("/api/v1/logs", get(logs::logs))
         .route("/api/v1/members", get(members))
+        .route("/api/v1/gateways", get(gateways::list))
+        .route(
+            "/api/v1/gateways/{name}",
+            axum::routing::put(gateways::register),
+        )
         .route(
             "/api/v1/members/{name}",
             axum::routing::delete(join::remove_member),

@@ -282,6 +282,8 @@ fn build() -> Value {
         },
         "/api/v1/leases/{id}/keepalive": {"post": op("lease_keepalive", "Restart a lease's TTL", vec![path_param("id", int.clone())], None, ok("200", json!({"type": "object"})))},
         "/api/v1/members": {"get": op("members", "Raft members, leader, term", vec![], None, ok("200", json!({"type": "object"})))},
+        "/api/v1/gateways": {"get": op("gateways", "Registered gateways, their admin URLs and liveness", vec![], None, ok("200", json!({"type": "object"})))},
+        "/api/v1/gateways/{name}": {"put": op("gateway_register", "A gateway's registration (its own credential or an admin)", vec![path_param("name", json!({"type": "string"}))], Some(json!({"type": "object", "required": ["admin"], "additionalProperties": false, "properties": {"admin": {"type": "string"}, "zone": {"type": "string"}, "revision": int.clone()}})), ok("200", json!({"type": "object"})))},
         "/api/v1/tokens": {"post": op("join_token", "A single-use join token (admin)", vec![], Some(json!({"type": "object", "required": ["role"], "properties": {"role": {"type": "string"}, "ttl_secs": int.clone()}})), ok("200", json!({"type": "object"})))},
         "/api/v1/openapi.json": {"get": op("openapi", "This document", vec![], None, ok("200", json!({"type": "object"})))},
     });
