@@ -100,9 +100,16 @@ fn unparseable_address_is_named() {
     refused(&toml, &[], &[], &["FILE", "gateway.listen", "IP:PORT"]);
     let toml = format!("{GOOD}\n[gateway]\nadmin_listen = \"gw.example:7403\"\n");
     refused(&toml, &[], &[], &["gateway.admin_listen", "IP:PORT"]);
-    // The HTTPS entrance without a certificate, and a certificate entry without its key.
-    let toml = format!("{GOOD}\n[gateway]\ntls_listen = \"127.0.0.1:8443\"\n");
-    refused(&toml, &[], &[], &["gateway.tls_listen", "certificates"]);
+    // An admin URL that is not http://HOST:PORT.
+    let toml = format!("{GOOD}\n[gateway]\nadmin_advertise = \"gw.example:7403\"\n");
+    refused(
+        &toml,
+        &[],
+        &[],
+        &["gateway.admin_advertise", "http://HOST:PORT"],
+    );
+    // A certificate entry without its key (the HTTPS entrance alone is fine: its
+    // certificates may come from the control plane).
     let toml = format!("{GOOD}\n[gateway]\ntls_listen = \"127.0.0.1:8443\"\n[[gateway.certificates]]\ncert = \"/x.pem\"\n");
     refused(&toml, &[], &[], &["gateway.certificates", "key"]);
 }

@@ -1182,3 +1182,129 @@ fn gateways_register_their_admin_url_and_only_their_own() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["items"].as_array().unwrap().len(), 1, "{body}");
 }
+
+/// A `Certificate` resource as YAML (block scalars keep the PEM as is).
+fn certificate(name: &str, hosts: &[&str], cert: &str, key: &str) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "---\napiVersion: tessera.io/v1\nkind: Certificate\nmetadata: {{name: {name}}}\nspec:\n  hosts: {hosts:?}\n  cert: |\n{}  key: |\n{}",
+        indent(cert),
+        indent(key)
+    )
+}
+
+#[test]
+fn https_certificates_come_from_the_control_plane_with_their_keys_sealed() {
+    let ca = crate::harness::TestCa::new();
+    let mut e = estate_with("tls_listen = \"127.0.0.1:0\"\n", &[]);
+    let https = e.gateway.addr("gateway", "https");
+    let a = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let (c, k) = ca.issue("pay", &["pay.bank.example"]);
+    let (cert, key) = (
+        std::fs::read_to_string(c).unwrap(),
+        std::fs::read_to_string(k).unwrap(),
+    );
+    e.apply(
+        &[
+            app("echo", &[(&a, "rz00", None, "v1")], false),
+            rule("root", "{app: echo}"),
+            certificate("pay", &[], &cert, &key),
+        ]
+        .concat(),
+    );
+    let curl = |host: &str| -> (bool, String) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-D",
+                "-",
+                "--max-time",
+                "10",
+                "--cacert",
+                &ca.dir.path().join("ca.pem").display().to_string(),
+                "--resolve",
+                &format!("{host}:{}:127.0.0.1", https.port()),
+                "-H",
+                "x-tessera-uid: 2088000000000007",
+                &format!("https://{host}:{}/", https.port()),
+            ])
+            .output()
+            .expect("curl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = curl("pay.bank.example");
+    assert!(
+        ok && text.starts_with("http/2 200"),
+        "{text}\n{}",
+        e.gateway.logs()
+    );
+    assert!(text.contains("x-tessera-unit: rz00"), "{text}");
+    // The key is stored sealed: an admin reads enc:v1:..., never the PEM.
+    let (code, _, body) =
+        http(e.api, "GET", "/api/v1/certificates/pay", Some(&e.token), "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["spec"]["key"].as_str().unwrap().starts_with("enc:v1:"),
+        "{body}"
+    );
+    assert!(!body.contains("PRIVATE KEY"), "{body}");
+    // A second certificate applied later is served without a restart (wildcard).
+    let (c2, k2) = ca.issue("shop", &["*.shop.example"]);
+    e.apply(&certificate(
+        "shop",
+        &[],
+        &std::fs::read_to_string(c2).unwrap(),
+        &std::fs::read_to_string(&k2).unwrap(),
+    ));
+    let (ok, text) = curl("m.shop.example");
+    assert!(ok && text.starts_with("http/2 200"), "{text}");
+    // Bad certificates are refused with the field named; nothing is stored.
+    let (c3, _) = ca.issue("other", &["other.example"]);
+    let cert3 = std::fs::read_to_string(c3).unwrap();
+    let key2 = std::fs::read_to_string(k2).unwrap();
+    for (yaml, field) in [
+        (certificate("bad", &[], "not a pem", &key), "spec.cert"),
+        (certificate("bad", &[], &cert3, &key2), "spec.key"),
+        (
+            certificate("bad", &["not a host!"], &cert, &key),
+            "spec.hosts",
+        ),
+    ] {
+        let (code, _, resp) = http(e.api, "POST", "/api/v1/apply", Some(&e.token), &yaml).unwrap();
+        assert!(code == 422 || code == 400, "{code} {resp}");
+        assert!(resp.contains(field), "{field}: {resp}");
+    }
+    let (code, _, _) = http(e.api, "GET", "/api/v1/certificates/bad", Some(&e.token), "").unwrap();
+    assert_eq!(code, 404);
+    // Deleted: no longer served.
+    let (code, _, resp) = http(
+        e.api,
+        "DELETE",
+        "/api/v1/certificates/shop",
+        Some(&e.token),
+        "",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{resp}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, _) = curl("m.shop.example");
+        if !ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted certificate is still served"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -390,6 +390,7 @@ fn columns(k: Kind) -> &'static [(&'static str, &'static str)] {
             ("BY", "routeBy"),
         ],
         Kind::DataSource => &[("DATABASE", "database"), ("SHARDS", "shards")],
+        Kind::Certificate => &[("HOSTS", "hosts")],
         Kind::User => &[("ROLE", "role")],
         _ => &[],
     }

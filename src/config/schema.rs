@@ -271,10 +271,11 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// A client must send a request's head within this time (slow clients are cut off).
     pub header_read_timeout_secs: u64,
-    /// HTTPS entrance (TLS with SNI and ALPN h2/http1.1); off unless set. Needs
-    /// `certificates`.
+    /// HTTPS entrance (TLS with SNI and ALPN h2/http1.1); off unless set. Serves
+    /// `certificates` and the control plane's `certificates` resources.
     pub tls_listen: Option<ListenAddr>,
-    /// Certificates served on `tls_listen`, chosen by SNI; the first is the default.
+    /// Certificate files served on `tls_listen`, chosen by SNI; the first is the default
+    /// (and a host in both is served from these).
     pub certificates: Vec<GatewayCertificate>,
 }
 

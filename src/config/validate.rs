@@ -312,11 +312,20 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
         if g.header_read_timeout_secs == 0 {
             c.fail("gateway.header_read_timeout_secs", "must be at least 1");
         }
-        if g.tls_listen.is_some() && g.certificates.is_empty() {
-            c.fail(
-                "gateway.tls_listen",
-                "the HTTPS entrance needs at least one [[gateway.certificates]] entry (cert, key)",
-            );
+        if let Some(u) = &g.admin_advertise {
+            let authority = u.strip_prefix("http://").map(|a| a.trim_end_matches('/'));
+            let ok = authority.is_some_and(|a| {
+                !a.contains(['/', '?', '#', '@', ' '])
+                    && a.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    })
+            });
+            if !ok {
+                c.fail(
+                    "gateway.admin_advertise",
+                    format!("`{u}` is not a URL of the form http://HOST:PORT"),
+                );
+            }
         }
     }
 

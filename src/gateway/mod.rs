@@ -60,24 +60,8 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     };
     let admin_bound = local_addr(&admin_l, g.admin_listen.0);
     let advertise = match &g.admin_advertise {
-        Some(u) => {
-            let authority = u.strip_prefix("http://").map(|a| a.trim_end_matches('/'));
-            match authority {
-                Some(a)
-                    if !a.is_empty() && !a.contains(['/', '?', '#', '@']) && a.contains(':') =>
-                {
-                    Some(format!("http://{a}"))
-                }
-                _ => {
-                    return Err(RoleError::Failed {
-                        role: Role::Gateway,
-                        message: format!(
-                        "gateway.admin_advertise: `{u}` is not a URL of the form http://HOST:PORT"
-                    ),
-                    })
-                }
-            }
-        }
+        // Checked when the profile was loaded (config/validate.rs).
+        Some(u) => Some(u.trim_end_matches('/').to_string()),
         None if admin_bound.ip().is_unspecified() => {
             tracing::warn!(admin = %admin_bound, "gateway.admin_listen is a wildcard address and gateway.admin_advertise is not set: agents cannot ask this gateway whether an endpoint drained");
             None
@@ -119,8 +103,12 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         kinds: &table::INPUT_KINDS,
         install: {
             let (gateway, zone) = (gateway.clone(), cfg.zone.clone());
+            let resolver = https.as_ref().map(|(_, _, r)| r.clone());
             Box::new(move |inputs, source| {
-                let table = table::compile(inputs, zone.as_deref(), &gateway.states);
+                let mut table = table::compile(inputs, zone.as_deref(), &gateway.states);
+                if let Some(r) = &resolver {
+                    table.problems.extend(r.install_stored(inputs));
+                }
                 for p in &table.problems {
                     tracing::warn!(problem = %p, "Route table input skipped");
                 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The kinds a route table is built from (exactly what the gateway role may read).
-pub const INPUT_KINDS: [Kind; 6] = crate::model::specs::GATEWAY_READS;
+pub const INPUT_KINDS: [Kind; 7] = crate::model::specs::GATEWAY_READS;
 
 /// Live state of one upstream address, kept across table swaps.
 #[derive(Debug, Default)]

@@ -1,10 +1,11 @@
-//! The HTTPS entrance's certificates: loaded from files, chosen per connection by SNI
-//! (exact name, then `*.domain`, else the first certificate), reloaded when a file changes.
+//! The HTTPS entrance's certificates, chosen per connection by SNI (exact name, then
+//! `*.domain`, else a default): from the files of the profile (reloaded when a file
+//! changes), and from the control plane's `certificates` (replaced with every table the
+//! feed installs; the feed's cache keeps them for a start with the control plane down).
+//! A name in both is served from the files.
 
 use crate::config::GatewayCertificate;
 use arc_swap::ArcSwap;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
@@ -26,85 +27,95 @@ struct Table {
 
 #[derive(Debug)]
 pub struct SniResolver {
-    table: ArcSwap<Table>,
+    /// From the profile's files.
+    files: ArcSwap<Table>,
+    /// From the control plane.
+    stored: ArcSwap<Table>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let t = self.table.load();
+        let (f, c) = (self.files.load(), self.stored.load());
+        let default = || f.default.clone().or_else(|| c.default.clone());
         let Some(name) = hello.server_name() else {
-            return t.default.clone();
+            return default();
         };
         let name = name.to_ascii_lowercase();
-        if let Some(k) = t.exact.get(&name) {
+        if let Some(k) = f.exact.get(&name).or_else(|| c.exact.get(&name)) {
             return Some(k.clone());
         }
         if let Some((_, parent)) = name.split_once('.') {
-            if let Some(k) = t.wildcard.get(parent) {
+            if let Some(k) = f.wildcard.get(parent).or_else(|| c.wildcard.get(parent)) {
                 return Some(k.clone());
             }
         }
-        t.default.clone()
+        default()
+    }
+}
+
+impl SniResolver {
+    /// Replaces the control plane's certificates with those in `inputs`; one that cannot
+    /// be used is skipped and named in the answer.
+    pub fn install_stored(&self, inputs: &crate::api::feed::Inputs) -> Vec<String> {
+        let mut t = Table::default();
+        let mut problems = Vec::new();
+        // Sorted by name (the inputs are), so the default is stable.
+        for r in inputs.of_kind(crate::model::Kind::Certificate) {
+            let name = &r.metadata.name;
+            let spec: crate::model::certificate::CertificateSpec =
+                match serde_json::from_value(r.spec.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        problems.push(format!("certificate {name}: {e}"));
+                        continue;
+                    }
+                };
+            if spec.key.starts_with(crate::model::SEALED_PREFIX) {
+                problems.push(format!(
+                    "certificate {name}: its key arrived sealed (this credential is not a gateway's)"
+                ));
+                continue;
+            }
+            match crate::model::certificate::certified(
+                spec.cert.as_bytes(),
+                spec.key.as_bytes(),
+                &spec.hosts,
+            ) {
+                Ok((hosts, key)) => add(&mut t, hosts, key),
+                Err(p) => problems.push(format!("certificate {name}: {}: {}", p.part, p.message)),
+            }
+        }
+        self.stored.store(Arc::new(t));
+        problems
+    }
+}
+
+fn add(t: &mut Table, hosts: Vec<String>, key: Arc<CertifiedKey>) {
+    if t.default.is_none() {
+        t.default = Some(key.clone());
+    }
+    for h in hosts {
+        match h.strip_prefix("*.") {
+            Some(parent) => t.wildcard.entry(parent.to_string()).or_insert(key.clone()),
+            None => t.exact.entry(h).or_insert(key.clone()),
+        };
     }
 }
 
 fn load_one(c: &GatewayCertificate) -> Result<(Vec<String>, Arc<CertifiedKey>), String> {
     let cert_pem = std::fs::read(&c.cert).map_err(|e| format!("{}: {e}", c.cert.display()))?;
     let key_pem = std::fs::read(&c.key).map_err(|e| format!("{}: {e}", c.key.display()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", c.cert.display()))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| format!("{}: holds no certificate", c.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", c.key.display()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("{}: unsupported key: {e}", c.key.display()))?;
-    let hosts = if c.hosts.is_empty() {
-        dns_names(leaf).map_err(|e| format!("{}: {e}", c.cert.display()))?
-    } else {
-        c.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
-    };
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "{} does not belong to {}: {e}",
-            c.key.display(),
-            c.cert.display()
-        )
-    })?;
-    Ok((hosts, Arc::new(certified)))
-}
-
-/// The DNS names a certificate is for (its subject alternative names).
-fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let mut out = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                out.push(d.to_ascii_lowercase());
-            }
-        }
-    }
-    Ok(out)
+    crate::model::certificate::certified(&cert_pem, &key_pem, &c.hosts).map_err(|p| {
+        let file = if p.part == "key" { &c.key } else { &c.cert };
+        format!("{}: {}", file.display(), p.message)
+    })
 }
 
 fn load(certs: &[GatewayCertificate]) -> Result<Table, String> {
     let mut t = Table::default();
     for c in certs {
         let (hosts, key) = load_one(c)?;
-        if t.default.is_none() {
-            t.default = Some(key.clone());
-        }
-        for h in hosts {
-            match h.strip_prefix("*.") {
-                Some(parent) => t.wildcard.entry(parent.to_string()).or_insert(key.clone()),
-                None => t.exact.entry(h).or_insert(key.clone()),
-            };
-        }
+        add(&mut t, hosts, key);
     }
     Ok(t)
 }
@@ -114,7 +125,8 @@ pub fn server_config(
     certs: &[GatewayCertificate],
 ) -> Result<(Arc<rustls::ServerConfig>, Arc<SniResolver>), String> {
     let resolver = Arc::new(SniResolver {
-        table: ArcSwap::from_pointee(load(certs)?),
+        files: ArcSwap::from_pointee(load(certs)?),
+        stored: ArcSwap::from_pointee(Table::default()),
     });
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -154,7 +166,7 @@ pub async fn reload(
         seen = now;
         match load(&certs) {
             Ok(t) => {
-                resolver.table.store(Arc::new(t));
+                resolver.files.store(Arc::new(t));
                 tracing::info!("Reloaded the HTTPS entrance's certificates");
             }
             Err(e) => {

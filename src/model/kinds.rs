@@ -15,6 +15,7 @@ pub enum Kind {
     Release,
     TrafficRule,
     DataSource,
+    Certificate,
     User,
     Event,
     AuditEvent,
@@ -33,7 +34,7 @@ pub enum Writers {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Region,
         Kind::Zone,
         Kind::Unit,
@@ -46,6 +47,7 @@ impl Kind {
         Kind::Release,
         Kind::TrafficRule,
         Kind::DataSource,
+        Kind::Certificate,
         Kind::User,
         Kind::Event,
         Kind::AuditEvent,
@@ -66,6 +68,7 @@ impl Kind {
             Kind::Release => "Release",
             Kind::TrafficRule => "TrafficRule",
             Kind::DataSource => "DataSource",
+            Kind::Certificate => "Certificate",
             Kind::User => "User",
             Kind::Event => "Event",
             Kind::AuditEvent => "AuditEvent",
@@ -87,6 +90,7 @@ impl Kind {
             Kind::Release => "releases",
             Kind::TrafficRule => "trafficrules",
             Kind::DataSource => "datasources",
+            Kind::Certificate => "certificates",
             Kind::User => "users",
             Kind::Event => "events",
             Kind::AuditEvent => "auditevents",

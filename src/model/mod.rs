@@ -19,11 +19,15 @@
 //! - `diff.rs`: field-level differences between two objects (for audit events).
 
 pub mod audit;
+pub mod certificate;
 pub mod diff;
 pub mod kinds;
 pub mod slot;
 pub mod specs;
 pub mod world;
+
+/// How a secret inside a resource starts once it is sealed (`control/http/secrets.rs`).
+pub const SEALED_PREFIX: &str = "enc:v1:";
 
 pub use kinds::Kind;
 use serde::{Deserialize, Serialize};

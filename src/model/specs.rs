@@ -567,14 +567,16 @@ pub const ROLES: [&str; 7] = [
     "admin", "operator", "approver", "viewer", "gateway", "agent", "dbproxy",
 ];
 
-/// What a gateway reads: everything its route table is built from.
-pub const GATEWAY_READS: [Kind; 6] = [
+/// What a gateway reads: everything its route table is built from, and the
+/// certificates of its HTTPS entrance.
+pub const GATEWAY_READS: [Kind; 7] = [
     Kind::Zone,
     Kind::Unit,
     Kind::ShardMap,
     Kind::App,
     Kind::Instance,
     Kind::TrafficRule,
+    Kind::Certificate,
 ];
 
 /// What a service role (a gateway's, agent's or DB proxy's own credential) may read;
@@ -886,6 +888,10 @@ pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
             let s: TrafficRuleSpec = parse(spec)?;
             name_ref("spec.app", &s.app)?;
             check_traffic_rule(&s)?;
+        }
+        Kind::Certificate => {
+            let s: super::certificate::CertificateSpec = parse(spec)?;
+            super::certificate::check(&s, super::SEALED_PREFIX)?;
         }
         Kind::DataSource => {
             let s: DataSourceSpec = parse(spec)?;

@@ -71,6 +71,7 @@ fn build() -> Value {
             Kind::Release => g.subschema_for::<kinds::ReleaseSpec>(),
             Kind::TrafficRule => g.subschema_for::<kinds::TrafficRuleSpec>(),
             Kind::DataSource => g.subschema_for::<kinds::DataSourceSpec>(),
+            Kind::Certificate => g.subschema_for::<crate::model::certificate::CertificateSpec>(),
             Kind::User => g.subschema_for::<kinds::UserSpec>(),
             Kind::Event | Kind::AuditEvent => schemars::json_schema!({"type": "object"}),
         };

@@ -613,6 +613,7 @@ fn plan(
                 if let (true, Some(key)) = (super::secrets::has_secrets(*kind), key) {
                     super::secrets::seal_spec(
                         key,
+                        *kind,
                         &name,
                         &mut stored.spec,
                         current.map(|c| &c.spec),

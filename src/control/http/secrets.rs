@@ -1,10 +1,12 @@
 //! Secrets inside resources: a DataSource's backend `password` and its proxy users'
-//! passwords are sealed before they are stored (AES-256-GCM under the cluster's data
-//! key, bound to the data source and the field), so the store, its snapshots and
-//! backups, the audit trail, watches and `tessera get` carry only `enc:v1:…`.
+//! passwords, and a Certificate's private `key`, are sealed before they are stored
+//! (AES-256-GCM under the cluster's data key, bound to the object and the field), so the
+//! store, its snapshots and backups, the audit trail, watches and `tessera get` carry
+//! only `enc:v1:…`.
 //!
-//! Only the DB proxies' own role gets them opened (in list, get and watch answers for
-//! `datasources`); an admin who needs one resets it. The data key is made on the first
+//! Only the role that uses them gets them opened, in list, get and watch answers: the DB
+//! proxies for `datasources`, the gateways for `certificates`. An admin who needs one
+//! resets it. The data key is made on the first
 //! sealed write and kept in the reserved `/tessera/pki/` space (never readable through
 //! the KV API). It lives in the same store as the values it seals: this keeps secrets out
 //! of every API answer, export and audit record, not away from someone holding a control
@@ -19,7 +21,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use serde_json::Value;
 
 pub const DATA_KEY: &str = "/tessera/pki/datakey";
-const SEALED: &str = "enc:v1:";
+const SEALED: &str = crate::model::SEALED_PREFIX;
 
 pub type DataKey = [u8; 32];
 
@@ -100,8 +102,11 @@ fn open(key: &DataKey, aad: &str, sealed: &str) -> Option<String> {
     String::from_utf8(plain.to_vec()).ok()
 }
 
-/// The secret fields of a data source spec: (JSON pointer, associated data).
-fn fields(name: &str, spec: &Value) -> Vec<(String, String)> {
+/// The secret fields of a spec: (JSON pointer, associated data).
+fn fields(kind: Kind, name: &str, spec: &Value) -> Vec<(String, String)> {
+    if kind == Kind::Certificate {
+        return vec![("/key".to_string(), format!("certificates/{name}/key"))];
+    }
     let mut out = vec![(
         "/password".to_string(),
         format!("datasources/{name}/password"),
@@ -134,7 +139,16 @@ fn field_name(ptr: &str) -> String {
 
 /// Does this kind carry secrets?
 pub fn has_secrets(kind: Kind) -> bool {
-    kind == Kind::DataSource
+    reader(kind).is_some()
+}
+
+/// The one role that reads this kind's secrets opened.
+fn reader(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::DataSource => Some("dbproxy"),
+        Kind::Certificate => Some("gateway"),
+        _ => None,
+    }
 }
 
 /// Seals every plain secret in `spec` (a value equal to what `current` holds keeps its
@@ -142,11 +156,12 @@ pub fn has_secrets(kind: Kind) -> bool {
 /// cluster sealed for this very field.
 pub fn seal_spec(
     key: &DataKey,
+    kind: Kind,
     name: &str,
     spec: &mut Value,
     current: Option<&Value>,
 ) -> Result<(), ApiError> {
-    for (ptr, aad) in fields(name, spec) {
+    for (ptr, aad) in fields(kind, name, spec) {
         let Some(v) = spec
             .pointer(&ptr)
             .and_then(Value::as_str)
@@ -159,7 +174,7 @@ pub fn seal_spec(
             if open(key, &aad, &v).is_none() {
                 return Err(ApiError::bad_field(
                     field,
-                    "a sealed value (enc:v1:...) that this cluster did not seal for this field; give the password in plain text",
+                    "a sealed value (enc:v1:...) that this cluster did not seal for this field; give it in plain text",
                 ));
             }
             continue;
@@ -180,16 +195,16 @@ pub fn seal_spec(
     Ok(())
 }
 
-/// Opens the secrets of `r` for the DB proxies' role; others see them sealed.
+/// Opens the secrets of `r` for the role that uses them; others see them sealed.
 pub fn reveal(s: &ApiState, caller: &Caller, kind: Kind, r: &mut Resource) {
-    if !has_secrets(kind) || caller.role != "dbproxy" {
+    if reader(kind) != Some(caller.role.as_str()) {
         return;
     }
     let Ok(Some(key)) = stored_key(s) else {
         return;
     };
     let name = r.metadata.name.clone();
-    for (ptr, aad) in fields(&name, &r.spec) {
+    for (ptr, aad) in fields(kind, &name, &r.spec) {
         let opened = r
             .spec
             .pointer(&ptr)
@@ -212,7 +227,7 @@ mod tests {
             "password": "backend",
             "proxyUsers": [{"name": "app", "password": "p1"}, {"name": "ro", "password": "p2"}]
         });
-        seal_spec(&key, "db", &mut spec, None).unwrap();
+        seal_spec(&key, Kind::DataSource, "db", &mut spec, None).unwrap();
         let sealed = spec.clone();
         for p in [
             "/password",
@@ -248,17 +263,17 @@ mod tests {
             "password": "backend",
             "proxyUsers": [{"name": "app", "password": "p1"}, {"name": "ro", "password": "p2"}]
         });
-        seal_spec(&key, "db", &mut again, Some(&sealed)).unwrap();
+        seal_spec(&key, Kind::DataSource, "db", &mut again, Some(&sealed)).unwrap();
         assert_eq!(again, sealed);
         let mut round = sealed.clone();
-        seal_spec(&key, "db", &mut round, Some(&sealed)).unwrap();
+        seal_spec(&key, Kind::DataSource, "db", &mut round, Some(&sealed)).unwrap();
         assert_eq!(round, sealed);
         // A sealed value moved to another field, or forged, is refused.
         let mut moved = sealed.clone();
         moved["password"] = sealed["proxyUsers"][0]["password"].clone();
-        assert!(seal_spec(&key, "db", &mut moved, None).is_err());
+        assert!(seal_spec(&key, Kind::DataSource, "db", &mut moved, None).is_err());
         let mut forged = serde_json::json!({"password": "enc:v1:00ff"});
-        assert!(seal_spec(&key, "db", &mut forged, None).is_err());
+        assert!(seal_spec(&key, Kind::DataSource, "db", &mut forged, None).is_err());
         assert_eq!(
             field_name("/proxyUsers/1/password"),
             "spec.proxyUsers[1].password"
