@@ -410,3 +410,55 @@ fn an_instance_upgraded_under_load_fails_no_request() {
         "no drain handshake:\n{logs}"
     );
 }
+
+#[test]
+fn node_events_past_their_retention_are_pruned() {
+    let mut n = Node::up(&["--demo", "--set", "control.event_retention_secs=4"]);
+    let gw = n.addr("gateway", "entrance");
+    let api = n.addr("control", "api");
+    n.wait_ready(api);
+    let logs = || String::new();
+    wait_served(gw, "2088000000000007", Duration::from_secs(30), &logs);
+    let token = n.admin_token();
+    // A command that exits at once: an InstanceExited event at every restart.
+    let crasher = "apiVersion: tessera.io/v1\nkind: App\nmetadata: {name: crasher}\nspec: {mode: vm, command: [/bin/sh, -c, \"exit 7\"], port: 9000, units: [rz00]}\n";
+    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), crasher).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let names = || -> Vec<String> {
+        read(api, &token, "/api/v1/events")["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(f) = names().into_iter().next() {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no event\n{}", n.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Four seconds later (and a retention pass), it is gone while newer ones remain.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while names().contains(&first) {
+        assert!(
+            Instant::now() < deadline,
+            "{first} never pruned\n{}",
+            n.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let logs = n.logs();
+    assert!(
+        logs.contains("Pruned node events past their retention"),
+        "{logs}"
+    );
+    let m = http(api, "GET", "/metrics", None, "").unwrap().2;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("tessera_control_events_pruned_total ") && !l.ends_with(" 0")),
+        "{m}"
+    );
+}

@@ -162,6 +162,10 @@ pub struct ControlConfig {
     /// Serve the web console from this directory (a built `ui/dist`) instead of the copy
     /// embedded in the binary: for console development.
     pub console_dir: Option<PathBuf>,
+    /// Node events older than this are deleted (by the leader).
+    pub event_retention_secs: u64,
+    /// At most this many node events are kept; the oldest go first.
+    pub event_retention_max: usize,
 }
 
 impl Default for ControlConfig {
@@ -182,6 +186,8 @@ impl Default for ControlConfig {
             api_advertise: None,
             cert_renew_days: 30,
             console_dir: None,
+            event_retention_secs: 7 * 24 * 3600,
+            event_retention_max: 10_000,
         }
     }
 }

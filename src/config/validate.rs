@@ -154,6 +154,18 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
                 format!("{} is too small: at least 100", ctl.snapshot_logs),
             );
         }
+        if ctl.event_retention_secs == 0 {
+            c.fail(
+                "control.event_retention_secs",
+                "must be at least 1 (seconds node events are kept)",
+            );
+        }
+        if ctl.event_retention_max < 1 {
+            c.fail(
+                "control.event_retention_max",
+                "must be at least 1 (node events kept)",
+            );
+        }
         if !(1..=3650).contains(&ctl.cert_renew_days) {
             c.fail(
                 "control.cert_renew_days",

@@ -109,6 +109,16 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let router = router.merge(admin::router(health.clone(), ctx.metrics.clone()));
     let history_revisions = cfg.control.history_revisions;
     let registry = ctx.metrics.registry().clone();
+    let retention = http::Retention {
+        max_age: std::time::Duration::from_secs(cfg.control.event_retention_secs),
+        max_count: cfg.control.event_retention_max,
+    };
+    let pruned = prometheus::IntCounter::new(
+        "tessera_control_events_pruned_total",
+        "Node events deleted by retention (age or count).",
+    )
+    .expect("static metric"); // ok: constant, valid name
+    let _ = registry.register(Box::new(pruned.clone()));
     // Certificates from `[tls]` files are the operator's; generated ones renew here.
     let renew = (cfg.tls.cert.is_none()).then(|| (pki_dir.clone(), cfg.control.cert_renew_days));
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
@@ -139,6 +149,8 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             let reconcilers = tokio::spawn(http::reconcile(
                 node.clone(),
                 clock.clone(),
+                retention,
+                pruned,
                 shutdown.clone(),
             ));
             let renewals = renew.map(|(dir, days)| {

@@ -18,6 +18,7 @@ mod logs;
 mod openapi;
 mod placement;
 mod resources;
+mod retention;
 mod secrets;
 mod shardmaps;
 mod status;
@@ -54,13 +55,22 @@ pub struct Routers {
     pub forwarded: Router,
 }
 
-/// The reconcilers that run on the leader (placement of VM-mode instances).
+pub use retention::Retention;
+
+/// The reconcilers that run on the leader: placement of VM-mode instances, event
+/// retention.
 pub async fn reconcile(
     node: RaftNode,
     leases: LeaseClock,
+    retention: Retention,
+    pruned: prometheus::IntCounter,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    placement::run(ApiState { node, leases }, shutdown).await;
+    let s = ApiState { node, leases };
+    tokio::join!(
+        placement::run(s.clone(), shutdown.clone()),
+        retention::run(s, retention, pruned, shutdown),
+    );
 }
 
 /// The API's routers (see [`Routers`]); paths outside `/api/` go to the console.
