@@ -631,3 +631,64 @@ fn a_follower_behind_by_many_large_entries_catches_up() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn artifact_contents_are_copied_to_every_member_and_fetched_back_when_missing() {
+    let mut c1 = control(20, None);
+    c1.node.wait_ready(c1.api);
+    let admin = c1.node.admin_token();
+    let t2 = new_token(c1.api, &admin, 600);
+    let mut c2 = control(21, Some((&c1.api, &t2)));
+    let t3 = new_token(c1.api, &admin, 600);
+    let mut c3 = control(22, Some((&c1.api, &t3)));
+    c2.node.wait_ready(c2.api);
+    c3.node.wait_ready(c3.api);
+    // 5 MB pushed to a follower-or-leader alike: written as it arrives, then copied.
+    let content: String = (0..5_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(content.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let path = format!("/api/v1/blobs/{sha}");
+    let (code, _, body) = http(c2.api, "PUT", &path, Some(&admin), &content).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(
+        (v["copies"].as_u64(), v["members"].as_u64()),
+        (Some(3), Some(3)),
+        "{body}"
+    );
+    for m in [&c1, &c2, &c3] {
+        assert!(m.node.data_dir.join("control/blobs").join(&sha).is_file());
+        let (code, _, got) = http(m.api, "GET", &path, Some(&admin), "").unwrap();
+        assert_eq!(code, 200);
+        assert!(got == content, "member {} served other bytes", m.api);
+    }
+    // A member that lost its copy fetches it from another and keeps it.
+    std::fs::remove_file(c3.node.data_dir.join("control/blobs").join(&sha)).unwrap();
+    let (code, _, got) = http(c3.api, "GET", &path, Some(&admin), "").unwrap();
+    assert_eq!(code, 200);
+    assert!(got == content);
+    assert!(c3.node.data_dir.join("control/blobs").join(&sha).is_file());
+    // A damaged upload is refused and leaves nothing behind.
+    let (code, _, body) = http(
+        c1.api,
+        "PUT",
+        &format!("/api/v1/blobs/{}", "ab".repeat(32)),
+        Some(&admin),
+        "not it",
+    )
+    .unwrap();
+    assert_eq!(code, 422, "{body}");
+    let leftovers: Vec<_> = std::fs::read_dir(c1.node.data_dir.join("control/blobs"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}

@@ -29,38 +29,67 @@ impl std::fmt::Display for ArtifactError {
     }
 }
 
-/// The cached content of `sha256`, downloaded and checked first if needed.
+/// The cached content of `sha256`, downloaded and checked first if needed. The download
+/// goes to a temporary file as it arrives, hashed on the way (memory stays flat whatever
+/// the artifact's size), and becomes the cached file only once its digest matches.
 pub async fn fetch(client: &Client, cache: &Path, sha256: &str) -> Result<PathBuf, ArtifactError> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
     let path = cache.join(sha256);
     if path.is_file() {
         return Ok(path);
     }
-    let (status, body) = client
-        .clone()
-        .with_timeout(DOWNLOAD_TIMEOUT)
-        .send(http::Method::GET, &format!("/api/v1/blobs/{sha256}"), None)
+    let failed = |m: String| ArtifactError::Failed(format!("downloading {sha256}: {m}"));
+    tokio::fs::create_dir_all(cache)
         .await
-        .map_err(|e| ArtifactError::Failed(format!("downloading {sha256}: {e}")))?;
-    if !status.is_success() {
-        let e = crate::api::api_error(status, &body);
-        return Err(ArtifactError::Failed(format!("downloading {sha256}: {e}")));
+        .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))?;
+    let tmp = cache.join(format!(".{sha256}.part"));
+    let download = async {
+        let mut body = client
+            .stream(&format!("/api/v1/blobs/{sha256}"))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await
+            .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))?;
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| failed(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                hash.update(&data);
+                size += data.len() as u64;
+                file.write_all(&data)
+                    .await
+                    .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))?;
+            }
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))?;
+        let actual = crate::util::hex(&hash.finalize());
+        if actual != sha256 {
+            return Err(ArtifactError::Corrupt(format!(
+                "the download of {sha256} has SHA-256 {actual} ({size} bytes): damaged, refused"
+            )));
+        }
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))
+    };
+    let outcome = match tokio::time::timeout(DOWNLOAD_TIMEOUT, download).await {
+        Ok(r) => r,
+        Err(_) => Err(failed(format!("not complete within {DOWNLOAD_TIMEOUT:?}"))),
+    };
+    if outcome.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
     }
-    let actual = crate::util::hex(&Sha256::digest(&body));
-    if actual != sha256 {
-        return Err(ArtifactError::Corrupt(format!(
-            "the download of {sha256} has SHA-256 {actual} ({} bytes): damaged, refused",
-            body.len()
-        )));
-    }
-    let (cache, path2) = (cache.to_path_buf(), path.clone());
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&cache)?;
-        crate::util::write_atomic(&path2, &body, 0o600)
-    })
-    .await
-    .map_err(|e| ArtifactError::Failed(e.to_string()))?
-    .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))?;
-    Ok(path)
+    outcome.map(|()| path)
 }
 
 /// What an unpacked artifact is.

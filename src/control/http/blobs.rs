@@ -2,12 +2,15 @@
 //! nodes' disks (`<data_dir>/control/blobs/<sha256>`), never in the Raft log; the
 //! `artifacts` resources name them.
 //!
-//! - `PUT /api/v1/blobs/{sha256}`: the bytes are checked against the digest, written
-//!   (temp file, fsync, rename) and copied to every other member over the peer channel
+//! - `PUT /api/v1/blobs/{sha256}`: the bytes are written as they arrive (temp file,
+//!   hashed on the way, fsync, rename once the digest matches) and copied to every other member over the peer channel
 //!   (mutual TLS, the caller's token with them). The answer says how many members hold
 //!   it. Admins and operators (the writers of artifacts).
-//! - `GET /api/v1/blobs/{sha256}`: the bytes, for agents and people. A node without
-//!   them fetches them from a member that has them (checking the digest) and keeps them.
+//! - `GET /api/v1/blobs/{sha256}`: the bytes, for agents and people, streamed from the
+//!   file (many agents downloading a large artifact at once cost no memory). A node
+//!   without them fetches them from a member that has them (checking the digest) and
+//!   keeps them; that copy, and the copies a push sends to members, are still read whole
+//!   (the peer channel carries whole bodies).
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -78,44 +81,110 @@ fn store_locally(s: &ApiState, sha: &str, body: &[u8]) -> Result<(), ApiError> {
     })
 }
 
+/// Writes a pushed body to `<blobs>/.<sha>.<random>.part` as it arrives, hashing it on
+/// the way, and moves it into place once the digest matches; nothing is kept otherwise.
+/// Memory stays flat whatever the size.
+async fn receive(s: &ApiState, sha: &str, body: Body) -> Result<u64, ApiError> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let d = dir(s);
+    tokio::fs::create_dir_all(&d)
+        .await
+        .map_err(|e| ApiError::internal("blob dir", e))?;
+    let path = d.join(sha);
+    let suffix = crate::util::hex(
+        &crate::util::random_bytes::<6>().map_err(|e| ApiError::internal("blob", e))?,
+    );
+    let tmp = d.join(format!(".{sha}.{suffix}.part"));
+    let storage = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage",
+            format!("cannot store the artifact on this control node: {e}"),
+        )
+    };
+    let write = async {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await
+            .map_err(storage)?;
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("reading the upload: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            size += data.len() as u64;
+            if size > MAX_BLOB as u64 {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("artifacts are at most {} MiB", MAX_BLOB >> 20),
+                ));
+            }
+            hash.update(&data);
+            file.write_all(&data).await.map_err(storage)?;
+        }
+        let actual = crate::util::hex(&hash.finalize());
+        if actual != sha {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "digest_mismatch",
+                format!("the content's SHA-256 is {actual}, not {sha}: the upload was damaged"),
+            ));
+        }
+        file.sync_all().await.map_err(storage)?;
+        tokio::fs::rename(&tmp, &path).await.map_err(storage)?;
+        if let Ok(dirf) = tokio::fs::File::open(&d).await {
+            let _ = dirf.sync_all().await;
+        }
+        Ok(size)
+    };
+    let r = write.await;
+    if r.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    r
+}
+
 pub async fn put(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(sha): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     may_push(&caller)?;
     check_digest(&sha)?;
-    let body = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "{}; artifacts are at most {} MiB",
-                e.body_text(),
-                MAX_BLOB >> 20
-            ),
-        )
-    })?;
-    let actual = crate::util::hex(&Sha256::digest(&body));
-    if actual != sha {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "digest_mismatch",
-            format!("the content's SHA-256 is {actual}, not {sha}: the upload was damaged"),
-        ));
-    }
-    let (b, s2, sha2) = (body.clone(), s.clone(), sha.clone());
-    tokio::task::spawn_blocking(move || store_locally(&s2, &sha2, &b))
-        .await
-        .map_err(|e| ApiError::internal("blob write", e))??;
+    let size = receive(&s, &sha, body).await?;
     if headers.contains_key(REPLICA) {
-        return Ok(Json(json!({"sha256": sha, "size": body.len()})).into_response());
+        return Ok(Json(json!({"sha256": sha, "size": size})).into_response());
     }
-    // Copy it to every other member, all at once.
+    // Copy it to every other member, all at once (the peer channel takes whole bodies:
+    // the file is read back once for all of them).
     let others = s.node.other_members();
     let total = others.len() + 1;
+    let body = if others.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::from(
+            tokio::fs::read(dir(&s).join(&sha))
+                .await
+                .map_err(|e| ApiError::internal("blob read", e))?,
+        )
+    };
     let copies = others.iter().map(|m| {
         let req = http::Request::builder()
             .method(Method::PUT)
@@ -144,7 +213,7 @@ pub async fn put(
     }
     Ok(Json(json!({
         "sha256": sha,
-        "size": body.len(),
+        "size": size,
         "members": total,
         "copies": held,
         "failed": failed,
@@ -173,17 +242,28 @@ pub async fn get(
     }
     check_digest(&sha)?;
     let path = dir(&s).join(&sha);
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(b) => Bytes::from(b),
+    let (body, len) = match tokio::fs::File::open(&path).await {
+        Ok(f) => {
+            let len = f.metadata().await.map(|m| m.len()).ok();
+            let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 << 10);
+            (Body::from_stream(stream), len)
+        }
         Err(_) if headers.contains_key(REPLICA) => {
             return Err(ApiError::not_found(format!(
                 "no artifact content {sha} here"
             )));
         }
-        Err(_) => fetch_from_members(&s, &sha, &headers).await?,
+        Err(_) => {
+            let b = fetch_from_members(&s, &sha, &headers).await?;
+            let len = b.len() as u64;
+            (Body::from(b), Some(len))
+        }
     };
-    let mut resp = Response::new(Body::from(bytes));
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
+    if let Some(n) = len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
