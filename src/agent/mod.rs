@@ -74,6 +74,32 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         std::net::SocketAddr::new(api_ip, api.port())
     ));
     supervisor.log_sources = logs.sources.clone();
+    // The instances, apps, units and artifacts: listed once, then watched (no polling).
+    // The feed reads the credential `work` enrols; it never enrols itself.
+    let watched = std::sync::Arc::new(supervisor::Watched::default());
+    supervisor.inputs = Some(watched.clone());
+    let feed = crate::api::feed::Feed {
+        urls: url_strings.clone(),
+        credential: crate::api::enroll::ServiceCredential {
+            role: "agent",
+            node_name: cfg.node_name.clone(),
+            urls: url_strings.clone(),
+            join_token: None,
+            admin_token: None,
+            file: cfg.data_dir.join("agent").join("credential"),
+        },
+        dir: cfg.data_dir.join("agent"),
+        cache_file: "inputs.json",
+        kinds: &supervisor::Watched::KINDS,
+        install: {
+            let w = watched.clone();
+            Box::new(move |inputs, source| w.install(inputs, source))
+        },
+        status: watched.status.clone(),
+        // ok: constant, valid name
+        reachable: prometheus::IntGauge::new("tessera_agent_feed_connected", "feed")
+            .expect("static metric"),
+    };
     supervisor.pressure_mb = (cfg.agent.disk_pressure_mb, cfg.agent.memory_pressure_mb);
     let gauge = ctx.metrics.control_reachable(Role::Agent);
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
@@ -94,6 +120,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 url_strings,
                 supervisor,
                 logs,
+                feed,
                 shutdown.clone(),
             ));
             let serve_main = admin::serve(main, router, shutdown.clone());
@@ -125,9 +152,12 @@ async fn work(
     urls: Vec<String>,
     mut supervisor: supervisor::Supervisor,
     logs: logs::Logs,
+    feed: crate::api::feed::Feed,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     supervisor.start();
+    let mut feed = Some(feed);
+    let mut feeding = None;
     let mut backoff = Duration::from_millis(300);
     while !shutdown.is_cancelled() {
         let token = match credential.get(&shutdown).await {
@@ -148,6 +178,10 @@ async fn work(
             }
         };
         logs.set_credential(&token);
+        // The credential exists now: the feed can start (once).
+        if let Some(f) = feed.take() {
+            feeding = Some(tokio::spawn(f.run(shutdown.clone())));
+        }
         let Some(url) = urls.first() else { break };
         let client = match crate::api::Client::new(url, Some(token)) {
             Ok(c) => c.with_timeout(Duration::from_secs(10)),
@@ -169,4 +203,7 @@ async fn work(
         }
     }
     supervisor.finish().await;
+    if let Some(f) = feeding {
+        let _ = f.await;
+    }
 }

@@ -6,7 +6,11 @@
 //!   address, capacity read from the machine); then `PUT …/status` every few seconds
 //!   with the heartbeat and the machine's facts. Placement treats a node whose
 //!   heartbeat is older than 20 s as down.
-//! - Instances: every second the agent lists the instances placed on it. A new one is
+//! - Inputs: the instances, apps, units and artifacts come from a feed (`api::feed`: one
+//!   list, then a watch; no polling), kept in [`Watched`]. The agent reconciles when a
+//!   new set arrives and every second (health, restarts, stops), and only while the feed
+//!   is connected: with the control plane away it changes nothing.
+//! - Instances: the agent runs the instances placed on it. A new one is
 //!   started (`builtin:echo` runs this binary's `demo-app`; otherwise the app's
 //!   `command`), with `PORT` from `agent.ports` and `TESSERA_APP/UNIT/ZONE/VERSION/
 //!   INSTANCE`, in its own process group, output to
@@ -26,7 +30,7 @@ mod node;
 use super::artifacts::{self, ArtifactError, Unpacked};
 use crate::api::Client;
 use crate::model::specs::{AppSpec, ArtifactSpec, InstanceSpec, UnitSpec};
-use crate::model::Resource;
+use crate::model::{Kind, Resource};
 use http::Method;
 use node::push_event;
 use serde::{Deserialize, Serialize};
@@ -41,6 +45,42 @@ use tokio_util::sync::CancellationToken;
 const TICK: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The agent's inputs (instances, apps, units, artifacts) as its feed last installed
+/// them, whether the feed is connected, and a wake-up for each new set.
+#[derive(Default)]
+pub struct Watched {
+    latest: std::sync::Mutex<Option<std::sync::Arc<crate::api::feed::Inputs>>>,
+    pub changed: tokio::sync::Notify,
+    pub status: std::sync::Arc<std::sync::Mutex<crate::api::feed::FeedStatus>>,
+}
+
+impl Watched {
+    /// The kinds the agent's feed lists and watches.
+    pub const KINDS: [Kind; 4] = [Kind::Instance, Kind::App, Kind::Unit, Kind::Artifact];
+
+    /// A new set from the feed (`source`: `control` or `cache`).
+    pub fn install(&self, inputs: &crate::api::feed::Inputs, source: &str) {
+        if source != "control" {
+            return; // a cached set is not acted on: placement may have moved on since
+        }
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::sync::Arc::new(inputs.clone()));
+        self.changed.notify_one();
+    }
+
+    /// The inputs to act on: the latest set, while the feed is connected.
+    fn current(&self) -> Option<std::sync::Arc<crate::api::feed::Inputs>> {
+        let connected = self.status.lock().map(|s| s.connected).unwrap_or(false);
+        if !connected {
+            return None;
+        }
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
 
 /// An instance's artifact made ready: the directory it runs in, and what it is.
 type Prepared = Result<(PathBuf, Unpacked), ArtifactError>;
@@ -65,6 +105,10 @@ pub struct Supervisor {
     event_seq: u64,
     /// How instances' `spec.resources` are enforced on this machine.
     limits: super::limits::Mechanism,
+    /// What the agent works from, kept current by its feed.
+    pub inputs: Option<std::sync::Arc<Watched>>,
+    /// The control plane refused the credential (seen by the heartbeat).
+    refused: Option<crate::api::ClientError>,
     /// `http://IP:PORT` of this agent's listener, reported with the heartbeat (control
     /// nodes read logs there).
     pub agent_api: Option<String>,
@@ -172,6 +216,8 @@ impl Supervisor {
             event_seq: 0,
             limits,
             agent_api: None,
+            inputs: None,
+            refused: None,
             pressure_mb: (0, 0),
             pressure: Vec::new(),
             log_sources: Default::default(),
@@ -265,15 +311,25 @@ impl Supervisor {
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
         self.register(client).await;
+        let watched = self.inputs.clone();
         loop {
             match self.tick(client).await {
                 Ok(()) => {}
                 Err(e) if e.status() == Some(401) => return Err(e.to_string()),
                 Err(e) => tracing::warn!(error = %e, "Agent pass failed; retrying"),
             }
+            // A new set of inputs wakes the loop at once (an upgrade starts without
+            // waiting for the next second).
+            let changed = async {
+                match &watched {
+                    Some(w) => w.changed.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(TICK) => {}
+                _ = changed => {}
             }
         }
         Ok(())
@@ -290,43 +346,39 @@ impl Supervisor {
 
     async fn tick(&mut self, client: &Client) -> Result<(), crate::api::ClientError> {
         self.heartbeat(client).await;
-        let list = |kind: &str| {
-            let path = format!("/api/v1/{kind}");
-            async move {
-                client
-                    .call::<crate::api::List>(Method::GET, &path, None::<&()>)
-                    .await
-            }
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
+        let Some(inputs) = self.inputs.as_ref().and_then(|w| w.current()) else {
+            // No current inputs (the feed is not connected): place nothing new and stop
+            // nothing new; stops already under way finish.
+            self.stop_leaving().await;
+            self.save();
+            return Ok(());
         };
-        let instances = list("instances").await?;
-        let apps = list("apps").await?;
-        let units = list("units").await?;
-        let artifacts: BTreeMap<String, ArtifactSpec> = list("artifacts")
-            .await?
-            .items
+        let spec_map = |kind: Kind| -> BTreeMap<String, Value> {
+            inputs
+                .of_kind(kind)
+                .map(|r| (r.metadata.name.clone(), r.spec.clone()))
+                .collect()
+        };
+        let artifacts: BTreeMap<String, ArtifactSpec> = spec_map(Kind::Artifact)
             .into_iter()
-            .filter_map(|r| Some((r.metadata.name, serde_json::from_value(r.spec).ok()?)))
+            .filter_map(|(n, v)| Some((n, serde_json::from_value(v).ok()?)))
             .collect();
-        let apps: BTreeMap<String, (Resource, Option<AppSpec>)> = apps
-            .items
-            .into_iter()
+        let apps: BTreeMap<String, (Resource, Option<AppSpec>)> = inputs
+            .of_kind(Kind::App)
             .map(|r| {
                 let s = serde_json::from_value(r.spec.clone()).ok();
-                (r.metadata.name.clone(), (r, s))
+                (r.metadata.name.clone(), (r.clone(), s))
             })
             .collect();
-        let units: BTreeMap<String, UnitSpec> = units
-            .items
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    r.metadata.name.clone(),
-                    serde_json::from_value(r.spec.clone()).ok()?,
-                ))
-            })
+        let units: BTreeMap<String, UnitSpec> = spec_map(Kind::Unit)
+            .into_iter()
+            .filter_map(|(n, v)| Some((n, serde_json::from_value(v).ok()?)))
             .collect();
         let mut mine = BTreeMap::new();
-        for i in instances.items {
+        for i in inputs.of_kind(Kind::Instance) {
             let Ok(s) = serde_json::from_value::<InstanceSpec>(i.spec.clone()) else {
                 continue;
             };

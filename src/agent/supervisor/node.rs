@@ -133,6 +133,7 @@ impl Supervisor {
         {
             Ok(_) => {}
             Err(e) if e.status() == Some(404) => self.register(client).await,
+            Err(e) if e.status() == Some(401) => self.refused = Some(e),
             Err(e) => tracing::warn!(error = %e, "Node heartbeat failed"),
         }
     }
