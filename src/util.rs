@@ -50,3 +50,54 @@ pub fn write_atomic(path: &std::path::Path, body: &[u8], mode: u32) -> std::io::
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Why [`spool`] stopped.
+#[derive(Debug)]
+pub enum SpoolError {
+    /// Reading the body failed.
+    Body(String),
+    /// More than the limit arrived.
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// Writes `body` to a new file `tmp` (0600) as it arrives, hashing it on the way, at most
+/// `max` bytes, and syncs it: (SHA-256 in hex, size). Memory stays flat whatever the
+/// size. The caller moves the file into place or removes it.
+pub async fn spool<B>(
+    mut body: B,
+    tmp: &std::path::Path,
+    max: u64,
+) -> Result<(String, u64), SpoolError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)
+        .await
+        .map_err(SpoolError::Io)?;
+    let mut hash = sha2::Sha256::new();
+    let mut size = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| SpoolError::Body(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        size += data.len() as u64;
+        if size > max {
+            return Err(SpoolError::TooLarge);
+        }
+        hash.update(&data);
+        file.write_all(&data).await.map_err(SpoolError::Io)?;
+    }
+    file.sync_all().await.map_err(SpoolError::Io)?;
+    Ok((hex(&hash.finalize()), size))
+}

@@ -4,7 +4,6 @@
 //! tar or a plain tar into a directory, anything else as one executable file `app`.
 
 use crate::api::Client;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,8 +32,6 @@ impl std::fmt::Display for ArtifactError {
 /// goes to a temporary file as it arrives, hashed on the way (memory stays flat whatever
 /// the artifact's size), and becomes the cached file only once its digest matches.
 pub async fn fetch(client: &Client, cache: &Path, sha256: &str) -> Result<PathBuf, ArtifactError> {
-    use http_body_util::BodyExt;
-    use tokio::io::AsyncWriteExt;
     let path = cache.join(sha256);
     if path.is_file() {
         return Ok(path);
@@ -45,34 +42,20 @@ pub async fn fetch(client: &Client, cache: &Path, sha256: &str) -> Result<PathBu
         .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))?;
     let tmp = cache.join(format!(".{sha256}.part"));
     let download = async {
-        let mut body = client
+        let body = client
             .stream(&format!("/api/v1/blobs/{sha256}"))
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .await
-            .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))?;
-        let mut hash = Sha256::new();
-        let mut size = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| failed(e.to_string()))?;
-            if let Ok(data) = frame.into_data() {
-                hash.update(&data);
-                size += data.len() as u64;
-                file.write_all(&data)
-                    .await
-                    .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))?;
-            }
-        }
-        file.sync_all()
-            .await
-            .map_err(|e| ArtifactError::Failed(format!("caching {sha256}: {e}")))?;
-        let actual = crate::util::hex(&hash.finalize());
+        let (actual, size) =
+            crate::util::spool(body, &tmp, u64::MAX)
+                .await
+                .map_err(|e| match e {
+                    crate::util::SpoolError::Body(m) => failed(m),
+                    crate::util::SpoolError::TooLarge => failed("too large".into()),
+                    crate::util::SpoolError::Io(e) => {
+                        ArtifactError::Failed(format!("caching {sha256}: {e}"))
+                    }
+                })?;
         if actual != sha256 {
             return Err(ArtifactError::Corrupt(format!(
                 "the download of {sha256} has SHA-256 {actual} ({size} bytes): damaged, refused"

@@ -85,8 +85,6 @@ fn store_locally(s: &ApiState, sha: &str, body: &[u8]) -> Result<(), ApiError> {
 /// the way, and moves it into place once the digest matches; nothing is kept otherwise.
 /// Memory stays flat whatever the size.
 async fn receive(s: &ApiState, sha: &str, body: Body) -> Result<u64, ApiError> {
-    use http_body_util::BodyExt;
-    use tokio::io::AsyncWriteExt;
     let d = dir(s);
     tokio::fs::create_dir_all(&d)
         .await
@@ -104,40 +102,21 @@ async fn receive(s: &ApiState, sha: &str, body: Body) -> Result<u64, ApiError> {
         )
     };
     let write = async {
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
+        let (actual, size) = crate::util::spool(body, &tmp, MAX_BLOB as u64)
             .await
-            .map_err(storage)?;
-        let mut hash = Sha256::new();
-        let mut size = 0u64;
-        let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::new(
+            .map_err(|e| match e {
+                crate::util::SpoolError::Body(m) => ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
-                    format!("reading the upload: {e}"),
-                )
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            size += data.len() as u64;
-            if size > MAX_BLOB as u64 {
-                return Err(ApiError::new(
+                    format!("reading the upload: {m}"),
+                ),
+                crate::util::SpoolError::TooLarge => ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
                     format!("artifacts are at most {} MiB", MAX_BLOB >> 20),
-                ));
-            }
-            hash.update(&data);
-            file.write_all(&data).await.map_err(storage)?;
-        }
-        let actual = crate::util::hex(&hash.finalize());
+                ),
+                crate::util::SpoolError::Io(e) => storage(e),
+            })?;
         if actual != sha {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -145,7 +124,6 @@ async fn receive(s: &ApiState, sha: &str, body: Body) -> Result<u64, ApiError> {
                 format!("the content's SHA-256 is {actual}, not {sha}: the upload was damaged"),
             ));
         }
-        file.sync_all().await.map_err(storage)?;
         tokio::fs::rename(&tmp, &path).await.map_err(storage)?;
         if let Ok(dirf) = tokio::fs::File::open(&d).await {
             let _ = dirf.sync_all().await;
