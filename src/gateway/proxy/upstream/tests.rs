@@ -2,9 +2,14 @@
 //! written in pieces, closes at chosen moments.
 
 use super::*;
+use crate::gateway::proxy::BoxError;
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue};
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// One canned answer: written in these pieces (a short pause between them), then the
