@@ -25,7 +25,11 @@
 //!   instance) and adopts processes still running when it starts again.
 
 mod drain;
+mod inputs;
 mod node;
+
+use drain::{begin_leaving, step_stop, stop_now};
+pub use inputs::Watched;
 
 use super::artifacts::{self, ArtifactError, Unpacked};
 use crate::api::Client;
@@ -45,42 +49,6 @@ use tokio_util::sync::CancellationToken;
 const TICK: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// The agent's inputs (instances, apps, units, artifacts) as its feed last installed
-/// them, whether the feed is connected, and a wake-up for each new set.
-#[derive(Default)]
-pub struct Watched {
-    latest: std::sync::Mutex<Option<std::sync::Arc<crate::api::feed::Inputs>>>,
-    pub changed: tokio::sync::Notify,
-    pub status: std::sync::Arc<std::sync::Mutex<crate::api::feed::FeedStatus>>,
-}
-
-impl Watched {
-    /// The kinds the agent's feed lists and watches.
-    pub const KINDS: [Kind; 4] = [Kind::Instance, Kind::App, Kind::Unit, Kind::Artifact];
-
-    /// A new set from the feed (`source`: `control` or `cache`).
-    pub fn install(&self, inputs: &crate::api::feed::Inputs, source: &str) {
-        if source != "control" {
-            return; // a cached set is not acted on: placement may have moved on since
-        }
-        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(std::sync::Arc::new(inputs.clone()));
-        self.changed.notify_one();
-    }
-
-    /// The inputs to act on: the latest set, while the feed is connected.
-    fn current(&self) -> Option<std::sync::Arc<crate::api::feed::Inputs>> {
-        let connected = self.status.lock().map(|s| s.connected).unwrap_or(false);
-        if !connected {
-            return None;
-        }
-        self.latest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
 
 /// An instance's artifact made ready: the directory it runs in, and what it is.
 type Prepared = Result<(PathBuf, Unpacked), ArtifactError>;
@@ -875,66 +843,6 @@ impl Supervisor {
                 }
             }
         }
-    }
-}
-
-/// Marks a process as leaving; the gateways are asked in the background whether its
-/// endpoint has drained.
-fn begin_leaving(name: &str, p: &mut Proc, client: &Client, ip: IpAddr) {
-    p.leaving = Some(Instant::now());
-    p.drain = Some(drain::watch(client, name, SocketAddr::new(ip, p.port)));
-}
-
-/// One step of stopping a process that is leaving: SIGTERM once every gateway reports
-/// its endpoint drained (or the drain bounds passed), SIGKILL after the stop grace; true
-/// once it is gone.
-fn step_stop(name: &str, p: &mut Proc) -> bool {
-    let Some(since) = p.leaving else {
-        return false;
-    };
-    match (p.pid, p.term_sent) {
-        (None, _) => true,
-        (Some(pid), None) => {
-            if drain::may_stop(p.drain.as_deref(), since.elapsed()) {
-                signal(pid, rustix::process::Signal::TERM);
-                p.term_sent = Some(Instant::now());
-            }
-            false
-        }
-        (Some(pid), Some(t)) => {
-            let reaped = match &mut p.child {
-                Some(c) => matches!(c.try_wait(), Ok(Some(_))),
-                None => !pid_alive(pid),
-            };
-            if reaped {
-                tracing::info!(instance = %name, "Stopped an instance process");
-                return true;
-            }
-            if t.elapsed() >= STOP_GRACE {
-                signal(pid, rustix::process::Signal::KILL);
-            }
-            false
-        }
-    }
-}
-
-async fn stop_now(p: &mut Proc) {
-    let Some(pid) = p.pid else { return };
-    signal(pid, rustix::process::Signal::TERM);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        let done = match &mut p.child {
-            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
-            None => !pid_alive(pid),
-        };
-        if done {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    signal(pid, rustix::process::Signal::KILL);
-    if let Some(c) = &mut p.child {
-        let _ = tokio::time::timeout(Duration::from_secs(1), c.wait()).await;
     }
 }
 

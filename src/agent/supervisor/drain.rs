@@ -8,10 +8,11 @@
 //! warning naming the gateways that did not. With no gateway registered (none deployed,
 //! or the control plane unreachable) a fixed [`DRAIN_GRACE`] stands in.
 
+use super::{pid_alive, signal, Proc};
 use crate::api::Client;
 use http::Method;
 use serde_json::Value;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,6 +138,66 @@ async fn drained_at(admin: &str, endpoint: SocketAddr) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+/// Marks a process as leaving; the gateways are asked in the background whether its
+/// endpoint has drained.
+pub(super) fn begin_leaving(name: &str, p: &mut Proc, client: &Client, ip: IpAddr) {
+    p.leaving = Some(Instant::now());
+    p.drain = Some(watch(client, name, SocketAddr::new(ip, p.port)));
+}
+
+/// One step of stopping a process that is leaving: SIGTERM once every gateway reports
+/// its endpoint drained (or the drain bounds passed), SIGKILL after the stop grace; true
+/// once it is gone.
+pub(super) fn step_stop(name: &str, p: &mut Proc) -> bool {
+    let Some(since) = p.leaving else {
+        return false;
+    };
+    match (p.pid, p.term_sent) {
+        (None, _) => true,
+        (Some(pid), None) => {
+            if may_stop(p.drain.as_deref(), since.elapsed()) {
+                signal(pid, rustix::process::Signal::TERM);
+                p.term_sent = Some(Instant::now());
+            }
+            false
+        }
+        (Some(pid), Some(t)) => {
+            let reaped = match &mut p.child {
+                Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+                None => !pid_alive(pid),
+            };
+            if reaped {
+                tracing::info!(instance = %name, "Stopped an instance process");
+                return true;
+            }
+            if t.elapsed() >= super::STOP_GRACE {
+                signal(pid, rustix::process::Signal::KILL);
+            }
+            false
+        }
+    }
+}
+
+pub(super) async fn stop_now(p: &mut Proc) {
+    let Some(pid) = p.pid else { return };
+    signal(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let done = match &mut p.child {
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+            None => !pid_alive(pid),
+        };
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(pid, rustix::process::Signal::KILL);
+    if let Some(c) = &mut p.child {
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.wait()).await;
+    }
 }
 
 #[cfg(test)]
