@@ -461,4 +461,15 @@ fn node_events_past_their_retention_are_pruned() {
             .any(|l| l.starts_with("tessera_control_events_pruned_total ") && !l.ends_with(" 0")),
         "{m}"
     );
+    // API answers are counted by route template.
+    assert!(
+        m.contains(
+            r#"tessera_control_api_requests_total{code="200",method="GET",route="/api/v1/events"}"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("tessera_control_api_request_seconds_bucket{"),
+        "{m}"
+    );
 }

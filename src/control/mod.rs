@@ -109,6 +109,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let router = router.merge(admin::router(health.clone(), ctx.metrics.clone()));
     let history_revisions = cfg.control.history_revisions;
     let registry = ctx.metrics.registry().clone();
+    let router = http::with_metrics(router, &registry);
     let retention = http::Retention {
         max_age: std::time::Duration::from_secs(cfg.control.event_retention_secs),
         max_count: cfg.control.event_retention_max,

@@ -203,3 +203,61 @@ async fn members(State(s): State<ApiState>) -> Response {
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no such endpoint: {}", uri.path()))
 }
+
+/// Counts every answer of the API listener by route template (`/api/v1/kv/{*key}`, not
+/// the key), method and status, and times it to its head:
+/// `tessera_control_api_requests_total` and `tessera_control_api_request_seconds`.
+/// Paths outside the API count as `console`.
+pub fn with_metrics(router: Router, registry: &prometheus::Registry) -> Router {
+    use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "tessera_control_api_requests_total",
+            "API answers by route template, method and status.",
+        ),
+        &["route", "method", "code"],
+    )
+    .expect("static metric"); // ok: constant name and labels
+    let seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "tessera_control_api_request_seconds",
+            "Time to an API answer's head, by route template.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]),
+        &["route"],
+    )
+    .expect("static metric"); // ok: constant name and labels
+    let _ = registry.register(Box::new(requests.clone()));
+    let _ = registry.register(Box::new(seconds.clone()));
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let (requests, seconds) = (requests.clone(), seconds.clone());
+            async move {
+                let route = match req.extensions().get::<axum::extract::MatchedPath>() {
+                    Some(m) => m.as_str().to_string(),
+                    None if req.uri().path().starts_with("/api") => "unmatched".into(),
+                    None => "console".into(),
+                };
+                let method = match *req.method() {
+                    Method::GET => "GET",
+                    Method::PUT => "PUT",
+                    Method::POST => "POST",
+                    Method::DELETE => "DELETE",
+                    Method::HEAD => "HEAD",
+                    _ => "other",
+                };
+                let start = std::time::Instant::now();
+                let resp = next.run(req).await;
+                requests
+                    .with_label_values(&[&route, method, resp.status().as_str()])
+                    .inc();
+                seconds
+                    .with_label_values(&[&route])
+                    .observe(start.elapsed().as_secs_f64());
+                resp
+            }
+        },
+    ))
+}
