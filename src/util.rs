@@ -101,3 +101,26 @@ where
     file.sync_all().await.map_err(SpoolError::Io)?;
     Ok((hex(&hash.finalize()), size))
 }
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether `u` is `http://HOST:PORT` with nothing after it (a trailing `/` allowed): how
+/// a gateway's admin URL is given and registered.
+pub fn is_http_authority_url(u: &str) -> bool {
+    let Some(rest) = u.strip_prefix("http://") else {
+        return false;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    !rest.is_empty()
+        && rest.len() <= 255
+        && !rest.contains(['/', '?', '#', '@', ' '])
+        && rest
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+}

@@ -325,13 +325,7 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
             c.fail("gateway.header_read_timeout_secs", "must be at least 1");
         }
         if let Some(u) = &g.admin_advertise {
-            let authority = u.strip_prefix("http://").map(|a| a.trim_end_matches('/'));
-            let ok = authority.is_some_and(|a| {
-                !a.contains(['/', '?', '#', '@', ' '])
-                    && a.rsplit_once(':').is_some_and(|(h, p)| {
-                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
-                    })
-            });
+            let ok = crate::util::is_http_authority_url(u);
             if !ok {
                 c.fail(
                     "gateway.admin_advertise",

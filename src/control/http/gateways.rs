@@ -38,32 +38,16 @@ struct Registration {
     revision: u64,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// `http://HOST:PORT` with nothing after it (a trailing `/` allowed).
 fn check_admin_url(u: &str) -> Result<(), ApiError> {
-    let bad = || {
-        ApiError::bad_field(
+    if crate::util::is_http_authority_url(u) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_field(
             "admin",
             format!("`{u}` is not an admin URL of the form http://IP:PORT"),
-        )
-    };
-    let rest = u.strip_prefix("http://").ok_or_else(bad)?;
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.is_empty() || rest.len() > 255 || rest.contains(['/', '?', '#', '@', ' ']) {
-        return Err(bad());
+        ))
     }
-    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() {
-        return Err(bad());
-    }
-    port.parse::<u16>().map_err(|_| bad())?;
-    Ok(())
 }
 
 pub async fn register(
@@ -103,7 +87,7 @@ pub async fn register(
         "zone": reg.zone,
         "admin": reg.admin.trim_end_matches('/'),
         "revision": reg.revision,
-        "seenAtMs": now_ms(),
+        "seenAtMs": crate::util::now_ms(),
     })
     .to_string();
     let cmd = Command::Put {
@@ -126,7 +110,7 @@ pub async fn list(
         .store()
         .range(PREFIX, 10_000)
         .map_err(|e| ApiError::internal("listing gateways", e))?;
-    let now = now_ms();
+    let now = crate::util::now_ms();
     let items: Vec<Value> = kvs
         .iter()
         .filter_map(|kv| serde_json::from_str::<Value>(&kv.value).ok())

@@ -44,13 +44,6 @@ pub async fn run(
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// When an event was made: agents name them `<node>-<unix ms>-<seq>`. An event named
 /// otherwise counts as new (it still goes when there are too many, by revision).
 fn event_ms(name: &str, now: u64) -> u64 {
@@ -84,7 +77,7 @@ fn doomed(kvs: &[KeyValue], prefix: &str, r: &Retention, now: u64) -> Vec<String
 async fn pass(s: &ApiState, r: &Retention) -> Result<usize, String> {
     let prefix = format!("{PREFIX}events/");
     let (kvs, _) = s.node.store().range(&prefix, usize::MAX)?;
-    let keys = doomed(&kvs, &prefix, r, now_ms());
+    let keys = doomed(&kvs, &prefix, r, crate::util::now_ms());
     for chunk in keys.chunks(CHUNK) {
         let cmds = chunk
             .iter()
