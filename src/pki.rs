@@ -273,16 +273,25 @@ impl NodeTls {
 /// A TLS client that trusts only `ca_pem` and presents no certificate: how a joining
 /// node talks to the cluster before it has one.
 pub fn anonymous_client_config(ca_pem: &str) -> Result<rustls::ClientConfig, PkiError> {
+    let mut cfg = trusting_client_config(ca_pem)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// A TLS client that trusts only the CA certificates in `ca_pem` (at least one), with
+/// no client certificate and no ALPN: for services outside the cluster (log sinks).
+pub fn trusting_client_config(ca_pem: &str) -> Result<rustls::ClientConfig, PkiError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.map_err(|e| PkiError::Invalid(format!("bad CA certificate: {e}")))?)?;
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+    if roots.is_empty() {
+        return Err(PkiError::Invalid("no CA certificate in the PEM".into()));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+        .with_no_client_auth())
 }
 
 fn read_file(path: &Path) -> Result<String, PkiError> {

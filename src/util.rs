@@ -110,6 +110,23 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `ms` since the epoch as RFC 3339 in UTC with milliseconds (`2026-11-30T08:00:00.123Z`).
+pub fn rfc3339_ms(ms: u64) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return ms.to_string();
+    };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 /// Whether `u` is `http://HOST:PORT` with nothing after it (a trailing `/` allowed): how
 /// a gateway's admin URL is given and registered.
 pub fn is_http_authority_url(u: &str) -> bool {

@@ -242,3 +242,49 @@ fn shipped_profiles_are_valid() {
         assert!(o.status.success(), "{path}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn bad_log_sinks_are_named_by_index_and_field() {
+    let toml = r#"
+node_name = "n1"
+roles = ["control", "agent"]
+data_dir = "DATA"
+[control]
+bootstrap = true
+[[agent.log_sinks]]
+name = "central"
+url = "syslog+tls://10.0.0.5:6514"
+[[agent.log_sinks]]
+name = "central"
+url = "syslog://10.0.0.5"
+facility = "local9"
+batch = 0
+"#;
+    refused(
+        &format!(
+            "{toml}[[agent.log_sinks]]\nname = \"x\"\nurl = \"http://h/\"\ntok_file = \"/t\"\n"
+        ),
+        &[],
+        &[],
+        &[
+            "FILE",
+            "key `agent.log_sinks[2].tok_file`: unknown key (did you mean `token_file`?)",
+        ],
+    );
+    refused(
+        toml,
+        &[],
+        &[],
+        &[
+            "FILE",
+            "agent.log_sinks[0].ca_file",
+            "set ca_file",
+            "agent.log_sinks[1].url",
+            "syslog+udp://HOST:PORT",
+            "agent.log_sinks[1].facility",
+            "agent.log_sinks[1].batch",
+            "agent.log_sinks[1].name",
+            "names two sinks",
+        ],
+    );
+}

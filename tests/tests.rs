@@ -19,6 +19,7 @@ mod kv_api;
 mod leases;
 mod lifecycle;
 mod lincheck;
+mod log_sinks;
 mod logs;
 mod mariadb;
 mod relay;

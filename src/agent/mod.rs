@@ -104,6 +104,8 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let gauge = ctx.metrics.control_reachable(Role::Agent);
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
     let router = admin_router.clone().merge(logs.router());
+    let log_sinks = cfg.agent.log_sinks.clone();
+    let registry = ctx.metrics.registry().clone();
     Ok(Bound::new(Role::Agent, listeners, move |shutdown| {
         Box::pin(async move {
             let probe = tokio::spawn(probe::watch_control(
@@ -115,6 +117,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 shutdown.clone(),
             ));
             let collect = tokio::spawn(logs.clone().collect(shutdown.clone()));
+            let sinks = logs.forward(&log_sinks, &registry, &shutdown);
             let work = tokio::spawn(work(
                 credential,
                 url_strings,
@@ -134,6 +137,9 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             let _ = probe.await;
             let _ = work.await;
             let _ = collect.await;
+            for s in sinks {
+                let _ = s.await;
+            }
             health.set_not_ready("stopped");
             result.map_err(|source| RoleError::Serve {
                 role: Role::Agent,

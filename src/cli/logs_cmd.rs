@@ -55,7 +55,7 @@ pub fn logs(a: LogsArgs) -> ExitCode {
                             } else {
                                 println!(
                                     "{} {} {} {} | {}",
-                                    rfc3339_ms(r.t),
+                                    crate::util::rfc3339_ms(r.t),
                                     r.node,
                                     r.instance.as_deref().unwrap_or(&r.app),
                                     r.file,
@@ -108,22 +108,6 @@ fn since_ms(s: &str) -> Result<u64, String> {
         })
 }
 
-fn rfc3339_ms(ms: u64) -> String {
-    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
-        return ms.to_string();
-    };
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +119,9 @@ mod tests {
         assert_eq!(since_ms("2026-11-30T08:00:00Z").unwrap(), 1_796_025_600_000);
         assert!(since_ms("soon").is_err());
         assert!(since_ms("15x").is_err());
-        assert_eq!(rfc3339_ms(1_796_025_600_123), "2026-11-30T08:00:00.123Z");
+        assert_eq!(
+            crate::util::rfc3339_ms(1_796_025_600_123),
+            "2026-11-30T08:00:00.123Z"
+        );
     }
 }

@@ -109,14 +109,28 @@ fn describe_source(md: &Metadata, key: &str) -> String {
 
 /// Turns one figment error into a [`Problem`] naming source, key and what is wrong.
 fn describe(figment: &Figment, e: figment::Error) -> Problem {
-    let mut key = e.path.join(".");
+    // Array items as `[i]`: `agent.log_sinks[2].url`.
+    let mut key = String::new();
+    for part in &e.path {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
     let message = match &e.kind {
         Kind::UnknownField(field, expected) => {
-            key = if key.is_empty() {
-                field.clone()
-            } else {
-                format!("{key}.{field}")
-            };
+            // Inside arrays figment's path already ends with the field.
+            if e.path.last() != Some(field) {
+                key = if key.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
             let hint = did_you_mean(field, expected.iter().copied())
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
@@ -129,7 +143,7 @@ fn describe(figment: &Figment, e: figment::Error) -> Problem {
             let hint = did_you_mean(v, expected.iter().copied())
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
-            let what = if key == "roles" || key.starts_with("roles.") {
+            let what = if key == "roles" || key.starts_with("roles.") || key.starts_with("roles[") {
                 "role"
             } else {
                 "value"
@@ -149,7 +163,7 @@ fn describe(figment: &Figment, e: figment::Error) -> Problem {
     };
     let source = match &e.metadata {
         Some(md) => describe_source(md, &key),
-        None if !key.is_empty() => source_of(figment, &key),
+        None if !key.is_empty() => source_of(figment, key.split('[').next().unwrap_or(&key)),
         None => "configuration".into(),
     };
     Problem {

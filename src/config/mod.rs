@@ -6,6 +6,7 @@ mod addr;
 mod error;
 mod load;
 mod schema;
+pub mod sink;
 mod validate;
 
 pub use addr::ListenAddr;
@@ -13,7 +14,7 @@ pub use error::{ConfigError, Problem};
 pub use load::{load, Overrides, Source};
 pub use schema::{
     AgentConfig, ControlConfig, DbproxyConfig, GatewayCertificate, GatewayConfig, LogConfig,
-    LogFormat, Role, TlsConfig, UserConfig,
+    LogFormat, LogSink, Role, TlsConfig, UserConfig,
 };
 pub use validate::{check_url, validate, RuntimeConfig};
 

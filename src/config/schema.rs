@@ -221,6 +221,57 @@ pub struct AgentConfig {
     /// A `MemoryPressure` node event when less than this many MiB of memory are
     /// available (0: not checked).
     pub memory_pressure_mb: u64,
+    /// Where collected lines are also sent (`[[agent.log_sinks]]`), besides the local
+    /// store; none by default.
+    pub log_sinks: Vec<LogSink>,
+}
+
+/// `[[agent.log_sinks]]`: one destination the agent forwards collected log lines to,
+/// from the local store, in order, resuming after restarts and outages (lines the store
+/// dropped before they could be sent are counted, not silently skipped).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSink {
+    /// Names the sink in metrics, logs and its cursor file: `[a-z0-9-]`, 1-63.
+    pub name: String,
+    /// `syslog+udp://HOST:PORT`, `syslog+tcp://HOST:PORT` or `syslog+tls://HOST:PORT`
+    /// (RFC 5424 messages; octet-counted on TCP and TLS, RFC 6587/5425), or
+    /// `http://...` / `https://...` (NDJSON batches POSTed, each line a record as
+    /// `GET /api/v1/logs` gives it; any 2xx answer acknowledges the batch).
+    pub url: String,
+    /// Only lines of these apps (empty: every app's).
+    #[serde(default)]
+    pub apps: Vec<String>,
+    /// PEM CA certificates trusted for `syslog+tls` and `https` (required for them:
+    /// no public CA is trusted by default).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `https`/`http` only: a file whose content (trimmed) is sent as
+    /// `Authorization: Bearer ...`, read again on every connection.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Syslog facility: `user`, `daemon`, `local0` ... `local7`.
+    #[serde(default = "default_facility")]
+    pub facility: String,
+    /// Syslog structured-data ID carrying unit, file and sequence number
+    /// (`NAME@ENTERPRISE-NUMBER`; the default uses the documentation number 32473).
+    #[serde(default = "default_sd_id")]
+    pub sd_id: String,
+    /// Lines per batch (per POST, or per burst of syslog messages), 1-10000.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+fn default_facility() -> String {
+    "local0".into()
+}
+
+fn default_sd_id() -> String {
+    "tessera@32473".into()
+}
+
+fn default_batch() -> usize {
+    500
 }
 
 impl Default for AgentConfig {
@@ -236,6 +287,7 @@ impl Default for AgentConfig {
             disk_pressure_mb: 1024,
             memory_pressure_mb: 256,
             stop_workloads_on_exit: false,
+            log_sinks: Vec::new(),
         }
     }
 }

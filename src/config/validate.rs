@@ -50,7 +50,8 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn fail(&mut self, key: &str, message: impl Into<String>) {
-        let source = source_of(self.figment, key);
+        // An array item (`a.b[2].c`) is found by its array's key.
+        let source = source_of(self.figment, key.split('[').next().unwrap_or(key));
         self.problems.push(Problem {
             source,
             key: key.to_string(),
@@ -258,6 +259,20 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
     ] {
         if has(Role::Agent) && v > 1 << 40 {
             c.fail(key, format!("{v} is out of range 0-{}", 1u64 << 40));
+        }
+    }
+    if has(Role::Agent) {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, sink) in cfg.agent.log_sinks.iter().enumerate() {
+            for (field, message) in super::sink::check(sink) {
+                c.fail(&format!("agent.log_sinks[{i}].{field}"), message);
+            }
+            if !names.insert(sink.name.as_str()) {
+                c.fail(
+                    &format!("agent.log_sinks[{i}].name"),
+                    format!("`{}` names two sinks", sink.name),
+                );
+            }
         }
     }
     if has(Role::Agent) && !(8..=1_048_576).contains(&cfg.agent.log_store_mb) {

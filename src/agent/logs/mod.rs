@@ -5,7 +5,9 @@
 //! `tessera logs` and the console read them from every node.
 
 pub mod follow;
+pub mod forward;
 pub mod store;
+mod syslog;
 
 use crate::api::logs::{verify_grant, Filter, Line, Query, Record, MAX_LIMIT};
 use axum::body::Body;
@@ -61,6 +63,39 @@ impl Logs {
         Router::new()
             .route("/logs", get(serve))
             .with_state(self.clone())
+    }
+
+    /// Starts one forwarding task per sink (`[[agent.log_sinks]]`).
+    pub fn forward(
+        &self,
+        sinks: &[crate::config::LogSink],
+        registry: &prometheus::Registry,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        if sinks.is_empty() {
+            return Vec::new();
+        }
+        let dir = self.dir.join("sinks");
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!(error = %e, dir = %dir.display(), "Cannot create the log sinks' directory");
+        }
+        let metrics = forward::SinkMetrics::new(registry);
+        let mut tasks = Vec::new();
+        for cfg in sinks {
+            match forward::Sink::new(cfg.clone()) {
+                Ok(sink) => tasks.push(tokio::spawn(forward::run(
+                    sink,
+                    self.store.clone(),
+                    self.appended.subscribe(),
+                    dir.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ))),
+                // Profiles are checked at load; this is a sink that slipped through.
+                Err(e) => tracing::error!(sink = %cfg.name, error = %e, "Log sink not started"),
+            }
+        }
+        tasks
     }
 
     /// Collects until shutdown, saving offsets so that a restart goes on from them.

@@ -146,6 +146,83 @@ pub fn query(segments: &[PathBuf], filter: &Filter, after: u64) -> Vec<Record> {
     out.into()
 }
 
+/// Reads records in sequence order after a cursor, for forwarding: remembers where in
+/// which segment it stopped, so following the store costs one pass over each line.
+#[derive(Default)]
+pub struct Reader {
+    /// (segment, byte offset of the next line, seq of the last record before it).
+    at: Option<(PathBuf, u64, u64)>,
+}
+
+/// What one [`Reader::read`] found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Read {
+    pub records: Vec<Record>,
+    /// Records after the cursor that were no longer in the store (dropped to keep it
+    /// within its cap before they were read).
+    pub missed: u64,
+}
+
+impl Reader {
+    /// Up to `max` records after `cursor`, in order, from `segments` (oldest first, as
+    /// [`Store::segments_after`] gives them). A line still being written is left for
+    /// the next call.
+    pub fn read(&mut self, segments: &[PathBuf], cursor: u64, max: usize) -> std::io::Result<Read> {
+        let mut out = Read::default();
+        let mut expected = cursor + 1;
+        let resume = match &self.at {
+            Some((path, offset, last)) if *last == cursor && segments.contains(path) => {
+                Some((path.clone(), *offset))
+            }
+            _ => None,
+        };
+        let start = resume
+            .as_ref()
+            .and_then(|(p, _)| segments.iter().position(|s| s == p))
+            .unwrap_or(0);
+        for (i, path) in segments.iter().enumerate().skip(start) {
+            let mut f = match std::fs::File::open(path) {
+                Ok(f) => f,
+                // Dropped meanwhile: the next segment (or the next call) goes on.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mut offset = match &resume {
+                Some((p, o)) if i == start && p == path => *o,
+                _ => 0,
+            };
+            if offset > 0 {
+                use std::io::Seek;
+                f.seek(std::io::SeekFrom::Start(offset))?;
+            }
+            let mut lines = std::io::BufReader::new(f);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = lines.read_until(b'\n', &mut line)?;
+                if n == 0 || line.last() != Some(&b'\n') {
+                    break;
+                }
+                offset += n as u64;
+                let Ok(r) = serde_json::from_slice::<Record>(&line) else {
+                    continue;
+                };
+                if r.seq < expected {
+                    continue;
+                }
+                out.missed += r.seq - expected;
+                expected = r.seq + 1;
+                self.at = Some((path.clone(), offset, r.seq));
+                out.records.push(r);
+                if out.records.len() >= max {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +281,66 @@ mod tests {
         assert_eq!(query(&s.segments_after(next - 3), &f, next - 3).len(), 2);
         let oldest = read_segment(&s.segments()[0]).next().unwrap();
         assert!(oldest.seq > 3000, "the oldest segments were dropped");
+    }
+
+    #[test]
+    fn the_reader_goes_on_where_it_stopped_and_counts_what_it_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 0).unwrap();
+        let mut batch: Vec<Record> = (0..10).map(|i| rec(&format!("line {i}"))).collect();
+        s.append(&mut batch).unwrap();
+        let mut r = Reader::default();
+        let first = r.read(&s.segments_after(0), 0, 4).unwrap();
+        assert_eq!(
+            first.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(first.missed, 0);
+        let next = r.read(&s.segments_after(4), 4, 100).unwrap();
+        assert_eq!(next.records.len(), 6);
+        assert_eq!(next.records[0].line, "line 4");
+        // A cursor the reader did not leave off at (a restart) is found by scanning.
+        let again = Reader::default()
+            .read(&s.segments_after(7), 7, 100)
+            .unwrap();
+        assert_eq!(
+            again.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [8, 9, 10]
+        );
+        assert!(r
+            .read(&s.segments_after(10), 10, 100)
+            .unwrap()
+            .records
+            .is_empty());
+        // A half-written line waits; complete, it is read.
+        let seg = s.segments().pop().unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        let mut partial = serde_json::to_vec(&Record {
+            seq: 11,
+            ..rec("late")
+        })
+        .unwrap();
+        f.write_all(&partial[..10]).unwrap();
+        assert!(r
+            .read(&s.segments_after(10), 10, 100)
+            .unwrap()
+            .records
+            .is_empty());
+        partial.push(b'\n');
+        f.write_all(&partial[10..]).unwrap();
+        assert_eq!(
+            r.read(&s.segments_after(10), 10, 100).unwrap().records[0].line,
+            "late"
+        );
+        // Lines dropped before they were read are counted.
+        let long = "x".repeat(1000);
+        let mut s2 = Store::open(&dir.path().join("small"), 0).unwrap();
+        for _ in 0..12 {
+            let mut more: Vec<Record> = (0..3000).map(|_| rec(&long)).collect();
+            s2.append(&mut more).unwrap();
+        }
+        let got = Reader::default().read(&s2.segments_after(0), 0, 1).unwrap();
+        assert_eq!(got.missed, got.records[0].seq - 1);
+        assert!(got.missed > 0);
     }
 }
