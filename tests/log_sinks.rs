@@ -1,5 +1,5 @@
 //! Log forwarding: an agent sends its collected lines to a syslog receiver over TCP, UDP
-//! and TLS and to an HTTP collector (all run by this test on 127.0.0.31), in order and
+//! and TLS and to an HTTP collector (all run by this test on 127.0.0.202), in order and
 //! each line once, through a collector answering 503, a syslog receiver that goes away
 //! and comes back, and an agent restart.
 
@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const IP: &str = "127.0.0.31";
+/// The receivers; the agent (and its instance) is on AGENT_IP, which no other test uses.
+const IP: &str = "127.0.0.202";
+const AGENT_IP: &str = "127.0.0.201";
 
 type Got = Arc<Mutex<Vec<String>>>;
 
@@ -350,7 +352,7 @@ batch = 7
         ca = ca.ca_pem().display(),
         token_file = token_file.display(),
     );
-    let mut agent = crate::harness::agent(api, &token, "host-a", "hz-a", "127.0.0.21", &sinks);
+    let mut agent = crate::harness::agent(api, &token, "host-a", "hz-a", AGENT_IP, &sinks);
 
     // 40 lines: every sink gets them, in order, once; the collector's two 503s are retried.
     let app_log = log_dir.join("app.log");
