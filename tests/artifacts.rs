@@ -521,3 +521,63 @@ fn bad_commands_ports_and_tokens_get_clear_errors_and_events() {
     let (code, _, _) = http(api, "GET", "/api/v1/nodes/host-x", Some(&token), "").unwrap();
     assert_eq!(code, 404, "a refused agent registers nothing");
 }
+
+/// Blob collection: the bytes of a deleted artifact leave the control node's disk once
+/// past the grace, as does an upload that never finished; the bytes of an artifact that
+/// still exists, and a fresh unnamed blob, stay.
+#[test]
+fn blobs_no_artifact_names_are_collected_after_the_grace() {
+    let profile = format!("{CONTROL_ONLY}blob_grace_secs = 3\nblob_gc_interval_secs = 1\n");
+    let (c, api, token, server) = control(&profile);
+    let work = tempfile::tempdir().unwrap();
+    let mut shas = Vec::new();
+    for v in ["1.0.0", "1.0.1"] {
+        let file = package(work.path(), v);
+        let o = push(&server, &token, &file, "shop", v);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let name = format!("shop-{}", v.replace('.', "-"));
+        let art = read(api, &token, &format!("/api/v1/artifacts/{name}"));
+        shas.push(art["spec"]["sha256"].as_str().unwrap().to_string());
+    }
+    let blobs = c.data_dir.join("control/blobs");
+    // An upload cut off long ago, and one still arriving.
+    let stale = blobs.join(format!(".{}.0123.part", "e".repeat(64)));
+    std::fs::write(&stale, "half").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let (code, _, body) = http(
+        api,
+        "DELETE",
+        "/api/v1/artifacts/shop-1-0-0",
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blobs.join(&shas[0]).exists() || stale.exists() {
+        assert!(Instant::now() < deadline, "not collected:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fresh = blobs.join("f".repeat(64));
+    std::fs::write(&fresh, "just pushed, not yet named").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(blobs.join(&shas[1]).is_file(), "a named blob stays");
+    assert!(fresh.is_file(), "an unnamed blob within the grace stays");
+    let (_, _, metrics) = crate::harness::http_get(api, "/metrics").unwrap();
+    assert!(
+        metrics.contains("tessera_control_blobs_deleted_total 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("blobs"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(c.logs().contains("Deleted a blob no artifact names"));
+}

@@ -555,7 +555,16 @@ fn authorization_matrix_each_role_against_each_verb() {
 
 #[test]
 fn the_audit_chain_records_changes_and_verify_finds_tampering() {
-    let (n, api, t) = ready(&[("TESSERA_TEST_ALLOW_AUDIT_TAMPERING", "1")]);
+    // Control alone: under `up`, the co-located agent's node registration and events
+    // would join the chain whenever they happen to come, and the counts below are exact.
+    let mut n = Node::run_profile(
+        crate::harness::CONTROL_ONLY,
+        &[],
+        &[("TESSERA_TEST_ALLOW_AUDIT_TAMPERING", "1")],
+    );
+    let api = n.addr("control", "api");
+    n.wait_ready(api);
+    let t = n.admin_token();
     assert_eq!(apply(api, &t, BASE).0, 200);
     let (code, _, _) = http(api, "DELETE", "/api/v1/zones/hz-a", Some(&t), "").unwrap();
     assert_eq!(code, 409);

@@ -166,6 +166,11 @@ pub struct ControlConfig {
     pub event_retention_secs: u64,
     /// At most this many node events are kept; the oldest go first.
     pub event_retention_max: usize,
+    /// An artifact blob no `artifacts` resource names (or an unfinished upload) is
+    /// deleted from this node's disk once its file is this old.
+    pub blob_grace_secs: u64,
+    /// Seconds between this node's blob collection passes.
+    pub blob_gc_interval_secs: u64,
 }
 
 impl Default for ControlConfig {
@@ -188,6 +193,8 @@ impl Default for ControlConfig {
             console_dir: None,
             event_retention_secs: 7 * 24 * 3600,
             event_retention_max: 10_000,
+            blob_grace_secs: 3600,
+            blob_gc_interval_secs: 600,
         }
     }
 }

@@ -167,6 +167,18 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
                 "must be at least 1 (node events kept)",
             );
         }
+        for (key, v, max) in [
+            ("control.blob_grace_secs", ctl.blob_grace_secs, 30 * 86_400),
+            (
+                "control.blob_gc_interval_secs",
+                ctl.blob_gc_interval_secs,
+                86_400,
+            ),
+        ] {
+            if !(1..=max).contains(&v) {
+                c.fail(key, format!("{v} is out of range 1-{max}"));
+            }
+        }
         if !(1..=3650).contains(&ctl.cert_renew_days) {
             c.fail(
                 "control.cert_renew_days",

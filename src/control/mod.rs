@@ -120,6 +120,25 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     )
     .expect("static metric"); // ok: constant, valid name
     let _ = registry.register(Box::new(pruned.clone()));
+    let blob_gc = http::BlobGc {
+        every: std::time::Duration::from_secs(cfg.control.blob_gc_interval_secs),
+        grace: std::time::Duration::from_secs(cfg.control.blob_grace_secs),
+    };
+    let blob_metrics = http::BlobMetrics {
+        // ok: constant, valid names
+        deleted: prometheus::IntCounter::new(
+            "tessera_control_blobs_deleted_total",
+            "Artifact blobs (and unfinished uploads) no artifact names, deleted from this node's disk.",
+        )
+        .expect("static metric"),
+        bytes: prometheus::IntGauge::new(
+            "tessera_control_blobs_bytes",
+            "Bytes of artifact blobs on this node's disk (as of the last collection pass).",
+        )
+        .expect("static metric"),
+    };
+    let _ = registry.register(Box::new(blob_metrics.deleted.clone()));
+    let _ = registry.register(Box::new(blob_metrics.bytes.clone()));
     // Certificates from `[tls]` files are the operator's; generated ones renew here.
     let renew = (cfg.tls.cert.is_none()).then(|| (pki_dir.clone(), cfg.control.cert_renew_days));
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
@@ -152,6 +171,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 clock.clone(),
                 retention,
                 pruned,
+                (blob_gc, blob_metrics),
                 shutdown.clone(),
             ));
             let renewals = renew.map(|(dir, days)| {

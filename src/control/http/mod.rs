@@ -5,6 +5,7 @@
 
 mod audit;
 pub mod auth;
+mod blob_gc;
 mod blobs;
 pub mod context;
 mod dsfailover;
@@ -55,21 +56,24 @@ pub struct Routers {
     pub forwarded: Router,
 }
 
+pub use blob_gc::{BlobGc, BlobMetrics};
 pub use retention::Retention;
 
-/// The reconcilers that run on the leader: placement of VM-mode instances, event
-/// retention.
+/// The reconcilers: placement of VM-mode instances and event retention (on the leader),
+/// and blob collection (on every node, for its own disk).
 pub async fn reconcile(
     node: RaftNode,
     leases: LeaseClock,
     retention: Retention,
     pruned: prometheus::IntCounter,
+    blobs: (BlobGc, BlobMetrics),
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let s = ApiState { node, leases };
     tokio::join!(
         placement::run(s.clone(), shutdown.clone()),
-        retention::run(s, retention, pruned, shutdown),
+        retention::run(s.clone(), retention, pruned, shutdown.clone()),
+        blob_gc::run(s, blobs.0, blobs.1, shutdown),
     );
 }
 
