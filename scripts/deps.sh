@@ -11,6 +11,7 @@ want=(clang libclang-dev)          # rocksdb's C++ build and its bindgen
 command -v npm >/dev/null || want+=(nodejs npm)  # the web console's build (ui/, run by build.rs)
 if [ "${1:-build}" = test ]; then
   want+=(curl)                     # a TLS + HTTP/2 client for peer-listener tests
+  want+=(openssl)                  # certificates for the console's e2e test
   want+=(mariadb-server mariadb-client sysbench)  # real MySQL backends and clients for the DB proxy tests
   want+=(chromium)                 # the console's end-to-end tests (Playwright drives Debian's Chromium)
   command -v python3 >/dev/null || want+=(python3)

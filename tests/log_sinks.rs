@@ -1,5 +1,5 @@
 //! Log forwarding: an agent sends its collected lines to a syslog receiver over TCP, UDP
-//! and TLS and to an HTTP collector (all run by this test on 127.0.0.202), in order and
+//! and TLS and to an HTTP collector (all run by this test on 127.0.0.212), in order and
 //! each line once, through a collector answering 503, a syslog receiver that goes away
 //! and comes back, and an agent restart.
 
@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The receivers; the agent (and its instance) is on AGENT_IP, which no other test uses.
-const IP: &str = "127.0.0.202";
-const AGENT_IP: &str = "127.0.0.201";
+const IP: &str = "127.0.0.212";
+const AGENT_IP: &str = "127.0.0.211";
 
 type Got = Arc<Mutex<Vec<String>>>;
 

@@ -114,11 +114,12 @@ pub fn run(a: RunArgs, log_format: Option<LogFormat>) -> ExitCode {
 
 fn serve(cfg: RuntimeConfig, log_format: Option<LogFormat>, demo: bool) -> ExitCode {
     crate::telemetry::init_logging(&cfg.log.level, log_format.unwrap_or(cfg.log.format));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("tessera")
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("tessera");
+    if cfg.worker_threads > 0 {
+        builder.worker_threads(cfg.worker_threads);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -54,6 +54,10 @@ pub struct UserConfig {
     pub zone: Option<String>,
     /// Seconds a graceful shutdown may take before remaining work is abandoned.
     pub shutdown_grace_secs: u64,
+    /// Threads of the async runtime that runs every role (0: one per CPU). Fewer than
+    /// the CPUs when several tessera processes share a machine (e.g. three control
+    /// nodes on one host for a lab) saves cross-thread wake-ups.
+    pub worker_threads: usize,
     pub log: LogConfig,
     pub tls: TlsConfig,
     pub control: ControlConfig,
@@ -70,6 +74,7 @@ impl Default for UserConfig {
             data_dir: PathBuf::from("./tessera-data"),
             zone: None,
             shutdown_grace_secs: 4,
+            worker_threads: 0,
             log: LogConfig::default(),
             tls: TlsConfig::default(),
             control: ControlConfig::default(),

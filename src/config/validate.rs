@@ -20,6 +20,8 @@ pub struct RuntimeConfig {
     pub zone: Option<String>,
     #[serde(with = "secs")]
     pub shutdown_grace: Duration,
+    /// 0: one per CPU.
+    pub worker_threads: usize,
     pub log: LogConfig,
     pub tls: TlsConfig,
     pub control: ControlConfig,
@@ -85,6 +87,15 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
         if let Err(m) = check_name(zone) {
             c.fail("zone", m);
         }
+    }
+    if cfg.worker_threads > 1024 {
+        c.fail(
+            "worker_threads",
+            format!(
+                "{} is out of range 0-1024 (0: one per CPU)",
+                cfg.worker_threads
+            ),
+        );
     }
     if !(1..=300).contains(&cfg.shutdown_grace_secs) {
         c.fail(
@@ -375,6 +386,7 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
         data_dir: absolute(&cfg.data_dir),
         zone: cfg.zone.clone(),
         shutdown_grace: Duration::from_secs(cfg.shutdown_grace_secs),
+        worker_threads: cfg.worker_threads,
         log: cfg.log.clone(),
         tls: cfg.tls.clone(),
         control: cfg.control.clone(),

@@ -168,6 +168,19 @@ pub fn check(spec: &CertificateSpec, sealed_prefix: &str) -> Result<(), Invalid>
     Ok(())
 }
 
+/// What readers are shown of a certificate besides its spec, derived from `cert` on
+/// every read (never stored): `notAfter` (RFC 3339) and the leaf's `dnsNames`. None when
+/// the chain does not parse (it was checked when written).
+pub fn facts(cert_pem: &str) -> Option<serde_json::Value> {
+    let (_, names, not_after) = chain(cert_pem.as_bytes()).ok()?;
+    let ms = u64::try_from(not_after).ok()?.checked_mul(1000)?;
+    let at = crate::util::rfc3339_ms(ms);
+    Some(serde_json::json!({
+        "notAfter": at.replace(".000Z", "Z"),
+        "dnsNames": names,
+    }))
+}
+
 /// The leaf's expiry (Unix seconds), for listings.
 pub fn not_after(cert_pem: &str) -> Option<i64> {
     chain(cert_pem.as_bytes()).ok().map(|(_, _, t)| t)

@@ -1,13 +1,16 @@
 // End-to-end: a real tessera demo, the console in headless Chromium. See README.md.
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { BIN, CONTROL, DIST, GATEWAY, Tessera, launchBrowser, tesseraServesConsole, until } from './harness.mjs';
 
 const ART = fileURLToPath(new URL('./artifacts/', import.meta.url));
 mkdirSync(ART, { recursive: true });
-const PAGES = ['overview', 'topology', 'apps', 'traffic', 'datasources', 'releases', 'events', 'audit'];
+const PAGES = ['overview', 'topology', 'apps', 'traffic', 'datasources', 'certificates', 'releases', 'events', 'audit'];
 const UID = '2088000000000007';
 
 let tessera, browser, page, consoleUrl, origin;
@@ -293,6 +296,38 @@ test("the echo app's logs: a line, a search, a refusal, and Follow sees a new li
   assert.equal((await shownLines()).length, lines.length);
   page.off('request', onRequest);
   await until('echo-rz00-0 ready again', 60000, async () => (await tessera.api('/api/v1/instances/echo-rz00-0')).status?.ready === true, 500);
+});
+
+test('a certificate shows its hosts and how long it has left, never its key', { timeout: 60000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'e2e-cert-'));
+  try {
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '10',
+      '-subj', '/CN=shop.e2e.example', '-addext', 'subjectAltName=DNS:shop.e2e.example',
+      '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+    const cert = readFileSync(join(dir, 'cert.pem'), 'utf8');
+    const key = readFileSync(join(dir, 'key.pem'), 'utf8');
+    await tessera.api('/api/v1/certificates/shop-e2e', {
+      method: 'PUT',
+      body: JSON.stringify({ apiVersion: 'tessera.io/v1', kind: 'Certificate', metadata: { name: 'shop-e2e' }, spec: { cert, key } }),
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  await tid('nav-certificates').click();
+  await tid('row-shop-e2e').waitFor();
+  const row = await tid('row-shop-e2e').textContent();
+  assert.match(row, /shop\.e2e\.example/);
+  assert.ok(!row.includes('PRIVATE KEY'), row);
+  const expiry = tid('row-shop-e2e').locator('[data-testid="cert-expiry"]');
+  const days = Number(await expiry.getAttribute('data-days'));
+  assert.ok(days >= 8 && days <= 10, `days left: ${days}`);
+  assert.match(await expiry.getAttribute('class'), /warn/, 'under 30 days is flagged');
+  await shot('certificates-en');
+  await tid('open-shop-e2e').click();
+  await tid('yaml-editor').waitFor();
+  const text = await editorText();
+  assert.ok(!text.includes('PRIVATE KEY'), 'the key stays sealed in the editor');
+  assert.match(text, /sealed/);
 });
 
 test('switches to 中文 and keeps the choice', { timeout: 90000 }, async () => {

@@ -19,7 +19,7 @@ import { Topology } from './pages/Topology';
 /** Every kind the pages show, followed through one watch stream. */
 export const WATCHED = [
   'regions', 'zones', 'units', 'clusters', 'nodes', 'shardmaps', 'apps', 'instances',
-  'artifacts', 'releases', 'trafficrules', 'datasources', 'events',
+  'artifacts', 'releases', 'trafficrules', 'datasources', 'certificates', 'events',
 ];
 
 export function App() {
@@ -93,6 +93,8 @@ export function App() {
   else if (p === '/datasources') page = <ResourceList store={store} who={who} kind="datasources" />;
   else if ((m = match('/traffic/:name', p))) page = <EditorRoute store={store} who={who} kind="trafficrules" name={m.name} />;
   else if ((m = match('/datasources/:name', p))) page = <EditorRoute store={store} who={who} kind="datasources" name={m.name} />;
+  else if (p === '/certificates') page = <ResourceList store={store} who={who} kind="certificates" />;
+  else if ((m = match('/certificates/:name', p))) page = <EditorRoute store={store} who={who} kind="certificates" name={m.name} />;
   else if (p === '/releases') page = <Releases store={store} />;
   else if ((m = match('/releases/:name', p))) page = <Releases store={store} name={m.name} />;
   else if (p === '/events') page = <Events store={store} />;

@@ -288,7 +288,7 @@ async fn list_kind(
     for kv in &kvs {
         let mut r = decode(kv)?;
         if selector.matches(&r.metadata.labels) {
-            super::secrets::reveal(&s, &caller, kind, &mut r);
+            present(&s, &caller, kind, &mut r);
             items.push(r);
         }
     }
@@ -302,6 +302,28 @@ async fn list_kind(
         }),
         StatusCode::OK,
     ))
+}
+
+/// A stored object as `caller` gets it (list, get, watch): secrets opened for the role
+/// that uses them, and a certificate's derived facts (`status.notAfter`,
+/// `status.dnsNames`) added.
+pub(super) fn present(s: &ApiState, caller: &Caller, kind: Kind, r: &mut Resource) {
+    super::secrets::reveal(s, caller, kind, r);
+    if kind == Kind::Certificate {
+        let facts = r
+            .spec
+            .get("cert")
+            .and_then(serde_json::Value::as_str)
+            .and_then(crate::model::certificate::facts);
+        if let Some(serde_json::Value::Object(facts)) = facts {
+            if !r.status.is_object() {
+                r.status = serde_json::Value::Object(Default::default());
+            }
+            if let Some(status) = r.status.as_object_mut() {
+                status.extend(facts);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,7 +356,7 @@ pub async fn get(
     match kv {
         Some(kv) => {
             let mut r = decode(&kv)?;
-            super::secrets::reveal(&s, &caller, kind, &mut r);
+            present(&s, &caller, kind, &mut r);
             Ok(with_revision(
                 rev,
                 serde_json::to_value(r).unwrap_or_default(),

@@ -273,7 +273,7 @@ pub async fn resources(
             EventKind::Put => {
                 let mut r: Resource = serde_json::from_str(&ev.kv.value).ok()?;
                 r.metadata.revision = Some(ev.kv.mod_revision);
-                super::secrets::reveal(&state, &who, kind, &mut r);
+                super::resources::present(&state, &who, kind, &mut r);
                 (
                     if ev.kv.version == 1 {
                         "ADDED"

@@ -12,6 +12,7 @@ const NAV: { id: string; href: string; key: Key; audit?: boolean }[] = [
   { id: 'apps', href: '/apps', key: 'nav.apps' },
   { id: 'traffic', href: '/traffic', key: 'nav.traffic' },
   { id: 'datasources', href: '/datasources', key: 'nav.datasources' },
+  { id: 'certificates', href: '/certificates', key: 'nav.certificates' },
   { id: 'releases', href: '/releases', key: 'nav.releases' },
   { id: 'events', href: '/events', key: 'nav.events' },
   { id: 'audit', href: '/audit', key: 'nav.audit', audit: true },

@@ -20,6 +20,7 @@ export const KIND_PLURALS: Record<string, string> = {
   Release: 'releases',
   TrafficRule: 'trafficrules',
   DataSource: 'datasources',
+  Certificate: 'certificates',
   User: 'users',
   Event: 'events',
 };

@@ -7,10 +7,31 @@ import { canWrite } from '../lib/perms';
 import { Link } from '../lib/router';
 import type { ResourceStore } from '../lib/store';
 
-export const ROUTES: Record<string, { base: string; title: 'traffic.title' | 'ds.title'; singular: string }> = {
-  trafficrules: { base: '/traffic', title: 'traffic.title', singular: 'TrafficRule' },
-  datasources: { base: '/datasources', title: 'ds.title', singular: 'DataSource' },
+export const ROUTES: Record<string, { base: string; id: string; title: 'traffic.title' | 'ds.title' | 'cert.title'; singular: string }> = {
+  trafficrules: { base: '/traffic', id: 'traffic', title: 'traffic.title', singular: 'TrafficRule' },
+  datasources: { base: '/datasources', id: 'datasources', title: 'ds.title', singular: 'DataSource' },
+  certificates: { base: '/certificates', id: 'certificates', title: 'cert.title', singular: 'Certificate' },
 };
+
+/** Days until `notAfter` (RFC 3339), rounded down; negative once past. */
+export function daysLeft(notAfter: unknown, now = Date.now()): number | null {
+  if (typeof notAfter !== 'string') return null;
+  const at = Date.parse(notAfter);
+  return Number.isNaN(at) ? null : Math.floor((at - now) / 86_400_000);
+}
+
+/** A certificate's expiry with how long is left; `soon` under 30 days. */
+export function Expiry({ notAfter }: { notAfter: unknown }) {
+  const days = daysLeft(notAfter);
+  if (days === null) return <span>—</span>;
+  const soon = days < 30;
+  const label = days < 0 ? t('cert.expired') : t('cert.daysLeft', { days: String(days) });
+  return (
+    <span class={soon ? 'badge warn' : undefined} data-testid="cert-expiry" data-days={String(days)}>
+      {String(notAfter).slice(0, 10)} ({label})
+    </span>
+  );
+}
 
 /** The few fields worth seeing at a glance; secrets only masked. */
 export function Summary({ kind, r }: { kind: string; r: Resource }) {
@@ -24,6 +45,19 @@ export function Summary({ kind, r }: { kind: string; r: Resource }) {
           [t('traffic.path'), s.path ?? s.pathPrefix],
           [t('traffic.routeBy'), s.routeBy],
           [t('traffic.priority'), s.priority],
+          [t('common.revision'), r.metadata.revision],
+        ]}
+      />
+    );
+  }
+  if (kind === 'certificates') {
+    const st = r.status ?? {};
+    return (
+      <KV
+        rows={[
+          [t('cert.hosts'), (s.hosts?.length ? s.hosts : st.dnsNames ?? []).join(', ')],
+          [t('cert.notAfter'), <Expiry notAfter={st.notAfter} />],
+          [t('cert.key'), <span data-testid="cert-key">{maskSecret(s.key, t('secret.sealed'))}</span>],
           [t('common.revision'), r.metadata.revision],
         ]}
       />
@@ -47,7 +81,7 @@ export function ResourceList({ store, who, kind }: { store: ResourceStore; who: 
   const items = useKind(store, kind);
   const route = ROUTES[kind];
   const writable = canWrite(who.role, kind);
-  const id = kind === 'trafficrules' ? 'traffic' : 'datasources';
+  const id = route.id;
   return (
     <Page id={id} title={t(route.title)}>
       {!writable ? <p class="notice small" data-testid="readonly-note">{t('common.readonly', { role: who.role })}</p> : null}
@@ -65,6 +99,12 @@ export function ResourceList({ store, who, kind }: { store: ResourceStore; who: 
                     <th>{t('traffic.host')}</th>
                     <th>{t('traffic.path')}</th>
                     <th>{t('traffic.routeBy')}</th>
+                  </>
+                ) : kind === 'certificates' ? (
+                  <>
+                    <th>{t('cert.hosts')}</th>
+                    <th>{t('cert.notAfter')}</th>
+                    <th>{t('cert.key')}</th>
                   </>
                 ) : (
                   <>
@@ -97,6 +137,14 @@ export function ResourceList({ store, who, kind }: { store: ResourceStore; who: 
                           <code>{s.path ?? s.pathPrefix}</code>
                         </td>
                         <td>{s.routeBy}</td>
+                      </>
+                    ) : kind === 'certificates' ? (
+                      <>
+                        <td>{(s.hosts?.length ? s.hosts : r.status?.dnsNames ?? []).join(', ')}</td>
+                        <td>
+                          <Expiry notAfter={r.status?.notAfter} />
+                        </td>
+                        <td>{maskSecret(s.key, t('secret.sealed'))}</td>
                       </>
                     ) : (
                       <>
