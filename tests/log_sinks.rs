@@ -276,6 +276,15 @@ fn wait_for(what: &str, got: &Got, n: u32) -> Vec<u32> {
     }
 }
 
+/// The first message received that contains `needle`.
+fn first_with(got: &Got, needle: &str) -> String {
+    let got = got.lock().unwrap();
+    got.iter()
+        .find(|m| m.contains(needle))
+        .cloned()
+        .unwrap_or_else(|| panic!("no message with {needle}: {got:?}"))
+}
+
 fn write_lines(file: &std::path::Path, range: std::ops::Range<u32>) {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -368,13 +377,7 @@ batch = 7
     );
 
     // The messages are RFC 5424 with the line's origin.
-    let first = got_tcp
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|m| m.contains("sink-line-0 "))
-        .cloned()
-        .unwrap();
+    let first = first_with(&got_tcp, "sink-line-0 ");
     assert!(first.starts_with("<134>1 20"), "local0.info: {first}");
     let origin = format!(
         " host-a echo echo-rz00-0 file [tessera@32473 unit=\"rz00\" file=\"{}\" seq=\"",
@@ -382,23 +385,10 @@ batch = 7
     );
     assert!(first.contains(&origin), "{first}");
     assert!(first.ends_with("] sink-line-0 payload"), "{first}");
-    let udp_first = got_udp
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|m| m.contains("sink-line-0 "))
-        .cloned()
-        .unwrap();
+    let udp_first = first_with(&got_udp, "sink-line-0 ");
     assert!(udp_first.starts_with("<14>1 "), "user.info: {udp_first}");
-    let rec: serde_json::Value = serde_json::from_str(
-        got_http
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains("sink-line-0 "))
-            .unwrap(),
-    )
-    .unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_str(&first_with(&got_http, "sink-line-0 ")).unwrap();
     assert_eq!(rec["app"], "echo");
     assert_eq!(rec["unit"], "rz00");
     assert_eq!(rec["node"], "host-a");
