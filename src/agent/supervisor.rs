@@ -35,6 +35,7 @@ use super::artifacts::{self, ArtifactError, Unpacked};
 use crate::api::Client;
 use crate::model::specs::{AppSpec, ArtifactSpec, InstanceSpec, UnitSpec};
 use crate::model::{Kind, Resource};
+use crate::util::now_ms;
 use http::Method;
 use node::push_event;
 use serde::{Deserialize, Serialize};
@@ -148,13 +149,6 @@ fn is_instance(pid: u32, instance: &str) -> bool {
                 .any(|kv| kv == format!("TESSERA_INSTANCE={instance}").as_bytes())
         })
         .unwrap_or(false)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Supervisor {

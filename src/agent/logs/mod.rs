@@ -10,6 +10,7 @@ pub mod store;
 mod syslog;
 
 use crate::api::logs::{verify_grant, Filter, Line, Query, Record, MAX_LIMIT};
+use crate::util::now_ms;
 use axum::body::Body;
 use axum::extract::{Query as Q, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -140,13 +141,6 @@ impl Logs {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn error(status: StatusCode, code: &str, message: String, field: Option<&str>) -> Response {

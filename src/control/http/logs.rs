@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::ApiState;
 use crate::api::logs::{grant, Line, Query, GRANT_TTL_MS};
 use crate::model::Kind;
+use crate::util::now_ms;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -230,13 +231,6 @@ fn ndjson(body: Body) -> Response {
         header::HeaderValue::from_static("no-store"),
     );
     resp
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

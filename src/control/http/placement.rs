@@ -10,6 +10,7 @@ use super::resources::{commit_system, read_world, Want};
 use super::ApiState;
 use crate::model::specs::{AppMode, AppSpec, InstanceSpec, UnitSpec, UnitType};
 use crate::model::{Kind, Resource};
+use crate::util::now_ms;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -33,13 +34,6 @@ pub async fn run(s: ApiState, shutdown: CancellationToken) {
             tracing::warn!(error = %e, "Placement pass failed; retrying");
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Whether a node's agent reported recently.
