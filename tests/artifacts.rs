@@ -581,3 +581,90 @@ fn blobs_no_artifact_names_are_collected_after_the_grace() {
     );
     assert!(c.logs().contains("Deleted a blob no artifact names"));
 }
+
+/// The instance's answer once it serves `version` (panics after 40 s).
+fn serving(api: SocketAddr, token: &str, version: &str, agent: &Node) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (_, _, body) =
+            http(api, "GET", "/api/v1/instances/shop-rz00-0", Some(token), "").unwrap();
+        let inst: Value = serde_json::from_str(&body).unwrap_or_default();
+        if let Some(v) = ask(inst["status"]["endpoint"].as_str().unwrap_or("")) {
+            if v["version"] == version {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving {version}: {inst}\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Upgrades leave no pile of old versions: an instance keeps the version it runs and
+/// the one before (`agent.keep_versions = 2`), unpacked and cached, and a rollback to
+/// that one starts without a download.
+#[test]
+fn an_instance_keeps_its_current_and_previous_versions_on_disk() {
+    let (c, api, token, server) = control(CONTROL_ONLY);
+    let work = tempfile::tempdir().unwrap();
+    let mut shas = Vec::new();
+    for v in ["3.0.1", "3.0.2", "3.0.3"] {
+        let o = push(&server, &token, &package(work.path(), v), "shop", v);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let art = read(
+            api,
+            &token,
+            &format!("/api/v1/artifacts/shop-{}", v.replace('.', "-")),
+        );
+        shas.push(art["spec"]["sha256"].as_str().unwrap().to_string());
+    }
+    let estate = format!("{}---\n{}", crate::harness::TOPOLOGY, app("shop-3-0-1"));
+    let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let stop = crate::harness::STOP_WORKLOADS;
+    let agent = crate::harness::agent(api, &token, "host-p", "hz-a", "127.0.0.213", stop);
+    serving(api, &token, "3.0.1", &agent);
+    for (artifact, version) in [("shop-3-0-2", "3.0.2"), ("shop-3-0-3", "3.0.3")] {
+        let (code, _, body) =
+            http(api, "POST", "/api/v1/apply", Some(&token), &app(artifact)).unwrap();
+        assert_eq!(code, 200, "{body}");
+        serving(api, &token, version, &agent);
+    }
+    let dir = agent.data_dir.join("agent");
+    let unpacked = |sha: &str| {
+        dir.join("instances/shop-rz00-0")
+            .join(format!("app-{}", &sha[..12]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unpacked(&shas[0]).exists() || dir.join("artifacts").join(&shas[0]).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "3.0.1 still on disk\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for sha in &shas[1..] {
+        assert!(unpacked(sha).is_dir(), "kept unpacked: {sha}");
+        assert!(
+            dir.join("artifacts").join(sha).is_file(),
+            "kept cached: {sha}"
+        );
+    }
+    // The control plane loses 3.0.2's bytes; the rollback still starts it from the node.
+    std::fs::remove_file(c.data_dir.join("control/blobs").join(&shas[1])).unwrap();
+    let o = tessera(
+        &["rollback", "shop", "--server", &server, "--token", &token],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("artifact/shop-3-0-3 -> artifact/shop-3-0-2"),
+        "{}",
+        stdout(&o)
+    );
+    serving(api, &token, "3.0.2", &agent);
+}

@@ -101,6 +101,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             .expect("static metric"),
     };
     supervisor.pressure_mb = (cfg.agent.disk_pressure_mb, cfg.agent.memory_pressure_mb);
+    supervisor.keep_versions = cfg.agent.keep_versions;
     let gauge = ctx.metrics.control_reachable(Role::Agent);
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
     let router = admin_router.clone().merge(logs.router());

@@ -27,6 +27,7 @@
 mod drain;
 mod inputs;
 mod node;
+mod prune;
 
 use drain::{begin_leaving, step_stop, stop_now};
 pub use inputs::Watched;
@@ -68,6 +69,10 @@ pub struct Supervisor {
     /// Earlier processes of instances whose definition changed: they keep serving until
     /// the new process is ready and reported, then drain and stop.
     retiring: Vec<(String, Proc)>,
+    /// Unpacked versions each instance keeps (`agent.keep_versions`), and when the
+    /// node's disk was last pruned (see `prune.rs`).
+    pub keep_versions: usize,
+    last_prune: Option<Instant>,
     last_heartbeat: Option<Instant>,
     /// Node events not yet recorded (`events` resources named `<node>-<ms>-<n>`).
     events: Vec<Value>,
@@ -173,6 +178,8 @@ impl Supervisor {
             exe,
             procs: BTreeMap::new(),
             retiring: Vec::new(),
+            keep_versions: 2,
+            last_prune: None,
             last_heartbeat: None,
             events: Vec::new(),
             event_seq: 0,
@@ -356,6 +363,8 @@ impl Supervisor {
                 begin_leaving(name, p, client, ip);
             }
         }
+        let mut current_shas = BTreeMap::new();
+        let mut prepared_any = false;
         for (name, spec) in &mine {
             let Some((_, Some(app))) = apps.get(&spec.app) else {
                 continue;
@@ -448,14 +457,29 @@ impl Supervisor {
                 .procs
                 .get(name)
                 .is_some_and(|p| p.pid.is_none() && Instant::now() >= p.next_start);
+            if let Some(Ok(sha)) = &artifact {
+                current_shas.insert(name.clone(), sha.clone());
+            }
             let prepared = match (artifact, starting) {
                 (Some(a), true) => Some(self.prepare(client, name, a).await),
                 _ => None,
             };
+            prepared_any |= matches!(prepared, Some(Ok(_)));
             self.supervise(name, spec, app, &version, prepared).await;
         }
         self.collect_logs_of(&mine, &apps);
+        let live = |s: &Self| {
+            s.procs
+                .values()
+                .chain(s.retiring.iter().map(|(_, p)| p))
+                .filter(|p| p.pid.is_some())
+                .count()
+        };
+        let before = live(self);
         self.stop_leaving().await;
+        // A version is pruned once nothing runs from it: after a start, or a stop.
+        let stopped = live(self) < before;
+        self.prune(current_shas, prepared_any || stopped).await;
         self.save();
         self.report(client).await;
         self.flush_events(client).await;

@@ -233,6 +233,10 @@ pub struct AgentConfig {
     /// A `MemoryPressure` node event when less than this many MiB of memory are
     /// available (0: not checked).
     pub memory_pressure_mb: u64,
+    /// Unpacked versions each instance keeps on disk: the current one and the most
+    /// recent earlier ones (a rollback to those needs no download). Older ones, and
+    /// cached downloads no kept version needs, are removed.
+    pub keep_versions: usize,
     /// Where collected lines are also sent (`[[agent.log_sinks]]`), besides the local
     /// store; none by default.
     pub log_sinks: Vec<LogSink>,
@@ -300,6 +304,7 @@ impl Default for AgentConfig {
             memory_pressure_mb: 256,
             stop_workloads_on_exit: false,
             log_sinks: Vec::new(),
+            keep_versions: 2,
         }
     }
 }

@@ -298,6 +298,12 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
             }
         }
     }
+    if has(Role::Agent) && !(1..=100).contains(&cfg.agent.keep_versions) {
+        c.fail(
+            "agent.keep_versions",
+            format!("{} is out of range 1-100", cfg.agent.keep_versions),
+        );
+    }
     if has(Role::Agent) && !(8..=1_048_576).contains(&cfg.agent.log_store_mb) {
         c.fail(
             "agent.log_store_mb",
