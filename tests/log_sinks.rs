@@ -66,6 +66,14 @@ fn accept_loop(
     }
 }
 
+/// A read that hit the socket's read timeout (the loops check whether to stop).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// Reads exactly `buf.len()` bytes, waiting through read timeouts until stopped.
 fn read_full(s: &mut impl Read, buf: &mut [u8], stop: &AtomicBool) -> bool {
     let mut at = 0;
@@ -73,12 +81,7 @@ fn read_full(s: &mut impl Read, buf: &mut [u8], stop: &AtomicBool) -> bool {
         match s.read(&mut buf[at..]) {
             Ok(0) => return false,
             Ok(n) => at += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if timed_out(&e) => {
                 if stop.load(Ordering::SeqCst) {
                     return false;
                 }
@@ -192,12 +195,7 @@ fn collector(
                     match r.read_line(&mut line) {
                         Ok(0) => return,
                         Ok(_) => {}
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
+                        Err(e) if timed_out(&e) => {
                             if stop.load(Ordering::SeqCst) {
                                 return;
                             }
