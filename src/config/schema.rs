@@ -263,7 +263,7 @@ pub struct LogSink {
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// `https`/`http` only: a file whose content (trimmed) is sent as
-    /// `Authorization: Bearer ...`, read again on every connection.
+    /// `Authorization: Bearer ...`, read for every batch (a rotated token applies at once).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Syslog facility: `user`, `daemon`, `local0` ... `local7`.
