@@ -58,6 +58,7 @@ node_name = "bench-gw"
 roles = ["gateway"]
 data_dir = "$W/gateway"
 zone = "hz-a"
+worker_threads = ${WORKERS:-1}
 [gateway]
 listen = "$GW_IP:$GW_PORT"
 admin_listen = "127.0.0.1:17403"
@@ -65,4 +66,4 @@ control = ["http://127.0.0.1:17400"]
 join_token = "$join"
 access_log = false
 TOML
-TOKIO_WORKER_THREADS=${WORKERS:-1} "$TESSERA_BIN" run --profile "$W/gateway.toml" 2>"$W/gateway.log"
+"$TESSERA_BIN" run --profile "$W/gateway.toml" 2>"$W/gateway.log"

@@ -12,7 +12,7 @@
 #     the rule's routingKey is `{source: query, name: uid}`), because the baseline's wrk
 #     sends no custom header: every request is matched, keyed, mapped slot 07 -> rz00 ->
 #     hz-a, and answered with x-tessera-unit/zone, exactly as with the default header.
-# The gateway runs with TOKIO_WORKER_THREADS=$WORKERS (default 1) and no access log, as
+# The gateway runs with `worker_threads = $WORKERS` (default 1) and no access log, as
 # nginx and haproxy run with WORKERS workers and `access_log off`.
 #
 # Usage (from the repo root, as root):

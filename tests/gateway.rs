@@ -202,8 +202,10 @@ pub(crate) fn estate(extra_gateway: &[&str]) -> Estate {
 fn estate_with(gateway_toml: &str, extra_gateway: &[&str]) -> Estate {
     let (control, api, token) = crate::harness::control_with(ESTATE);
     let join = crate::harness::join_token(api, &token, "gateway");
+    // One thread, tokio's current-thread scheduler: what the bench runs (other tests run
+    // the default, one thread per CPU).
     let profile = format!(
-        "node_name = \"gw-1\"\nroles = [\"gateway\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{join}\"\n"
+        "node_name = \"gw-1\"\nroles = [\"gateway\"]\ndata_dir = \"DATA\"\nzone = \"hz-a\"\nworker_threads = 1\n[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{api}\"]\njoin_token = \"{join}\"\n"
     ) + gateway_toml;
     let mut gateway = Node::run_profile(&profile, extra_gateway, &[]);
     let gw = gateway.addr("gateway", "entrance");

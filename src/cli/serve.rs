@@ -114,9 +114,13 @@ pub fn run(a: RunArgs, log_format: Option<LogFormat>) -> ExitCode {
 
 fn serve(cfg: RuntimeConfig, log_format: Option<LogFormat>, demo: bool) -> ExitCode {
     crate::telemetry::init_logging(&cfg.log.level, log_format.unwrap_or(cfg.log.format));
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = if cfg.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all().thread_name("tessera");
-    if cfg.worker_threads > 0 {
+    if cfg.worker_threads > 1 {
         builder.worker_threads(cfg.worker_threads);
     }
     let runtime = match builder.build() {

@@ -56,7 +56,8 @@ pub struct UserConfig {
     pub shutdown_grace_secs: u64,
     /// Threads of the async runtime that runs every role (0: one per CPU). Fewer than
     /// the CPUs when several tessera processes share a machine (e.g. three control
-    /// nodes on one host for a lab) saves cross-thread wake-ups.
+    /// nodes on one host for a lab) saves cross-thread wake-ups. 1 selects tokio's
+    /// current-thread scheduler: everything on one thread, no work stealing.
     pub worker_threads: usize,
     pub log: LogConfig,
     pub tls: TlsConfig,

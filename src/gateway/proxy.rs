@@ -276,8 +276,8 @@ fn upstream_headers(
         "x-forwarded-proto",
         HeaderValue::from_static(if secure { "https" } else { "http" }),
     );
-    headers.insert("x-tessera-unit", value(&route.unit));
-    headers.insert("x-tessera-zone", value(&route.zone));
+    headers.insert(X_UNIT, value(&route.unit));
+    headers.insert(X_ZONE, value(&route.zone));
     if let Some(s) = route.slot {
         headers.insert("x-tessera-slot", value(&format!("{s:02}")));
     }
@@ -304,6 +304,10 @@ fn idempotent(m: &Method) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
 }
+
+/// Parsed once: inserting by `&'static str` validates the name on every request.
+const X_UNIT: HeaderName = HeaderName::from_static("x-tessera-unit");
+const X_ZONE: HeaderName = HeaderName::from_static("x-tessera-zone");
 
 fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
@@ -545,13 +549,19 @@ impl Gateway {
         } else {
             1
         };
-        let mut tried: Vec<SocketAddr> = Vec::new();
+        // At most 1 + 5 attempts (specs check `retries` <= 5): no allocation per request.
+        let mut tried_buf = [SocketAddr::from(([0, 0, 0, 0], 0)); 6];
+        let mut n_tried = 0;
         let mut last_failure = Failed::Other("no endpoint".into());
         for attempt in 0..attempts {
-            let Some(ep) = pick(&route.candidates, &tried) else {
+            let Some(ep) = pick(&route.candidates, &tried_buf[..n_tried]) else {
                 break;
             };
-            tried.push(ep.addr);
+            if n_tried == tried_buf.len() {
+                break;
+            }
+            tried_buf[n_tried] = ep.addr;
+            n_tried += 1;
             let body = match (&buffered, streamed.take()) {
                 (Some(b), _) => upstream::OutBody::Full(b.clone()),
                 (None, Some(s)) => upstream::OutBody::Stream(s, declared),
@@ -579,8 +589,8 @@ impl Gateway {
                         self.states.success(&ep.state);
                     }
                     let (mut rp, rb) = resp.into_parts();
-                    rp.headers.insert("x-tessera-unit", value(&route.unit));
-                    rp.headers.insert("x-tessera-zone", value(&route.zone));
+                    rp.headers.insert(X_UNIT, value(&route.unit));
+                    rp.headers.insert(X_ZONE, value(&route.zone));
                     self.finish(
                         &parts.method,
                         &host,
@@ -651,11 +661,11 @@ impl Gateway {
             &route.rule.name,
             &route.unit,
             &route.zone,
-            tried.last(),
+            tried_buf[..n_tried].last(),
             status,
             reason,
             start,
-            tried.len(),
+            n_tried,
             client,
         );
         Ok(own(

@@ -858,30 +858,23 @@ impl Rule {
 
 /// Picks one of `candidates` not yet `tried`: the less loaded of two at random.
 pub fn pick(candidates: &[Ep], tried: &[SocketAddr]) -> Option<Ep> {
-    let left: Vec<&Ep> = candidates
-        .iter()
-        .filter(|e| !tried.contains(&e.addr))
-        .collect();
-    match left.len() {
-        0 => None,
-        1 => Some(left[0].clone()),
+    // No allocation: this runs for every request.
+    let left = || candidates.iter().filter(|e| !tried.contains(&e.addr));
+    let chosen = match left().count() {
+        0 => return None,
+        1 => left().next(),
         n => {
             let a = fastrand::usize(..n);
             let mut b = fastrand::usize(..n - 1);
             if b >= a {
                 b += 1;
             }
+            let (ea, eb) = (left().nth(a)?, left().nth(b)?);
             let load = |e: &Ep| e.state.inflight.load(Ordering::Relaxed);
-            Some(
-                if load(left[b]) < load(left[a]) {
-                    left[b]
-                } else {
-                    left[a]
-                }
-                .clone(),
-            )
+            Some(if load(eb) < load(ea) { eb } else { ea })
         }
-    }
+    };
+    chosen.cloned()
 }
 
 #[cfg(test)]
