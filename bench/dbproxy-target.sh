@@ -42,6 +42,7 @@ cat >"$W/dbproxy.toml" <<TOML
 node_name = "bench-dbp"
 roles = ["dbproxy"]
 data_dir = "$W/dbproxy"
+worker_threads = ${WORKERS:-1}
 [dbproxy]
 listen = "$PROXY_HOST:$PROXY_PORT"
 admin_listen = "127.0.0.1:17404"
@@ -49,4 +50,4 @@ control = ["http://127.0.0.1:17400"]
 join_token = "$join"
 max_backend_connections = 1024
 TOML
-TOKIO_WORKER_THREADS=${WORKERS:-1} "$TESSERA_BIN" run --profile "$W/dbproxy.toml" 2>"$W/dbproxy.log"
+"$TESSERA_BIN" run --profile "$W/dbproxy.toml" 2>"$W/dbproxy.log"

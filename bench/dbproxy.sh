@@ -16,7 +16,7 @@
 #   SAVE=1 bash bench/dbproxy.sh     # also write bench/results/dbproxy-<date>.txt
 # Environment: everything the baseline reads (DURATION, THREADS, ROUNDS, TESTS, WARMUP,
 # TABLES, TABLE_SIZE, DB_PS_MODE, PORT, ...), plus TESSERA_BIN (see
-# bench/tessera-cluster.sh), PROXY_PORT [19310], WORKERS [1] (tokio worker threads; on 2 cores one beats two, measured 26.1k vs 22.2k point selects/s).
+# bench/tessera-cluster.sh), PROXY_PORT [19310], WORKERS [1] (the proxy's worker_threads; 1 = current-thread scheduler; on 2 cores one beats two, measured 26.1k vs 22.2k point selects/s).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BASELINE=${BASELINE:-/work/shared/bench/mysql-proxy-baseline.sh}

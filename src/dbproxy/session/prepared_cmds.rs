@@ -118,8 +118,8 @@ impl Session {
         self.stmts.insert(
             id,
             Prepared {
-                sql,
-                analysis,
+                sql: sql.into(),
+                analysis: analysis.map(std::sync::Arc::new),
                 params,
                 types: Vec::new(),
                 long_data: Vec::new(),
@@ -192,7 +192,7 @@ impl Session {
             | Class::Session => {
                 let mut p = vec![com::QUERY];
                 p.extend_from_slice(sql.as_bytes());
-                Box::pin(self.route(&p, &sql, Ok(a.clone()))).await
+                Box::pin(self.route(&p, &sql, Ok((*a).clone()))).await
             }
             _ => {
                 self.dispatch(Cmd::Exec { id, payload }, &a, Some(&values), &topo)
