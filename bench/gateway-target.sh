@@ -66,4 +66,6 @@ control = ["http://127.0.0.1:17400"]
 join_token = "$join"
 access_log = false
 TOML
-"$TESSERA_BIN" run --profile "$W/gateway.toml" 2>"$W/gateway.log"
+# PIN=1: the baseline pins nginx and haproxy to CPU 0 and wrk to CPU 1; the gateway too.
+pin=(); [ "${PIN:-0}" != 1 ] || pin=(taskset -c 0)
+"${pin[@]}" "$TESSERA_BIN" run --profile "$W/gateway.toml" 2>"$W/gateway.log"

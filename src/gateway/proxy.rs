@@ -470,9 +470,11 @@ impl Gateway {
         };
         // A protocol switch (WebSocket): a tunnel to one endpoint, no retries.
         if let Some(protocol) = upgrade::requested(&parts) {
-            return Ok(self
-                .tunnel(parts, protocol, route, host, client, secure, start)
-                .await);
+            // Boxed: the tunnel's state would otherwise make every request's future
+            // larger (it is moved into hyper's dispatcher per request).
+            return Ok(
+                Box::pin(self.tunnel(parts, protocol, route, host, client, secure, start)).await,
+            );
         }
         // The body: read it now if small, else stream it.
         let refuse = |status: u16, reason: &'static str, message: String| {
