@@ -258,6 +258,18 @@ impl NodeTls {
         Ok(cfg)
     }
 
+    /// Server side of the API listener's HTTPS: callers authenticate with bearer tokens,
+    /// so no client certificate is asked for; ALPN offers h2 and http/1.1.
+    pub fn api_server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let (_, chain, key) = self.parts()?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+
     /// Client side of mutual TLS: trusts only our CA and presents this node's certificate.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, PkiError> {
         let (roots, chain, key) = self.parts()?;
@@ -334,6 +346,7 @@ pub struct TlsHandle {
 struct Configs {
     client: Arc<rustls::ClientConfig>,
     server: Arc<rustls::ServerConfig>,
+    api: Arc<rustls::ServerConfig>,
 }
 
 impl TlsHandle {
@@ -341,6 +354,7 @@ impl TlsHandle {
         let configs = Configs {
             client: Arc::new(tls.client_config()?),
             server: Arc::new(tls.server_config()?),
+            api: Arc::new(tls.api_server_config()?),
         };
         if let Ok(mut g) = self.inner.write() {
             *g = Some(configs);
@@ -361,6 +375,78 @@ impl TlsHandle {
             .ok()
             .and_then(|g| g.as_ref().map(|c| c.server.clone()))
     }
+
+    /// The API listener's HTTPS configuration (see [`NodeTls::api_server_config`]).
+    pub fn api_server(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.inner
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|c| c.api.clone()))
+    }
+}
+
+/// Accepts any server certificate. Used for one request only: a node that holds a join
+/// token but not yet the cluster CA asks an `https://` control URL for the join info,
+/// which carries no secret and whose CA is then checked against the fingerprint the
+/// token pins (as over plain HTTP). Nothing secret is ever sent on such a connection.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client for the join info only (see [`AnyServer`]); http/1.1.
+pub fn discovery_client_config() -> Result<rustls::ClientConfig, PkiError> {
+    let provider = provider();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 #[cfg(test)]

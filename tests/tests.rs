@@ -5,6 +5,7 @@ mod harness;
 mod workload;
 
 mod agent;
+mod api_tls;
 mod artifacts;
 mod backup;
 mod cli;

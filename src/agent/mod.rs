@@ -87,6 +87,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             join_token: None,
             admin_token: None,
             file: cfg.data_dir.join("agent").join("credential"),
+            tls_ca: cfg.tls.ca.clone(),
         },
         dir: cfg.data_dir.join("agent"),
         cache_file: "inputs.json",

@@ -60,6 +60,39 @@ pub struct Client {
     token: Option<String>,
     resolver: Arc<Resolver>,
     timeout: Duration,
+    /// Set for `https://` URLs: trusts the cluster CA (see [`trust_ca`]).
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The cluster CA this process trusts for `https://` control URLs, and the TLS client
+/// built on it. Set by the CLI (`--ca`), by a role from its profile or from what it
+/// pinned at enrolment.
+static TRUSTED: std::sync::RwLock<Option<(String, Arc<rustls::ClientConfig>)>> =
+    std::sync::RwLock::new(None);
+
+/// Trusts the CA certificates in `ca_pem` for `https://` control URLs from now on.
+pub fn trust_ca(ca_pem: &str) -> Result<(), String> {
+    let mut cfg = crate::pki::trusting_client_config(ca_pem).map_err(|e| e.to_string())?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if let Ok(mut g) = TRUSTED.write() {
+        *g = Some((ca_pem.to_string(), Arc::new(cfg)));
+    }
+    Ok(())
+}
+
+/// The PEM given to [`trust_ca`], if any.
+pub fn trusted_ca() -> Option<String> {
+    TRUSTED
+        .read()
+        .ok()
+        .and_then(|g| g.as_ref().map(|t| t.0.clone()))
+}
+
+fn trusted_config() -> Option<Arc<rustls::ClientConfig>> {
+    TRUSTED
+        .read()
+        .ok()
+        .and_then(|g| g.as_ref().map(|t| t.1.clone()))
 }
 
 impl Client {
@@ -72,15 +105,13 @@ impl Client {
             .trim_end_matches('/')
             .parse()
             .map_err(|_| bad("not a URL"))?;
-        match base.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad(
-                    "https is not supported by this build yet; use http on a trusted network",
-                ))
-            }
-            _ => return Err(bad("expected http://HOST:PORT")),
-        }
+        let tls = match base.scheme_str() {
+            Some("http") => None,
+            Some("https") => Some(trusted_config().ok_or_else(|| {
+                bad("https needs the cluster CA to check the server: pass --ca FILE or set TESSERA_CA (a control node keeps it in <data-dir>/control/pki/ca.pem)")
+            })?),
+            _ => return Err(bad("expected http://HOST:PORT or https://HOST:PORT")),
+        };
         if base.host().is_none() {
             return Err(bad("missing host"));
         }
@@ -90,6 +121,33 @@ impl Client {
             token,
             resolver: Arc::new(Resolver::default()),
             timeout: Duration::from_secs(90),
+            tls,
+        })
+    }
+
+    /// A client without a token for the join info (`GET /api/v1/join/info`) before the
+    /// cluster CA is known: over `https://` it checks no certificate, because the answer
+    /// is checked against the CA fingerprint a join token pins and no secret is sent.
+    pub fn discovery(url: &str) -> Result<Client, ClientError> {
+        if !url.starts_with("https://") || trusted_config().is_some() {
+            return Client::new(url, None);
+        }
+        let cfg = crate::pki::discovery_client_config().map_err(|e| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let plain = Client::new(&url.replacen("https://", "http://", 1), None)?;
+        Ok(Client {
+            base: url
+                .trim_end_matches('/')
+                .parse()
+                .map_err(|_| ClientError::BadUrl {
+                    url: url.to_string(),
+                    reason: "not a URL".into(),
+                })?,
+            url: url.trim_end_matches('/').to_string(),
+            tls: Some(Arc::new(cfg)),
+            ..plain
         })
     }
 
@@ -158,7 +216,8 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let host = self.base.host().unwrap_or("localhost");
-        let port = self.base.port_u16().unwrap_or(80);
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        let port = self.base.port_u16().unwrap_or(default_port);
         let addrs = self
             .resolver
             .resolve(host, port)
@@ -176,12 +235,34 @@ impl Client {
             }
         }
         let stream = stream.ok_or_else(|| self.unreachable(last))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = match &self.tls {
+            None => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| self.unreachable(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+            Some(cfg) => {
+                // IP literals are checked against the certificate's IP names.
+                let bare = host.trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(bare.to_string())
+                    .map_err(|e| self.unreachable(format!("{host}: {e}")))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| self.unreachable(format!("TLS: {e}")))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| self.unreachable(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
         let authority = self.base.authority().map(|a| a.as_str()).unwrap_or(host);
         let mut req = http::Request::builder()
             .method(method)

@@ -49,7 +49,7 @@ pub async fn call_cluster(
 ) -> Result<Option<Value>, String> {
     let clients = urls
         .iter()
-        .map(|u| Client::new(u, None).map(|c| c.with_timeout(Duration::from_secs(10))))
+        .map(|u| Client::discovery(u).map(|c| c.with_timeout(Duration::from_secs(10))))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + GIVE_UP;
@@ -97,6 +97,8 @@ async fn attempt(client: &Client, pinned: &str, path: &str, body: &Value) -> Res
             "the cluster presented CA {presented}, but the join token pins {pinned}: refusing to send the token"
         )));
     }
+    // The pinned CA is the one `https://` control URLs must present from now on.
+    super::trust_ca(ca).map_err(Step::Retry)?;
     let peer: std::net::SocketAddr = info["leader"]["peer"]
         .as_str()
         .ok_or_else(|| Step::Retry("no leader is known yet".into()))?
@@ -180,8 +182,11 @@ pub struct ServiceCredential {
     pub join_token: Option<String>,
     /// `<data_dir>/admin.token` when a control role runs in this process.
     pub admin_token: Option<std::path::PathBuf>,
-    /// Where the credential is kept (0600).
+    /// Where the credential is kept (0600); the cluster CA pinned at enrolment is kept
+    /// next to it as `ca.pem`, for `https://` control URLs after a restart.
     pub file: std::path::PathBuf,
+    /// `[tls] ca` of the profile: trusted for `https://` control URLs.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl ServiceCredential {
@@ -203,11 +208,31 @@ impl ServiceCredential {
                 .has(crate::config::Role::Control)
                 .then(|| cfg.data_dir.join("admin.token")),
             file: cfg.data_dir.join(role).join("credential"),
+            tls_ca: cfg.tls.ca.clone(),
         }
+    }
+
+    fn ca_file(&self) -> std::path::PathBuf {
+        self.file.with_file_name("ca.pem")
+    }
+
+    /// Trusts the profile's `[tls] ca`, else the CA pinned at an earlier enrolment.
+    fn trust_known_ca(&self) -> Result<(), String> {
+        for path in self.tls_ca.iter().chain(std::iter::once(&self.ca_file())) {
+            match std::fs::read_to_string(path) {
+                Ok(pem) => {
+                    return super::trust_ca(&pem).map_err(|e| format!("{}: {e}", path.display()))
+                }
+                Err(e) if path == &self.ca_file() && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        Ok(())
     }
 
     /// The token: from the file, or enrolled now (None: shut down meanwhile).
     pub async fn get(&self, shutdown: &CancellationToken) -> Result<Option<String>, String> {
+        self.trust_known_ca()?;
         if let Ok(t) = std::fs::read_to_string(&self.file) {
             if !t.trim().is_empty() {
                 return Ok(Some(t.trim().to_string()));
@@ -242,6 +267,11 @@ impl ServiceCredential {
             .to_string();
         if let Some(dir) = self.file.parent() {
             let _ = std::fs::create_dir_all(dir);
+        }
+        if let Some(ca) = super::trusted_ca() {
+            let path = self.ca_file();
+            crate::util::write_atomic(&path, ca.as_bytes(), 0o644)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
         crate::util::write_atomic(&self.file, format!("{token}\n").as_bytes(), 0o600)
             .map_err(|e| format!("{}: {e}", self.file.display()))?;

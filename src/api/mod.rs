@@ -11,5 +11,5 @@ pub mod feed;
 pub mod logs;
 mod resources;
 
-pub use client::{api_error, Client, ClientError};
+pub use client::{api_error, trust_ca, trusted_ca, Client, ClientError};
 pub use resources::{ApplyOutcome, ApplyResult, AuditPage, List, NewToken};

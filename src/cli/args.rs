@@ -295,6 +295,10 @@ pub struct ClientArgs {
     /// Where `up` or the first control node wrote admin.token
     #[arg(long, default_value = "./tessera-data")]
     pub data_dir: PathBuf,
+    /// PEM CA that an https:// server's certificate must chain to (default:
+    /// <data-dir>/control/pki/ca.pem, the cluster CA on a control node)
+    #[arg(long, env = "TESSERA_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,6 +19,20 @@ pub(super) fn block_on<F: Future<Output = Result<(), ClientError>>>(
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
     });
+    if args.server.starts_with("https://") {
+        let default = args.data_dir.join("control").join("pki").join("ca.pem");
+        let path = args.ca.clone().unwrap_or(default);
+        // Without a readable CA, Client::new below says what to pass.
+        if args.ca.is_some() || path.exists() {
+            let trusted = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| crate::api::trust_ca(&pem));
+            if let Err(e) = trusted {
+                eprintln!("error: --ca {}: {e}", path.display());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        }
+    }
     let client = match Client::new(&args.server, token) {
         Ok(c) => c,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! openraft) and the REST API (`http`). The API listener serves the admin endpoints too;
 //! the peer listener carries Raft RPCs between control nodes.
 
+mod api_listener;
 mod certs;
 mod console;
 pub mod housekeeping;
@@ -91,6 +92,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let tls = TlsHandle::default();
     let ca =
         setup_pki(cfg, &store, &info, &pki_dir, &control_dir.join("ca"), &tls).map_err(failed)?;
+    let api_tls = tls.clone();
     let node = RaftNode::start(store, info, &settings, cfg.control.bootstrap, tls)
         .await
         .map_err(failed)?;
@@ -191,12 +193,12 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 match extra_admin {
                     Some(l) => {
                         let (a, b) = tokio::join!(
-                            admin::serve(api, router, shutdown.clone()),
+                            api_listener::serve(api, router, api_tls, shutdown.clone()),
                             admin::serve(l, admin_router, shutdown.clone())
                         );
                         a.and(b)
                     }
-                    None => admin::serve(api, router, shutdown.clone()).await,
+                    None => api_listener::serve(api, router, api_tls, shutdown.clone()).await,
                 }
                 .map_err(|source| RoleError::Serve {
                     role: Role::Control,
