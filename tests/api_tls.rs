@@ -56,58 +56,29 @@ fn the_api_listener_speaks_https_with_the_cluster_ca_next_to_plain_http() {
     // The CLI: the CA from --ca, or from --data-dir's control/pki/ca.pem.
     let https = format!("https://{api}");
     let data = control.data_dir.display().to_string();
-    let out = harness::tessera(
-        &[
-            "get", "zones", "--server", &https, "--token", &token, "--ca", &ca_arg,
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", harness::stderr(&out));
+    // `tessera get zones` over https with these flags: (exit code, stderr).
+    let get_zones = |flags: &[&str]| {
+        let mut args = vec!["get", "zones", "--server", &https, "--token", &token];
+        args.extend_from_slice(flags);
+        let out = harness::tessera(&args, &[]);
+        (out.status.code(), harness::stderr(&out))
+    };
+    let (code, err) = get_zones(&["--ca", &ca_arg]);
+    assert_eq!(code, Some(0), "{err}");
     let out = harness::tessera(&["members", "--server", &https, "--data-dir", &data], &[]);
     assert!(out.status.success(), "{}", harness::stderr(&out));
     assert!(harness::stdout(&out).contains("ctl-1"));
     // No CA: a usage error that says what to pass. A CA that did not sign the server's
     // certificate: refused, nothing sent.
-    let nowhere = control.dir.path().join("nowhere");
-    let out = harness::tessera(
-        &[
-            "get",
-            "zones",
-            "--server",
-            &https,
-            "--token",
-            &token,
-            "--data-dir",
-            &nowhere.display().to_string(),
-        ],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", harness::stderr(&out));
-    assert!(
-        harness::stderr(&out).contains("--ca"),
-        "{}",
-        harness::stderr(&out)
-    );
-    let other = harness::TestCa::new();
-    let out = harness::tessera(
-        &[
-            "get",
-            "zones",
-            "--server",
-            &https,
-            "--token",
-            &token,
-            "--ca",
-            &other.ca_pem().display().to_string(),
-        ],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", harness::stderr(&out));
-    assert!(
-        harness::stderr(&out).contains("certificate"),
-        "{}",
-        harness::stderr(&out)
-    );
+    let nowhere = control.dir.path().join("nowhere").display().to_string();
+    let (code, err) = get_zones(&["--data-dir", &nowhere]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--ca"), "{err}");
+    let other_ca = harness::TestCa::new();
+    let other = other_ca.ca_pem().display().to_string();
+    let (code, err) = get_zones(&["--ca", &other]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("certificate"), "{err}");
 
     // A gateway whose control URL is https: it enrols (the CA checked against the join
     // token's fingerprint), keeps that CA, and after a restart still reaches the API.

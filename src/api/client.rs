@@ -236,15 +236,7 @@ impl Client {
         }
         let stream = stream.ok_or_else(|| self.unreachable(last))?;
         let mut sender = match &self.tls {
-            None => {
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| self.unreachable(e.to_string()))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                sender
-            }
+            None => self.handshake(stream).await?,
             Some(cfg) => {
                 // IP literals are checked against the certificate's IP names.
                 let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -254,13 +246,7 @@ impl Client {
                     .connect(name, stream)
                     .await
                     .map_err(|e| self.unreachable(format!("TLS: {e}")))?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| self.unreachable(e.to_string()))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                sender
+                self.handshake(tls).await?
             }
         };
         let authority = self.base.authority().map(|a| a.as_str()).unwrap_or(host);
@@ -288,6 +274,23 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|e| self.unreachable(e.to_string()))
+    }
+
+    /// HTTP/1.1 on `io`, its connection driven by a task of its own.
+    async fn handshake<IO>(
+        &self,
+        io: IO,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
     }
 
     /// Sends JSON (or nothing) and decodes a JSON answer; non-2xx becomes [`ClientError::Api`].
