@@ -6,7 +6,13 @@ use std::process::Command;
 
 #[test]
 fn the_api_listener_speaks_https_with_the_cluster_ca_next_to_plain_http() {
-    let (control, api, token, _) = harness::control(CONTROL_ONLY);
+    // "loopback": plain HTTP from this machine only (every client of this test is local;
+    // the refusal of other machines is unit-tested in src/control/api_listener.rs).
+    let profile = CONTROL_ONLY.replace(
+        "bootstrap = true\n",
+        "bootstrap = true\napi_plain_http = \"loopback\"\n",
+    );
+    let (control, api, token, _) = harness::control(&profile);
     let ca = control.data_dir.join("control").join("pki").join("ca.pem");
     assert!(
         ca.exists(),

@@ -92,6 +92,15 @@ fn wrong_type_is_named() {
         &[],
         &["control.bootstrap", "wrong type"],
     );
+    refused(
+        &GOOD.replace(
+            "bootstrap = true",
+            "bootstrap = true\napi_plain_http = \"never\"",
+        ),
+        &[],
+        &[],
+        &["control.api_plain_http", "never", "loopback"],
+    );
 }
 
 #[test]

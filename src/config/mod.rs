@@ -14,7 +14,7 @@ pub use error::{ConfigError, Problem};
 pub use load::{load, Overrides, Source};
 pub use schema::{
     AgentConfig, ControlConfig, DbproxyConfig, GatewayCertificate, GatewayConfig, LogConfig,
-    LogFormat, LogSink, Role, TlsConfig, UserConfig,
+    LogFormat, LogSink, PlainHttp, Role, TlsConfig, UserConfig,
 };
 pub use validate::{check_url, validate, RuntimeConfig};
 

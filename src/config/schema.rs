@@ -177,6 +177,19 @@ pub struct ControlConfig {
     pub blob_grace_secs: u64,
     /// Seconds between this node's blob collection passes.
     pub blob_gc_interval_secs: u64,
+    /// Who may use plain HTTP on the API port (HTTPS is always served there): `any`, or
+    /// `loopback` (this machine only; other clients get 403 `https_required`, except on
+    /// `/healthz` and `/readyz`).
+    pub api_plain_http: PlainHttp,
+}
+
+/// `control.api_plain_http`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlainHttp {
+    #[default]
+    Any,
+    Loopback,
 }
 
 impl Default for ControlConfig {
@@ -201,6 +214,7 @@ impl Default for ControlConfig {
             event_retention_max: 10_000,
             blob_grace_secs: 3600,
             blob_gc_interval_secs: 600,
+            api_plain_http: PlainHttp::Any,
         }
     }
 }

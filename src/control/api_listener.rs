@@ -3,8 +3,11 @@
 //! does. HTTPS uses this node's certificate from the cluster CA (it names the node's
 //! advertised API IP), renewed in place; until a node has its certificate (a joining
 //! node), TLS connections are closed. Plain HTTP stays for `http://127.0.0.1:7400`
-//! (CONTRACT.md's default) and for callers on a trusted network.
+//! (CONTRACT.md's default) and for callers on a trusted network; with
+//! `control.api_plain_http = "loopback"` a plain request from another machine gets 403
+//! `https_required` (health probes excepted).
 
+use crate::config::PlainHttp;
 use crate::pki::TlsHandle;
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -28,6 +31,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: TlsHandle,
+    plain: PlainHttp,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -52,12 +56,20 @@ pub async fn serve(
             graceful.watcher(),
         );
         tokio::spawn(async move {
+            let first = first_byte(&stream).await;
+            // Plain HTTP from another machine, where only this one may use it.
+            let refuse = first != Some(TLS_HANDSHAKE) && refuses_plain(plain, peer.ip());
             let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 let mut router = router.clone();
-                async move { router.call(req).await }
+                async move {
+                    if refuse && !matches!(req.uri().path(), "/healthz" | "/readyz") {
+                        return Ok(https_required());
+                    }
+                    router.call(req).await
+                }
             });
-            match first_byte(&stream).await {
+            match first {
                 Some(TLS_HANDSHAKE) => {
                     let Some(config) = tls.api_server() else {
                         tracing::debug!(client = %peer, "HTTPS before this node has its certificate; closed");
@@ -97,6 +109,26 @@ pub async fn serve(
     Ok(())
 }
 
+/// Whether a plain HTTP client at `ip` gets 403 (see `control.api_plain_http`).
+fn refuses_plain(plain: PlainHttp, ip: std::net::IpAddr) -> bool {
+    let loopback = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    plain == PlainHttp::Loopback && !loopback
+}
+
+fn https_required() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({
+        "code": "https_required",
+        "message": "this API accepts plain HTTP from its own machine only (control.api_plain_http = \"loopback\"); use https:// with the cluster CA",
+    });
+    (http::StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+}
+
 /// The connection's first byte, without taking it; None if the client sent nothing in
 /// time or closed.
 async fn first_byte(stream: &TcpStream) -> Option<u8> {
@@ -104,5 +136,22 @@ async fn first_byte(stream: &TcpStream) -> Option<u8> {
     match tokio::time::timeout(FIRST_BYTES, stream.peek(&mut b)).await {
         Ok(Ok(1)) => Some(b[0]),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_from_another_machine_is_refused_only_when_asked() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        for local in ["127.0.0.1", "127.0.0.77", "::1", "::ffff:127.0.0.1"] {
+            assert!(!refuses_plain(PlainHttp::Loopback, ip(local)), "{local}");
+        }
+        for remote in ["10.0.1.11", "192.168.0.2", "::ffff:10.0.0.1", "fe80::1"] {
+            assert!(refuses_plain(PlainHttp::Loopback, ip(remote)), "{remote}");
+            assert!(!refuses_plain(PlainHttp::Any, ip(remote)), "{remote}");
+        }
     }
 }

@@ -93,6 +93,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let ca =
         setup_pki(cfg, &store, &info, &pki_dir, &control_dir.join("ca"), &tls).map_err(failed)?;
     let api_tls = tls.clone();
+    let plain_http = cfg.control.api_plain_http;
     let node = RaftNode::start(store, info, &settings, cfg.control.bootstrap, tls)
         .await
         .map_err(failed)?;
@@ -193,12 +194,15 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 match extra_admin {
                     Some(l) => {
                         let (a, b) = tokio::join!(
-                            api_listener::serve(api, router, api_tls, shutdown.clone()),
+                            api_listener::serve(api, router, api_tls, plain_http, shutdown.clone()),
                             admin::serve(l, admin_router, shutdown.clone())
                         );
                         a.and(b)
                     }
-                    None => api_listener::serve(api, router, api_tls, shutdown.clone()).await,
+                    None => {
+                        api_listener::serve(api, router, api_tls, plain_http, shutdown.clone())
+                            .await
+                    }
                 }
                 .map_err(|source| RoleError::Serve {
                     role: Role::Control,
