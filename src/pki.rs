@@ -119,8 +119,14 @@ impl Ca {
     }
 }
 
+/// Names: the node name (a DNS name), its IPs, and `localhost` when one of the IPs is a
+/// loopback address (so `https://localhost:7400` works on the machine itself).
 fn node_params(name: &str, ips: &[IpAddr]) -> Result<CertificateParams, PkiError> {
-    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    let mut names = vec![name.to_string()];
+    if name != "localhost" && ips.iter().any(IpAddr::is_loopback) {
+        names.push("localhost".to_string());
+    }
+    let mut params = CertificateParams::new(names)?;
     for ip in ips {
         params.subject_alt_names.push(SanType::IpAddress(*ip));
     }

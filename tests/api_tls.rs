@@ -40,6 +40,32 @@ fn the_api_listener_speaks_https_with_the_cluster_ca_next_to_plain_http() {
     assert!(body.contains("ctl-1"), "{body}");
     let (_, status) = curl(&["--http1.1"], "/healthz");
     assert_eq!(status.trim(), "200 1.1");
+    // The certificate names `localhost` too, since the node listens on a loopback IP.
+    let port = api.port();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            &ca_arg,
+            "-o",
+            "/dev/null",
+        ])
+        .args(["--resolve", &format!("localhost:{port}:{}", api.ip())])
+        .args([
+            "-w",
+            "%{http_code}",
+            &format!("https://localhost:{port}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Without the token, the API still says 401 over TLS.
     let out = Command::new("curl")
         .args([
