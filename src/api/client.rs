@@ -97,6 +97,24 @@ fn trusted_config() -> Option<Arc<rustls::ClientConfig>> {
 
 impl Client {
     pub fn new(url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Client::build(url, token, trusted_config)
+    }
+
+    /// A client without a token for the join info (`GET /api/v1/join/info`) before the
+    /// cluster CA is known: over `https://` it checks no certificate, because the answer
+    /// is checked against the CA fingerprint a join token pins and no secret is sent.
+    pub fn discovery(url: &str) -> Result<Client, ClientError> {
+        Client::build(url, None, || {
+            trusted_config().or_else(|| crate::pki::discovery_client_config().ok().map(Arc::new))
+        })
+    }
+
+    /// Parses `url`; an `https://` one gets the TLS client `https` gives (None: no CA).
+    fn build(
+        url: &str,
+        token: Option<String>,
+        https: impl FnOnce() -> Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Client, ClientError> {
         let bad = |reason: &str| ClientError::BadUrl {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -107,7 +125,7 @@ impl Client {
             .map_err(|_| bad("not a URL"))?;
         let tls = match base.scheme_str() {
             Some("http") => None,
-            Some("https") => Some(trusted_config().ok_or_else(|| {
+            Some("https") => Some(https().ok_or_else(|| {
                 bad("https needs the cluster CA to check the server: pass --ca FILE or set TESSERA_CA (a control node keeps it in <data-dir>/control/pki/ca.pem)")
             })?),
             _ => return Err(bad("expected http://HOST:PORT or https://HOST:PORT")),
@@ -122,32 +140,6 @@ impl Client {
             resolver: Arc::new(Resolver::default()),
             timeout: Duration::from_secs(90),
             tls,
-        })
-    }
-
-    /// A client without a token for the join info (`GET /api/v1/join/info`) before the
-    /// cluster CA is known: over `https://` it checks no certificate, because the answer
-    /// is checked against the CA fingerprint a join token pins and no secret is sent.
-    pub fn discovery(url: &str) -> Result<Client, ClientError> {
-        if !url.starts_with("https://") || trusted_config().is_some() {
-            return Client::new(url, None);
-        }
-        let cfg = crate::pki::discovery_client_config().map_err(|e| ClientError::BadUrl {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
-        let plain = Client::new(&url.replacen("https://", "http://", 1), None)?;
-        Ok(Client {
-            base: url
-                .trim_end_matches('/')
-                .parse()
-                .map_err(|_| ClientError::BadUrl {
-                    url: url.to_string(),
-                    reason: "not a URL".into(),
-                })?,
-            url: url.trim_end_matches('/').to_string(),
-            tls: Some(Arc::new(cfg)),
-            ..plain
         })
     }
 

@@ -89,16 +89,12 @@ pub async fn serve(
                     };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(client = %peer, error = %e, "API connection ended with an error");
-                    }
+                    ended(watcher.watch(conn.into_owned()).await, peer);
                 }
                 Some(_) => {
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(client = %peer, error = %e, "API connection ended with an error");
-                    }
+                    ended(watcher.watch(conn.into_owned()).await, peer);
                 }
                 None => {}
             }
@@ -107,6 +103,12 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+fn ended<E: std::fmt::Display>(result: Result<(), E>, peer: std::net::SocketAddr) {
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "API connection ended with an error");
+    }
 }
 
 /// Whether a plain HTTP client at `ip` gets 403 (see `control.api_plain_http`).
