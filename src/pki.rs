@@ -103,7 +103,25 @@ impl Ca {
             .map_err(|e| PkiError::Invalid(format!("bad CSR: {e}")))?;
         let key = KeyPair::from_pem(&self.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, key)?;
-        let params = node_params(name, ips)?;
+        let params = node_params(name, ips, Usage::Member)?;
+        Ok(params.signed_by(&csr.public_key, &issuer)?.pem())
+    }
+
+    /// Signs an agent's certificate for the public key in `csr_pem`: the names are
+    /// `agent.<node>` and the agent's listener IPs, and its only usage is server
+    /// authentication. It cannot act as a TLS client, so the peer listener, which takes
+    /// any client certificate from this CA as a member's, refuses it.
+    pub fn sign_agent_csr(
+        &self,
+        csr_pem: &str,
+        node: &str,
+        ips: &[IpAddr],
+    ) -> Result<String, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Invalid(format!("bad CSR: {e}")))?;
+        let key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, key)?;
+        let params = node_params(&format!("agent.{node}"), ips, Usage::AgentServer)?;
         Ok(params.signed_by(&csr.public_key, &issuer)?.pem())
     }
 
@@ -119,9 +137,17 @@ impl Ca {
     }
 }
 
+/// What a certificate may do: a control member's authenticates both ends of mutual TLS;
+/// an agent's only serves.
+#[derive(Clone, Copy, PartialEq)]
+enum Usage {
+    Member,
+    AgentServer,
+}
+
 /// Names: the node name (a DNS name), its IPs, and `localhost` when one of the IPs is a
 /// loopback address (so `https://localhost:7400` works on the machine itself).
-fn node_params(name: &str, ips: &[IpAddr]) -> Result<CertificateParams, PkiError> {
+fn node_params(name: &str, ips: &[IpAddr], usage: Usage) -> Result<CertificateParams, PkiError> {
     let mut names = vec![name.to_string()];
     if name != "localhost" && ips.iter().any(IpAddr::is_loopback) {
         names.push("localhost".to_string());
@@ -137,10 +163,13 @@ fn node_params(name: &str, ips: &[IpAddr]) -> Result<CertificateParams, PkiError
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = match usage {
+        Usage::Member => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Usage::AgentServer => vec![ExtendedKeyUsagePurpose::ServerAuth],
+    };
     (params.not_before, params.not_after) = validity(NODE_DAYS);
     Ok(params)
 }
@@ -276,6 +305,26 @@ impl NodeTls {
         Ok(cfg)
     }
 
+    /// Server side of an agent's listener over TLS: only a client with a certificate from
+    /// our CA that may authenticate clients (a control member's) gets in; ALPN offers h2
+    /// and http/1.1.
+    pub fn agent_server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let (roots, chain, key) = self.parts()?;
+        let provider = provider();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| PkiError::Invalid(format!("client verifier: {e}")))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+
     /// Client side of mutual TLS: trusts only our CA and presents this node's certificate.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, PkiError> {
         let (roots, chain, key) = self.parts()?;
@@ -351,14 +400,20 @@ pub struct TlsHandle {
 #[derive(Clone)]
 struct Configs {
     client: Arc<rustls::ClientConfig>,
+    /// `client` speaking HTTP/1.1 (the API client's protocol), for agents' listeners.
+    client_http1: Arc<rustls::ClientConfig>,
     server: Arc<rustls::ServerConfig>,
     api: Arc<rustls::ServerConfig>,
 }
 
 impl TlsHandle {
     pub fn set(&self, tls: &NodeTls) -> Result<(), PkiError> {
+        let client = tls.client_config()?;
+        let mut client_http1 = client.clone();
+        client_http1.alpn_protocols = vec![b"http/1.1".to_vec()];
         let configs = Configs {
-            client: Arc::new(tls.client_config()?),
+            client: Arc::new(client),
+            client_http1: Arc::new(client_http1),
             server: Arc::new(tls.server_config()?),
             api: Arc::new(tls.api_server_config()?),
         };
@@ -373,6 +428,14 @@ impl TlsHandle {
             .read()
             .ok()
             .and_then(|g| g.as_ref().map(|c| c.client.clone()))
+    }
+
+    /// [`TlsHandle::client`] offering http/1.1: how a control node reads an agent's logs.
+    pub fn client_http1(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.inner
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|c| c.client_http1.clone()))
     }
 
     pub fn server(&self) -> Option<Arc<rustls::ServerConfig>> {
@@ -469,5 +532,50 @@ mod tests {
         node.server_config().unwrap();
         node.client_config().unwrap();
         assert!(ca.sign_csr("not a csr", "x", &[]).is_err());
+    }
+
+    #[test]
+    fn an_agent_certificate_serves_but_cannot_pass_for_a_member() {
+        use rustls::client::danger::ServerCertVerifier;
+        let ca = Ca::generate("test").unwrap();
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let (key_pem, csr) = new_key_and_csr("agent.n1").unwrap();
+        let agent = NodeTls {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: ca.sign_agent_csr(&csr, "n1", &[ip]).unwrap(),
+            key_pem,
+        };
+        agent.agent_server_config().unwrap();
+        let member = ca.issue("n1", &[ip]).unwrap();
+        let (roots, _, _) = member.parts().unwrap();
+        let roots = Arc::new(roots);
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        let clients =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .unwrap();
+        assert!(clients
+            .verify_client_cert(&der(&member.cert_pem), &[], now)
+            .is_ok());
+        let refused = clients.verify_client_cert(&der(&agent.cert_pem), &[], now);
+        assert!(
+            refused.is_err(),
+            "an agent certificate authenticated a client"
+        );
+        let servers =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+        servers
+            .verify_server_cert(&der(&agent.cert_pem), &[], &name, &[], now)
+            .unwrap();
+        let other = rustls::pki_types::ServerName::IpAddress(
+            "127.0.0.10".parse::<IpAddr>().unwrap().into(),
+        );
+        assert!(servers
+            .verify_server_cert(&der(&agent.cert_pem), &[], &other, &[], now)
+            .is_err());
     }
 }

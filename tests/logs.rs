@@ -50,6 +50,10 @@ fn logs(api: SocketAddr, token: &str, args: &[&str]) -> String {
     try_logs(api, token, args).unwrap_or_else(|e| panic!("tessera logs {args:?}: {e}"))
 }
 
+fn stdout_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 fn until(what: &str, limit: Duration, mut f: impl FnMut() -> Option<String>) -> String {
     let deadline = Instant::now() + limit;
     loop {
@@ -63,7 +67,7 @@ fn until(what: &str, limit: Duration, mut f: impl FnMut() -> Option<String>) -> 
 
 #[test]
 fn logs_are_collected_on_every_node_and_read_through_the_control_plane() {
-    let (_control, api, token, _) = crate::harness::control(crate::harness::CONTROL_ONLY);
+    let (mut control, api, token, _) = crate::harness::control(crate::harness::CONTROL_ONLY);
     // Each agent's log directory: what the app writes besides its output.
     let dirs = tempfile::tempdir().unwrap();
     let shared = dirs.path().join("echo-logs");
@@ -209,15 +213,123 @@ fn logs_are_collected_on_every_node_and_read_through_the_control_plane() {
     assert_eq!(code, 403, "{body}");
     let (_, _, body) = http(api, "GET", "/api/v1/nodes/host-b", Some(&token), "").unwrap();
     let node: Value = serde_json::from_str(&body).unwrap();
-    let agent_api: SocketAddr = node["status"]["agentApi"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
+    // The agent has its certificate: control nodes read its logs over mutual TLS, and
+    // plain HTTP serves its health but no logs.
+    let agent_url = node["status"]["agentApi"].as_str().unwrap().to_string();
+    let agent_api: SocketAddr = agent_url
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("agentApi is https://: {agent_url}"))
         .parse()
         .unwrap();
+    let (code, _, body) = http(agent_api, "GET", "/logs?app=echo", Some(cred.trim()), "").unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("https_required"), "{body}");
+    let (code, _, _) = http(agent_api, "GET", "/healthz", None, "").unwrap();
+    assert_eq!(code, 200);
+    let pki = control.data_dir.join("control/pki");
+    let agent_tls = b.data_dir.join("agent/tls");
+    let curl = |url: &str, cert: Option<&Path>, key: Option<&Path>, extra: &[&str]| {
+        let mut args: Vec<String> = vec!["-sS".into(), "--max-time".into(), "10".into()];
+        args.extend(["--cacert".into(), pki.join("ca.pem").display().to_string()]);
+        if let (Some(c), Some(k)) = (cert, key) {
+            args.extend(["--cert".into(), c.display().to_string()]);
+            args.extend(["--key".into(), k.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(url.to_string());
+        std::process::Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl")
+    };
+    let member = (pki.join("node.pem"), pki.join("node.key"));
     for grant in [None, Some("tlg1.99999999999999.61.00"), Some(cred.trim())] {
-        let (code, _, body) = http(agent_api, "GET", "/logs?app=echo", grant, "").unwrap();
-        assert_eq!(code, 401, "{grant:?}: {body}");
+        let mut extra = vec![
+            "-w".to_string(),
+            "%{http_code}".to_string(),
+            "-o".into(),
+            "/dev/null".into(),
+        ];
+        if let Some(g) = grant {
+            extra.extend(["-H".into(), format!("Authorization: Bearer {g}")]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let o = curl(
+            &format!("{agent_url}/logs?app=echo"),
+            Some(&member.0),
+            Some(&member.1),
+            &extra,
+        );
+        assert_eq!(
+            stdout_of(&o),
+            "401",
+            "{grant:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
+    // Only a node's own agent gets a certificate for it; what it asks is checked; each
+    // issue is audited.
+    let ask = |node: &str, who: &str, body: &str| {
+        http(
+            api,
+            "POST",
+            &format!("/api/v1/nodes/{node}/certificate"),
+            Some(who),
+            body,
+        )
+        .unwrap()
+    };
+    let csr_body = r#"{"csr": "not a CSR", "ips": ["127.0.0.22"]}"#;
+    for (node, who) in [("host-a", cred.trim()), ("host-b", token.as_str())] {
+        let (code, _, body) = ask(node, who, csr_body);
+        assert_eq!(code, 403, "{node}: {body}");
+    }
+    for (body, field) in [
+        (csr_body, "csr"),
+        (r#"{"csr": "x", "ips": []}"#, "ips"),
+        (r#"{"csr": "x", "ips": ["0.0.0.0"]}"#, "ips"),
+        (r#"{"csr": "x"}"#, "body"),
+    ] {
+        let (code, _, answer) = ask("host-b", cred.trim(), body);
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(
+            answer.contains(&format!("\"field\":\"{field}\"")),
+            "{body}: {answer}"
+        );
+    }
+    let (_, _, audit) = http(
+        api,
+        "GET",
+        "/api/v1/auditevents?kind=Node",
+        Some(&token),
+        "",
+    )
+    .unwrap();
+    let issued = audit.matches("\"certificate.issue\"").count();
+    assert!(issued >= 2 + 4, "issues and refusals audited: {audit}");
+    // Without a member's certificate there is no TLS connection to the agent.
+    let o = curl(&format!("{agent_url}/healthz"), None, None, &[]);
+    assert!(
+        !o.status.success(),
+        "TLS without a client certificate got in"
+    );
+    // The agent's certificate only serves: the peer listener does not take it as a
+    // member's, though a client without any certificate may reach the join endpoints.
+    let peer = format!(
+        "https://{}/api/v1/join/info",
+        control.addr("control", "peer")
+    );
+    let o = curl(&peer, None, None, &["--http2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = curl(
+        &peer,
+        Some(&agent_tls.join("node.pem")),
+        Some(&agent_tls.join("node.key")),
+        &["--http2"],
+    );
+    assert!(
+        !o.status.success(),
+        "an agent's certificate passed for a member's"
+    );
     drop(b);
 }

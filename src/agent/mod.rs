@@ -9,6 +9,7 @@ mod limits;
 mod logs;
 mod pressure;
 mod supervisor;
+mod tls;
 
 use crate::admin;
 use crate::config::Role;
@@ -69,9 +70,14 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     } else {
         api.ip()
     };
-    supervisor.agent_api = Some(format!(
-        "http://{}",
-        std::net::SocketAddr::new(api_ip, api.port())
+    let agent_tls = tls::AgentTls::new(
+        cfg.data_dir.join("agent").join("tls"),
+        &cfg.node_name,
+        vec![api_ip],
+    );
+    supervisor.agent_api = Some((
+        std::net::SocketAddr::new(api_ip, api.port()),
+        agent_tls.clone(),
     ));
     supervisor.log_sources = logs.sources.clone();
     // The instances, apps, units and artifacts: listed once, then watched (no polling).
@@ -126,9 +132,28 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 supervisor,
                 logs,
                 feed,
+                agent_tls.clone(),
                 shutdown.clone(),
             ));
-            let serve_main = admin::serve(main, router, shutdown.clone());
+            // Once the listener has its certificate, logs leave it over mutual TLS only.
+            let gate: crate::net::dual::PlainGate = {
+                let tls = agent_tls.clone();
+                std::sync::Arc::new(move |_, path| {
+                    (path == "/logs" && tls.ready()).then(|| {
+                        crate::net::dual::https_required(
+                            "this agent serves logs over mutual TLS only (https:// with a control member's certificate)",
+                        )
+                    })
+                })
+            };
+            let serve_main = crate::net::dual::serve(
+                "agent",
+                main,
+                router,
+                agent_tls.source(),
+                gate,
+                shutdown.clone(),
+            );
             let result = match extra {
                 Some(l) => {
                     let (a, b) = tokio::join!(serve_main, admin::serve(l, admin_router, shutdown));
@@ -161,6 +186,7 @@ async fn work(
     mut supervisor: supervisor::Supervisor,
     logs: logs::Logs,
     feed: crate::api::feed::Feed,
+    agent_tls: tls::AgentTls,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     supervisor.start();
@@ -198,7 +224,17 @@ async fn work(
                 break;
             }
         };
-        match supervisor.run(&client, &shutdown).await {
+        // The listener's certificate: asked for before the node is first reported (so
+        // `agentApi` is https:// from the start), then kept current alongside.
+        if let Err(e) = agent_tls.ensure(&client).await {
+            tracing::warn!(error = %e, "Cannot get this agent's listener certificate yet; logs are served over plain HTTP until it comes");
+        }
+        let keeping = shutdown.child_token();
+        let keeper = tokio::spawn(agent_tls.clone().keep(client.clone(), keeping.clone()));
+        let ran = supervisor.run(&client, &shutdown).await;
+        keeping.cancel();
+        let _ = keeper.await;
+        match ran {
             Ok(()) => break,
             Err(e) => {
                 tracing::error!(error = %e, "The control plane refused this agent's credential; enrolling again (needs a new agent.join_token unless co-located with control)");

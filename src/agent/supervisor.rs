@@ -83,9 +83,11 @@ pub struct Supervisor {
     pub inputs: Option<std::sync::Arc<Watched>>,
     /// The control plane refused the credential (seen by the heartbeat).
     refused: Option<crate::api::ClientError>,
-    /// `http://IP:PORT` of this agent's listener, reported with the heartbeat (control
-    /// nodes read logs there).
-    pub agent_api: Option<String>,
+    /// This agent's listener, reported with the heartbeat as `agentApi` (control nodes
+    /// read logs there): `https://IP:PORT` once it has its certificate, `http://` before.
+    pub agent_api: Option<(std::net::SocketAddr, super::tls::AgentTls)>,
+    /// The `agentApi` the last heartbeat reported (a change is reported at once).
+    reported_api: Option<String>,
     /// Pressure thresholds in MiB (0 = off), and the conditions that held last time.
     pub pressure_mb: (u64, u64),
     pressure: Vec<&'static str>,
@@ -185,6 +187,7 @@ impl Supervisor {
             event_seq: 0,
             limits,
             agent_api: None,
+            reported_api: None,
             inputs: None,
             refused: None,
             pressure_mb: (0, 0),

@@ -109,6 +109,16 @@ impl Client {
         })
     }
 
+    /// A client whose `https://` connections use `tls` (a control node's mutual TLS, to
+    /// an agent's listener).
+    pub fn with_tls(
+        url: &str,
+        token: Option<String>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Client, ClientError> {
+        Client::build(url, token, || Some(tls))
+    }
+
     /// Parses `url`; an `https://` one gets the TLS client `https` gives (None: no CA).
     fn build(
         url: &str,

@@ -1,5 +1,6 @@
 //! Networking helpers shared by roles and the CLI.
 
+pub mod dual;
 pub mod probe;
 pub mod resolve;
 

@@ -95,13 +95,18 @@ impl Supervisor {
     }
 
     pub(super) async fn heartbeat(&mut self, client: &Client) {
-        if self.last_heartbeat.is_some_and(|t| t.elapsed() < HEARTBEAT) {
+        let api = self.agent_api.as_ref().map(|(addr, tls)| {
+            let scheme = if tls.ready() { "https" } else { "http" };
+            format!("{scheme}://{addr}")
+        });
+        if self.last_heartbeat.is_some_and(|t| t.elapsed() < HEARTBEAT) && api == self.reported_api
+        {
             return;
         }
         let mut status = machine_facts();
         status["heartbeatMs"] = json!(now_ms());
         status["instances"] = json!(self.procs.len());
-        if let Some(api) = &self.agent_api {
+        if let Some(api) = &api {
             status["agentApi"] = json!(api);
         }
         let reading = crate::agent::pressure::read(&self.dir);
@@ -131,7 +136,7 @@ impl Supervisor {
             .call::<Value>(Method::PUT, &path, Some(&json!({"status": status})))
             .await
         {
-            Ok(_) => {}
+            Ok(_) => self.reported_api = api,
             Err(e) if e.status() == Some(404) => self.register(client).await,
             Err(e) if e.status() == Some(401) => self.refused = Some(e),
             Err(e) => tracing::warn!(error = %e, "Node heartbeat failed"),

@@ -95,7 +95,7 @@ pub async fn info(State(s): State<ApiState>) -> Result<Response, ApiError> {
 }
 
 /// The cluster CA from the store.
-fn cluster_ca(s: &ApiState) -> Result<Ca, ApiError> {
+pub(super) fn cluster_ca(s: &ApiState) -> Result<Ca, ApiError> {
     let (kv, _) = s
         .node
         .store()

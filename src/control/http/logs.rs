@@ -98,8 +98,9 @@ pub async fn logs(
         );
         let path = path.clone();
         let follow = filter.follow;
+        let tls = s.node.tls().client_http1();
         tokio::spawn(async move {
-            if let Err(error) = read_agent(&api, &g, &path, follow, &tx).await {
+            if let Err(error) = read_agent(&api, tls, &g, &path, follow, &tx).await {
                 let _ = tx.send(Line::Problem { node, error }).await;
             }
         });
@@ -137,14 +138,23 @@ pub async fn logs(
 /// Reads one agent's answer line by line into `tx`.
 async fn read_agent(
     api: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     grant: &str,
     path: &str,
     follow: bool,
     tx: &tokio::sync::mpsc::Sender<Line>,
 ) -> Result<(), String> {
-    let client = crate::api::Client::new(api, Some(grant.to_string()))
-        .map_err(|e| e.to_string())?
-        .with_timeout(Duration::from_secs(10));
+    // An agent with its certificate is read over mutual TLS: this member's certificate
+    // gets in, and the agent's must name its address.
+    let client = if api.starts_with("https://") {
+        let tls =
+            tls.ok_or("this control node has no certificate yet to reach the agent over TLS")?;
+        crate::api::Client::with_tls(api, Some(grant.to_string()), tls)
+    } else {
+        crate::api::Client::new(api, Some(grant.to_string()))
+    }
+    .map_err(|e| e.to_string())?
+    .with_timeout(Duration::from_secs(10));
     let mut body = client.stream(path).await.map_err(|e| e.to_string())?;
     let mut partial: Vec<u8> = Vec::new();
     // A complete answer (no follow) is bounded: 10,000 lines of at most 16 KiB.

@@ -16,6 +16,7 @@ pub mod join;
 mod kv;
 mod lease;
 mod logs;
+mod nodecert;
 mod openapi;
 mod placement;
 mod resources;
@@ -107,6 +108,7 @@ pub fn routers(node: RaftNode, leases: LeaseClock, console: Console) -> Routers 
             "/api/v1/datasources/{name}/failover",
             post(dsfailover::failover),
         )
+        .route("/api/v1/nodes/{name}/certificate", post(nodecert::issue))
         .route("/api/v1/kv/txn", post(kv::txn))
         .route("/api/v1/kv-compact", get(kv::compaction).post(kv::compact))
         .route("/api/v1/snapshot", get(kv::snapshot))

@@ -208,6 +208,21 @@ fn build() -> Value {
                 ok("200", r(name)),
             )}),
         );
+        if kind == Kind::Node {
+            paths.insert(
+                "/api/v1/nodes/{name}/certificate".to_string(),
+                json!({"post": op(
+                    "issue_agent_certificate",
+                    "Sign the certificate of this node's agent listener (that node's agent only; audited): names `agent.<name>` and `ips`, server authentication only",
+                    vec![name_param.clone()],
+                    Some(json!({"type": "object", "required": ["csr", "ips"], "additionalProperties": false, "properties": {
+                        "csr": {"type": "string", "description": "PEM certificate signing request"},
+                        "ips": {"type": "array", "minItems": 1, "maxItems": 16, "items": {"type": "string"}},
+                    }})),
+                    ok("201", json!({"type": "object", "required": ["cert", "ca"], "properties": {"cert": {"type": "string"}, "ca": {"type": "string"}}})),
+                )}),
+            );
+        }
         if kind == Kind::DataSource {
             paths.insert(
                 "/api/v1/datasources/{name}/failover".to_string(),
