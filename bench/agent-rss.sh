@@ -4,7 +4,11 @@
 # IDLE seconds (default 30); then the agent's VmRSS and its split from /proc/PID/smaps_rollup: private (anon,
 # what the agent costs) and shared clean (the binary's code pages, shared with every
 # other tessera process on the machine and reclaimable).
-# Usage: TESSERA_BIN=path bench/agent-rss.sh [IDLE]
+# With OWN_COPY=1 the agent runs from a copy of the binary, so none of its code pages are
+# already in the page cache from the control node's process: as on a workload machine
+# that runs the agent alone (the kernel maps up to 16 neighbouring cached pages on each
+# code page fault, so a warm cache inflates the resident set).
+# Usage: TESSERA_BIN=path [OWN_COPY=1] bench/agent-rss.sh [IDLE]
 set -euo pipefail
 N=2
 IDLE=${1:-30}
@@ -24,7 +28,12 @@ control = ["$TESSERA_SERVER"]
 join_token = "$join"
 stop_workloads_on_exit = true
 TOML
-"$TESSERA_BIN" run --profile "$W/agent.toml" >"$W/agent.log" 2>&1 &
+AGENT_BIN=$TESSERA_BIN
+if [ "${OWN_COPY:-0}" = 1 ]; then
+  AGENT_BIN=$W/tessera-agent
+  cp "$TESSERA_BIN" "$AGENT_BIN"
+fi
+"$AGENT_BIN" run --profile "$W/agent.toml" >"$W/agent.log" 2>&1 &
 agent=$!
 "$TESSERA_BIN" apply -f "$(dirname "$0")/../src/cli/demo.yaml" >/dev/null
 for _ in $(seq 1 100); do
@@ -41,4 +50,6 @@ printf 'VmRSS         %6d KiB\n' "$(kb VmRSS status)"
 printf 'Private_Dirty %6d KiB  (anonymous: heap, stacks; what the agent costs)\n' "$(kb Private_Dirty)"
 printf 'Shared_Clean  %6d KiB  (the binary'"'"'s code pages, shared and reclaimable)\n' "$(kb Shared_Clean)"
 printf 'Pss           %6d KiB\n' "$(kb Pss)"
+printf 'RssAnon       %6d KiB\n' "$(kb RssAnon status)"
+printf 'RssFile       %6d KiB  (own copy of the binary: %s)\n' "$(kb RssFile status)" "${OWN_COPY:-0}"
 printf 'Threads       %6d\n' "$(kb Threads status)"

@@ -348,17 +348,119 @@ pub fn anonymous_client_config(ca_pem: &str) -> Result<rustls::ClientConfig, Pki
 /// A TLS client that trusts only the CA certificates in `ca_pem` (at least one), with
 /// no client certificate and no ALPN: for services outside the cluster (log sinks).
 pub fn trusting_client_config(ca_pem: &str) -> Result<rustls::ClientConfig, PkiError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.map_err(|e| PkiError::Invalid(format!("bad CA certificate: {e}")))?)?;
-    }
-    if roots.is_empty() {
-        return Err(PkiError::Invalid("no CA certificate in the PEM".into()));
-    }
+    let roots = roots_from_pem(ca_pem).map_err(PkiError::Invalid)?;
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// The CA certificates in `ca_pem` (at least one), or what is wrong with them.
+pub fn roots_from_pem(ca_pem: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let c = c.map_err(|e| format!("bad CA certificate: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("bad CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate in the PEM".into());
+    }
+    Ok(roots)
+}
+
+/// How a TLS client checks its server (the `mysql` client's `--ssl-mode` levels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerCheck {
+    /// Encrypted, the certificate not checked (`REQUIRED`, `PREFERRED`).
+    None,
+    /// The certificate chains to the given CA; any name (`VERIFY_CA`).
+    Chain,
+    /// The certificate chains to the CA and names the server (`VERIFY_IDENTITY`).
+    Identity,
+}
+
+/// A TLS client without ALPN or a client certificate that checks its server as `check`
+/// says, against the CA certificates in `ca_pem` (needed unless `check` is None).
+pub fn checking_client_config(
+    check: ServerCheck,
+    ca_pem: Option<&str>,
+) -> Result<rustls::ClientConfig, PkiError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let roots = || -> Result<Arc<rustls::RootCertStore>, PkiError> {
+        let pem = ca_pem.ok_or_else(|| PkiError::Invalid("no CA certificates given".into()))?;
+        Ok(Arc::new(roots_from_pem(pem).map_err(PkiError::Invalid)?))
+    };
+    Ok(match check {
+        ServerCheck::None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+            .with_no_client_auth(),
+        ServerCheck::Chain => {
+            let inner =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots()?, provider)
+                    .build()
+                    .map_err(|e| PkiError::Invalid(format!("server verifier: {e}")))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_no_client_auth()
+        }
+        ServerCheck::Identity => builder
+            .with_root_certificates(roots()?)
+            .with_no_client_auth(),
+    })
+}
+
+/// Checks that the server's certificate chains to the roots, whatever names it carries.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 fn read_file(path: &Path) -> Result<String, PkiError> {

@@ -46,13 +46,24 @@ fn estate_with(ips: [u8; 3], two_shards: bool) -> Estate {
 /// [`estate_with`] with `proxy_toml` appended to the proxy's `[dbproxy]` settings and
 /// `spec_yaml` (indented lines) to the DataSource's spec.
 fn estate_full(ips: [u8; 3], two_shards: bool, proxy_toml: &str, spec_yaml: &str) -> Estate {
-    let a = MariaDb::start(ip(ips[0]), 1);
-    let b = MariaDb::start(ip(ips[2]), 3);
+    estate_servers(ips, two_shards, proxy_toml, spec_yaml, &[])
+}
+
+/// [`estate_full`] with `server_args` given to every MariaDB server.
+fn estate_servers(
+    ips: [u8; 3],
+    two_shards: bool,
+    proxy_toml: &str,
+    spec_yaml: &str,
+    server_args: &[String],
+) -> Estate {
+    let a = MariaDb::start_with(ip(ips[0]), 1, server_args);
+    let b = MariaDb::start_with(ip(ips[2]), 3, server_args);
     for (db, name) in [(&a, "acct_00"), (&b, "acct_01")] {
         db.create_user(BACKEND_USER, BACKEND_PASSWORD);
         db.sql(&format!("CREATE DATABASE {name}"));
     }
-    let a_replica = MariaDb::start_replica_of(ip(ips[1]), 2, &a);
+    let a_replica = MariaDb::start_replica_with(ip(ips[1]), 2, &a, server_args);
     let (control, api, token) = crate::harness::control_with(crate::harness::TOPOLOGY);
     let datasource = format!(
         r#"
@@ -216,6 +227,58 @@ fn app_ok(e: &Estate, sql: &str) -> String {
 
 const SCHEMA: &str = "CREATE TABLE t_user (uid BIGINT PRIMARY KEY, name VARCHAR(32) NOT NULL, balance INT NOT NULL DEFAULT 0); \
                       CREATE TABLE t_dict (code VARCHAR(8) PRIMARY KEY, label VARCHAR(32))";
+
+/// A client speaking the protocol by hand, for what client libraries do not send:
+/// malformed packets, cursors.
+struct Raw {
+    s: std::net::TcpStream,
+}
+
+impl Raw {
+    /// Logged in as the app user to `db` through the proxy at `addr`.
+    fn login(addr: SocketAddr, db: &str) -> Raw {
+        use tessera::dbproxy::wire;
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = Raw { s };
+        let (_, greeting) = r.read().unwrap();
+        let hello = wire::parse_handshake_v10(&greeting).unwrap();
+        let auth = wire::scramble_native(APP_PASSWORD.as_bytes(), &hello.nonce);
+        let resp = wire::handshake_response(wire::cap::PROXY, APP, &auth, Some(db), wire::NATIVE);
+        r.send(1, &resp);
+        let (_, ok) = r.read().unwrap();
+        assert_eq!(ok[0], 0, "login: {ok:?}");
+        r
+    }
+
+    fn read(&mut self) -> Option<(u8, Vec<u8>)> {
+        use std::io::Read;
+        let mut h = [0u8; 4];
+        self.s.read_exact(&mut h).ok()?;
+        let n = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
+        let mut p = vec![0; n];
+        self.s.read_exact(&mut p).ok()?;
+        Some((h[3], p))
+    }
+
+    fn payload(&mut self) -> Vec<u8> {
+        self.read().expect("a packet").1
+    }
+
+    fn send(&mut self, seq: u8, p: &[u8]) {
+        use std::io::Write;
+        let mut out = Vec::new();
+        tessera::dbproxy::wire::frame(&mut out, seq, p);
+        self.s.write_all(&out).unwrap();
+    }
+
+    /// The code of the ERR packet that answers `p`, if it is one.
+    fn error_code(&mut self, p: &[u8]) -> Option<u16> {
+        self.send(0, p);
+        let answer = self.payload();
+        tessera::dbproxy::wire::parse_err(&answer).map(|(c, _)| c)
+    }
+}
 
 #[test]
 fn rows_land_in_their_units_shard_reads_split_and_scatter_merges() {
@@ -686,7 +749,19 @@ fn a_rust_client_with_prepared_statements_is_routed_by_its_parameters() {
             .await
             .unwrap();
         assert_eq!(got.as_deref(), Some("three"));
+        // Cursors (what JDBC's useCursorFetch asks for): the EXECUTE opens one on the
+        // shard, FETCH takes its rows from there in pieces.
+        for uid in [2088000000000013u64, 2088000000000023] {
+            conn.exec_drop(
+                "INSERT INTO t_user (uid, name, balance) VALUES (?, 'more', 1)",
+                (uid,),
+            )
+            .await
+            .unwrap();
+        }
+        e.a_replica.wait_caught_up(&e.a);
         conn.disconnect().await.unwrap();
+        cursors_fetch_rows_in_pieces(e.mysql);
         // A wrong password is refused with 1045.
         let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
             .await
@@ -697,6 +772,179 @@ fn a_rust_client_with_prepared_statements_is_routed_by_its_parameters() {
         let err = conn.change_user(wrong).await.unwrap_err();
         assert!(err.to_string().contains("Access denied"), "{err}");
     });
+}
+
+/// A cursor through the proxy, by hand (client libraries here do not open cursors).
+fn cursors_fetch_rows_in_pieces(proxy: SocketAddr) {
+    use tessera::dbproxy::wire;
+    let mut r = Raw::login(proxy, "accountdb");
+    let mut prepare = vec![wire::com::STMT_PREPARE];
+    prepare.extend_from_slice(b"SELECT uid, name FROM t_user WHERE uid IN (?, ?, ?) ORDER BY uid");
+    r.send(0, &prepare);
+    let ok = r.payload();
+    assert_eq!(ok[0], 0, "PREPARE: {ok:?}");
+    let id = u32::from_le_bytes([ok[1], ok[2], ok[3], ok[4]]);
+    let (cols, params) = (
+        u16::from_le_bytes([ok[5], ok[6]]),
+        u16::from_le_bytes([ok[7], ok[8]]),
+    );
+    assert_eq!((cols, params), (2, 3));
+    for _ in 0..(params + 1 + cols + 1) {
+        r.payload();
+    }
+    let execute = |flags: u8| {
+        let mut p = vec![wire::com::STMT_EXECUTE];
+        p.extend_from_slice(&id.to_le_bytes());
+        p.push(flags);
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&[0, 1]); // no NULLs; types follow
+        for _ in 0..3 {
+            p.extend_from_slice(&[0x08, 0x80]); // unsigned LONGLONG
+        }
+        for uid in [2088000000000023u64, 2088000000000003, 2088000000000013] {
+            p.extend_from_slice(&uid.to_le_bytes());
+        }
+        p
+    };
+    let fetch = |stmt: u32, rows: u32| {
+        let mut p = vec![wire::com::STMT_FETCH];
+        p.extend_from_slice(&stmt.to_le_bytes());
+        p.extend_from_slice(&rows.to_le_bytes());
+        p
+    };
+    // CURSOR_TYPE_READ_ONLY: column definitions, then an EOF saying a cursor is open.
+    r.send(0, &execute(1));
+    assert_eq!(r.payload(), vec![2], "column count");
+    r.payload();
+    r.payload();
+    let status = wire::eof_status(&r.payload()).expect("EOF after the columns");
+    assert_ne!(status & wire::SERVER_STATUS_CURSOR_EXISTS, 0, "{status:#x}");
+    // Two FETCHes of two rows: three rows in order, uid first (binary rows).
+    let mut uids = Vec::new();
+    for want in [2, 1] {
+        r.send(0, &fetch(id, 2));
+        let mut got = 0;
+        loop {
+            let p = r.payload();
+            if wire::eof_status(&p).is_some() {
+                break;
+            }
+            assert_eq!(p[0], 0, "a binary row: {p:?}");
+            uids.push(u64::from_le_bytes(p[2..10].try_into().unwrap()));
+            got += 1;
+        }
+        assert_eq!(got, want);
+    }
+    assert_eq!(uids, [2088000000000003, 2088000000000013, 2088000000000023]);
+    // Reset closes the cursor; FETCH without one, or of no statement, is refused.
+    let mut reset = vec![wire::com::STMT_RESET];
+    reset.extend_from_slice(&id.to_le_bytes());
+    r.send(0, &reset);
+    assert_eq!(r.payload()[0], 0, "RESET answers OK");
+    assert_eq!(r.error_code(&fetch(id, 1)), Some(1421));
+    assert_eq!(r.error_code(&fetch(id + 100, 1)), Some(1243));
+    assert_eq!(r.error_code(&[wire::com::STMT_FETCH, 1, 0]), Some(1043));
+    // Without the cursor flag the rows come at once, as before.
+    r.send(0, &execute(0));
+    let mut packets = 0;
+    loop {
+        let p = r.payload();
+        packets += 1;
+        if packets > 4 && wire::eof_status(&p).is_some() {
+            break;
+        }
+    }
+    assert_eq!(packets, 1 + 2 + 1 + 3 + 1);
+    let mut close = vec![wire::com::STMT_CLOSE];
+    close.extend_from_slice(&id.to_le_bytes());
+    r.send(0, &close);
+    r.send(0, &[wire::com::PING]);
+    assert_eq!(r.payload()[0], 0);
+}
+
+/// TLS to the shards' servers: with `verifyIdentity` the proxy's connections are
+/// encrypted and the servers' certificates checked against the DataSource's CA; a
+/// certificate from another CA is refused, named; `disabled` is plain TCP.
+#[test]
+fn backend_connections_use_tls_and_check_the_servers_certificates() {
+    let ips = [127u8, 128, 129];
+    let certs = tempfile::tempdir().unwrap();
+    let ca = tessera::pki::Ca::generate("db-test").unwrap();
+    let server = ca.issue("db", &ips.map(ip)).unwrap();
+    let file = |name: &str, body: &str| {
+        let p = certs.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let args = vec![
+        format!("--ssl-ca={}", file("ca.pem", &ca.cert_pem)),
+        format!("--ssl-cert={}", file("server.pem", &server.cert_pem)),
+        format!("--ssl-key={}", file("server.key", &server.key_pem)),
+    ];
+    let tls = |mode: &str, pem: &str| {
+        let pem: String = pem.lines().map(|l| format!("      {l}\n")).collect();
+        format!("  tls:\n    mode: {mode}\n    ca: |\n{pem}")
+    };
+    let e = estate_servers(ips, true, "", &tls("verifyIdentity", &ca.cert_pem), &args);
+    let ssl_version = |e: &Estate| -> (bool, String, String) {
+        app(
+            e,
+            "/* tessera: shard=rz00 */ SHOW SESSION STATUS LIKE 'Ssl_version'",
+        )
+    };
+    let (ok, out, err) = ssl_version(&e);
+    assert!(
+        ok && out.contains("TLSv1."),
+        "{out}{err}\n{}",
+        e.proxy.logs()
+    );
+    // A CA that did not sign the servers' certificates: no connection, and why.
+    let other = tessera::pki::Ca::generate("other").unwrap();
+    let apply = |e: &Estate, yaml: &str| {
+        let (code, _, out) = http(e.api, "POST", "/api/v1/apply", Some(&e.token), yaml).unwrap();
+        assert_eq!(code, 200, "{out}");
+    };
+    let swap = |from: &str, to: &str| e.datasource.replace(from, to);
+    apply(
+        &e,
+        &swap(
+            &tls("verifyIdentity", &ca.cert_pem),
+            &tls("verifyCa", &other.cert_pem),
+        ),
+    );
+    let t0 = Instant::now();
+    loop {
+        let (ok, _, err) = ssl_version(&e);
+        if !ok && err.contains("UnknownIssuer") {
+            assert!(err.contains("TLS with the server failed"), "{err}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "never refused: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // verifyCa takes the right CA whatever names the certificate carries; disabled is
+    // plain TCP.
+    for (mode, want_tls) in [("verifyCa", true), ("disabled", false)] {
+        apply(
+            &e,
+            &swap(
+                &tls("verifyIdentity", &ca.cert_pem),
+                &tls(mode, &ca.cert_pem),
+            ),
+        );
+        let t0 = Instant::now();
+        loop {
+            let (ok, out, err) = ssl_version(&e);
+            if ok && out.contains("TLSv1.") == want_tls {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{mode}: {out}{err}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
 }
 
 /// TLS to clients: with `require_tls`, a client must switch to TLS (verified against the
@@ -853,7 +1101,6 @@ fn with_automatic_failover_the_replica_is_promoted_and_writes_resume() {
 /// session goes on; a packet over max_packet_bytes gets 1153 and the connection closes.
 #[test]
 fn bad_protocol_bytes_get_err_packets_with_the_right_codes() {
-    use std::io::{Read, Write};
     use tessera::dbproxy::wire;
     let e = estate_full(
         [124, 125, 126],
@@ -868,35 +1115,10 @@ fn bad_protocol_bytes_get_err_packets_with_the_right_codes() {
     assert!(!ok && err.contains("3024"), "{err}");
     assert_eq!(out.trim(), "next");
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
-    let mut s = std::net::TcpStream::connect(e.mysql).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let read = |s: &mut std::net::TcpStream| -> Option<(u8, Vec<u8>)> {
-        let mut h = [0u8; 4];
-        s.read_exact(&mut h).ok()?;
-        let n = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
-        let mut p = vec![0; n];
-        s.read_exact(&mut p).ok()?;
-        Some((h[3], p))
-    };
-    let send = |s: &mut std::net::TcpStream, seq: u8, p: &[u8]| {
-        let mut out = Vec::new();
-        wire::frame(&mut out, seq, p);
-        s.write_all(&out).unwrap();
-    };
-    let (_, greeting) = read(&mut s).unwrap();
-    let hello = wire::parse_handshake_v10(&greeting).unwrap();
-    let auth = wire::scramble_native(APP_PASSWORD.as_bytes(), &hello.nonce);
-    let resp = wire::handshake_response(
-        wire::cap::PROXY,
-        APP,
-        &auth,
-        Some("accountdb"),
-        wire::NATIVE,
-    );
-    send(&mut s, 1, &resp);
-    let (_, ok) = read(&mut s).unwrap();
-    assert_eq!(ok[0], 0, "login: {ok:?}");
+    let mut s = Raw::login(e.mysql, "accountdb");
     let code = |p: &[u8]| wire::parse_err(p).map(|(c, _)| c);
+    let read = |s: &mut Raw| s.read();
+    let send = |s: &mut Raw, seq: u8, p: &[u8]| s.send(seq, p);
     // Unknown command: 1047, and the session goes on.
     send(&mut s, 0, &[0x99, 1, 2]);
     assert_eq!(code(&read(&mut s).unwrap().1), Some(1047));

@@ -61,6 +61,11 @@ impl MariaDb {
     /// Starts a fresh server on `ip` (127.0.0.x only) with `server_id`; returns once it
     /// answers `SELECT 1` over its socket and accepts TCP connections on `self.addr`.
     pub fn start(ip: IpAddr, server_id: u32) -> MariaDb {
+        MariaDb::start_with(ip, server_id, &[])
+    }
+
+    /// [`MariaDb::start`] with `extra` server options (e.g. `--ssl-cert=...`).
+    pub fn start_with(ip: IpAddr, server_id: u32, extra: &[String]) -> MariaDb {
         assert!(
             matches!(ip, IpAddr::V4(v4) if v4.octets()[..3] == [127, 0, 0]),
             "MariaDB test servers bind 127.0.0.x only, not {ip}"
@@ -103,6 +108,7 @@ impl MariaDb {
             "--collation-server=utf8mb4_general_ci".to_string(),
         ];
         args.extend(SMALL_AND_FAST.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().cloned());
         if is_root(dir.path()) {
             args.push("--user=root".to_string());
         }
@@ -123,7 +129,17 @@ impl MariaDb {
     /// `primary` (see [`MariaDb::change_master`]); returns once it has caught up.
     /// `read_only` is left off: the test decides.
     pub fn start_replica_of(ip: IpAddr, server_id: u32, primary: &MariaDb) -> MariaDb {
-        let replica = MariaDb::start(ip, server_id);
+        MariaDb::start_replica_with(ip, server_id, primary, &[])
+    }
+
+    /// [`MariaDb::start_replica_of`] with `extra` server options.
+    pub fn start_replica_with(
+        ip: IpAddr,
+        server_id: u32,
+        primary: &MariaDb,
+        extra: &[String],
+    ) -> MariaDb {
+        let replica = MariaDb::start_with(ip, server_id, extra);
         replica.change_master(primary, primary.addr);
         replica.wait_caught_up(primary);
         replica

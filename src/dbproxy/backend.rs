@@ -6,15 +6,21 @@
 //! EOF, following SERVER_MORE_RESULTS_EXISTS): rows are never decoded. [`Backend::collect`]
 //! gathers a response instead, for the statements whose results the proxy merges.
 //!
+//! Connections use TLS as the DataSource's `tls.mode` says (by default when the server
+//! offers it): an SSLRequest after the greeting, then rustls, then the login.
+//!
 //! A [`Pool`] per (server, database, account) keeps idle connections, bounds how many
 //! exist, bounds how long a session waits for one, and remembers the server's last error
 //! for `tessera get datasources` and the admin listener.
 
 use super::wire::{self, cap, com, Malformed};
+use crate::model::specs::BackendTlsMode;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -50,11 +56,91 @@ pub struct Target {
     pub database: String,
     pub user: String,
     pub password: String,
+    pub tls: TlsPolicy,
+}
+
+/// The DataSource's `tls`: when to use TLS and how to check the server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsPolicy {
+    pub mode: BackendTlsMode,
+    /// PEM CA certificates (verifyCa, verifyIdentity).
+    pub ca: Option<String>,
+}
+
+impl TlsPolicy {
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, BackendError> {
+        use crate::pki::ServerCheck;
+        let check = match self.mode {
+            BackendTlsMode::VerifyCa => ServerCheck::Chain,
+            BackendTlsMode::VerifyIdentity => ServerCheck::Identity,
+            _ => ServerCheck::None,
+        };
+        crate::pki::checking_client_config(check, self.ca.as_deref())
+            .map(Arc::new)
+            .map_err(|e| BackendError::Other(format!("the DataSource's tls: {e}")))
+    }
+}
+
+/// The connection to a server: TCP, then TLS when it was switched on.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Only while switching to TLS.
+    Switching,
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
+            Io::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+}
+
+fn switching() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "switching to TLS")
 }
 
 pub struct Backend {
-    rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    wr: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    io: BufStream<Io>,
+    /// Whether the connection runs over TLS.
+    pub tls: bool,
     pub conn_id: u32,
     pub version: String,
     /// False once an I/O or protocol error leaves the connection in an unknown state.
@@ -82,10 +168,9 @@ impl Backend {
         let fut = async {
             let sock = TcpStream::connect(&t.addr).await?;
             let _ = sock.set_nodelay(true);
-            let (r, w) = sock.into_split();
             let mut b = Backend {
-                rd: BufReader::with_capacity(32 * 1024, r),
-                wr: BufWriter::with_capacity(16 * 1024, w),
+                io: BufStream::with_capacity(32 * 1024, 16 * 1024, Io::Plain(sock)),
+                tls: false,
                 conn_id: 0,
                 version: String::new(),
                 healthy: true,
@@ -105,7 +190,7 @@ impl Backend {
     }
 
     async fn read(&mut self) -> Result<u8, BackendError> {
-        match wire::read_packet(&mut self.rd, &mut self.buf, LIMIT).await {
+        match wire::read_packet(&mut self.io, &mut self.buf, LIMIT).await {
             Ok(seq) => Ok(seq),
             Err(e) => {
                 self.healthy = false;
@@ -118,8 +203,8 @@ impl Backend {
         let mut out = Vec::with_capacity(payload.len() + 4);
         wire::frame(&mut out, seq, payload);
         let r = async {
-            self.wr.write_all(&out).await?;
-            self.wr.flush().await
+            self.io.write_all(&out).await?;
+            self.io.flush().await
         }
         .await;
         if r.is_err() {
@@ -142,7 +227,26 @@ impl Backend {
         self.conn_id = hello.conn_id;
         self.version = hello.version.clone();
         // No connection attributes are sent, so that capability is not claimed.
-        let caps = cap::PROXY & !cap::CONNECT_ATTRS & (hello.caps | cap::LONG_PASSWORD);
+        let mut caps = cap::PROXY & !cap::CONNECT_ATTRS & (hello.caps | cap::LONG_PASSWORD);
+        let offered = hello.caps & cap::SSL != 0;
+        let mut seq = 1u8;
+        match t.tls.mode {
+            BackendTlsMode::Disabled => {}
+            BackendTlsMode::Preferred if !offered => {}
+            _ if !offered => {
+                return Err(BackendError::Other(
+                    "the server does not offer TLS, which the DataSource's tls.mode requires (give the server ssl_cert and ssl_key, or set tls.mode to preferred)".into(),
+                ))
+            }
+            _ => {
+                caps |= cap::SSL;
+                // An SSLRequest is the handshake response cut after its fixed part.
+                let resp = wire::handshake_response(caps, "", &[], None, "");
+                self.write(seq, &resp[..32]).await?;
+                seq += 1;
+                self.start_tls(t).await?;
+            }
+        }
         let plugin = if hello.plugin == wire::SHA2 {
             wire::SHA2
         } else {
@@ -151,7 +255,7 @@ impl Backend {
         let auth = scramble(plugin, t.password.as_bytes(), &hello.nonce);
         let db = (!t.database.is_empty()).then_some(t.database.as_str());
         let resp = wire::handshake_response(caps, &t.user, &auth, db, plugin);
-        self.write(1, &resp).await?;
+        self.write(seq, &resp).await?;
         // OK, ERR, an auth switch (0xFE) or more auth data (0x01), a few rounds at most.
         for _ in 0..4 {
             let seq = self.read().await?;
@@ -175,6 +279,12 @@ impl Backend {
                     self.write(seq.wrapping_add(1), &auth).await?;
                 }
                 Some(0x01) if self.buf.get(1) == Some(&0x03) => {} // fast auth ok; OK follows
+                // Full authentication: over TLS the password itself may be sent.
+                Some(0x01) if self.buf.get(1) == Some(&0x04) && self.tls => {
+                    let mut p = t.password.as_bytes().to_vec();
+                    p.push(0);
+                    self.write(seq.wrapping_add(1), &p).await?;
+                }
                 Some(0x01) => {
                     return Err(BackendError::Other(
                         "the server wants caching_sha2_password's full authentication (RSA or TLS); give the proxy's backend account mysql_native_password or warm the server's cache".into(),
@@ -184,6 +294,38 @@ impl Backend {
             }
         }
         Err(BackendError::Protocol("login did not finish"))
+    }
+
+    /// Switches the connection to TLS (after the SSLRequest), checking the server as the
+    /// policy says; the name checked is the host of the server's address.
+    async fn start_tls(&mut self, t: &Target) -> Result<(), BackendError> {
+        let config = t.tls.client_config()?;
+        let host = t
+            .addr
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(&t.addr)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+            BackendError::Other(format!(
+                "`{host}` cannot be checked against a certificate: {e}"
+            ))
+        })?;
+        let io = std::mem::replace(&mut self.io, BufStream::new(Io::Switching));
+        let Io::Plain(tcp) = io.into_inner() else {
+            return Err(BackendError::Protocol("TLS asked for twice"));
+        };
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                self.healthy = false;
+                BackendError::Other(format!("TLS with the server failed: {e}"))
+            })?;
+        self.io = BufStream::with_capacity(32 * 1024, 16 * 1024, Io::Tls(Box::new(stream)));
+        self.tls = true;
+        Ok(())
     }
 
     /// Sends one command (sequence 0).
@@ -199,18 +341,29 @@ impl Backend {
         payload: &[u8],
         client: &mut W,
     ) -> Result<Option<u16>, BackendError> {
+        self.relay_from(payload, client, State::First).await
+    }
+
+    /// [`Backend::relay`] of a command whose response starts in `state`: a
+    /// COM_STMT_FETCH is answered with rows and an EOF ([`State::Rows`]).
+    pub async fn relay_from<W: AsyncWrite + Unpin>(
+        &mut self,
+        payload: &[u8],
+        client: &mut W,
+        state: State,
+    ) -> Result<Option<u16>, BackendError> {
         if let Err(e) = self.send(payload).await {
             return Err(BackendError::Lost(e.to_string()));
         }
-        self.relay_response(client).await
+        self.relay_response(client, state).await
     }
 
     /// Copies one response (to a command already sent) to `client`.
     pub async fn relay_response<W: AsyncWrite + Unpin>(
         &mut self,
         client: &mut W,
+        mut state: State,
     ) -> Result<Option<u16>, BackendError> {
-        let mut state = State::First;
         let mut hdr = Vec::with_capacity(4);
         let mut first = true;
         self.relayed = false;
@@ -436,12 +589,14 @@ pub fn step(s: State, p: &[u8]) -> Result<Step, Malformed> {
         },
         State::Columns(1) => Step::Continue(State::ColumnsEof),
         State::Columns(n) => Step::Continue(State::Columns(n - 1)),
-        State::ColumnsEof => {
-            if wire::eof_status(p).is_none() {
-                return Err(Malformed("column definitions not followed by EOF"));
+        State::ColumnsEof => match wire::eof_status(p) {
+            None => return Err(Malformed("column definitions not followed by EOF")),
+            // An EXECUTE that opened a cursor: no rows now, they come with FETCH.
+            Some(status) if status & wire::SERVER_STATUS_CURSOR_EXISTS != 0 => {
+                Step::Done(Some(status))
             }
-            Step::Continue(State::Rows)
-        }
+            Some(_) => Step::Continue(State::Rows),
+        },
         State::Rows => match (p.first(), wire::eof_status(p)) {
             (_, Some(status)) => more(status),
             (Some(0xFF), _) => Step::Done(None),
@@ -664,6 +819,12 @@ mod tests {
             Step::Continue(State::Rows)
         );
         assert!(step(State::ColumnsEof, b"row").is_err());
+        // An EXECUTE that opened a cursor ends after its column definitions.
+        let cursor = wire::eof_packet(wire::SERVER_STATUS_CURSOR_EXISTS | 2);
+        assert_eq!(
+            step(State::ColumnsEof, &cursor).unwrap(),
+            Step::Done(Some(wire::SERVER_STATUS_CURSOR_EXISTS | 2))
+        );
         // A row starting with 0xFE is a long string, not an EOF.
         let mut long_row = vec![0xFE];
         long_row.extend_from_slice(&[0; 8]);

@@ -49,15 +49,6 @@ pub fn with_stmt_id(p: &[u8], id: u32) -> Vec<u8> {
     out
 }
 
-pub const CURSOR_NONE: u8 = 0;
-
-/// The cursor flags of an EXECUTE.
-pub fn exec_flags(p: &[u8]) -> Result<u8, Malformed> {
-    let mut r = Reader::new(p);
-    r.bytes(5)?;
-    r.u8()
-}
-
 /// The parameter values of an EXECUTE as text (None = NULL, or a type that cannot be a
 /// shard key such as a date). `types` holds the types the client bound last time; they
 /// are updated when this EXECUTE binds new ones.
@@ -193,7 +184,6 @@ mod tests {
         // The fifth parameter is NULL (bit 4 of the bitmap).
         let p = execute(9, Some(&types), 0b1_0000, &values);
         assert_eq!(stmt_id(&p).unwrap(), 9);
-        assert_eq!(exec_flags(&p).unwrap(), CURSOR_NONE);
         let v = exec_params(&p, 5, &mut remembered).unwrap();
         assert_eq!(
             v,
@@ -225,7 +215,6 @@ mod tests {
             let _ = exec_params(&p, rng.usize(0..6), &mut t);
             let _ = parse_prepare_ok(&p);
             let _ = stmt_id(&p);
-            let _ = exec_flags(&p);
         }
     }
 }

@@ -11,7 +11,7 @@
 //! statement for another shard inside the transaction is refused and the transaction
 //! is left as it was.
 
-use super::backend::{Backend, BackendError, Collected, Lease, Pool};
+use super::backend::{Backend, BackendError, Collected, Lease, Pool, State};
 use super::metrics::DbMetrics;
 use super::prepared::{self, Prepared};
 use super::sql::{self, Analysis, Class, ParseFailure};
@@ -76,6 +76,8 @@ enum Cmd<'a> {
     Text(&'a [u8]),
     /// A COM_STMT_EXECUTE of the client's statement `id`.
     Exec { id: u32, payload: &'a [u8] },
+    /// A COM_STMT_FETCH from the cursor statement `id` opened.
+    Fetch { id: u32, payload: &'a [u8] },
 }
 
 pub struct Session {
@@ -103,6 +105,9 @@ pub struct Session {
     /// Prepared statements by the proxy's id.
     stmts: HashMap<u32, Prepared>,
     next_stmt: u32,
+    /// Open cursors by the client's statement id: the held connection (key) whose
+    /// server keeps it, and its shard. Rows are fetched there, passed through.
+    cursors: HashMap<u32, (usize, Arc<ShardRoute>)>,
     /// The capabilities the client announced, and the nonce it was greeted with (a
     /// COM_CHANGE_USER answers that same nonce).
     caps: u32,
@@ -236,6 +241,7 @@ pub async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         wrote: false,
         stmts: HashMap::new(),
         next_stmt: 1,
+        cursors: HashMap::new(),
         caps: 0,
         nonce: [0; 20],
     };
@@ -473,21 +479,8 @@ impl Session {
                     }
                     Ok(())
                 }
-                com::STMT_RESET => {
-                    let known = prepared::stmt_id(&payload)
-                        .ok()
-                        .and_then(|id| self.stmts.get_mut(&id))
-                        .map(|p| p.long_data.clear())
-                        .is_some();
-                    if known {
-                        self.ok(1).await
-                    } else {
-                        self.error(1, er::UNKNOWN_STMT_HANDLER, "Unknown prepared statement handler given to mysqld_stmt_reset").await
-                    }
-                }
-                com::STMT_FETCH => {
-                    self.error(1, er::NOT_SUPPORTED_YET, "Cursors (COM_STMT_FETCH) are not supported by tessera dbproxy; execute without a cursor").await
-                }
+                com::STMT_RESET => self.reset_stmt(&payload).await,
+                com::STMT_FETCH => self.fetch(&payload).await,
                 other => {
                     self.error(
                         1,
@@ -671,10 +664,10 @@ impl Session {
         params: Option<&[Option<String>]>,
         topo: &Topology,
     ) -> Reply {
-        let exec = matches!(cmd, Cmd::Exec { .. });
+        let exec = !matches!(cmd, Cmd::Text(_));
         let payload = match cmd {
             Cmd::Text(p) => p,
-            Cmd::Exec { payload, .. } => payload,
+            Cmd::Exec { payload, .. } | Cmd::Fetch { payload, .. } => payload,
         };
         let Some(db) = self.default_database(topo) else {
             return if a.tables.is_empty() {
@@ -895,12 +888,15 @@ impl Session {
     }
 
     fn drop_conn(&mut self, pool: &Arc<Pool>) {
-        if let Some(h) = self.held.remove(&key(pool)) {
+        let k = key(pool);
+        self.cursors.retain(|_, (held, _)| *held != k);
+        if let Some(h) = self.held.remove(&k) {
             h.pool.discard(h.lease);
         }
     }
 
     async fn release_all(&mut self) {
+        self.cursors.clear();
         for (_, h) in self.held.drain() {
             h.pool.put(h.lease, true).await;
         }
@@ -961,7 +957,16 @@ impl Session {
                 .map(|d| d.max_replica_lag_ms)
                 .unwrap_or(5_000)
         };
-        let pool = self.pick(shard, primary || self.in_tx, lag);
+        let pool = match cmd {
+            // Where the cursor is (fetch() checked that it is held).
+            Cmd::Fetch { id, .. } => {
+                match self.cursors.get(&id).and_then(|(k, _)| self.held.get(k)) {
+                    Some(h) => h.pool.clone(),
+                    None => return self.no_cursor(id).await,
+                }
+            }
+            _ => self.pick(shard, primary || self.in_tx, lag),
+        };
         if pool.target.addr == shard.primary.target.addr && primary {
             self.wrote = true;
         }
@@ -988,11 +993,35 @@ impl Session {
                 }
                 Err(Err(e)) => Some(Err(e)),
             },
+            Cmd::Fetch { id, payload } => {
+                let backend_id = held.stmts.get(&id).copied().unwrap_or(0);
+                let p = prepared::with_stmt_id(payload, backend_id);
+                bounded(
+                    limit,
+                    held.lease.conn.relay_from(&p, &mut self.wr, State::Rows),
+                )
+                .await
+            }
         };
+        // An EXECUTE that opened a cursor leaves it on this connection; one that did
+        // not (or failed) closed any the statement had there.
+        if let (Cmd::Exec { id, .. }, Some(r)) = (cmd, &r) {
+            let opened = matches!(r, Ok(Some(st)) if st & wire::SERVER_STATUS_CURSOR_EXISTS != 0);
+            let before = if opened {
+                self.cursors.insert(id, (key(&pool), shard.clone()))
+            } else {
+                self.cursors.remove(&id)
+            };
+            if let Some((k, _)) = before.filter(|(k, _)| *k != key(&pool)) {
+                self.close_cursor_on(k, id).await;
+            }
+        }
         let (relayed, conn_id) = (held.lease.conn.relayed, held.lease.conn.conn_id);
         if held.lease.conn.healthy && r.is_some() {
             self.held.insert(key(&pool), held);
         } else {
+            let k = key(&pool);
+            self.cursors.retain(|_, (held, _)| *held != k);
             pool.discard(held.lease);
         }
         let Some(r) = r else {

@@ -7,7 +7,7 @@
 //! the same server, database and account, so a change elsewhere in the estate does not
 //! drop connections.
 
-use super::backend::{Pool, Target};
+use super::backend::{Pool, Target, TlsPolicy};
 use crate::api::feed::Inputs;
 use crate::model::specs::{DataSourceSpec, ProxyUser, ShardMapSpec, TableType, UnitSpec, UnitType};
 use crate::model::{Kind, Resource};
@@ -202,6 +202,10 @@ pub fn compile(inputs: &Inputs, pools: &Pools) -> Topology {
                 database: db.clone(),
                 user: user.clone(),
                 password: password.clone(),
+                tls: TlsPolicy {
+                    mode: ds.tls.mode,
+                    ca: ds.tls.ca.clone(),
+                },
             };
             shards.insert(
                 s.unit.clone(),

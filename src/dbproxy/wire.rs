@@ -56,6 +56,8 @@ pub mod cap {
 pub const SERVER_STATUS_IN_TRANS: u16 = 0x0001;
 pub const SERVER_STATUS_AUTOCOMMIT: u16 = 0x0002;
 pub const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
+/// An EXECUTE opened a cursor: its rows come with COM_STMT_FETCH.
+pub const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
 
 /// utf8mb4_general_ci: known to MySQL 5.5+ and every MariaDB.
 pub const UTF8MB4_GENERAL_CI: u8 = 45;
@@ -94,6 +96,7 @@ pub mod er {
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
     pub const NOT_SUPPORTED_YET: (u16, &str) = (1235, "42000");
     pub const UNKNOWN_STMT_HANDLER: (u16, &str) = (1243, "HY000");
+    pub const STMT_HAS_NO_OPEN_CURSOR: (u16, &str) = (1421, "HY000");
     pub const QUERY_INTERRUPTED: (u16, &str) = (1317, "70100");
     pub const CON_COUNT: (u16, &str) = (1040, "08004");
     /// A shard's server cannot be reached. Client-range codes (2013 and the like) must

@@ -513,6 +513,38 @@ pub struct DataSourceSpec {
     pub failover: FailoverMode,
     #[serde(default = "five_thousand")]
     pub failover_after_ms: u32,
+    /// TLS on the DB proxy's connections to these servers.
+    #[serde(default)]
+    pub tls: BackendTls,
+}
+
+/// TLS from the DB proxy to a data source's servers, as the `mysql` client's
+/// `--ssl-mode` has it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTls {
+    #[serde(default)]
+    pub mode: BackendTlsMode,
+    /// PEM CA certificates the servers' certificates must chain to (`verifyCa`,
+    /// `verifyIdentity`).
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BackendTlsMode {
+    /// Plain TCP.
+    Disabled,
+    /// TLS when the server offers it, its certificate unchecked (the default).
+    #[default]
+    Preferred,
+    /// TLS or no connection; the certificate unchecked.
+    Required,
+    /// TLS with a certificate that chains to `ca`.
+    VerifyCa,
+    /// TLS with a certificate that chains to `ca` and names the server's host.
+    VerifyIdentity,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -976,6 +1008,7 @@ pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
                     check_endpoint(&format!("spec.shards[{i}].replicas[{j}]"), r)?;
                 }
             }
+            check_backend_tls(&s.tls)?;
         }
         Kind::User => {
             let s: UserSpec = parse(spec)?;
@@ -989,6 +1022,23 @@ pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), Invalid> {
         Kind::Event | Kind::AuditEvent => {}
     }
     Ok(())
+}
+
+fn check_backend_tls(tls: &BackendTls) -> Result<(), Invalid> {
+    let verify = matches!(
+        tls.mode,
+        BackendTlsMode::VerifyCa | BackendTlsMode::VerifyIdentity
+    );
+    match &tls.ca {
+        None if verify => Err(Invalid::new(
+            "spec.tls.ca",
+            "verifyCa and verifyIdentity need the PEM CA certificates the servers' certificates chain to",
+        )),
+        Some(ca) => crate::pki::roots_from_pem(ca)
+            .map(|_| ())
+            .map_err(|e| Invalid::new("spec.tls.ca", e)),
+        None => Ok(()),
+    }
 }
 
 /// "00, 01, 02, 05" as "00-02, 05".

@@ -1,5 +1,6 @@
 //! The prepared-statement commands of a session: PREPARE on one shard, EXECUTE routed
-//! by its parameters (the statement prepared lazily on each backend connection), CLOSE.
+//! by its parameters (the statement prepared lazily on each backend connection), FETCH
+//! from the cursor an EXECUTE opened (on the connection that holds it), RESET, CLOSE.
 
 use super::*;
 
@@ -148,11 +149,6 @@ impl Session {
                 format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute");
             return self.error(1, er::UNKNOWN_STMT_HANDLER, &m).await;
         };
-        if prepared::exec_flags(payload).unwrap_or(0) != prepared::CURSOR_NONE {
-            return self
-                .error(1, er::NOT_SUPPORTED_YET, "Cursors are not supported by tessera dbproxy; execute without a cursor (e.g. JDBC useCursorFetch=false)")
-                .await;
-        }
         let values = match prepared::exec_params(payload, st.params as usize, &mut st.types) {
             Ok(v) => v,
             Err(m) => {
@@ -207,11 +203,85 @@ impl Session {
         r
     }
 
-    /// COM_STMT_CLOSE: forgotten here and on every connection that prepared it.
+    /// COM_STMT_FETCH: the next rows of the cursor the statement's last EXECUTE opened,
+    /// read on the backend connection that holds it and passed through.
+    pub(super) async fn fetch(&mut self, payload: &[u8]) -> Reply {
+        if payload.len() != 9 {
+            return self
+                .error(
+                    1,
+                    er::HANDSHAKE,
+                    "Malformed COM_STMT_FETCH: expected a statement id and a row count",
+                )
+                .await;
+        }
+        let id = prepared::stmt_id(payload).unwrap_or(0);
+        if !self.stmts.contains_key(&id) {
+            let m = format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_fetch");
+            return self.error(1, er::UNKNOWN_STMT_HANDLER, &m).await;
+        }
+        let Some((_, shard)) = self.cursors.get(&id).cloned() else {
+            return self.no_cursor(id).await;
+        };
+        self.relay_on(&shard, false, Cmd::Fetch { id, payload })
+            .await
+    }
+
+    pub(super) async fn no_cursor(&mut self, id: u32) -> Reply {
+        let m = format!("The statement ({id}) has no open cursor.");
+        self.error(1, er::STMT_HAS_NO_OPEN_CURSOR, &m).await
+    }
+
+    /// COM_STMT_RESET: the statement's long data is dropped and its cursor closed.
+    pub(super) async fn reset_stmt(&mut self, payload: &[u8]) -> Reply {
+        let Some(id) = prepared::stmt_id(payload)
+            .ok()
+            .filter(|id| self.stmts.contains_key(id))
+        else {
+            return self
+                .error(
+                    1,
+                    er::UNKNOWN_STMT_HANDLER,
+                    "Unknown prepared statement handler given to mysqld_stmt_reset",
+                )
+                .await;
+        };
+        if let Some(st) = self.stmts.get_mut(&id) {
+            st.long_data.clear();
+        }
+        if let Some((k, _)) = self.cursors.remove(&id) {
+            self.close_cursor_on(k, id).await;
+        }
+        self.ok(1).await
+    }
+
+    /// Closes statement `id`'s cursor on held connection `k` (COM_STMT_RESET there); a
+    /// connection that does not answer cleanly is dropped.
+    pub(super) async fn close_cursor_on(&mut self, k: usize, id: u32) {
+        let Some(held) = self.held.get_mut(&k) else {
+            return;
+        };
+        let Some(&backend_id) = held.stmts.get(&id) else {
+            return;
+        };
+        let p = prepared::with_stmt_id(&[com::STMT_RESET, 0, 0, 0, 0], backend_id);
+        let limit = self.shared.statement_timeout;
+        if !matches!(
+            bounded(limit, held.lease.conn.collect(&p)).await,
+            Some(Ok(Collected::Ok(_)))
+        ) {
+            let pool = held.pool.clone();
+            self.drop_conn(&pool);
+        }
+    }
+
+    /// COM_STMT_CLOSE: forgotten here and on every connection that prepared it (which
+    /// closes its cursor there).
     pub(super) async fn close_stmt(&mut self, payload: &[u8]) {
         let Ok(id) = prepared::stmt_id(payload) else {
             return;
         };
+        self.cursors.remove(&id);
         if self.stmts.remove(&id).is_none() {
             return;
         }
