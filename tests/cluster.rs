@@ -675,6 +675,40 @@ fn artifact_contents_are_copied_to_every_member_and_fetched_back_when_missing() 
     assert_eq!(code, 200);
     assert!(got == content);
     assert!(c3.node.data_dir.join("control/blobs").join(&sha).is_file());
+    // Copies stream: 64 MiB pushed, copied and fetched back raise no member's peak
+    // memory by anything near their size.
+    let big: String = (0..64u32 << 20)
+        .map(|i| char::from(b'a' + (i % 23) as u8))
+        .collect();
+    let big_sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(big.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let peak = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    };
+    let before: Vec<u64> = [&c1, &c2, &c3].iter().map(|m| peak(m.node.pid())).collect();
+    let big_path = format!("/api/v1/blobs/{big_sha}");
+    let (code, _, body) = http(c2.api, "PUT", &big_path, Some(&admin), &big).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["copies"].as_u64(), Some(3), "{body}");
+    std::fs::remove_file(c3.node.data_dir.join("control/blobs").join(&big_sha)).unwrap();
+    let (code, _, got) = http(c3.api, "GET", &big_path, Some(&admin), "").unwrap();
+    assert_eq!(code, 200);
+    assert!(got.len() == big.len() && got == big, "the fetched copy differs");
+    drop(got);
+    for (i, m) in [&c1, &c2, &c3].iter().enumerate() {
+        let grew = peak(m.node.pid()).saturating_sub(before[i]);
+        assert!(grew < 32 << 10, "member {} peaked {grew} KiB higher", m.api);
+    }
     // A damaged upload is refused and leaves nothing behind.
     let (code, _, body) = http(
         c1.api,
@@ -690,5 +724,5 @@ fn artifact_contents_are_copied_to_every_member_and_fetched_back_when_missing() 
         .filter_map(Result::ok)
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    assert_eq!(leftovers.len(), 2, "the two artifacts, no partial file: {leftovers:?}");
 }

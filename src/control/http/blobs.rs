@@ -8,13 +8,16 @@
 //!   it. Admins and operators (the writers of artifacts).
 //! - `GET /api/v1/blobs/{sha256}`: the bytes, for agents and people, streamed from the
 //!   file (many agents downloading a large artifact at once cost no memory). A node
-//!   without them fetches them from a member that has them (checking the digest) and
-//!   keeps them; that copy, and the copies a push sends to members, are still read whole
-//!   (the peer channel carries whole bodies).
+//!   without them fetches them from a member that has them (spooled to disk with the
+//!   digest checked, then served from the file).
+//!
+//! Copies between members stream over the peer channel both ways, so a push or a fetch
+//! of the largest artifact costs buffers, not its size, in memory.
 
 use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
+use crate::control::store::PeerBody;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -23,7 +26,6 @@ use axum::{Extension, Json};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// Marks a copy sent by another member (stored, not copied further).
@@ -65,26 +67,29 @@ fn may_push(caller: &Caller) -> Result<(), ApiError> {
     ))
 }
 
-fn store_locally(s: &ApiState, sha: &str, body: &[u8]) -> Result<(), ApiError> {
-    let d = dir(s);
-    std::fs::create_dir_all(&d).map_err(|e| ApiError::internal("blob dir", e))?;
-    let path = d.join(sha);
-    if path.is_file() {
-        return Ok(());
-    }
-    crate::util::write_atomic(&path, body, 0o600).map_err(|e| {
-        ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "storage",
-            format!("cannot store the artifact on this control node: {e}"),
-        )
-    })
+/// How long a member may take to answer a copy of `size` bytes: the answer comes once
+/// the whole body is stored, so the wait grows with the size (at least 8 MiB/s).
+fn transfer_ttl(size: u64) -> Duration {
+    PEER_TIMEOUT + Duration::from_secs(size / (8 << 20))
+}
+
+/// The file `path` as a streamed peer-channel body.
+async fn file_body(path: &std::path::Path) -> std::io::Result<PeerBody> {
+    use futures_util::TryStreamExt;
+    use http_body_util::BodyExt;
+    let f = tokio::fs::File::open(path).await?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 << 10);
+    Ok(http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data)).boxed())
 }
 
 /// Writes a pushed body to `<blobs>/.<sha>.<random>.part` as it arrives, hashing it on
 /// the way, and moves it into place once the digest matches; nothing is kept otherwise.
 /// Memory stays flat whatever the size.
-async fn receive(s: &ApiState, sha: &str, body: Body) -> Result<u64, ApiError> {
+async fn receive<B>(s: &ApiState, sha: &str, body: B) -> Result<u64, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let d = dir(s);
     tokio::fs::create_dir_all(&d)
         .await
@@ -150,33 +155,28 @@ pub async fn put(
     if headers.contains_key(REPLICA) {
         return Ok(Json(json!({"sha256": sha, "size": size})).into_response());
     }
-    // Copy it to every other member, all at once (the peer channel takes whole bodies:
-    // the file is read back once for all of them).
+    // Copy it to every other member, all at once, each streamed from the file.
     let others = s.node.other_members();
     let total = others.len() + 1;
-    let body = if others.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::from(
-            tokio::fs::read(dir(&s).join(&sha))
-                .await
-                .map_err(|e| ApiError::internal("blob read", e))?,
-        )
-    };
+    let path = dir(&s).join(&sha);
     let copies = others.iter().map(|m| {
         let req = http::Request::builder()
             .method(Method::PUT)
             .uri(format!("/api/v1/blobs/{sha}"))
             .header(REPLICA, "1")
+            .header(header::CONTENT_LENGTH, size)
             .header(header::CONTENT_TYPE, "application/octet-stream");
         let req = match headers.get(header::AUTHORIZATION) {
             Some(a) => req.header(header::AUTHORIZATION, a),
             None => req,
         };
-        let (s, body, name) = (s.clone(), body.clone(), m.name.clone());
+        let (s, name, path) = (s.clone(), m.name.clone(), path.clone());
         async move {
-            let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-            match s.node.forward(m, req, PEER_TIMEOUT).await {
+            let body = file_body(&path)
+                .await
+                .map_err(|e| format!("{name}: reading {}: {e}", path.display()))?;
+            let req = req.body(body).map_err(|e| e.to_string())?;
+            match s.node.forward_streaming(m, req, transfer_ttl(size)).await {
                 Ok(r) if r.status().is_success() => Ok(name),
                 Ok(r) => Err(format!("{name}: answered {}", r.status())),
                 Err(e) => Err(format!("{name}: {e}")),
@@ -232,9 +232,12 @@ pub async fn get(
             )));
         }
         Err(_) => {
-            let b = fetch_from_members(&s, &sha, &headers).await?;
-            let len = b.len() as u64;
-            (Body::from(b), Some(len))
+            let len = fetch_from_members(&s, &sha, &headers).await?;
+            let f = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| ApiError::internal("blob read", e))?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 << 10);
+            (Body::from_stream(stream), Some(len))
         }
     };
     let mut resp = Response::new(body);
@@ -252,12 +255,10 @@ pub async fn get(
     Ok(resp)
 }
 
-/// Finds the content on another member, checks it, keeps a copy, and returns it.
-async fn fetch_from_members(
-    s: &ApiState,
-    sha: &str,
-    headers: &HeaderMap,
-) -> Result<Bytes, ApiError> {
+/// Finds the content on another member and keeps a copy (spooled, its digest checked,
+/// as a push is); returns its size.
+async fn fetch_from_members(s: &ApiState, sha: &str, headers: &HeaderMap) -> Result<u64, ApiError> {
+    use http_body_util::BodyExt;
     let mut tried = Vec::new();
     for m in s.node.other_members() {
         let mut req = http::Request::builder()
@@ -267,23 +268,24 @@ async fn fetch_from_members(
         if let Some(a) = headers.get(header::AUTHORIZATION) {
             req = req.header(header::AUTHORIZATION, a);
         }
-        let Ok(req) = req.body(Full::new(Bytes::new())) else {
+        let empty = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        let Ok(req) = req.body(empty) else {
             continue;
         };
-        match s.node.forward(&m, req, PEER_TIMEOUT).await {
+        match s.node.forward_streaming(&m, req, PEER_TIMEOUT).await {
             Ok(r) if r.status().is_success() => {
-                let body = r.into_body();
-                if crate::util::hex(&Sha256::digest(&body)) != sha {
-                    tried.push(format!("{}: its copy is damaged", m.name));
-                    continue;
+                // The transfer itself is bounded by the size it may have.
+                let limit = transfer_ttl(MAX_BLOB as u64);
+                match tokio::time::timeout(limit, receive(s, sha, r.into_body())).await {
+                    Ok(Ok(size)) => {
+                        tracing::info!(sha256 = %sha, from = %m.name, size, "Fetched an artifact's content from a member");
+                        return Ok(size);
+                    }
+                    Ok(Err(e)) => tried.push(format!("{}: {}", m.name, e.message)),
+                    Err(_) => tried.push(format!("{}: the copy took over {limit:?}", m.name)),
                 }
-                let (b, s2, sha2) = (body.clone(), s.clone(), sha.to_string());
-                let kept = tokio::task::spawn_blocking(move || store_locally(&s2, &sha2, &b)).await;
-                if !matches!(kept, Ok(Ok(()))) {
-                    tracing::warn!(sha256 = %sha, "Could not keep a fetched artifact copy");
-                }
-                tracing::info!(sha256 = %sha, from = %m.name, "Fetched an artifact's content from a member");
-                return Ok(body);
             }
             Ok(r) => tried.push(format!("{}: {}", m.name, r.status())),
             Err(e) => tried.push(format!("{}: {e}", m.name)),

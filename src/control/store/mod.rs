@@ -22,6 +22,7 @@ mod sm;
 pub mod types;
 
 pub use log::LogStore;
+pub use network::PeerBody;
 pub use node::{MembersView, RaftFailure, RaftNode, RaftSettings, MAX_VOTERS};
 pub use sm::StateMachine;
 

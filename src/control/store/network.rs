@@ -25,6 +25,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A request body on the peer channel: whole (Raft RPCs, forwarded API calls) or
+/// streamed (artifact copies).
+pub type PeerBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
 pub const PATH_APPEND: &str = "/raft/v1/append";
 
 /// Payload bytes (commands' own size) sent in one append: a quarter of what the peer
@@ -59,9 +63,9 @@ pub struct Network {
 }
 
 /// Open HTTP/2 connections by peer address; a connection multiplexes every call to it.
-pub type Pool = Arc<Mutex<HashMap<String, SendRequest<Full<Bytes>>>>>;
+pub type Pool = Arc<Mutex<HashMap<String, SendRequest<PeerBody>>>>;
 
-fn pool_lock(pool: &Pool) -> std::sync::MutexGuard<'_, HashMap<String, SendRequest<Full<Bytes>>>> {
+fn pool_lock(pool: &Pool) -> std::sync::MutexGuard<'_, HashMap<String, SendRequest<PeerBody>>> {
     pool.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -96,11 +100,7 @@ enum CallError {
 impl Network {
     /// An open connection to `peer` (IP:PORT): the pooled one, or a new one, dialed from
     /// this node's IP, mutual TLS with the cluster CA, the peer's certificate naming its IP.
-    async fn sender(
-        &self,
-        peer: &str,
-        ttl: Duration,
-    ) -> Result<SendRequest<Full<Bytes>>, CallError> {
+    async fn sender(&self, peer: &str, ttl: Duration) -> Result<SendRequest<PeerBody>, CallError> {
         if let Some(s) = pool_lock(&self.pool).get(peer) {
             if !s.is_closed() {
                 return Ok(s.clone());
@@ -182,6 +182,7 @@ impl Network {
                     .map_err(|e: http::uri::InvalidUri| {
                         CallError::Network(TransportError(e.to_string()))
                     })?;
+            let body = body.map_err(|never| match never {}).boxed();
             let resp = sender
                 .send_request(http::Request::from_parts(parts, body))
                 .await
@@ -199,6 +200,45 @@ impl Network {
             Err(_) => Err(CallError::Network(TransportError(format!(
                 "{peer} did not answer within {ttl:?}"
             )))),
+        };
+        if result.is_err() {
+            pool_lock(&self.pool).remove(peer);
+        }
+        result
+    }
+
+    /// Sends `request` to `peer` and returns the answer as it starts, its body to be
+    /// read by the caller: large transfers (artifact copies) stream both ways. `ttl`
+    /// bounds the wait for the answer's head (which a peer sends once it has the whole
+    /// request body).
+    pub async fn exchange_streaming(
+        &self,
+        peer: &str,
+        request: http::Request<PeerBody>,
+        ttl: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let exchange = async {
+            let mut sender = self.sender(peer, ttl).await.map_err(|e| match e {
+                CallError::Unreachable(e) | CallError::Network(e) => e.0,
+            })?;
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let (mut parts, body) = request.into_parts();
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            parts.uri = format!("https://{peer}{pq}")
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+            sender
+                .send_request(http::Request::from_parts(parts, body))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let result = match tokio::time::timeout(ttl, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("{peer} did not answer within {ttl:?}")),
         };
         if result.is_err() {
             pool_lock(&self.pool).remove(peer);

@@ -297,6 +297,19 @@ impl RaftNode {
         self.network.forward(&member.peer, request, ttl).await
     }
 
+    /// [`RaftNode::forward`] with a streamed body each way (see
+    /// `Network::exchange_streaming`).
+    pub async fn forward_streaming(
+        &self,
+        member: &NodeInfo,
+        request: http::Request<super::network::PeerBody>,
+        ttl: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        self.network
+            .exchange_streaming(&member.peer, request, ttl)
+            .await
+    }
+
     /// Serves the peer listener until `shutdown`: to members (a certificate from the
     /// cluster CA) Raft RPCs, `join` and `forwarded` (the API, for requests another
     /// member forwards); to clients without a certificate `join` alone.
