@@ -703,7 +703,10 @@ fn artifact_contents_are_copied_to_every_member_and_fetched_back_when_missing() 
     std::fs::remove_file(c3.node.data_dir.join("control/blobs").join(&big_sha)).unwrap();
     let (code, _, got) = http(c3.api, "GET", &big_path, Some(&admin), "").unwrap();
     assert_eq!(code, 200);
-    assert!(got.len() == big.len() && got == big, "the fetched copy differs");
+    assert!(
+        got.len() == big.len() && got == big,
+        "the fetched copy differs"
+    );
     drop(got);
     for (i, m) in [&c1, &c2, &c3].iter().enumerate() {
         let grew = peak(m.node.pid()).saturating_sub(before[i]);
@@ -724,5 +727,9 @@ fn artifact_contents_are_copied_to_every_member_and_fetched_back_when_missing() 
         .filter_map(Result::ok)
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(leftovers.len(), 2, "the two artifacts, no partial file: {leftovers:?}");
+    assert_eq!(
+        leftovers.len(),
+        2,
+        "the two artifacts, no partial file: {leftovers:?}"
+    );
 }

@@ -109,6 +109,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     };
     supervisor.pressure_mb = (cfg.agent.disk_pressure_mb, cfg.agent.memory_pressure_mb);
     supervisor.keep_versions = cfg.agent.keep_versions;
+    supervisor.instance_dir_grace = Duration::from_secs(cfg.agent.instance_dir_grace_secs);
     let gauge = ctx.metrics.control_reachable(Role::Agent);
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());
     let router = admin_router.clone().merge(logs.router());

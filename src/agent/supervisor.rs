@@ -72,6 +72,8 @@ pub struct Supervisor {
     /// Unpacked versions each instance keeps (`agent.keep_versions`), and when the
     /// node's disk was last pruned (see `prune.rs`).
     pub keep_versions: usize,
+    /// `agent.instance_dir_grace_secs`.
+    pub instance_dir_grace: Duration,
     last_prune: Option<Instant>,
     last_heartbeat: Option<Instant>,
     /// Node events not yet recorded (`events` resources named `<node>-<ms>-<n>`).
@@ -181,6 +183,7 @@ impl Supervisor {
             procs: BTreeMap::new(),
             retiring: Vec::new(),
             keep_versions: 2,
+            instance_dir_grace: Duration::from_secs(86_400),
             last_prune: None,
             last_heartbeat: None,
             events: Vec::new(),
@@ -482,7 +485,9 @@ impl Supervisor {
         self.stop_leaving().await;
         // A version is pruned once nothing runs from it: after a start, or a stop.
         let stopped = live(self) < before;
-        self.prune(current_shas, prepared_any || stopped).await;
+        let placed = mine.keys().cloned().collect();
+        self.prune(placed, current_shas, prepared_any || stopped)
+            .await;
         self.save();
         self.report(client).await;
         self.flush_events(client).await;

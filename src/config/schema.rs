@@ -252,6 +252,9 @@ pub struct AgentConfig {
     /// recent earlier ones (a rollback to those needs no download). Older ones, and
     /// cached downloads no kept version needs, are removed.
     pub keep_versions: usize,
+    /// How long the directory of an instance no longer placed on this node stays (its
+    /// unpacked versions, its working files) before it is removed.
+    pub instance_dir_grace_secs: u64,
     /// Where collected lines are also sent (`[[agent.log_sinks]]`), besides the local
     /// store; none by default.
     pub log_sinks: Vec<LogSink>,
@@ -320,6 +323,7 @@ impl Default for AgentConfig {
             stop_workloads_on_exit: false,
             log_sinks: Vec::new(),
             keep_versions: 2,
+            instance_dir_grace_secs: 86_400,
         }
     }
 }

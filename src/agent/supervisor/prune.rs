@@ -3,7 +3,12 @@
 //! (default 2: the current one and the one a rollback goes back to), and the download
 //! cache keeps only what a kept version came from. A directory a live process runs in
 //! (its `/proc/PID/cwd`: an old version still serving during a surge, an adopted
-//! process) is never removed. Instances no longer placed here are left alone.
+//! process) is never removed.
+//!
+//! The directory of an instance no longer placed here (re-placed on another node,
+//! scaled away) gets a `.left` mark the first time that is seen, and is removed once
+//! the mark is older than `agent.instance_dir_grace_secs` (a day by default) and no
+//! live process runs in it; an instance placed here again loses its mark.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,6 +16,8 @@ use std::time::{Duration, SystemTime};
 
 /// An unfinished download older than this is removed.
 const PART_AGE: Duration = Duration::from_secs(3600);
+/// Marks the directory of an instance no longer placed here (its mtime: since when).
+const LEFT_MARK: &str = ".left";
 
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Pruned {
@@ -38,16 +45,21 @@ fn versions(dir: &Path) -> Vec<(SystemTime, PathBuf)> {
     out
 }
 
-/// Prunes `agent_dir` (`<data_dir>/agent`). `current` maps each instance placed here that
-/// runs from an artifact to that artifact's SHA-256; `busy` are the working directories
-/// of live processes.
-pub(super) fn prune(
-    agent_dir: &Path,
-    current: &BTreeMap<String, String>,
-    busy: &BTreeSet<PathBuf>,
-    keep: usize,
-    now: SystemTime,
-) -> Pruned {
+/// What is kept on this node: the instances placed here (`placed`), with the artifact
+/// SHA-256 of those that run from one (`current`), the working directories of live
+/// processes (`busy`), the versions per instance (`keep`), and how long the directory of
+/// an instance that left stays (`left_grace`).
+pub(super) struct Keep<'a> {
+    pub placed: &'a BTreeSet<String>,
+    pub current: &'a BTreeMap<String, String>,
+    pub busy: &'a BTreeSet<PathBuf>,
+    pub keep: usize,
+    pub left_grace: Duration,
+}
+
+/// Prunes `agent_dir` (`<data_dir>/agent`) down to what `k` keeps.
+pub(super) fn prune(agent_dir: &Path, k: &Keep<'_>, now: SystemTime) -> Pruned {
+    let (current, busy, keep) = (k.current, k.busy, k.keep);
     let mut pruned = Pruned::default();
     // Compared with /proc/PID/cwd, which has every symbolic link resolved.
     let agent_dir = &agent_dir
@@ -64,6 +76,23 @@ pub(super) fn prune(
         .flatten()
     {
         let name = entry.file_name().to_string_lossy().into_owned();
+        let mark = entry.path().join(LEFT_MARK);
+        if k.placed.contains(&name) {
+            let _ = std::fs::remove_file(&mark);
+        } else if !busy.iter().any(|b| b.starts_with(entry.path()))
+            && left_long_ago(&mark, k.left_grace, now)
+        {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    pruned.dirs += 1;
+                    tracing::info!(instance = %name, dir = %entry.path().display(), "Removed the directory of an instance no longer placed here");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "Cannot remove the directory of an instance no longer placed here")
+                }
+            }
+        }
         let all = versions(&entry.path());
         let Some(sha) = current.get(&name) else {
             // Not (or not from an artifact) placed here: nothing of it is removed, and
@@ -132,6 +161,20 @@ pub(super) fn prune(
     pruned
 }
 
+/// Whether the instance whose mark is `mark` left more than `grace` ago; marks it as
+/// leaving now when it has no mark yet.
+fn left_long_ago(mark: &Path, grace: Duration, now: SystemTime) -> bool {
+    match std::fs::metadata(mark).and_then(|m| m.modified()) {
+        Ok(since) => now.duration_since(since).is_ok_and(|age| age >= grace),
+        Err(_) => {
+            if let Err(e) = std::fs::write(mark, b"") {
+                tracing::warn!(file = %mark.display(), error = %e, "Cannot mark an instance directory as left");
+            }
+            false
+        }
+    }
+}
+
 fn prefix_of(p: &Path) -> Option<String> {
     p.file_name()?
         .to_str()?
@@ -145,7 +188,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 impl super::Supervisor {
     /// Prunes after a pass that started or stopped a process (when a version becomes
     /// old, or stops being run from), or every [`PRUNE_EVERY`].
-    pub(super) async fn prune(&mut self, current: BTreeMap<String, String>, changed: bool) {
+    pub(super) async fn prune(
+        &mut self,
+        placed: BTreeSet<String>,
+        current: BTreeMap<String, String>,
+        changed: bool,
+    ) {
         let due = self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY);
         if !changed && !due {
             return;
@@ -158,9 +206,20 @@ impl super::Supervisor {
             .filter_map(|p| p.pid)
             .filter_map(cwd_of)
             .collect();
-        let (dir, keep) = (self.dir.clone(), self.keep_versions.max(1));
+        let (dir, keep, left_grace) = (
+            self.dir.clone(),
+            self.keep_versions.max(1),
+            self.instance_dir_grace,
+        );
         let pruned = tokio::task::spawn_blocking(move || {
-            prune(&dir, &current, &busy, keep, SystemTime::now())
+            let k = Keep {
+                placed: &placed,
+                current: &current,
+                busy: &busy,
+                keep,
+                left_grace,
+            };
+            prune(&dir, &k, SystemTime::now())
         })
         .await
         .unwrap_or_default();
@@ -216,8 +275,18 @@ mod tests {
         let current: BTreeMap<String, String> = [("shop-rz00-0".to_string(), sha('e'))].into();
         let busy: BTreeSet<PathBuf> = [inst.join(format!("app-{}", &sha('c')[..12]))].into();
         let later = SystemTime::now() + Duration::from_secs(7200);
-        let pruned = prune(d.path(), &current, &busy, 2, later);
+        let placed: BTreeSet<String> = ["shop-rz00-0".to_string()].into();
+        let k = Keep {
+            placed: &placed,
+            current: &current,
+            busy: &busy,
+            keep: 2,
+            left_grace: Duration::from_secs(86400),
+        };
+        let pruned = prune(d.path(), &k, later);
         assert_eq!(pruned, Pruned { dirs: 2, files: 3 });
+        // The instance that left is marked, not removed yet.
+        assert!(d.path().join("instances/gone-0/.left").is_file());
         let left = |dir: &Path| -> BTreeSet<String> {
             std::fs::read_dir(dir)
                 .unwrap()
@@ -231,9 +300,55 @@ mod tests {
             [sha('c'), sha('d'), sha('e'), sha('f')].into()
         );
         // Nothing more to do the second time.
-        assert_eq!(
-            prune(d.path(), &current, &busy, 2, later),
-            Pruned::default()
+        assert_eq!(prune(d.path(), &k, later), Pruned::default());
+        // A day after it left, its directory goes, and its download with it.
+        let day_later = later + Duration::from_secs(86400 + 7200);
+        assert_eq!(prune(d.path(), &k, day_later), Pruned { dirs: 1, files: 1 });
+        assert!(!d.path().join("instances/gone-0").exists());
+        assert!(inst.is_dir());
+    }
+
+    #[test]
+    fn an_instance_that_comes_back_or_still_runs_keeps_its_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let back = d.path().join("instances/back-0");
+        let running = d.path().join("instances/running-0");
+        touch_dir(&back.join("app-aaaaaaaaaaaa"), 10);
+        touch_dir(&running.join("app-bbbbbbbbbbbb"), 10);
+        let now = SystemTime::now();
+        let (current, none) = (BTreeMap::new(), BTreeSet::new());
+        let busy: BTreeSet<PathBuf> = [running.join("app-bbbbbbbbbbbb")].into();
+        let mut placed = BTreeSet::new();
+        let k = |placed: &'_ BTreeSet<String>, busy: &'_ BTreeSet<PathBuf>| {
+            prune(
+                d.path(),
+                &Keep {
+                    placed,
+                    current: &current,
+                    busy,
+                    keep: 2,
+                    left_grace: Duration::from_secs(60),
+                },
+                now + Duration::from_secs(3600),
+            )
+        };
+        // Both marked (the running one is not, it is busy); then `back` is placed again.
+        k(&placed, &busy);
+        assert!(back.join(".left").is_file());
+        placed.insert("back-0".to_string());
+        k(&placed, &busy);
+        assert!(
+            !back.join(".left").exists(),
+            "the mark goes when it comes back"
         );
+        // The busy one is neither marked nor removed while its process lives; once it
+        // is gone, it is marked, and removed after the grace (here: the pass an hour on).
+        k(&placed, &busy);
+        assert!(running.is_dir() && !running.join(".left").exists());
+        k(&placed, &none);
+        assert!(running.join(".left").is_file());
+        k(&placed, &none);
+        assert!(back.is_dir());
+        assert!(!running.exists());
     }
 }
