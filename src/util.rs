@@ -127,6 +127,13 @@ pub fn rfc3339_ms(ms: u64) -> String {
     )
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time; None when it is not one (or before
+/// the epoch).
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// Whether `u` is `http://HOST:PORT` with nothing after it (a trailing `/` allowed): how
 /// a gateway's admin URL is given and registered.
 pub fn is_http_authority_url(u: &str) -> bool {

@@ -172,8 +172,7 @@ fn parse_time(s: &str) -> Option<u64> {
     if let Ok(ms) = s.parse::<u64>() {
         return Some(ms);
     }
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    crate::util::parse_rfc3339_ms(s)
 }
 
 /// The key of a grant for the agent whose credential is `token`.

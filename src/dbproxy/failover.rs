@@ -5,9 +5,12 @@
 //! it lets the replica apply what it already received (bounded), stops replication and
 //! turns `read_only` off. Every proxy then follows the new spec through its watch.
 //!
-//! The judgement is this proxy's own view: a primary cut off from this proxy alone is
-//! failed over too. Replication is asynchronous unless the servers run semi-sync:
-//! writes the old primary acknowledged but never shipped are not on the new one.
+//! The judgement starts from this proxy's own view, and the control plane checks it
+//! against the other proxies' reports: while another proxy reported recently that it
+//! reaches the primary, the failover is refused (409 `primary_reachable`), so a primary
+//! cut off from one proxy alone is not failed over. With a single proxy, its view is
+//! the only one. Replication is asynchronous unless the servers run semi-sync: writes
+//! the old primary acknowledged but never shipped are not on the new one.
 
 use super::backend::{Backend, BackendError, Pool, Target};
 use super::session::Shared;
@@ -68,6 +71,16 @@ pub async fn run(
                 .await
                 {
                     Ok(_) => Ok(true),
+                    // Other proxies still reach the primary: this proxy's view is its own.
+                    Err((Some(409), e)) if e.contains("still reaches") => {
+                        tracing::warn!(datasource = %db.datasource, unit = %shard.unit, %from, reason = %e, "Primary unreachable from here only: no failover");
+                        shared
+                            .metrics
+                            .failovers
+                            .with_label_values(&[&db.name, &shard.unit, "blocked"])
+                            .inc();
+                        continue;
+                    }
                     // Another failover (or an edit) came first.
                     Err((Some(409), _)) => Ok(false),
                     Err((_, e)) => Err(e),

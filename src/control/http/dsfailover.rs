@@ -6,6 +6,12 @@
 //! arbiter: the change commits only while `from` is still the primary, so of several
 //! proxies seeing the same failure exactly one wins (the others get 409). Audited as
 //! `failover` by the caller, through the same validated commit as any change.
+//!
+//! A proxy's request is also checked against what the other proxies report
+//! (`status.proxies.<node>`, sent on every change of a server's health and every 30 s):
+//! while another proxy reported within [`REPORT_FRESH`] that it reaches `from`, the
+//! failover is refused (409 `primary_reachable`, audited): a primary cut off from one
+//! proxy only (a one-sided partition) is not failed over. People may still move it.
 
 use super::auth::Caller;
 use super::context::RequestContext;
@@ -22,6 +28,9 @@ use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
 use serde::Deserialize;
+
+/// A proxy's report younger than this counts as its current view.
+const REPORT_FRESH: std::time::Duration = std::time::Duration::from_secs(45);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +81,33 @@ pub async fn failover(
     let mut last = None;
     for _ in 0..5 {
         let obj = planned(&s, &name, &b)?;
+        if let Some(me) = caller
+            .user
+            .strip_prefix("dbproxy-")
+            .filter(|_| caller.role == "dbproxy")
+        {
+            if let Some(other) = reaches(&obj.status, me, &b, crate::util::now_ms()) {
+                let e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "primary_reachable",
+                    format!(
+                        "DB proxy `{other}` still reaches {} (its report is under {} s old): a primary cut off from one proxy only is not failed over",
+                        b.from,
+                        REPORT_FRESH.as_secs()
+                    ),
+                );
+                return Err(super::audit::refuse(
+                    &s,
+                    &caller,
+                    &ctx,
+                    "failover",
+                    "DataSource",
+                    &name,
+                    e,
+                )
+                .await);
+            }
+        }
         let r = commit_and_answer(
             &s,
             &caller,
@@ -99,6 +135,25 @@ pub async fn failover(
             "the data source kept changing; retry",
         )
     }))
+}
+
+/// Another proxy than `me` whose fresh report (at `now_ms`) has `b.from` up as the
+/// primary of `b.unit`'s shard.
+fn reaches(status: &serde_json::Value, me: &str, b: &Body, now_ms: u64) -> Option<String> {
+    let proxies = status.get("proxies")?.as_object()?;
+    proxies.iter().find_map(|(node, report)| {
+        if node == me {
+            return None;
+        }
+        let at = report.get("updatedAt")?.as_str()?;
+        let at_ms = crate::util::parse_rfc3339_ms(at)?;
+        if now_ms.saturating_sub(at_ms) > REPORT_FRESH.as_millis() as u64 {
+            return None;
+        }
+        let primary = report.get("shards")?.get(&b.unit)?.get("primary")?;
+        let up = primary.get("address")?.as_str()? == b.from && primary.get("up")?.as_bool()?;
+        up.then(|| node.clone())
+    })
 }
 
 /// The data source with `to` as the primary of `unit`'s shard, from the stored object
@@ -169,4 +224,45 @@ fn planned(s: &ApiState, name: &str, b: &Body) -> Result<crate::model::Resource,
     obj.metadata.revision = Some(kv.mod_revision);
     obj.check(Some(Kind::DataSource)).map_err(|e| invalid(&e))?;
     Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_proxys_fresh_report_of_the_primary_up_blocks_a_failover() {
+        let b = Body {
+            unit: "rz00".into(),
+            from: "10.0.0.1:3306".into(),
+            to: "10.0.0.2:3306".into(),
+        };
+        let now = crate::util::parse_rfc3339_ms("2026-11-30T10:00:30Z").unwrap();
+        let report = |at: &str, addr: &str, up: bool| serde_json::json!({"updatedAt": at, "shards": {"rz00": {"primary": {"address": addr, "up": up}, "replicas": []}}});
+        let status = |others: serde_json::Value| {
+            let mut proxies =
+                serde_json::json!({"p1": report("2026-11-30T10:00:29Z", "10.0.0.1:3306", false)});
+            for (k, v) in others.as_object().unwrap() {
+                proxies[k] = v.clone();
+            }
+            serde_json::json!({"proxies": proxies})
+        };
+        // Only this proxy (p1) reports: nothing blocks.
+        assert_eq!(reaches(&status(serde_json::json!({})), "p1", &b, now), None);
+        // p2 reaches it, fresh: blocked, named.
+        let s = status(
+            serde_json::json!({"p2": report("2026-11-30T10:00:00Z", "10.0.0.1:3306", true)}),
+        );
+        assert_eq!(reaches(&s, "p1", &b, now).as_deref(), Some("p2"));
+        // p2 also lost it, its report is stale, or it speaks of another primary: not.
+        for other in [
+            report("2026-11-30T10:00:28Z", "10.0.0.1:3306", false),
+            report("2026-11-30T09:59:00Z", "10.0.0.1:3306", true),
+            report("2026-11-30T10:00:28Z", "10.0.0.9:3306", true),
+            serde_json::json!({"updatedAt": "not a time"}),
+        ] {
+            let s = status(serde_json::json!({"p2": other}));
+            assert_eq!(reaches(&s, "p1", &b, now), None, "{s}");
+        }
+    }
 }
