@@ -276,20 +276,35 @@ impl NodeTls {
     /// served only the join endpoints (see `control::store::rpc::serve_tls`), so a joining
     /// node can send its token over TLS to a server it authenticated.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
+        self.mutual_server_config(true, &[b"h2"])
+    }
+
+    /// A server that checks client certificates against our CA (a client without one
+    /// gets in only when `optional`), offering `alpn`.
+    fn mutual_server_config(
+        &self,
+        optional: bool,
+        alpn: &[&[u8]],
+    ) -> Result<rustls::ServerConfig, PkiError> {
         let (roots, chain, key) = self.parts()?;
         let provider = provider();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             provider.clone(),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| PkiError::Invalid(format!("client verifier: {e}")))?;
+        );
+        let builder = if optional {
+            builder.allow_unauthenticated()
+        } else {
+            builder
+        };
+        let verifier = builder
+            .build()
+            .map_err(|e| PkiError::Invalid(format!("client verifier: {e}")))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(cfg)
     }
 
@@ -309,20 +324,7 @@ impl NodeTls {
     /// our CA that may authenticate clients (a control member's) gets in; ALPN offers h2
     /// and http/1.1.
     pub fn agent_server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
-        let (roots, chain, key) = self.parts()?;
-        let provider = provider();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| PkiError::Invalid(format!("client verifier: {e}")))?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(cfg)
+        self.mutual_server_config(false, &[b"h2", b"http/1.1"])
     }
 
     /// Client side of mutual TLS: trusts only our CA and presents this node's certificate.

@@ -51,18 +51,11 @@ pub async fn failover(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ctx = super::resources::context(ctx);
+    let refuse =
+        |e: ApiError| super::audit::refuse(&s, &caller, &ctx, "failover", "DataSource", &name, e);
     if caller.role != "dbproxy" {
         if let Err(e) = may_write(&caller, Kind::DataSource) {
-            return Err(super::audit::refuse(
-                &s,
-                &caller,
-                &ctx,
-                "failover",
-                "DataSource",
-                &name,
-                e,
-            )
-            .await);
+            return Err(refuse(e).await);
         }
     }
     let (b, raw): (Body, Bytes) = super::error::parse_body(
@@ -96,16 +89,7 @@ pub async fn failover(
                         REPORT_FRESH.as_secs()
                     ),
                 );
-                return Err(super::audit::refuse(
-                    &s,
-                    &caller,
-                    &ctx,
-                    "failover",
-                    "DataSource",
-                    &name,
-                    e,
-                )
-                .await);
+                return Err(refuse(e).await);
             }
         }
         let r = commit_and_answer(

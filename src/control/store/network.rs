@@ -170,18 +170,8 @@ impl Network {
                 .await
                 .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
             let (mut parts, body) = request.into_parts();
-            // HTTP/2 carries scheme and authority as pseudo-headers: an absolute URI.
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
             parts.uri =
-                format!("https://{peer}{pq}")
-                    .parse()
-                    .map_err(|e: http::uri::InvalidUri| {
-                        CallError::Network(TransportError(e.to_string()))
-                    })?;
+                absolute(peer, &parts.uri).map_err(|e| CallError::Network(TransportError(e)))?;
             let body = body.map_err(|never| match never {}).boxed();
             let resp = sender
                 .send_request(http::Request::from_parts(parts, body))
@@ -223,14 +213,7 @@ impl Network {
             })?;
             sender.ready().await.map_err(|e| e.to_string())?;
             let (mut parts, body) = request.into_parts();
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            parts.uri = format!("https://{peer}{pq}")
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+            parts.uri = absolute(peer, &parts.uri)?;
             sender
                 .send_request(http::Request::from_parts(parts, body))
                 .await
@@ -261,6 +244,15 @@ impl Network {
                 CallError::Unreachable(e) | CallError::Network(e) => e.0,
             })
     }
+}
+
+/// HTTP/2 carries scheme and authority as pseudo-headers: `uri` (path and query) as an
+/// absolute URI at `peer`.
+fn absolute(peer: &str, uri: &http::Uri) -> Result<http::Uri, String> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    format!("https://{peer}{pq}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())
 }
 
 impl PeerClient {
