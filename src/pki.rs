@@ -558,10 +558,12 @@ impl TlsHandle {
     }
 }
 
-/// Accepts any server certificate. Used for one request only: a node that holds a join
-/// token but not yet the cluster CA asks an `https://` control URL for the join info,
-/// which carries no secret and whose CA is then checked against the fingerprint the
-/// token pins (as over plain HTTP). Nothing secret is ever sent on such a connection.
+/// Accepts any server certificate (signatures are still checked). Used where the
+/// certificate is checked otherwise or not asked to be: the one request for the join
+/// info, before a node has the cluster CA (it carries no secret, and its CA is then
+/// checked against the fingerprint the join token pins), and the DB proxy's connections
+/// to servers with `tls.mode` `preferred` or `required` (the `mysql` client's meaning:
+/// encrypted, not authenticated).
 #[derive(Debug)]
 struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
 
