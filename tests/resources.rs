@@ -922,3 +922,76 @@ fn extra_user_tokens_are_audited_and_revoked_with_the_user() {
     );
     assert!(verify.status.success(), "{}", stderr(&verify));
 }
+
+/// `control.kek_file`: the data key that seals secrets is stored wrapped with a
+/// key-encryption key kept outside the data dir. Backups carry it wrapped; a node with
+/// another KEK cannot seal or open secrets and says why; the right KEK works again.
+#[test]
+fn the_data_key_is_wrapped_with_a_kek_kept_outside_the_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let kek = keys.path().join("kek");
+    let write_kek = |hex: &str| {
+        std::fs::write(&kek, format!("{hex}\n")).unwrap();
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+    write_kek(&a);
+    let profile = format!(
+        "{}kek_file = \"{}\"\n",
+        crate::harness::CONTROL_ONLY,
+        kek.display()
+    );
+    // A KEK others can read, or one inside the data dir, is refused up front.
+    let bad = keys.path().join("bad.toml");
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&bad, profile.replace("DATA", &keys.path().join("d").display().to_string()))
+        .unwrap();
+    let o = tessera(&["config", "check", "--profile", &bad.display().to_string()], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("control.kek_file") && stderr(&o).contains("chmod 600"));
+    write_kek(&a);
+    let inside = profile.replace(
+        &format!("kek_file = \"{}\"", kek.display()),
+        "kek_file = \"DATA/kek\"",
+    );
+    std::fs::create_dir_all(keys.path().join("d")).unwrap();
+    std::fs::copy(&kek, keys.path().join("d/kek")).unwrap();
+    std::fs::write(&bad, inside.replace("DATA", &keys.path().join("d").display().to_string()))
+        .unwrap();
+    let o = tessera(&["config", "check", "--profile", &bad.display().to_string()], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("inside the data dir"), "{}", stderr(&o));
+
+    let (mut c, api, token, _) = crate::harness::control(&profile);
+    let (code, body) = apply(api, &token, crate::harness::TOPOLOGY);
+    assert_eq!(code, 200, "{body}");
+    let ds = |name: &str| {
+        format!("apiVersion: tessera.io/v1\nkind: DataSource\nmetadata: {{name: {name}}}\nspec:\n  database: {name}\n  password: backend-secret\n  shards:\n    - {{unit: rz00, primary: \"10.0.1.1:3306\"}}\n")
+    };
+    let (code, body) = apply(api, &token, &ds("pay"));
+    assert_eq!(code, 200, "{body}");
+    // The backup holds the data key wrapped, never as a bare key.
+    let (code, _, backup) = http(api, "GET", "/api/v1/snapshot", Some(&token), "").unwrap();
+    assert_eq!(code, 200);
+    let at = backup.find("/tessera/pki/datakey").expect("the data key is in the backup");
+    let around = &backup[at..(at + 200).min(backup.len())];
+    assert!(around.contains("enc:v1:"), "{around}");
+    // Another KEK: no secret can be sealed, and the answer says which setting is wrong.
+    c.stop();
+    write_kek(&b);
+    c.start_again();
+    let api = c.addr("control", "api");
+    c.wait_ready(api);
+    let (code, body) = apply(api, &token, &ds("pay2"));
+    assert_eq!(code, 503, "{body}");
+    assert!(body.to_string().contains("control.kek_file"), "{body}");
+    // The right one again: it works.
+    c.stop();
+    write_kek(&a);
+    c.start_again();
+    let api = c.addr("control", "api");
+    c.wait_ready(api);
+    let (code, body) = apply(api, &token, &ds("pay2"));
+    assert_eq!(code, 200, "{body}");
+}

@@ -181,6 +181,10 @@ pub struct ControlConfig {
     /// `loopback` (this machine only; other clients get 403 `https_required`, except on
     /// `/healthz` and `/readyz`).
     pub api_plain_http: PlainHttp,
+    /// A file outside the data dir holding the key-encryption key (64 hex characters,
+    /// e.g. from `openssl rand -hex 32`), the same on every control node: the cluster's
+    /// data key, which seals secrets in resources, is stored wrapped with it.
+    pub kek_file: Option<PathBuf>,
 }
 
 /// `control.api_plain_http`.
@@ -215,6 +219,7 @@ impl Default for ControlConfig {
             blob_grace_secs: 3600,
             blob_gc_interval_secs: 600,
             api_plain_http: PlainHttp::Any,
+            kek_file: None,
         }
     }
 }

@@ -196,6 +196,20 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
                 format!("{} is out of range 1-3650", ctl.cert_renew_days),
             );
         }
+        if let Some(f) = &ctl.kek_file {
+            if let Err(e) = crate::config::read_kek(f) {
+                c.fail("control.kek_file", e);
+            } else if f.starts_with(&cfg.data_dir) {
+                c.fail(
+                    "control.kek_file",
+                    format!(
+                        "{} is inside the data dir ({}): keep the key-encryption key apart from the data it protects",
+                        f.display(),
+                        cfg.data_dir.display()
+                    ),
+                );
+            }
+        }
         if let Some(dir) = &ctl.console_dir {
             if !dir.join("index.html").is_file() {
                 c.fail(

@@ -94,6 +94,12 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         setup_pki(cfg, &store, &info, &pki_dir, &control_dir.join("ca"), &tls).map_err(failed)?;
     let api_tls = tls.clone();
     let plain_http = cfg.control.api_plain_http;
+    let kek = match &cfg.control.kek_file {
+        Some(f) => {
+            Some(crate::config::read_kek(f).map_err(|e| failed(format!("control.kek_file: {e}")))?)
+        }
+        None => None,
+    };
     let node = RaftNode::start(store, info, &settings, cfg.control.bootstrap, tls)
         .await
         .map_err(failed)?;
@@ -108,6 +114,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         node.clone(),
         clock.clone(),
         console::Console::new(cfg.control.console_dir.clone()),
+        kek,
     );
     let router = router.merge(admin::router(health.clone(), ctx.metrics.clone()));
     let history_revisions = cfg.control.history_revisions;

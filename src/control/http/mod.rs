@@ -43,6 +43,8 @@ pub struct ApiState {
     pub node: RaftNode,
     /// Lease deadlines (meaningful on the leader).
     pub leases: LeaseClock,
+    /// The key-encryption key (`control.kek_file`) the data key is wrapped with.
+    pub kek: Option<secrets::DataKey>,
 }
 
 /// The control API's routers, one per place it is served.
@@ -70,7 +72,12 @@ pub async fn reconcile(
     blobs: (BlobGc, BlobMetrics),
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let s = ApiState { node, leases };
+    // The reconcilers seal no secrets.
+    let s = ApiState {
+        node,
+        leases,
+        kek: None,
+    };
     tokio::join!(
         placement::run(s.clone(), shutdown.clone()),
         retention::run(s.clone(), retention, pruned, shutdown.clone()),
@@ -79,8 +86,13 @@ pub async fn reconcile(
 }
 
 /// The API's routers (see [`Routers`]); paths outside `/api/` go to the console.
-pub fn routers(node: RaftNode, leases: LeaseClock, console: Console) -> Routers {
-    let state = ApiState { node, leases };
+pub fn routers(
+    node: RaftNode,
+    leases: LeaseClock,
+    console: Console,
+    kek: Option<secrets::DataKey>,
+) -> Routers {
+    let state = ApiState { node, leases, kek };
     // One route per kind (unknown kinds fall through to the JSON 404).
     let mut kinds = Router::new();
     for kind in crate::model::Kind::ALL {

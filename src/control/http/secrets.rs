@@ -8,9 +8,14 @@
 //! proxies for `datasources`, the gateways for `certificates`. An admin who needs one
 //! resets it. The data key is made on the first
 //! sealed write and kept in the reserved `/tessera/pki/` space (never readable through
-//! the KV API). It lives in the same store as the values it seals: this keeps secrets out
-//! of every API answer, export and audit record, not away from someone holding a control
-//! node's disk (a key-encryption key outside the data dir is future work).
+//! the KV API).
+//!
+//! With `control.kek_file` (a key-encryption key kept outside the data dir, the same on
+//! every control node) the data key is stored wrapped with it (AES-256-GCM), so a
+//! control node's disk, or a backup, opens no secret without the KEK. A data key stored
+//! before a KEK was configured is wrapped at the next secret write. Without a KEK the
+//! data key lives in the same store as the values it seals: that keeps secrets out of
+//! every API answer, export and audit record, not away from someone holding the disk.
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -30,31 +35,65 @@ fn parse_key(v: &str) -> Option<DataKey> {
     b.try_into().ok()
 }
 
-/// The data key if one was made.
-pub fn stored_key(s: &ApiState) -> Result<Option<DataKey>, ApiError> {
+/// What a wrapped data key is bound to.
+const KEK_AAD: &str = "tessera data key";
+
+/// The data key if one was made, and whether it is stored wrapped with a KEK.
+fn read_key(s: &ApiState) -> Result<Option<(DataKey, bool, u64)>, ApiError> {
     let (kv, _) = s
         .node
         .store()
         .get(DATA_KEY)
         .map_err(|e| ApiError::internal("data key read", e))?;
-    Ok(kv.and_then(|kv| parse_key(&kv.value)))
+    let Some(kv) = kv else {
+        return Ok(None);
+    };
+    let v = kv.value.trim();
+    if !v.starts_with(SEALED) {
+        return Ok(parse_key(v).map(|k| (k, false, kv.mod_revision)));
+    }
+    let Some(kek) = &s.kek else {
+        return Err(ApiError::unavailable(
+            "the cluster's data key is wrapped with a key-encryption key and this control node has none: set control.kek_file (the same file on every control node)",
+        ));
+    };
+    let plain = open(kek, KEK_AAD, v).ok_or_else(|| {
+        ApiError::unavailable(
+            "control.kek_file does not open the cluster's data key: it is not the key-encryption key the data key was wrapped with",
+        )
+    })?;
+    Ok(parse_key(&plain).map(|k| (k, true, kv.mod_revision)))
 }
 
-/// The data key, made now (once, cluster-wide) when there is none. Leader only.
+/// The data key if one was made.
+pub fn stored_key(s: &ApiState) -> Result<Option<DataKey>, ApiError> {
+    Ok(read_key(s)?.map(|(k, _, _)| k))
+}
+
+/// The data key, made now (once, cluster-wide) when there is none, and wrapped with the
+/// KEK when one is configured and the key is not yet. Leader only.
 pub async fn data_key(s: &ApiState) -> Result<DataKey, ApiError> {
-    if let Some(k) = stored_key(s)? {
-        return Ok(k);
-    }
-    let fresh = crate::util::random_bytes::<32>().map_err(|e| ApiError::internal("data key", e))?;
+    let (key, expect) = match read_key(s)? {
+        Some((k, wrapped, _)) if wrapped || s.kek.is_none() => return Ok(k),
+        Some((k, _, rev)) => (k, rev),
+        None => (
+            crate::util::random_bytes::<32>().map_err(|e| ApiError::internal("data key", e))?,
+            0,
+        ),
+    };
+    let value = match &s.kek {
+        Some(kek) => seal(kek, KEK_AAD, &crate::util::hex(&key))?,
+        None => crate::util::hex(&key),
+    };
     let cmd = Command::Txn {
         compare: vec![Compare {
             key: DATA_KEY.into(),
             op: CompareOp::Equal,
-            target: CompareTarget::ModRevision(0),
+            target: CompareTarget::ModRevision(expect),
         }],
         success: vec![Op::Put {
             key: DATA_KEY.into(),
-            value: crate::util::hex(&fresh),
+            value,
             lease: 0,
         }],
         failure: Vec::new(),
@@ -63,6 +102,11 @@ pub async fn data_key(s: &ApiState) -> Result<DataKey, ApiError> {
         .write(cmd)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if expect != 0 {
+        tracing::info!(
+            "Wrapped the cluster's data key with the key-encryption key (control.kek_file)"
+        );
+    }
     stored_key(s)?.ok_or_else(|| ApiError::internal("data key", "missing after it was written"))
 }
 
@@ -219,6 +263,18 @@ pub fn reveal(s: &ApiState, caller: &Caller, kind: Kind, r: &mut Resource) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrapped_data_key_opens_with_its_kek_only() {
+        let (kek, other) = ([1u8; 32], [2u8; 32]);
+        let key = [9u8; 32];
+        let wrapped = seal(&kek, KEK_AAD, &crate::util::hex(&key)).unwrap();
+        assert!(wrapped.starts_with(SEALED));
+        let opened = open(&kek, KEK_AAD, &wrapped).and_then(|p| parse_key(&p));
+        assert_eq!(opened, Some(key));
+        assert_eq!(open(&other, KEK_AAD, &wrapped), None);
+        assert_eq!(open(&kek, "another use", &wrapped), None);
+    }
 
     #[test]
     fn sealing_is_bound_to_its_field_and_reapplying_keeps_the_sealed_form() {
