@@ -1094,6 +1094,21 @@ fn with_automatic_failover_the_replica_is_promoted_and_writes_resume() {
     );
     let (_, _, metrics) = http(e.admin, "GET", "/metrics", None, "").unwrap();
     assert!(metrics.contains("tessera_dbproxy_failovers_total{database=\"accountdb\",outcome=\"promoted\",unit=\"rz00\"} 1"), "{metrics}");
+    // The old primary comes back: the proxy that failed it over fences it read-only.
+    e.a.restart();
+    let t0 = Instant::now();
+    loop {
+        let ro = e.a.sql("SELECT @@GLOBAL.read_only");
+        if ro.trim() == "1" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the old primary was never fenced: read_only = {ro}\n{}",
+            e.proxy.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A raw protocol session: after a good login, unknown commands, unknown statement ids,

@@ -945,9 +945,15 @@ fn the_data_key_is_wrapped_with_a_kek_kept_outside_the_data_dir() {
     // A KEK others can read, or one inside the data dir, is refused up front.
     let bad = keys.path().join("bad.toml");
     std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(&bad, profile.replace("DATA", &keys.path().join("d").display().to_string()))
-        .unwrap();
-    let o = tessera(&["config", "check", "--profile", &bad.display().to_string()], &[]);
+    std::fs::write(
+        &bad,
+        profile.replace("DATA", &keys.path().join("d").display().to_string()),
+    )
+    .unwrap();
+    let o = tessera(
+        &["config", "check", "--profile", &bad.display().to_string()],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("control.kek_file") && stderr(&o).contains("chmod 600"));
     write_kek(&a);
@@ -957,9 +963,15 @@ fn the_data_key_is_wrapped_with_a_kek_kept_outside_the_data_dir() {
     );
     std::fs::create_dir_all(keys.path().join("d")).unwrap();
     std::fs::copy(&kek, keys.path().join("d/kek")).unwrap();
-    std::fs::write(&bad, inside.replace("DATA", &keys.path().join("d").display().to_string()))
-        .unwrap();
-    let o = tessera(&["config", "check", "--profile", &bad.display().to_string()], &[]);
+    std::fs::write(
+        &bad,
+        inside.replace("DATA", &keys.path().join("d").display().to_string()),
+    )
+    .unwrap();
+    let o = tessera(
+        &["config", "check", "--profile", &bad.display().to_string()],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("inside the data dir"), "{}", stderr(&o));
 
@@ -974,7 +986,9 @@ fn the_data_key_is_wrapped_with_a_kek_kept_outside_the_data_dir() {
     // The backup holds the data key wrapped, never as a bare key.
     let (code, _, backup) = http(api, "GET", "/api/v1/snapshot", Some(&token), "").unwrap();
     assert_eq!(code, 200);
-    let at = backup.find("/tessera/pki/datakey").expect("the data key is in the backup");
+    let at = backup
+        .find("/tessera/pki/datakey")
+        .expect("the data key is in the backup");
     let around = &backup[at..(at + 200).min(backup.len())];
     assert!(around.contains("enc:v1:"), "{around}");
     // Another KEK: no secret can be sealed, and the answer says which setting is wrong.

@@ -11,6 +11,12 @@
 //! cut off from one proxy alone is not failed over. With a single proxy, its view is
 //! the only one. Replication is asynchronous unless the servers run semi-sync: writes
 //! the old primary acknowledged but never shipped are not on the new one.
+//!
+//! The winner then fences the old primary: whenever it answers again within
+//! [`FENCE_FOR`] (a restarted server, a healed partition), the proxy sets its
+//! `read_only` on, so clients that reach it directly cannot write next to the new
+//! primary. The fence list is this process's memory: a proxy restarted meanwhile
+//! forgets it.
 
 use super::backend::{Backend, BackendError, Pool, Target};
 use super::session::Shared;
@@ -27,6 +33,10 @@ const EVERY: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(5);
 /// How long the replica may take to apply the relay log it already has.
 const CATCH_UP: Duration = Duration::from_secs(10);
+/// How long a failed-over primary is watched and kept read-only.
+const FENCE_FOR: Duration = Duration::from_secs(3600);
+/// How often a fenced server is looked at.
+const FENCE_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -35,11 +45,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut asked: HashMap<(String, String), Instant> = HashMap::new();
+    // Old primaries this proxy failed over: (server, since, last look).
+    let mut fenced: Vec<(Target, Instant, Option<Instant>)> = Vec::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EVERY) => {}
         }
+        fence(&mut fenced).await;
         let topo = shared.topology.load_full();
         for db in topo.databases.values() {
             let Some(after) = db.failover_after else {
@@ -88,6 +101,7 @@ pub async fn run(
                 let label = match outcome {
                     Ok(true) => {
                         tracing::warn!(datasource = %db.datasource, unit = %shard.unit, %from, to = %to.target.addr, "Primary unreachable: promoting its replica");
+                        fenced.push((shard.primary.target.clone(), Instant::now(), None));
                         match promote(&to.target, to.connect_timeout).await {
                             Ok(()) => {
                                 tracing::warn!(datasource = %db.datasource, unit = %shard.unit, primary = %to.target.addr, "Replica promoted");
@@ -113,6 +127,39 @@ pub async fn run(
                     .failovers
                     .with_label_values(&[&db.name, &shard.unit, label])
                     .inc();
+            }
+        }
+    }
+}
+
+/// Looks at each fenced server that is due: one that answers gets `read_only` on (when
+/// it is off); a server watched for [`FENCE_FOR`] is let go.
+async fn fence(fenced: &mut Vec<(Target, Instant, Option<Instant>)>) {
+    fenced.retain(|(_, since, _)| since.elapsed() < FENCE_FOR);
+    for (target, _, looked) in fenced.iter_mut() {
+        if looked.is_some_and(|t| t.elapsed() < FENCE_EVERY) {
+            continue;
+        }
+        *looked = Some(Instant::now());
+        let Ok(mut b) = Backend::connect(target, Duration::from_secs(1)).await else {
+            continue;
+        };
+        let on = match b.query_named("SELECT @@GLOBAL.read_only").await {
+            Ok((_, rows)) => rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("on")),
+            Err(_) => continue,
+        };
+        if on {
+            continue;
+        }
+        match b.query_named("SET GLOBAL read_only = ON").await {
+            Ok(_) => {
+                tracing::warn!(server = %target.addr, "The failed-over primary answers again: set it read-only (fenced)")
+            }
+            Err(e) => {
+                tracing::error!(server = %target.addr, error = %e, "The failed-over primary answers again but cannot be set read-only; keep clients off it")
             }
         }
     }
