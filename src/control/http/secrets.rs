@@ -244,8 +244,15 @@ pub fn reveal(s: &ApiState, caller: &Caller, kind: Kind, r: &mut Resource) {
     if reader(kind) != Some(caller.role.as_str()) {
         return;
     }
-    let Ok(Some(key)) = stored_key(s) else {
-        return;
+    let key = match stored_key(s) {
+        Ok(Some(key)) => key,
+        Ok(None) => return,
+        Err(e) => {
+            // A missing or wrong KEK: the reader gets the sealed form, and the reason
+            // is here.
+            tracing::warn!(kind = kind.singular(), name = %r.metadata.name, reader = %caller.user, error = %e.message, "Cannot open secrets for their reader");
+            return;
+        }
     };
     let name = r.metadata.name.clone();
     for (ptr, aad) in fields(kind, &name, &r.spec) {
