@@ -220,26 +220,24 @@ pub async fn get(
     }
     check_digest(&sha)?;
     let path = dir(&s).join(&sha);
-    let (body, len) = match tokio::fs::File::open(&path).await {
-        Ok(f) => {
-            let len = f.metadata().await.map(|m| m.len()).ok();
-            let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 << 10);
-            (Body::from_stream(stream), len)
-        }
+    // A member without the content fetches it first (spooled into place), then every
+    // answer streams from the file.
+    let f = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
         Err(_) if headers.contains_key(REPLICA) => {
             return Err(ApiError::not_found(format!(
                 "no artifact content {sha} here"
             )));
         }
         Err(_) => {
-            let len = fetch_from_members(&s, &sha, &headers).await?;
-            let f = tokio::fs::File::open(&path)
+            fetch_from_members(&s, &sha, &headers).await?;
+            tokio::fs::File::open(&path)
                 .await
-                .map_err(|e| ApiError::internal("blob read", e))?;
-            let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 << 10);
-            (Body::from_stream(stream), Some(len))
+                .map_err(|e| ApiError::internal("blob read", e))?
         }
     };
+    let len = f.metadata().await.map(|m| m.len()).ok();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 64 << 10));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     if let Some(n) = len {
