@@ -704,10 +704,36 @@ fn a_rust_client_with_prepared_statements_is_routed_by_its_parameters() {
         tx.commit().await.unwrap();
         assert_eq!(e.a.sql("SELECT balance FROM acct_00.t_user").trim(), "15");
         assert_eq!(e.b.sql("SELECT balance FROM acct_01.t_user").trim(), "5");
-        // Parameters that reach two shards are refused with a clear error.
+        // A SELECT whose parameters reach two shards is scattered and merged (binary
+        // rows, sorted by their types), as one database would answer it.
+        e.a_replica.wait_caught_up(&e.a);
+        let both: Vec<(u64, String)> = conn
+            .exec(
+                "SELECT uid, name FROM t_user WHERE uid IN (?, ?) ORDER BY uid DESC",
+                (2088000000000003u64, 2088000000000053u64),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            both,
+            [
+                (2088000000000053, "fifty-three".to_string()),
+                (2088000000000003, "three".to_string())
+            ]
+        );
+        // No shard key: every shard; ORDER BY a column not selected, LIMIT and OFFSET.
+        let second: Vec<(String,)> = conn
+            .exec(
+                "SELECT name FROM t_user WHERE balance >= ? ORDER BY balance DESC LIMIT 1 OFFSET 1",
+                (0,),
+            )
+            .await
+            .unwrap();
+        assert_eq!(second, [("fifty-three".to_string(),)]);
+        // A prepared write that reaches two shards is refused with a clear error.
         let err = conn
             .exec_drop(
-                "SELECT name FROM t_user WHERE uid IN (?, ?)",
+                "UPDATE t_user SET balance = 0 WHERE uid IN (?, ?)",
                 (2088000000000003u64, 2088000000000053u64),
             )
             .await
@@ -762,6 +788,7 @@ fn a_rust_client_with_prepared_statements_is_routed_by_its_parameters() {
         e.a_replica.wait_caught_up(&e.a);
         conn.disconnect().await.unwrap();
         cursors_fetch_rows_in_pieces(e.mysql);
+        types_bound_once_reach_every_shard(e.mysql);
         // A wrong password is refused with 1045.
         let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
             .await
@@ -858,6 +885,68 @@ fn cursors_fetch_rows_in_pieces(proxy: SocketAddr) {
     let mut close = vec![wire::com::STMT_CLOSE];
     close.extend_from_slice(&id.to_le_bytes());
     r.send(0, &close);
+    r.send(0, &[wire::com::PING]);
+    assert_eq!(r.payload()[0], 0);
+}
+
+/// What libmysqlclient does (sysbench, PHP, C clients): the parameter types go with
+/// the first EXECUTE after binding only. A later EXECUTE that lands on another shard,
+/// whose connection prepared the statement since, still runs with the right types; a
+/// scattered EXECUTE that asks for a cursor gets its merged rows at once.
+fn types_bound_once_reach_every_shard(proxy: SocketAddr) {
+    use tessera::dbproxy::wire;
+    let mut r = Raw::login(proxy, "accountdb");
+    let mut prepare = vec![wire::com::STMT_PREPARE];
+    prepare.extend_from_slice(b"SELECT name FROM t_user WHERE uid IN (?, ?) ORDER BY name");
+    r.send(0, &prepare);
+    let ok = r.payload();
+    assert_eq!(ok[0], 0, "PREPARE: {ok:?}");
+    let id = u32::from_le_bytes([ok[1], ok[2], ok[3], ok[4]]);
+    for _ in 0..(2 + 1 + 1 + 1) {
+        r.payload();
+    }
+    let execute = |flags: u8, types: bool, uids: [u64; 2]| {
+        let mut p = vec![wire::com::STMT_EXECUTE];
+        p.extend_from_slice(&id.to_le_bytes());
+        p.push(flags);
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.push(0); // no NULLs
+        p.push(u8::from(types));
+        if types {
+            p.extend_from_slice(&[0x08, 0x80, 0x08, 0x80]); // unsigned LONGLONG
+        }
+        for uid in uids {
+            p.extend_from_slice(&uid.to_le_bytes());
+        }
+        p
+    };
+    // The result's rows (binary: header, NULL bitmap, then the name).
+    let mut names = |p: Vec<u8>| -> (u16, Vec<String>) {
+        r.send(0, &p);
+        let first = r.payload();
+        assert_ne!(first[0], 0xFF, "{}", String::from_utf8_lossy(&first));
+        r.payload(); // the column
+        let status = wire::eof_status(&r.payload()).expect("EOF after the column");
+        let mut out = Vec::new();
+        loop {
+            let p = r.payload();
+            if wire::eof_status(&p).is_some() {
+                break;
+            }
+            assert_eq!(p[0], 0, "a binary row: {p:?}");
+            out.push(String::from_utf8_lossy(&p[3..]).into_owned());
+        }
+        (status, out)
+    };
+    let (_, got) = names(execute(0, true, [2088000000000003, 2088000000000013]));
+    assert_eq!(got, ["more", "three"]);
+    // No types this time, and the other shard (slot 53) for the first time.
+    let (_, got) = names(execute(0, false, [2088000000000053, 2088000000000053]));
+    assert_eq!(got, ["fifty-three"]);
+    // Both shards, with a cursor asked for: merged, sent whole, no cursor left open.
+    let (status, got) = names(execute(1, false, [2088000000000053, 2088000000000003]));
+    assert_eq!(got, ["fifty-three", "three"]);
+    assert_eq!(status & wire::SERVER_STATUS_CURSOR_EXISTS, 0, "{status:#x}");
     r.send(0, &[wire::com::PING]);
     assert_eq!(r.payload()[0], 0);
 }

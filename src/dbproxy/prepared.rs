@@ -49,6 +49,36 @@ pub fn with_stmt_id(p: &[u8], id: u32) -> Vec<u8> {
     out
 }
 
+/// An EXECUTE for a backend connection: the connection's statement id, and the
+/// parameter types the client bound put back when this EXECUTE leaves them out (a
+/// client sends them once after binding, and a connection that prepared the statement
+/// later has never seen them). `no_cursor` clears the cursor flags, for a SELECT that
+/// is read whole to be merged.
+pub fn exec_for_backend(
+    p: &[u8],
+    backend_id: u32,
+    nparams: usize,
+    types: &[[u8; 2]],
+    no_cursor: bool,
+) -> Vec<u8> {
+    let mut out = with_stmt_id(p, backend_id);
+    if no_cursor && out.len() > 5 {
+        out[5] = 0;
+    }
+    let at = 10 + nparams.div_ceil(8);
+    if nparams == 0 || types.len() != nparams || out.get(at) != Some(&0) {
+        return out;
+    }
+    let mut with = Vec::with_capacity(out.len() + 2 * nparams);
+    with.extend_from_slice(&out[..at]);
+    with.push(1);
+    for t in types {
+        with.extend_from_slice(t);
+    }
+    with.extend_from_slice(&out[at + 1..]);
+    with
+}
+
 /// The parameter values of an EXECUTE as text (None = NULL, or a type that cannot be a
 /// shard key such as a date). `types` holds the types the client bound last time; they
 /// are updated when this EXECUTE binds new ones.
@@ -170,6 +200,37 @@ mod tests {
         }
         p.extend_from_slice(values);
         p
+    }
+
+    #[test]
+    fn an_execute_without_types_gets_them_back_for_the_backend() {
+        let types = [[0x08, 0], [0xfd, 0]];
+        let mut values = 7u64.to_le_bytes().to_vec();
+        values.extend_from_slice(&[2, b'h', b'i']);
+        let first = execute(9, Some(&types), 0, &values);
+        let later = execute(9, None, 0, &values);
+        // The later EXECUTE, for a backend: the types are back and the bytes match the
+        // first one's but for the statement id.
+        let mut want = first.clone();
+        want[1..5].copy_from_slice(&44u32.to_le_bytes());
+        assert_eq!(exec_for_backend(&later, 44, 2, &types, false), want);
+        assert_eq!(exec_for_backend(&first, 44, 2, &types, false), want);
+        // The cursor flag is cleared when asked.
+        let mut cursor = later.clone();
+        cursor[5] = 1;
+        assert_eq!(exec_for_backend(&cursor, 44, 2, &types, true), want);
+        // Nothing to add without parameters, or without the types (the server answers).
+        let none = execute(9, None, 0, &[]);
+        assert_eq!(
+            exec_for_backend(&none[..10], 3, 0, &[], false)[1..5],
+            3u32.to_le_bytes()
+        );
+        assert_eq!(
+            exec_for_backend(&later, 44, 2, &[], false).len(),
+            later.len()
+        );
+        // A truncated packet is passed on as it is, never a panic.
+        assert_eq!(exec_for_backend(&later[..8], 44, 2, &types, false).len(), 8);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! is left as it was.
 
 use super::backend::{Backend, BackendError, Collected, Lease, Pool, State};
+use super::merge;
 use super::metrics::DbMetrics;
 use super::prepared::{self, Prepared};
 use super::sql::{self, Analysis, Class, ParseFailure};
@@ -67,6 +68,19 @@ struct Held {
     lease: Lease,
     /// The client's prepared statement ids → this connection's.
     stmts: HashMap<u32, u32>,
+    /// The same for the statements' scattered forms (the SELECT each shard runs when
+    /// one EXECUTE reaches several shards).
+    scatter_stmts: HashMap<u32, u32>,
+}
+
+/// How a SELECT reaches the shards it scatters to.
+#[derive(Clone, Copy)]
+enum Scatter<'a> {
+    /// As the text of the plan's shard statement (COM_QUERY); rows come back as text.
+    Text,
+    /// As the client's EXECUTE of statement `id`, run on each shard as a statement
+    /// prepared from the plan's shard statement; rows come back binary.
+    Exec { id: u32, payload: &'a [u8] },
 }
 
 /// What a routed command sends to the chosen backend.
@@ -713,9 +727,9 @@ impl Session {
                 .inc();
             return self.single(&shard, primary, cmd).await;
         }
-        if exec {
+        if exec && write {
             let m = format!(
-                "This prepared statement's parameters reach shards {}; a prepared statement runs on one shard (bind one shard key value, or send it as a plain statement to scatter a SELECT)",
+                "This prepared statement's parameters reach shards {}; a prepared write runs on one shard (bind one shard key value)",
                 units.join(", ")
             );
             return self.error(1, er::NOT_SUPPORTED_YET, &m).await;
@@ -749,7 +763,11 @@ impl Session {
                         .with_label_values(&[&db.name, u, "scatter"])
                         .inc();
                 }
-                self.scatter(&db, &units, &plan).await
+                let how = match cmd {
+                    Cmd::Exec { id, payload } => Scatter::Exec { id, payload },
+                    _ => Scatter::Text,
+                };
+                self.scatter(&db, &units, &plan, how).await
             }
             Err(why) => {
                 let m = format!(
@@ -881,6 +899,7 @@ impl Session {
                     pool: pool.clone(),
                     lease,
                     stmts: HashMap::new(),
+                    scatter_stmts: HashMap::new(),
                 },
             );
         }
@@ -982,7 +1001,16 @@ impl Session {
             }
             Cmd::Exec { id, payload } => match self.on_backend(&mut held, id).await {
                 Ok(backend_id) => {
-                    let p = prepared::with_stmt_id(payload, backend_id);
+                    let p = match self.stmts.get(&id) {
+                        Some(st) => prepared::exec_for_backend(
+                            payload,
+                            backend_id,
+                            st.params as usize,
+                            &st.types,
+                            false,
+                        ),
+                        None => prepared::with_stmt_id(payload, backend_id),
+                    };
                     bounded(limit, held.lease.conn.relay(&p, &mut self.wr)).await
                 }
                 Err(Ok(err)) => {

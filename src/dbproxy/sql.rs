@@ -516,13 +516,47 @@ fn scatter_plan(stmt: &Statement) -> Result<Merge, String> {
             limit_by: Vec::new(),
         });
     }
+    let mut shard_stmt = Statement::Query(shard_q);
+    let shard_sql = unnumber_placeholders(&mut shard_stmt)?;
     Ok(Merge {
         order_by,
         limit,
         offset,
-        shard_sql: Statement::Query(shard_q).to_string(),
+        shard_sql,
         hidden,
     })
+}
+
+/// The statement's text with its `?N` placeholders back to `?` (what a server
+/// prepares), after checking that they are printed in the order they were numbered:
+/// the shards must bind the client's parameters in the same places.
+fn unnumber_placeholders(stmt: &mut Statement) -> Result<String, String> {
+    let numbered = stmt.to_string();
+    if !numbered.contains('?') {
+        return Ok(numbered);
+    }
+    let tokens = sqlparser::tokenizer::Tokenizer::new(&MySqlDialect {}, &numbered)
+        .tokenize()
+        .map_err(|e| format!("the statement cannot be rewritten for the shards ({e})"))?;
+    let order: Vec<String> = tokens
+        .iter()
+        .filter_map(|t| match t {
+            sqlparser::tokenizer::Token::Placeholder(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    if order.iter().enumerate().any(|(i, p)| *p != format!("?{i}")) {
+        return Err("its parameters would move when rewritten for the shards".into());
+    }
+    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e: &mut Expr| {
+        if let Expr::Value(v) = e {
+            if matches!(&v.value, Value::Placeholder(p) if p.starts_with('?')) {
+                v.value = Value::Placeholder("?".into());
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Ok(stmt.to_string())
 }
 
 #[cfg(test)]

@@ -145,15 +145,16 @@ impl Session {
     }
 
     /// A SELECT on every shard in `units`, merged: ORDER BY and LIMIT/OFFSET applied to
-    /// the union as one database would.
+    /// the union as one database would. A prepared statement's EXECUTE runs there as the
+    /// plan's shard statement, prepared on each connection, and its binary rows are
+    /// merged the same way.
     pub(super) async fn scatter(
         &mut self,
         db: &Database,
         units: &[String],
         plan: &sql::Merge,
+        how: Scatter<'_>,
     ) -> Reply {
-        let mut p = vec![com::QUERY];
-        p.extend_from_slice(plan.shard_sql.as_bytes());
         let mut results = Vec::new();
         // One shard after another on this session's connections (held for reuse); the
         // shards answer in parallel below when the session holds no state to replay.
@@ -178,13 +179,92 @@ impl Session {
             }
             pools.push((shard, pool));
         }
-        let futs = pools.iter().map(|(_, pool)| {
+        // What each connection is sent: packets without an answer (long data), then the
+        // statement.
+        let mut sends: Vec<(Vec<Vec<u8>>, Vec<u8>)> = Vec::with_capacity(pools.len());
+        match how {
+            Scatter::Text => {
+                let mut p = vec![com::QUERY];
+                p.extend_from_slice(plan.shard_sql.as_bytes());
+                sends.resize(pools.len(), (Vec::new(), p));
+            }
+            Scatter::Exec { id, payload } => {
+                let Some(st) = self.stmts.get_mut(&id) else {
+                    return self
+                        .error(1, er::UNKNOWN_STMT_HANDLER, "Unknown prepared statement")
+                        .await;
+                };
+                let long_data = std::mem::take(&mut st.long_data);
+                let (nparams, types) = (st.params as usize, st.types.clone());
+                for (shard, pool) in &pools {
+                    let k = key(pool);
+                    let Some(held) = self.held.get_mut(&k) else {
+                        continue;
+                    };
+                    let backend_id = match held.scatter_stmts.get(&id) {
+                        Some(b) => *b,
+                        None => {
+                            let mut p = vec![com::STMT_PREPARE];
+                            p.extend_from_slice(plan.shard_sql.as_bytes());
+                            match held.lease.conn.prepare(&p).await {
+                                Ok(Ok((b, packets))) => {
+                                    let (_, _, n) =
+                                        prepared::parse_prepare_ok(&packets[0]).unwrap_or_default();
+                                    if n as usize != nparams {
+                                        // Never run it with its parameters misplaced.
+                                        let close = prepared::with_stmt_id(
+                                            &[com::STMT_CLOSE, 0, 0, 0, 0],
+                                            b,
+                                        );
+                                        let _ = held.lease.conn.send(&close).await;
+                                        let m = "This prepared SELECT cannot be scattered across shards as written (its parameters would move); bind one shard key value";
+                                        return self.error(1, er::NOT_SUPPORTED_YET, m).await;
+                                    }
+                                    held.scatter_stmts.insert(id, b);
+                                    b
+                                }
+                                Ok(Err(err)) => {
+                                    self.send(1, &err).await?;
+                                    return self.flush().await;
+                                }
+                                Err(e) => {
+                                    let pool = pool.clone();
+                                    self.drop_conn(&pool);
+                                    return self.shard_down(shard, &pool, &e.to_string()).await;
+                                }
+                            }
+                        }
+                    };
+                    let chunks = long_data
+                        .iter()
+                        .map(|c| prepared::with_stmt_id(c, backend_id))
+                        .collect();
+                    let p = prepared::exec_for_backend(payload, backend_id, nparams, &types, true);
+                    sends.push((chunks, p));
+                }
+            }
+        }
+        let futs = pools.iter().zip(sends).map(|((_, pool), (chunks, p))| {
             let key = key(pool);
             let held = self.held.remove(&key);
-            let p = p.clone();
             async move {
                 let mut held = held.expect("held above"); // ok: conn() put each pool there, once
-                let r = held.lease.conn.collect(&p).await;
+                let mut r = Ok(());
+                for c in &chunks {
+                    r = held
+                        .lease
+                        .conn
+                        .send(c)
+                        .await
+                        .map_err(|e| BackendError::Lost(e.to_string()));
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                let r = match r {
+                    Ok(()) => held.lease.conn.collect(&p).await,
+                    Err(e) => Err(e),
+                };
                 (key, held, r)
             }
         });
@@ -231,7 +311,11 @@ impl Session {
         let Some(columns) = columns else {
             return self.ok(1).await;
         };
-        let rows = match crate::dbproxy::merge::merge(&columns, rows, plan) {
+        let encoding = match how {
+            Scatter::Text => merge::Rows::Text,
+            Scatter::Exec { .. } => merge::Rows::Binary,
+        };
+        let rows = match merge::merge(&columns, rows, plan, encoding) {
             Ok(r) => r,
             Err(m) => return self.error(1, er::UNKNOWN, &m).await,
         };

@@ -286,7 +286,8 @@ impl Session {
             return;
         }
         for held in self.held.values_mut() {
-            if let Some(b) = held.stmts.remove(&id) {
+            let ids = [held.stmts.remove(&id), held.scatter_stmts.remove(&id)];
+            for b in ids.into_iter().flatten() {
                 let _ = held
                     .lease
                     .conn

@@ -114,7 +114,18 @@ fn scatter_plans_widen_limits_and_refuse_what_cannot_merge() {
         .merge
         .unwrap();
     assert_eq!((m.limit, m.offset), (Some(5), 10));
+    // A prepared statement's shards prepare plain `?`s, in the client's order.
+    let m = analyze("SELECT name FROM t WHERE a = ? AND b IN (?, ?) ORDER BY c LIMIT 3 OFFSET 1")
+        .unwrap()
+        .merge
+        .unwrap();
+    assert_eq!(
+        m.shard_sql,
+        "SELECT name, c AS __tessera_order_0 FROM t WHERE a = ? AND b IN (?, ?) ORDER BY c LIMIT 4"
+    );
     for bad in [
+        "SELECT a FROM t LIMIT ?",
+        "SELECT a FROM t ORDER BY ?",
         "SELECT COUNT(*) FROM t",
         "SELECT a, SUM(b) FROM t GROUP BY a",
         "SELECT DISTINCT a FROM t",
