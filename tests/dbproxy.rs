@@ -1254,3 +1254,113 @@ fn bad_protocol_bytes_get_err_packets_with_the_right_codes() {
     assert_eq!(code(&read(&mut s).unwrap().1), Some(1153));
     assert!(read(&mut s).is_none(), "the connection should be closed");
 }
+
+/// Writes to a table that exists in every shard run as one XA transaction over the
+/// shards' primaries: on all of them or on none. Prepared transactions a failure left
+/// behind are finished by the proxy's recovery: committed when its decision was
+/// recorded, rolled back when not; other proxies' are left to them.
+#[test]
+fn every_shard_writes_commit_everywhere_or_nowhere() {
+    let mut e = estate([130, 131, 132]);
+    app_ok(&e, SCHEMA);
+    let dict = |db: &MariaDb, name: &str| -> String {
+        db.sql(&format!(
+            "SELECT code, label FROM {name}.t_dict ORDER BY code"
+        ))
+        .trim()
+        .to_string()
+    };
+    app_ok(
+        &e,
+        "INSERT INTO t_dict VALUES ('EUR', 'euro'), ('CNY', 'yuan')",
+    );
+    assert_eq!(dict(&e.a, "acct_00"), "CNY\tyuan\nEUR\teuro");
+    assert_eq!(dict(&e.b, "acct_01"), "CNY\tyuan\nEUR\teuro");
+    // One shard refuses (a duplicate only it has): nothing changes anywhere, and the
+    // error names the shard.
+    e.b.sql("INSERT INTO acct_01.t_dict VALUES ('USD', 'dollar-b')");
+    let (ok, _, err) = app(
+        &e,
+        "INSERT INTO t_dict VALUES ('USD', 'dollar'), ('JPY', 'yen')",
+    );
+    assert!(
+        !ok && err.contains("shard rz01") && err.contains("Duplicate"),
+        "{err}"
+    );
+    assert!(err.contains("rolled back on every shard"), "{err}");
+    assert_eq!(dict(&e.a, "acct_00"), "CNY\tyuan\nEUR\teuro");
+    assert_eq!(dict(&e.b, "acct_01"), "CNY\tyuan\nEUR\teuro\nUSD\tdollar-b");
+    // Affected rows add up over the shards; no transaction is left prepared.
+    let mut raw = Raw::login(e.mysql, "accountdb");
+    let mut update = vec![tessera::dbproxy::wire::com::QUERY];
+    update.extend_from_slice(b"UPDATE t_dict SET label = UPPER(label) WHERE code = 'EUR'");
+    raw.send(0, &update);
+    let ok = raw.payload();
+    assert_eq!(
+        tessera::dbproxy::wire::ok_counts(&ok).map(|c| c.0),
+        Some(2),
+        "{ok:?}"
+    );
+    assert_eq!(
+        e.a.sql("SELECT label FROM acct_00.t_dict WHERE code = 'EUR'")
+            .trim(),
+        "EURO"
+    );
+    assert_eq!(
+        e.b.sql("SELECT label FROM acct_01.t_dict WHERE code = 'EUR'")
+            .trim(),
+        "EURO"
+    );
+    assert_eq!(e.a.sql("XA RECOVER").trim(), "");
+    assert_eq!(e.b.sql("XA RECOVER").trim(), "");
+    // Inside a transaction it is refused, the transaction untouched.
+    let (ok, _, err) = app(&e, "BEGIN; INSERT INTO t_dict VALUES ('KRW', 'won')");
+    assert!(!ok && err.contains("transaction"), "{err}");
+
+    // What a proxy that died mid-commit leaves: prepared transactions on shard rz00.
+    // This proxy (dbp-1) decided to commit the first; it never decided the second; the
+    // third is another proxy's.
+    let prepare = |xid: &str, code: &str| {
+        e.a.sql(&format!(
+            "XA START '{xid}'; INSERT INTO acct_00.t_dict VALUES ('{code}', 'left'); XA END '{xid}'; XA PREPARE '{xid}'"
+        ));
+    };
+    prepare("tessera.dbp-1.dead.1", "GBP");
+    prepare("tessera.dbp-1.dead.2", "CHF");
+    prepare("tessera.dbp-2.dead.3", "AUD");
+    let decisions = e.proxy.data_dir.join("dbproxy").join("xa");
+    std::fs::create_dir_all(&decisions).unwrap();
+    std::fs::write(decisions.join("tessera.dbp-1.dead.1"), "").unwrap();
+    e.proxy.restart();
+    e.admin = e.proxy.addr("dbproxy", "admin");
+    e.proxy.wait_ready(e.admin);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = e.a.sql("XA RECOVER");
+        if !left.contains("dbp-1") {
+            assert!(left.contains("tessera.dbp-2.dead.3"), "{left}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recovery did not finish: {left}\n{}",
+            e.proxy.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        dict(&e.a, "acct_00"),
+        "CNY\tyuan\nEUR\tEURO\nGBP\tleft",
+        "the decided one committed, the undecided one rolled back"
+    );
+    assert!(!decisions.join("tessera.dbp-1.dead.1").exists());
+    let (_, _, metrics) = http(e.admin, "GET", "/metrics", None, "").unwrap();
+    for want in [
+        "tessera_dbproxy_xa_recovered_total{action=\"committed\"} 1",
+        "tessera_dbproxy_xa_recovered_total{action=\"rolled_back\"} 1",
+        "tessera_dbproxy_xa_foreign_prepared 1",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    e.a.sql("XA ROLLBACK 'tessera.dbp-2.dead.3'");
+}

@@ -23,6 +23,13 @@ pub struct DbMetrics {
     pub topology_revision: IntGauge,
     /// Automatic failovers by database, unit and outcome.
     pub failovers: IntCounterVec,
+    /// Every-shard writes (XA) by outcome (committed, rolled_back).
+    pub xa: IntCounterVec,
+    /// Prepared XA transactions left behind and finished by recovery, by action
+    /// (committed, rolled_back).
+    pub xa_recovered: IntCounterVec,
+    /// Prepared XA transactions of other proxies seen at the last recovery pass.
+    pub xa_foreign_prepared: IntGauge,
 }
 
 impl DbMetrics {
@@ -95,6 +102,21 @@ impl DbMetrics {
                 "Automatic failovers this proxy took part in, by outcome (promoted, promote_failed, lost to another proxy, refused).",
                 &["database", "unit", "outcome"],
             ),
+            xa: counter(
+                "tessera_dbproxy_xa_transactions_total",
+                "Writes to every-shard tables run as XA transactions, by outcome (committed, rolled_back).",
+                &["outcome"],
+            ),
+            xa_recovered: counter(
+                "tessera_dbproxy_xa_recovered_total",
+                "Prepared XA transactions left behind (a shard or the proxy failed mid-commit) that recovery finished, by action.",
+                &["action"],
+            ),
+            xa_foreign_prepared: IntGauge::new(
+                "tessera_dbproxy_xa_foreign_prepared",
+                "Prepared XA transactions of other proxies seen by the last recovery pass (theirs to finish; nonzero for long means a proxy is gone).",
+            )
+            .expect("static metric"),
             topology_revision: IntGauge::new(
                 "tessera_dbproxy_topology_revision",
                 "Control-plane revision of the data sources in use.",
@@ -114,6 +136,9 @@ impl DbMetrics {
             Box::new(m.replica_lag_ms.clone()),
             Box::new(m.topology_revision.clone()),
             Box::new(m.failovers.clone()),
+            Box::new(m.xa.clone()),
+            Box::new(m.xa_recovered.clone()),
+            Box::new(m.xa_foreign_prepared.clone()),
         ] {
             let _ = registry.register(c);
         }

@@ -27,6 +27,7 @@ mod session;
 mod sql;
 mod topology;
 pub mod wire;
+mod xa;
 
 use crate::admin;
 use crate::api::feed::{Feed, FeedStatus};
@@ -113,6 +114,10 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         statement_timeout: (d.statement_timeout_ms > 0)
             .then(|| Duration::from_millis(d.statement_timeout_ms)),
         rr: AtomicUsize::new(0),
+        xa: Arc::new(xa::Coordinator::new(
+            &cfg.node_name,
+            Some(cfg.data_dir.join("dbproxy").join("xa")),
+        )),
     });
     let pools = Arc::new(Pools::new(PoolSettings {
         max_per_server: d.max_backend_connections,
@@ -189,6 +194,11 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             health.set_not_ready("no data sources yet (from the control plane or the cache)");
             let feed_task = tokio::spawn(feed.run(shutdown.clone()));
             let checks = tokio::spawn(check_backends(shared.clone(), shutdown.clone()));
+            let recovery = tokio::spawn(recover_xa(
+                shared.clone(),
+                Duration::from_millis(d.backend_connect_timeout_ms),
+                shutdown.clone(),
+            ));
             let reporter = tokio::spawn(report(shutdown.clone()));
             let promoter = tokio::spawn(failover(shutdown.clone()));
             let ready = {
@@ -207,7 +217,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
                 serve_mysql(mysql, shared.clone(), d.max_connections, shutdown.clone()),
                 admin::serve(admin_l, admin_router, shutdown)
             );
-            let _ = tokio::join!(feed_task, checks, ready, reporter, promoter);
+            let _ = tokio::join!(feed_task, checks, ready, reporter, promoter, recovery);
             health.set_not_ready("stopped");
             a.and(b).map_err(|source| RoleError::Serve {
                 role: Role::Dbproxy,
@@ -294,6 +304,38 @@ async fn serve_mysql(
     sessions.close();
     sessions.wait().await;
     Ok(())
+}
+
+/// Finishes prepared every-shard writes left behind (see [`xa`]): once the data sources
+/// are known, then every [`xa::RECOVER_EVERY`].
+async fn recover_xa(shared: Arc<Shared>, connect_timeout: Duration, shutdown: CancellationToken) {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let topo = shared.topology.load_full();
+        if topo.revision == 0 {
+            continue;
+        }
+        wait = xa::RECOVER_EVERY;
+        let r = shared.xa.recover(&topo, connect_timeout).await;
+        let m = &shared.metrics;
+        m.xa_recovered
+            .with_label_values(&["committed"])
+            .inc_by(r.committed as u64);
+        m.xa_recovered
+            .with_label_values(&["rolled_back"])
+            .inc_by(r.rolled_back as u64);
+        m.xa_foreign_prepared.set(r.others as i64);
+        if r.others > 0 {
+            tracing::warn!(
+                count = r.others,
+                "Prepared XA transactions of other proxies are waiting on the shards"
+            );
+        }
+    }
 }
 
 /// Every 2 s: each backend server gets a connection test, each replica a lag reading.

@@ -48,6 +48,8 @@ pub struct Shared {
     pub statement_timeout: Option<Duration>,
     /// Round-robin over replicas.
     pub rr: AtomicUsize,
+    /// The coordinator of every-shard writes (XA).
+    pub xa: Arc<super::xa::Coordinator>,
 }
 
 type Reply = Result<(), Fatal>;
@@ -738,7 +740,11 @@ impl Session {
         let (_, kinds) = db.table_kinds(&a.tables);
         let every = !kinds.is_empty() && kinds.iter().all(|k| *k == TableType::EveryShard);
         if write {
-            if every && a.class == Class::Write && !self.in_tx {
+            if every && a.class == Class::Write {
+                if self.in_tx {
+                    let m = "A write to tables that exist in every shard runs as its own XA transaction over all shards, so it cannot run inside a transaction; COMMIT first (the transaction is unchanged)";
+                    return self.error(1, er::UNKNOWN, m).await;
+                }
                 return self.broadcast(&db, payload).await;
             }
             let m = format!(

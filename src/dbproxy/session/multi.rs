@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// Why an every-shard write did not commit.
+enum TwoPhase {
+    /// A shard refused it: its ERR (rewritten to name the shard), for the client.
+    Refused(Vec<u8>),
+    /// A shard could not be reached or its connection broke.
+    Down(Arc<ShardRoute>, Arc<Pool>, String),
+}
+
 impl Session {
     /// Answers what only the proxy knows: the logical database names.
     pub(super) async fn local(&mut self, what: sql::Local, topo: &Topology) -> Reply {
@@ -107,9 +115,201 @@ impl Session {
         self.run_everywhere(&shards, payload).await
     }
 
+    /// A write to every-shard tables: on every shard's primary, all or nothing (XA, see
+    /// [`crate::dbproxy::xa`]).
     pub(super) async fn broadcast(&mut self, db: &Database, payload: &[u8]) -> Reply {
-        let shards: Vec<Arc<ShardRoute>> = db.shards.values().cloned().collect();
-        self.run_everywhere(&shards, payload).await
+        let mut shards: Vec<Arc<ShardRoute>> = Vec::new();
+        for s in db.shards.values() {
+            // Units that share one physical database are written once.
+            if !shards.iter().any(|x| Arc::ptr_eq(&x.primary, &s.primary)) {
+                shards.push(s.clone());
+            }
+        }
+        if shards.len() < 2 {
+            return self.run_everywhere(&shards, payload).await;
+        }
+        let xa = self.shared.xa.clone();
+        let xid = match xa.begin() {
+            Ok(x) => x,
+            Err(m) => {
+                let m = format!("A write to every shard runs as one XA transaction, and {m}");
+                return self.error(1, er::UNKNOWN, &m).await;
+            }
+        };
+        let r = self.two_phase(&shards, payload, &xid).await;
+        xa.done(&xid);
+        self.shared
+            .metrics
+            .xa
+            .with_label_values(&[match &r {
+                Ok(_) => "committed",
+                Err(_) => "rolled_back",
+            }])
+            .inc();
+        match r {
+            Ok(affected) => {
+                let p = wire::ok_packet(affected, 0, self.status(), "");
+                self.send(1, &p).await?;
+                self.flush().await
+            }
+            Err(TwoPhase::Refused(p)) => {
+                self.send(1, &p).await?;
+                self.flush().await
+            }
+            Err(TwoPhase::Down(shard, pool, m)) => self.shard_down(&shard, &pool, &m).await,
+        }
+    }
+
+    /// Runs `payload` as XA transaction `xid` on every shard's primary: prepared
+    /// everywhere, then decided and committed; rolled back everywhere on any failure
+    /// before the decision. Ok(affected rows).
+    async fn two_phase(
+        &mut self,
+        shards: &[Arc<ShardRoute>],
+        payload: &[u8],
+        xid: &str,
+    ) -> Result<u64, TwoPhase> {
+        let q = |sql: String| {
+            let mut p = vec![com::QUERY];
+            p.extend_from_slice(sql.as_bytes());
+            p
+        };
+        let limit = self.shared.statement_timeout;
+        let mut affected = 0u64;
+        let mut begun: Vec<(Arc<ShardRoute>, Arc<Pool>)> = Vec::new();
+        let mut failure = None;
+        // Phase one: the statement inside the XA transaction on each primary, prepared.
+        for s in shards {
+            let pool = s.primary.clone();
+            if let Err(m) = self.conn(&pool).await {
+                failure = Some(TwoPhase::Down(s.clone(), pool, m));
+                break;
+            }
+            let Some(h) = self.held.get_mut(&key(&pool)) else {
+                break;
+            };
+            let steps = [
+                q(format!("XA START '{xid}'")),
+                payload.to_vec(),
+                q(format!("XA END '{xid}'")),
+                q(format!("XA PREPARE '{xid}'")),
+            ];
+            begun.push((s.clone(), pool.clone()));
+            for (i, step) in steps.iter().enumerate() {
+                let answer = bounded(limit, h.lease.conn.collect(step))
+                    .await
+                    .unwrap_or_else(|| {
+                        Err(BackendError::Lost(
+                            "no answer within dbproxy.statement_timeout_ms".into(),
+                        ))
+                    });
+                match answer {
+                    Ok(Collected::Ok(p)) => {
+                        if i == 1 {
+                            affected += wire::ok_counts(&p).map(|c| c.0).unwrap_or(0);
+                        }
+                    }
+                    Ok(Collected::Err(e)) => {
+                        let (code, msg) = wire::parse_err(&e).unwrap_or((1105, String::new()));
+                        let m = format!(
+                            "on shard {}: {msg} (the write was rolled back on every shard)",
+                            s.unit
+                        );
+                        failure = Some(TwoPhase::Refused(wire::err_packet((code, "HY000"), &m)));
+                        break;
+                    }
+                    Ok(Collected::Rows { .. }) => {
+                        let m = format!(
+                            "on shard {}: the write returned rows (rolled back on every shard)",
+                            s.unit
+                        );
+                        failure = Some(TwoPhase::Refused(wire::err_packet(er::UNKNOWN, &m)));
+                        break;
+                    }
+                    Err(e) => {
+                        failure = Some(TwoPhase::Down(
+                            s.clone(),
+                            pool.clone(),
+                            format!("{e} (the write was rolled back on every shard)"),
+                        ));
+                        break;
+                    }
+                }
+            }
+            if let Some(TwoPhase::Down(..)) = &failure {
+                // Its answer may be half read: close it (the server rolls back an XA
+                // transaction not yet prepared; recovery one that was).
+                begun.pop();
+                self.drop_conn(&pool);
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        if let Some(f) = failure {
+            self.xa_rollback(&begun, xid).await;
+            return Err(f);
+        }
+        // The decision, durable before any shard commits.
+        if let Err(e) = self.shared.xa.decide(xid) {
+            tracing::error!(xid, error = %e, "Recording an XA decision failed; rolling back");
+            self.xa_rollback(&begun, xid).await;
+            let m = format!("The every-shard write could not be committed (its decision could not be recorded: {e}); it was rolled back on every shard");
+            return Err(TwoPhase::Refused(wire::err_packet(er::UNKNOWN, &m)));
+        }
+        // Phase two. A shard that does not answer keeps it prepared until recovery
+        // commits it there: the write is decided, so the client is told it committed.
+        let mut all = true;
+        for (s, pool) in &begun {
+            let ok = match self.held.get_mut(&key(pool)) {
+                Some(h) => matches!(
+                    bounded(
+                        limit,
+                        h.lease.conn.collect(&q(format!("XA COMMIT '{xid}'")))
+                    )
+                    .await,
+                    Some(Ok(Collected::Ok(_)))
+                ),
+                None => false,
+            };
+            if !ok {
+                all = false;
+                self.drop_conn(pool);
+                tracing::warn!(xid, unit = %s.unit, server = %pool.target.addr, "XA COMMIT not confirmed; recovery will finish it");
+            }
+        }
+        if all {
+            self.shared.xa.forget(xid);
+        }
+        Ok(affected)
+    }
+
+    /// Undoes phase one of `xid` where it began: XA END (when still active) and XA
+    /// ROLLBACK. A connection that does not answer is dropped (the server rolls back an
+    /// unprepared XA transaction of a closed connection; a prepared one is left to
+    /// recovery, which rolls it back since nothing was decided).
+    async fn xa_rollback(&mut self, begun: &[(Arc<ShardRoute>, Arc<Pool>)], xid: &str) {
+        for (_, pool) in begun {
+            let Some(h) = self.held.get_mut(&key(pool)) else {
+                continue;
+            };
+            let q = |sql: String| {
+                let mut p = vec![com::QUERY];
+                p.extend_from_slice(sql.as_bytes());
+                p
+            };
+            // Fails harmlessly when the transaction already ended (prepared).
+            let limit = self.shared.statement_timeout;
+            let _ = bounded(limit, h.lease.conn.collect(&q(format!("XA END '{xid}'")))).await;
+            let rolled = bounded(
+                limit,
+                h.lease.conn.collect(&q(format!("XA ROLLBACK '{xid}'"))),
+            )
+            .await;
+            if !matches!(rolled, Some(Ok(Collected::Ok(_)))) {
+                self.drop_conn(pool);
+            }
+        }
     }
 
     pub(super) async fn run_everywhere(
