@@ -1183,7 +1183,11 @@ fn with_automatic_failover_the_replica_is_promoted_and_writes_resume() {
     );
     let (_, _, metrics) = http(e.admin, "GET", "/metrics", None, "").unwrap();
     assert!(metrics.contains("tessera_dbproxy_failovers_total{database=\"accountdb\",outcome=\"promoted\",unit=\"rz00\"} 1"), "{metrics}");
-    // The old primary comes back: the proxy that failed it over fences it read-only.
+    // The old primary comes back: the proxy that failed it over fences it read-only,
+    // even after a restart of its own (the fence list is on disk).
+    e.proxy.restart();
+    e.admin = e.proxy.addr("dbproxy", "admin");
+    e.proxy.wait_ready(e.admin);
     e.a.restart();
     let t0 = Instant::now();
     loop {

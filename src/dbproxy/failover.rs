@@ -15,11 +15,14 @@
 //! The winner then fences the old primary: whenever it answers again within
 //! [`FENCE_FOR`] (a restarted server, a healed partition), the proxy sets its
 //! `read_only` on, so clients that reach it directly cannot write next to the new
-//! primary. The fence list is this process's memory: a proxy restarted meanwhile
-//! forgets it.
+//! primary. The fence list is kept in `<data_dir>/dbproxy/fences.json` (data source,
+//! address, until when; no credentials: they come from the data source's spec), so a
+//! proxy restarted meanwhile goes on fencing.
 
 use super::backend::{Backend, BackendError, Pool, Target};
 use super::session::Shared;
+use super::topology::Topology;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,21 +41,76 @@ const FENCE_FOR: Duration = Duration::from_secs(3600);
 /// How often a fenced server is looked at.
 const FENCE_EVERY: Duration = Duration::from_secs(2);
 
+/// An old primary this proxy failed over, kept read-only until `until_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Fence {
+    datasource: String,
+    /// The shard it was the primary of (its database name is the shard's).
+    unit: String,
+    address: String,
+    until_ms: u64,
+    #[serde(skip)]
+    looked: Option<Instant>,
+}
+
+/// The fences kept in `path` that have not run out (none when it is missing or
+/// unreadable, which is logged).
+fn load_fences(path: &std::path::Path) -> Vec<Fence> {
+    let body = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "Reading the fence list failed");
+            return Vec::new();
+        }
+    };
+    match serde_json::from_slice::<Vec<Fence>>(&body) {
+        Ok(mut v) => {
+            let now = crate::util::now_ms();
+            v.retain(|f| f.until_ms > now);
+            v
+        }
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "The fence list is not valid JSON; ignored");
+            Vec::new()
+        }
+    }
+}
+
+fn save_fences(path: &std::path::Path, fences: &[Fence]) {
+    let body = serde_json::to_vec_pretty(fences).unwrap_or_default();
+    if let Err(e) = crate::util::write_atomic(path, &body, 0o600) {
+        tracing::error!(file = %path.display(), error = %e, "Saving the fence list failed; a restart would forget it");
+    }
+}
+
 pub async fn run(
     shared: Arc<Shared>,
     urls: Vec<String>,
     credential: PathBuf,
+    fences: PathBuf,
     shutdown: CancellationToken,
 ) {
     let mut asked: HashMap<(String, String), Instant> = HashMap::new();
-    // Old primaries this proxy failed over: (server, since, last look).
-    let mut fenced: Vec<(Target, Instant, Option<Instant>)> = Vec::new();
+    // Old primaries this proxy failed over.
+    let mut fenced = load_fences(&fences);
+    if !fenced.is_empty() {
+        tracing::info!(
+            count = fenced.len(),
+            "Fencing old primaries failed over before the restart"
+        );
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EVERY) => {}
         }
-        fence(&mut fenced).await;
+        let before = fenced.len();
+        fence(&mut fenced, &shared.topology.load()).await;
+        if fenced.len() != before {
+            save_fences(&fences, &fenced);
+        }
         let topo = shared.topology.load_full();
         for db in topo.databases.values() {
             let Some(after) = db.failover_after else {
@@ -101,7 +159,15 @@ pub async fn run(
                 let label = match outcome {
                     Ok(true) => {
                         tracing::warn!(datasource = %db.datasource, unit = %shard.unit, %from, to = %to.target.addr, "Primary unreachable: promoting its replica");
-                        fenced.push((shard.primary.target.clone(), Instant::now(), None));
+                        fenced.retain(|f| f.address != from);
+                        fenced.push(Fence {
+                            datasource: db.datasource.clone(),
+                            unit: shard.unit.clone(),
+                            address: from.clone(),
+                            until_ms: crate::util::now_ms() + FENCE_FOR.as_millis() as u64,
+                            looked: None,
+                        });
+                        save_fences(&fences, &fenced);
                         match promote(&to.target, to.connect_timeout).await {
                             Ok(()) => {
                                 tracing::warn!(datasource = %db.datasource, unit = %shard.unit, primary = %to.target.addr, "Replica promoted");
@@ -133,14 +199,27 @@ pub async fn run(
 }
 
 /// Looks at each fenced server that is due: one that answers gets `read_only` on (when
-/// it is off); a server watched for [`FENCE_FOR`] is let go.
-async fn fence(fenced: &mut Vec<(Target, Instant, Option<Instant>)>) {
-    fenced.retain(|(_, since, _)| since.elapsed() < FENCE_FOR);
-    for (target, _, looked) in fenced.iter_mut() {
-        if looked.is_some_and(|t| t.elapsed() < FENCE_EVERY) {
+/// it is off); a server watched for [`FENCE_FOR`] is let go. The credentials are its
+/// data source's (every server of a data source shares them), the database the shard's.
+async fn fence(fenced: &mut Vec<Fence>, topo: &Topology) {
+    let now = crate::util::now_ms();
+    fenced.retain(|f| f.until_ms > now);
+    for f in fenced.iter_mut() {
+        if f.looked.is_some_and(|t| t.elapsed() < FENCE_EVERY) {
             continue;
         }
-        *looked = Some(Instant::now());
+        let Some(mut target) = topo
+            .databases
+            .values()
+            .find(|d| d.datasource == f.datasource)
+            .and_then(|d| d.shards.get(&f.unit))
+            .map(|s| s.primary.target.clone())
+        else {
+            continue;
+        };
+        target.addr = f.address.clone();
+        let target = &target;
+        f.looked = Some(Instant::now());
         let Ok(mut b) = Backend::connect(target, Duration::from_secs(1)).await else {
             continue;
         };
@@ -202,4 +281,39 @@ async fn promote(target: &Target, timeout: Duration) -> Result<(), BackendError>
     b.query_named("RESET SLAVE ALL").await?;
     b.query_named("SET GLOBAL read_only = OFF").await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fences_survive_a_restart_until_they_run_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fences.json");
+        assert!(load_fences(&path).is_empty());
+        let now = crate::util::now_ms();
+        let live = Fence {
+            datasource: "accountdb".into(),
+            unit: "rz00".into(),
+            address: "127.0.0.9:3306".into(),
+            until_ms: now + 60_000,
+            looked: Some(Instant::now()),
+        };
+        let gone = Fence {
+            address: "127.0.0.8:3306".into(),
+            until_ms: now - 1,
+            ..live.clone()
+        };
+        save_fences(&path, &[live.clone(), gone]);
+        let back = load_fences(&path);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].address, live.address);
+        assert!(
+            back[0].looked.is_none(),
+            "looked again at once after a restart"
+        );
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(load_fences(&path).is_empty());
+    }
 }

@@ -134,12 +134,13 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         .map(|u| u.to_string().trim_end_matches('/').to_string())
         .collect();
     let failover = {
-        let (shared, urls, file) = (
+        let (shared, urls, file, fences) = (
             shared.clone(),
             urls.clone(),
             cfg.data_dir.join("dbproxy").join("credential"),
+            cfg.data_dir.join("dbproxy").join("fences.json"),
         );
-        move |shutdown| failover::run(shared, urls, file, shutdown)
+        move |shutdown| failover::run(shared, urls, file, fences, shutdown)
     };
     let report = {
         let (shared, urls, file) = (
