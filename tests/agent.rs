@@ -231,7 +231,7 @@ fn agents_in_two_zones_run_their_units_and_adopt_instances_after_a_restart() {
         "{body}"
     );
     let pid = inst["status"]["pid"].as_u64().unwrap();
-    // Its resource limits were applied (an rlimit here: this machine has cgroup v1).
+    // Its resource limits were applied (`openFiles` is an rlimit under any mechanism).
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     assert!(
         limits.lines().any(|l| l.starts_with("Max open files")

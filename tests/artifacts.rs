@@ -392,7 +392,7 @@ fn bad_commands_ports_and_tokens_get_clear_errors_and_events() {
         crate::harness::TOPOLOGY,
         "apiVersion: tessera.io/v1\nkind: App\nmetadata: {name: echo}\nspec: {mode: vm, artifact: \"builtin:echo\", port: 9000, units: [rz00]}\n",
         "apiVersion: tessera.io/v1\nkind: App\nmetadata: {name: crasher}\nspec: {mode: vm, command: [/bin/sh, -c, \"echo boom: missing config >&2; exit 7\"], port: 9000, units: [rz00]}\n"
-    );
+    ) + "---\napiVersion: tessera.io/v1\nkind: App\nmetadata: {name: hog}\nspec: {mode: vm, command: [/bin/sh, -c, \"exec tail /dev/zero\"], port: 9000, units: [rz00], resources: {memoryMb: 32}}\n";
     let (code, _, body) = http(api, "POST", "/api/v1/apply", Some(&token), &estate).unwrap();
     assert_eq!(code, 200, "{body}");
     let join = crate::harness::join_token(api, &token, "agent");
@@ -484,6 +484,37 @@ fn bad_commands_ports_and_tokens_get_clear_errors_and_events() {
         stdout(&o),
         stderr(&o)
     );
+
+    // The hog allocates without bound. Under a cgroup (v1 on this machine) the kernel
+    // kills it at its 32 MiB and the agent says so; under an address-space rlimit its
+    // allocations fail and it exits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let inst = read(api, &token, "/api/v1/instances/hog-rz00-0");
+        let limits = inst["status"]["limits"].as_str().unwrap_or("").to_string();
+        let events = read(api, &token, "/api/v1/events");
+        let (reason, says) = if limits.contains("cgroup") {
+            (
+                "OOMKilled",
+                "killed by the OOM killer at its memory limit of 32 MiB",
+            )
+        } else {
+            ("InstanceExited", "exit status")
+        };
+        let seen = events["items"].as_array().unwrap().iter().any(|e| {
+            e["spec"]["reason"] == reason
+                && e["spec"]["instance"] == "hog-rz00-0"
+                && e["spec"]["message"].as_str().unwrap_or("").contains(says)
+        });
+        if seen && limits.contains("memory 32 MiB") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} event: {inst}\n{events}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // Nothing else was disturbed: echo kept its process.
     let now = read(api, &token, "/api/v1/instances/echo-rz00-0");

@@ -195,7 +195,7 @@ pub struct AppSpec {
     /// Fixed endpoints, e.g. of a service outside tessera, used besides its instances.
     #[serde(default)]
     pub endpoints: Vec<StaticEndpoint>,
-    /// VM mode: limits on each instance (cgroup v2 where the agent may use it, rlimits
+    /// VM mode: limits on each instance (cgroup v2 or v1 where the agent may use it, rlimits
     /// otherwise; the instance's `status.limits` says what was applied).
     #[serde(default)]
     pub resources: Option<Resources>,
@@ -205,10 +205,10 @@ pub struct AppSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Resources {
-    /// Memory in MiB (cgroup `memory.max`, or the address-space rlimit).
+    /// Memory in MiB (cgroup `memory.max` or v1 `memory.limit_in_bytes`, or the address-space rlimit).
     #[serde(default)]
     pub memory_mb: Option<u64>,
-    /// CPU in thousandths of a core (cgroup `cpu.max`; 1000 = one core).
+    /// CPU in thousandths of a core (cgroup `cpu.max` or v1 `cpu.cfs_quota_us`; 1000 = one core).
     #[serde(default)]
     pub cpu_millis: Option<u32>,
     /// Open file descriptors (`RLIMIT_NOFILE`).
