@@ -640,7 +640,8 @@ fn artifact_contents_are_copied_to_every_member_and_fetched_back_when_missing() 
     let t2 = new_token(c1.api, &admin, 600);
     let mut c2 = control(21, Some((&c1.api, &t2)));
     let t3 = new_token(c1.api, &admin, 600);
-    let mut c3 = control(22, Some((&c1.api, &t3)));
+    // The third member scrubs its copies every second.
+    let mut c3 = control_with(22, Some((&c1.api, &t3)), "blob_scrub_interval_secs = 1\n");
     c2.node.wait_ready(c2.api);
     c3.node.wait_ready(c3.api);
     // 5 MB pushed to a follower-or-leader alike: written as it arrives, then copied.
@@ -675,6 +676,33 @@ fn artifact_contents_are_copied_to_every_member_and_fetched_back_when_missing() 
     assert_eq!(code, 200);
     assert!(got == content);
     assert!(c3.node.data_dir.join("control/blobs").join(&sha).is_file());
+    // A copy that rots on disk is found by the scrub and moved aside; the next request
+    // fetches a good copy from another member.
+    let copy = c3.node.data_dir.join("control/blobs").join(&sha);
+    let mut rotten = content.clone().into_bytes();
+    rotten[4_000_000] ^= 0x20;
+    std::fs::write(&copy, &rotten).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while copy.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the rotten copy was not found\n{}",
+            c3.node.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let aside = std::fs::read_dir(c3.node.data_dir.join("control/blobs/corrupt"))
+        .unwrap()
+        .count();
+    assert_eq!(aside, 1);
+    let (code, _, got) = http(c3.api, "GET", &path, Some(&admin), "").unwrap();
+    assert_eq!(code, 200);
+    assert!(got == content, "a good copy is served again");
+    let (_, _, metrics) = http(c3.api, "GET", "/metrics", Some(&admin), "").unwrap();
+    assert!(
+        metrics.contains("tessera_control_blob_scrub_corrupt_total 1"),
+        "{metrics}"
+    );
     // Copies stream: 64 MiB pushed, copied and fetched back raise no member's peak
     // memory by anything near their size.
     let big: String = (0..64u32 << 20)

@@ -271,9 +271,12 @@ impl V1 {
 /// The cgroup v1 hierarchies under `root` in which a `tessera` group can be made
 /// (memory required; cpu and pids where mounted and writable).
 fn detect_v1(root: &Path) -> Result<(V1, String), String> {
+    // A hierarchy is there when it has groups (`cgroup.procs`); it is the controller's
+    // when a group made in it has the controller's file (the root group of the pids
+    // hierarchy has no `pids.max`, its children do).
     let usable = |controller: &str, probe: &str| -> Result<PathBuf, String> {
         let hierarchy = root.join(controller);
-        if !hierarchy.join(probe).exists() {
+        if !hierarchy.join("cgroup.procs").exists() {
             return Err(format!(
                 "no cgroup v1 {controller} hierarchy at {}",
                 hierarchy.display()
@@ -282,6 +285,9 @@ fn detect_v1(root: &Path) -> Result<(V1, String), String> {
         let parent = hierarchy.join("tessera");
         std::fs::create_dir_all(&parent)
             .map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
+        if !parent.join(probe).exists() {
+            return Err(format!("{} has no {probe}", parent.display()));
+        }
         Ok(parent)
     };
     let memory = usable("memory", "memory.limit_in_bytes")?;
@@ -469,9 +475,12 @@ mod tests {
         if pids {
             files.push(("pids", "pids.max"));
         }
+        // A real hierarchy gives a new group its controller's files; here they are made
+        // beforehand.
         for (dir, file) in files {
-            std::fs::create_dir_all(root.path().join(dir)).unwrap();
-            std::fs::write(root.path().join(dir).join(file), "max").unwrap();
+            std::fs::create_dir_all(root.path().join(dir).join("tessera")).unwrap();
+            std::fs::write(root.path().join(dir).join("cgroup.procs"), "").unwrap();
+            std::fs::write(root.path().join(dir).join("tessera").join(file), "max").unwrap();
         }
         root
     }
@@ -578,6 +587,19 @@ mod tests {
             applied.starts_with("memory 32 MiB (cgroup v1)"),
             "{applied}"
         );
+        if let Mechanism::CgroupV1(v1) = &m {
+            for (have, what) in [
+                (v1.cpu.is_some(), "cpu 0.20 (cgroup v1)"),
+                (v1.pids.is_some(), "pids 16 (cgroup v1)"),
+            ] {
+                assert_eq!(applied.contains(what), have, "{applied}");
+            }
+            if let Some(pids) = &v1.pids {
+                let max =
+                    std::fs::read_to_string(pids.join(format!("{name}-{pid}/pids.max"))).unwrap();
+                assert_eq!(max.trim(), "16");
+            }
+        }
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert!(
             cgroups.contains(&format!("tessera/{name}-{pid}")),

@@ -62,6 +62,32 @@ pub enum Command {
     /// A small HTTP echo server (the demo's app, and a backend for tests): answers with
     /// its app, unit, zone, version and instance
     DemoApp(DemoAppArgs),
+    /// Preflight checks of this machine for the roles a profile (or `up`) would run:
+    /// kernel, CPUs, memory, data dir (writable, sync latency, space), listeners free,
+    /// open-file limit, cgroups, network settings. Changes nothing; exit 1 on a failure
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The profile the machine will run (default: what `tessera up` runs)
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// The data directory to check (default: the profile's, or `up`'s ./tessera-data)
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Override a setting: KEY=VALUE with a dotted key, as `run` takes it
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: DoctorOutput,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DoctorOutput {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod artifact_cmd;
 mod client_cmd;
 mod config_cmd;
 mod demo_app;
+mod doctor;
 mod logs_cmd;
 mod resource_cmd;
 mod serve;
@@ -38,5 +39,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::User(c) => resource_cmd::user(c),
         Command::Audit(c) => resource_cmd::audit(c),
         Command::DemoApp(a) => demo_app::run(a),
+        Command::Doctor(a) => doctor::run(a),
     }
 }

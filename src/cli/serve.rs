@@ -7,8 +7,22 @@ use crate::config::{self, LogFormat, Overrides, Role, RuntimeConfig, Source};
 use std::process::ExitCode;
 
 pub fn up(a: UpArgs, log_format: Option<LogFormat>) -> ExitCode {
+    let embedded = up_values(&a.data_dir);
+    let cfg = match config::resolve(&Source::Embedded(embedded), &Overrides(a.set)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    serve(cfg, log_format, a.demo)
+}
+
+/// What `up` sets over the built-in defaults: every role, a bootstrapping control
+/// node, instances stopped with the process, and the data directory.
+pub(super) fn up_values(data_dir: &std::path::Path) -> Vec<(String, String)> {
     let roles: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
-    let embedded = vec![
+    vec![
         ("roles".to_string(), format!("[{}]", roles.join(", "))),
         ("control.bootstrap".to_string(), "true".to_string()),
         // One machine, one process: Ctrl-C stops the demo's instances too.
@@ -20,22 +34,14 @@ pub fn up(a: UpArgs, log_format: Option<LogFormat>) -> ExitCode {
             "data_dir".to_string(),
             format!(
                 "\"{}\"",
-                a.data_dir
+                data_dir
                     .display()
                     .to_string()
                     .replace('\\', "\\\\")
                     .replace('"', "\\\"")
             ),
         ),
-    ];
-    let cfg = match config::resolve(&Source::Embedded(embedded), &Overrides(a.set)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(EXIT_BAD_INPUT);
-        }
-    };
-    serve(cfg, log_format, a.demo)
+    ]
 }
 
 /// The demo topology (CONTRACT.md), applied by `up --demo`.

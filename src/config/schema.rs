@@ -177,6 +177,11 @@ pub struct ControlConfig {
     pub blob_grace_secs: u64,
     /// Seconds between this node's blob collection passes.
     pub blob_gc_interval_secs: u64,
+    /// Seconds between passes that read every stored blob back and check its digest
+    /// (0: never).
+    pub blob_scrub_interval_secs: u64,
+    /// How fast a scrub pass reads, in MiB a second.
+    pub blob_scrub_mb_per_sec: u64,
     /// Who may use plain HTTP on the API port (HTTPS is always served there): `any`, or
     /// `loopback` (this machine only; other clients get 403 `https_required`, except on
     /// `/healthz` and `/readyz`).
@@ -218,6 +223,8 @@ impl Default for ControlConfig {
             event_retention_max: 10_000,
             blob_grace_secs: 3600,
             blob_gc_interval_secs: 600,
+            blob_scrub_interval_secs: 86_400,
+            blob_scrub_mb_per_sec: 32,
             api_plain_http: PlainHttp::Any,
             kek_file: None,
         }

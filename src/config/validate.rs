@@ -190,6 +190,21 @@ pub fn validate(cfg: UserConfig, figment: &Figment) -> Result<RuntimeConfig, Con
                 c.fail(key, format!("{v} is out of range 1-{max}"));
             }
         }
+        if ctl.blob_scrub_interval_secs > 30 * 86_400 {
+            c.fail(
+                "control.blob_scrub_interval_secs",
+                format!(
+                    "{} is out of range 0-2592000 (0: never)",
+                    ctl.blob_scrub_interval_secs
+                ),
+            );
+        }
+        if !(1..=4096).contains(&ctl.blob_scrub_mb_per_sec) {
+            c.fail(
+                "control.blob_scrub_mb_per_sec",
+                format!("{} is out of range 1-4096", ctl.blob_scrub_mb_per_sec),
+            );
+        }
         if !(1..=3650).contains(&ctl.cert_renew_days) {
             c.fail(
                 "control.cert_renew_days",

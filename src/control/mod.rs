@@ -133,6 +133,9 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let blob_gc = http::BlobGc {
         every: std::time::Duration::from_secs(cfg.control.blob_gc_interval_secs),
         grace: std::time::Duration::from_secs(cfg.control.blob_grace_secs),
+        scrub_every: (cfg.control.blob_scrub_interval_secs > 0)
+            .then(|| std::time::Duration::from_secs(cfg.control.blob_scrub_interval_secs)),
+        scrub_rate: cfg.control.blob_scrub_mb_per_sec << 20,
     };
     let blob_metrics = http::BlobMetrics {
         // ok: constant, valid names
@@ -146,9 +149,21 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
             "Bytes of artifact blobs on this node's disk (as of the last collection pass).",
         )
         .expect("static metric"),
+        scrub_checked: prometheus::IntCounter::new(
+            "tessera_control_blob_scrub_checked_total",
+            "Artifact blobs read back and checked against their digest by scrub passes on this node.",
+        )
+        .expect("static metric"),
+        scrub_corrupt: prometheus::IntCounter::new(
+            "tessera_control_blob_scrub_corrupt_total",
+            "Stored blobs on this node found not to match their digest (moved to blobs/corrupt/).",
+        )
+        .expect("static metric"),
     };
     let _ = registry.register(Box::new(blob_metrics.deleted.clone()));
     let _ = registry.register(Box::new(blob_metrics.bytes.clone()));
+    let _ = registry.register(Box::new(blob_metrics.scrub_checked.clone()));
+    let _ = registry.register(Box::new(blob_metrics.scrub_corrupt.clone()));
     // Certificates from `[tls]` files are the operator's; generated ones renew here.
     let renew = (cfg.tls.cert.is_none()).then(|| (pki_dir.clone(), cfg.control.cert_renew_days));
     let admin_router = admin::router(health.clone(), ctx.metrics.clone());

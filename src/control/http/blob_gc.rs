@@ -26,15 +26,58 @@ pub struct BlobGc {
     pub every: Duration,
     /// How old an unnamed blob or an unfinished upload must be before it goes.
     pub grace: Duration,
+    /// Time between scrub passes (see [`super::blob_scrub`]); None: never.
+    pub scrub_every: Option<Duration>,
+    /// Bytes a second a scrub pass reads at most.
+    pub scrub_rate: u64,
 }
 
 #[derive(Clone)]
 pub struct BlobMetrics {
     pub deleted: prometheus::IntCounter,
     pub bytes: prometheus::IntGauge,
+    pub scrub_checked: prometheus::IntCounter,
+    pub scrub_corrupt: prometheus::IntCounter,
 }
 
 pub async fn run(s: ApiState, gc: BlobGc, m: BlobMetrics, shutdown: CancellationToken) {
+    tokio::join!(
+        collect(s.clone(), gc, m.clone(), shutdown.clone()),
+        scrub(s, gc, m, shutdown)
+    );
+}
+
+/// Scrub passes, the first one interval after the start.
+async fn scrub(s: ApiState, gc: BlobGc, m: BlobMetrics, shutdown: CancellationToken) {
+    let Some(every) = gc.scrub_every else {
+        return;
+    };
+    let dir = s.node.store().control_dir().join("blobs");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (dir, stop, rate) = (dir.clone(), shutdown.clone(), gc.scrub_rate);
+        match tokio::task::spawn_blocking(move || super::blob_scrub::pass(&dir, rate, &stop)).await
+        {
+            Ok(Ok(r)) => {
+                m.scrub_checked.inc_by(r.checked);
+                m.scrub_corrupt.inc_by(r.corrupt.len() as u64);
+                tracing::info!(
+                    checked = r.checked,
+                    bytes = r.bytes,
+                    corrupt = r.corrupt.len(),
+                    "Blob scrub pass done"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "Blob scrub pass failed"),
+            Err(e) => tracing::warn!(error = %e, "Blob scrub pass failed"),
+        }
+    }
+}
+
+async fn collect(s: ApiState, gc: BlobGc, m: BlobMetrics, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -6,6 +6,7 @@
 mod audit;
 pub mod auth;
 mod blob_gc;
+mod blob_scrub;
 mod blobs;
 pub mod context;
 mod dsfailover;
