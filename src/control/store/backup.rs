@@ -69,7 +69,7 @@ pub fn open(file: &[u8]) -> Result<(&[u8], BackupInfo), String> {
         ));
     }
     // The body must also parse: a sealed but foreign body is refused here, not at start.
-    super::sm::parse_snapshot(body).map_err(|e| format!("the snapshot body: {e}"))?;
+    super::sm::check_snapshot(body).map_err(|e| format!("the snapshot body: {e}"))?;
     Ok((body, info))
 }
 

@@ -1,6 +1,9 @@
 //! The replicated state machine on rocksdb: the key space (`kv`), the change history that
 //! watches replay (`history`), and what was applied (`sm`). Snapshots are files beside the
-//! database: a JSON header line, then one key per line.
+//! database: a JSON header line, then one key per line. They are written, sent, received
+//! and read as files (never whole in memory): a build streams the key space into a file,
+//! a leader sends chunks read from it, a follower receives chunks into a file and
+//! installs from it line by line.
 
 use super::kv::Applier;
 use super::log::anyerror;
@@ -11,8 +14,8 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Cursor, Write};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Seek, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -23,6 +26,8 @@ pub struct StateMachine {
     /// Serializes changes of the current snapshot: building one runs in its own task and
     /// can race an install.
     snap_lock: Arc<std::sync::Mutex<()>>,
+    /// The file the snapshot being received is written to.
+    receiving: Option<PathBuf>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -43,11 +48,20 @@ impl StateMachine {
         snapshots: PathBuf,
         events: broadcast::Sender<Arc<Vec<Event>>>,
     ) -> Self {
+        // Files a build, a transfer or an install left when the process died: never current.
+        if let Ok(entries) = std::fs::read_dir(&snapshots) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         StateMachine {
             db,
             snapshots,
             events,
             snap_lock: Arc::default(),
+            receiving: None,
         }
     }
 
@@ -180,45 +194,54 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let io = |e: std::io::Error| StorageError::from(StorageIOError::write_snapshot(None, &e));
+        std::fs::create_dir_all(&self.snapshots).map_err(io)?;
+        let path = self.snapshots.join(format!(
+            ".recv-{}.tmp",
+            nonce().map_err(|e| io(std::io::Error::other(e)))?
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io)?;
+        if let Some(old) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
+        use tokio::io::AsyncWriteExt;
         let sig = Some(meta.signature());
         let bad = |e: String| -> StorageError {
             StorageIOError::read_snapshot(sig.clone(), anyerror(e)).into()
         };
-        let data = snapshot.into_inner();
-        let (header, kvs) = parse_snapshot(&data).map_err(bad)?;
-        let db = &self.db;
-        let sm_cf = cf(db, CF_SM).map_err(bad)?;
-        let mut batch = replace_state(db, &header.leases, &kvs).map_err(bad)?;
-        let applied = meta.last_log_id;
-        batch.put_cf(sm_cf, KEY_APPLIED, encode(&applied));
-        batch.put_cf(sm_cf, KEY_MEMBERSHIP, encode(&meta.last_membership));
-        batch.put_cf(sm_cf, KEY_REVISION, encode(&header.revision));
-        batch.put_cf(sm_cf, KEY_COMPACTED, encode(&header.revision));
+        snapshot.flush().await.map_err(|e| bad(e.to_string()))?;
+        let file = snapshot.into_std().await;
+        let received = self.receiving.take();
         let (db, dir, lock, meta2) = (
             self.db.clone(),
             self.snapshots.clone(),
             self.snap_lock.clone(),
             meta.clone(),
         );
-        tokio::task::spawn_blocking(move || {
-            persist_current(&db, &dir, &lock, &meta2, &data, Some(batch))
-        })
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), anyerror(e.to_string())))?
-        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), anyerror(e)))?;
+        let keys =
+            tokio::task::spawn_blocking(move || install(&db, &dir, &lock, &meta2, file, received))
+                .await
+                .map_err(|e| StorageIOError::write_snapshot(sig.clone(), anyerror(e.to_string())))?
+                .map_err(bad)?;
         // Watches on this node cannot follow a state that jumped: an empty batch tells
         // them to end, and the client's resume from its last revision answers 410.
         let _ = self.events.send(Arc::new(Vec::new()));
-        tracing::info!(snapshot = %meta.snapshot_id, keys = kvs.len(), "Installed snapshot");
+        tracing::info!(snapshot = %meta.snapshot_id, keys, "Installed snapshot");
         Ok(())
     }
 
@@ -227,13 +250,65 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(meta) = self.read_sm::<SnapshotMeta>(KEY_SNAPSHOT)? else {
             return Ok(None);
         };
-        let data = std::fs::read(self.snapshots.join(snapshot_file(&meta.snapshot_id)))
+        let f = std::fs::File::open(self.snapshots.join(snapshot_file(&meta.snapshot_id)))
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
         }))
     }
+}
+
+/// Installs the snapshot in `file` (received at `received`, when known): the key space
+/// replaced from it line by line in one synced write with its meta, the file kept as the
+/// current snapshot. Returns the number of keys.
+fn install(
+    db: &DB,
+    dir: &Path,
+    lock: &std::sync::Mutex<()>,
+    meta: &SnapshotMeta,
+    mut file: std::fs::File,
+    received: Option<PathBuf>,
+) -> Result<usize, String> {
+    file.rewind().map_err(|e| e.to_string())?;
+    // Where the bytes are on disk: the file they were received into, or a copy.
+    let path = match received {
+        Some(p) if p.exists() => p,
+        _ => {
+            let p = dir.join(format!(".copy-{}.tmp", nonce()?));
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            let mut out = std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            std::io::copy(&mut file, &mut out).map_err(|e| format!("{}: {e}", p.display()))?;
+            file.rewind().map_err(|e| e.to_string())?;
+            p
+        }
+    };
+    let r = (|| {
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut lines = BufReader::new(file);
+        let header = read_header(&mut lines)?;
+        let sm_cf = cf(db, CF_SM)?;
+        let mut batch = replace_state(db, &header.leases)?;
+        let keys = put_lines(db, &mut batch, lines, |_| true)?;
+        batch.put_cf(sm_cf, KEY_APPLIED, encode(&meta.last_log_id));
+        batch.put_cf(sm_cf, KEY_MEMBERSHIP, encode(&meta.last_membership));
+        batch.put_cf(sm_cf, KEY_REVISION, encode(&header.revision));
+        batch.put_cf(sm_cf, KEY_COMPACTED, encode(&header.revision));
+        persist_current(db, dir, lock, meta, &path, Some(batch))?;
+        Ok(keys)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    r
+}
+
+fn nonce() -> Result<String, String> {
+    Ok(crate::util::hex(
+        &crate::util::random_bytes::<4>().map_err(|e| e.to_string())?,
+    ))
 }
 
 pub struct SnapshotBuilder {
@@ -254,8 +329,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Serializes one consistent view: a JSON header line, then one key per line.
-fn serialize(r: &SnapRead) -> Result<(SnapshotHeader, Vec<u8>, usize), String> {
+/// Writes one consistent view to `out`: a JSON header line, then one key per line.
+/// Returns the header and the number of keys.
+fn serialize(r: &SnapRead, out: &mut dyn Write) -> Result<(SnapshotHeader, usize), String> {
     let sm = cf(r.db, CF_SM)?;
     let applied: Option<LogId> = r
         .snap
@@ -271,7 +347,6 @@ fn serialize(r: &SnapRead) -> Result<(SnapshotHeader, Vec<u8>, usize), String> {
         .map(|b| decode(&b))
         .transpose()?
         .unwrap_or_default();
-    let mut data = Vec::new();
     let header = SnapshotHeader {
         format: 1,
         last_applied: applied,
@@ -279,59 +354,78 @@ fn serialize(r: &SnapRead) -> Result<(SnapshotHeader, Vec<u8>, usize), String> {
         membership,
         leases: all_leases(r)?,
     };
-    serde_json::to_writer(&mut data, &header).map_err(|e| e.to_string())?;
-    data.push(b'\n');
+    let io = |e: std::io::Error| e.to_string();
+    serde_json::to_writer(&mut *out, &header).map_err(|e| e.to_string())?;
+    out.write_all(b"\n").map_err(io)?;
     let mut keys = 0usize;
     for item in r.snap.iterator_cf(cf(r.db, CF_KV)?, IteratorMode::Start) {
         let (_, v) = item.map_err(|e| e.to_string())?;
         let kv: KeyValue = decode(&v)?;
-        serde_json::to_writer(&mut data, &kv).map_err(|e| e.to_string())?;
-        data.push(b'\n');
+        serde_json::to_writer(&mut *out, &kv).map_err(|e| e.to_string())?;
+        out.write_all(b"\n").map_err(io)?;
         keys += 1;
     }
-    Ok((header, data, keys))
+    Ok((header, keys))
 }
 
 /// A consistent copy of the whole state (as a Raft snapshot carries it), for backups.
 pub(super) fn export(db: &DB) -> Result<(Vec<u8>, u64, usize), String> {
     let r = SnapRead::new(db);
-    let (header, data, keys) = serialize(&r)?;
+    let mut data = Vec::new();
+    let (header, keys) = serialize(&r, &mut data)?;
     Ok((data, header.revision, keys))
 }
 
-fn build(db: &DB, dir: &std::path::Path, lock: &std::sync::Mutex<()>) -> Result<Snapshot, String> {
-    let r = SnapRead::new(db);
-    let (header, data, keys) = serialize(&r)?;
-    drop(r);
-    let applied = header.last_applied;
-    let nonce = crate::util::hex(&crate::util::random_bytes::<4>().map_err(|e| e.to_string())?);
-    let snapshot_id = match applied {
-        Some(l) => format!("{}-{}-{nonce}", l.leader_id.term, l.index),
-        None => format!("0-0-{nonce}"),
-    };
-    let meta = SnapshotMeta {
-        last_log_id: applied,
-        last_membership: header.membership,
-        snapshot_id,
-    };
-    persist_current(db, dir, lock, &meta, &data, None)?;
-    tracing::info!(snapshot = %meta.snapshot_id, keys, bytes = data.len(), "Built snapshot");
-    Ok(Snapshot {
-        meta,
-        snapshot: Box::new(Cursor::new(data)),
-    })
+fn build(db: &DB, dir: &Path, lock: &std::sync::Mutex<()>) -> Result<Snapshot, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".build-{}.tmp", nonce()?));
+    let built = (|| {
+        let f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
+        let r = SnapRead::new(db);
+        let (header, keys) = serialize(&r, &mut w)?;
+        drop(r);
+        let f = w.into_inner().map_err(|e| e.to_string())?;
+        f.sync_all().map_err(|e| e.to_string())?;
+        let bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+        // Opened before the file is renamed (or dropped, when a newer snapshot came
+        // meanwhile): the handle reads it either way.
+        let reader = std::fs::File::open(&tmp).map_err(|e| e.to_string())?;
+        let applied = header.last_applied;
+        let nonce = nonce()?;
+        let snapshot_id = match applied {
+            Some(l) => format!("{}-{}-{nonce}", l.leader_id.term, l.index),
+            None => format!("0-0-{nonce}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: header.membership,
+            snapshot_id,
+        };
+        persist_current(db, dir, lock, &meta, &tmp, None)?;
+        tracing::info!(snapshot = %meta.snapshot_id, keys, bytes, "Built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(reader)),
+        })
+    })();
+    if built.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    built
 }
 
-/// Makes `meta`/`data` the current snapshot unless a newer one is already current (a
-/// build racing an install must not put an older snapshot back). The file is named by
-/// the snapshot id, so the meta record and the file it names always agree; the batch,
-/// when given, is committed in the same synced write as the meta.
+/// Makes `meta` and the snapshot in `file` (synced, in `dir`) current unless a newer
+/// one is already current (a build racing an install must not put an older snapshot
+/// back); `file` is renamed to the name of the snapshot id, or removed. So the meta record
+/// and the file it names always agree; the batch, when given, is committed in the same
+/// synced write as the meta.
 fn persist_current(
     db: &DB,
-    dir: &std::path::Path,
+    dir: &Path,
     lock: &std::sync::Mutex<()>,
     meta: &SnapshotMeta,
-    data: &[u8],
+    file: &Path,
     batch: Option<WriteBatch>,
 ) -> Result<bool, String> {
     let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -345,8 +439,14 @@ fn persist_current(
     let newer = current
         .as_ref()
         .is_some_and(|c| c.last_log_id > meta.last_log_id);
-    if !newer {
-        write_snapshot_file(dir, &snapshot_file(&meta.snapshot_id), data)?;
+    if newer {
+        let _ = std::fs::remove_file(file);
+    } else {
+        std::fs::rename(file, dir.join(snapshot_file(&meta.snapshot_id)))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         batch.put_cf(sm, KEY_SNAPSHOT, encode(meta));
     }
     let mut sync = WriteOptions::default();
@@ -364,9 +464,9 @@ fn snapshot_file(id: &str) -> String {
     format!("{id}.snap")
 }
 
-/// A batch that replaces the key space and leases with `kvs` and `leases` and clears the
-/// history (a snapshot carries no history).
-fn replace_state(db: &DB, leases: &[Lease], kvs: &[KeyValue]) -> Result<WriteBatch, String> {
+/// A batch that clears the key space, the history and the leases and puts `leases` (a
+/// snapshot carries no history); the keys follow with [`put_lines`].
+fn replace_state(db: &DB, leases: &[Lease]) -> Result<WriteBatch, String> {
     let (kv_cf, hist_cf) = (cf(db, CF_KV)?, cf(db, CF_HISTORY)?);
     let (lease_cf, index_cf) = (cf(db, CF_LEASE)?, cf(db, CF_LEASE_KEYS)?);
     let mut batch = WriteBatch::default();
@@ -379,54 +479,67 @@ fn replace_state(db: &DB, leases: &[Lease], kvs: &[KeyValue]) -> Result<WriteBat
     for l in leases {
         batch.put_cf(lease_cf, lease_id_key(l.id), encode(l));
     }
-    for kv in kvs {
-        batch.put_cf(kv_cf, kv.key.as_bytes(), encode(kv));
-        if kv.lease != 0 {
-            batch.put_cf(index_cf, lease_index_key(kv.lease, &kv.key), b"");
-        }
-    }
     Ok(batch)
 }
 
-pub(super) fn parse_snapshot(data: &[u8]) -> Result<(SnapshotHeader, Vec<KeyValue>), String> {
-    let mut lines = Cursor::new(data).lines();
-    let first = lines
-        .next()
-        .ok_or("empty snapshot")?
-        .map_err(|e| e.to_string())?;
+/// Puts every key line of a snapshot (after its header) that `keep` accepts into
+/// `batch`; returns how many.
+fn put_lines(
+    db: &DB,
+    batch: &mut WriteBatch,
+    lines: impl BufRead,
+    keep: impl Fn(&KeyValue) -> bool,
+) -> Result<usize, String> {
+    let (kv_cf, index_cf) = (cf(db, CF_KV)?, cf(db, CF_LEASE_KEYS)?);
+    let mut keys = 0;
+    for (n, line) in lines.lines().enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line.is_empty() {
+            continue;
+        }
+        let kv: KeyValue =
+            serde_json::from_str(&line).map_err(|e| format!("bad snapshot line {}: {e}", n + 2))?;
+        if !keep(&kv) {
+            continue;
+        }
+        batch.put_cf(kv_cf, kv.key.as_bytes(), encode(&kv));
+        if kv.lease != 0 {
+            batch.put_cf(index_cf, lease_index_key(kv.lease, &kv.key), b"");
+        }
+        keys += 1;
+    }
+    Ok(keys)
+}
+
+/// Checks that `data` is a snapshot: its header and every key line parse.
+pub(super) fn check_snapshot(data: &[u8]) -> Result<(), String> {
+    let mut lines = data;
+    read_header(&mut lines)?;
+    for (n, line) in lines.lines().enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        if !line.is_empty() {
+            serde_json::from_str::<KeyValue>(&line)
+                .map_err(|e| format!("bad snapshot line {}: {e}", n + 2))?;
+        }
+    }
+    Ok(())
+}
+
+/// The header line of a snapshot.
+fn read_header(lines: &mut impl BufRead) -> Result<SnapshotHeader, String> {
+    let mut first = String::new();
+    if lines.read_line(&mut first).map_err(|e| e.to_string())? == 0 {
+        return Err("empty snapshot".into());
+    }
     let header: SnapshotHeader =
-        serde_json::from_str(&first).map_err(|e| format!("bad snapshot header: {e}"))?;
+        serde_json::from_str(first.trim_end()).map_err(|e| format!("bad snapshot header: {e}"))?;
     if header.format != 1 {
         return Err(format!(
             "snapshot format {} is not supported",
             header.format
         ));
     }
-    let mut kvs = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let line = line.map_err(|e| e.to_string())?;
-        if line.is_empty() {
-            continue;
-        }
-        kvs.push(
-            serde_json::from_str(&line).map_err(|e| format!("bad snapshot line {}: {e}", n + 2))?,
-        );
-    }
-    Ok((header, kvs))
-}
-
-/// Writes a snapshot file atomically: temp file, fsync, rename, fsync the directory.
-fn write_snapshot_file(dir: &std::path::Path, name: &str, data: &[u8]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(name)).map_err(|e| e.to_string())?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| e.to_string())
+    Ok(header)
 }
 
 /// Loads a snapshot body into an empty store as a one-member cluster of `me`: the state
@@ -446,9 +559,8 @@ pub(super) fn restore(
     {
         return Err("the store is not empty: restore only into a fresh data_dir".into());
     }
-    let (header, mut kvs) = parse_snapshot(body)?;
-    // A new cluster: the bootstrap step registers this store's own id.
-    kvs.retain(|kv| kv.key != super::CLUSTER_ID_KEY);
+    let mut lines = body;
+    let header = read_header(&mut lines)?;
     let last = header
         .last_applied
         .ok_or("the snapshot holds no applied state")?;
@@ -458,7 +570,9 @@ pub(super) fn restore(
         std::collections::BTreeMap::from([(id, info)]),
     );
     let stored = StoredMembership::new(Some(last), membership);
-    let mut batch = replace_state(db, &header.leases, &kvs)?;
+    let mut batch = replace_state(db, &header.leases)?;
+    // A new cluster: the bootstrap step registers this store's own id.
+    let keys = put_lines(db, &mut batch, lines, |kv| kv.key != super::CLUSTER_ID_KEY)?;
     batch.put_cf(sm, KEY_APPLIED, encode(&Some(last)));
     batch.put_cf(sm, KEY_MEMBERSHIP, encode(&stored));
     batch.put_cf(sm, KEY_REVISION, encode(&header.revision));
@@ -469,5 +583,5 @@ pub(super) fn restore(
     db.write_opt(batch, &sync).map_err(|e| e.to_string())?;
     // A snapshot of the restored state, so a member that joins later can be sent it.
     build(db, dir, &std::sync::Mutex::new(()))?;
-    Ok((header.revision, kvs.len()))
+    Ok((header.revision, keys))
 }

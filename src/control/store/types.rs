@@ -1,7 +1,6 @@
 //! The Raft type configuration and the commands the replicated state machine applies.
 
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 /// A control node as the Raft membership knows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +28,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
