@@ -3,10 +3,11 @@
 use super::args::{SnapshotCommand, SnapshotRestoreArgs, SnapshotSaveArgs};
 use super::client_cmd::block_on;
 use super::{EXIT_BAD_INPUT, EXIT_FAILED};
-use crate::api::{api_error, ClientError};
+use crate::api::ClientError;
 use crate::control::store::backup;
 use crate::control::STAGED_RESTORE;
-use http::Method;
+use http_body_util::BodyExt;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -25,22 +26,59 @@ fn save(a: SnapshotSaveArgs) -> ExitCode {
             let c = c.with_timeout(timeout);
             eprintln!("requesting a snapshot from {} ...", c.url());
             let started = Instant::now();
-            let (status, bytes) = c.send(Method::GET, "/api/v1/snapshot", None).await?;
-            if !status.is_success() {
-                return Err(api_error(status, &bytes));
-            }
-            let (_, info) = backup::open(&bytes).map_err(|reason| ClientError::BadResponse {
-                url: c.url().to_string(),
-                reason: format!("the snapshot received fails its check: {reason}"),
-            })?;
-            crate::util::write_atomic(&file, &bytes, 0o600)
+            // Streamed into `<file>.part` (never whole in memory), checked, then renamed.
+            let part = file.with_extension("part");
+            let local =
+                |e: std::io::Error| ClientError::Local(format!("writing {}: {e}", part.display()));
+            let received = tokio::time::timeout(timeout, async {
+                let mut body = c.stream("/api/v1/snapshot").await?;
+                let mut out = open_private(&part).map_err(local)?;
+                let mut bytes = 0u64;
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| ClientError::Unreachable {
+                        url: c.url().to_string(),
+                        reason: format!("the snapshot transfer broke: {e}"),
+                    })?;
+                    if let Some(data) = frame.data_ref() {
+                        out.write_all(data).map_err(local)?;
+                        bytes += data.len() as u64;
+                    }
+                }
+                out.sync_all().map_err(local)?;
+                Ok::<u64, ClientError>(bytes)
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Unreachable {
+                    url: c.url().to_string(),
+                    reason: format!("the snapshot did not arrive within {timeout:?}"),
+                })
+            });
+            let bytes = match received {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(e);
+                }
+            };
+            let info = match backup::check_file(&part) {
+                Ok(i) => i,
+                Err(reason) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(ClientError::BadResponse {
+                        url: c.url().to_string(),
+                        reason: format!("the snapshot received fails its check: {reason}"),
+                    });
+                }
+            };
+            std::fs::rename(&part, &file)
                 .map_err(|e| ClientError::Local(format!("writing {}: {e}", file.display())))?;
             println!(
                 "saved {} (revision {}, {} keys, {} bytes, sha256 {}) in {:.1}s",
                 file.display(),
                 info.revision,
                 info.keys,
-                bytes.len(),
+                bytes,
                 info.sha256,
                 started.elapsed().as_secs_f64()
             );
@@ -53,16 +91,20 @@ fn save(a: SnapshotSaveArgs) -> ExitCode {
     )
 }
 
+/// A new file readable by its owner only.
+fn open_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn restore(a: SnapshotRestoreArgs) -> ExitCode {
-    let file = match std::fs::read(&a.file) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {}: {e}", a.file.display());
-            return ExitCode::from(EXIT_BAD_INPUT);
-        }
-    };
-    let info = match backup::open(&file) {
-        Ok((_, info)) => info,
+    let info = match backup::check_file(&a.file) {
+        Ok(info) => info,
         Err(e) => {
             eprintln!("error: {}: {e}", a.file.display());
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -78,8 +120,16 @@ fn restore(a: SnapshotRestoreArgs) -> ExitCode {
         return ExitCode::from(EXIT_BAD_INPUT);
     }
     let staged = control.join(STAGED_RESTORE);
+    // Copied in pieces to a temp file, synced, then renamed into place.
+    let tmp = staged.with_extension("part");
     let write = std::fs::create_dir_all(&control)
-        .and_then(|_| crate::util::write_atomic(&staged, &file, 0o600));
+        .and_then(|_| {
+            let mut from = std::fs::File::open(&a.file)?;
+            let mut to = open_private(&tmp)?;
+            std::io::copy(&mut from, &mut to)?;
+            to.sync_all()
+        })
+        .and_then(|_| std::fs::rename(&tmp, &staged));
     if let Err(e) = write {
         eprintln!("error: staging {}: {e}", staged.display());
         return ExitCode::from(EXIT_FAILED);

@@ -296,8 +296,10 @@ async fn restore_staged(
         control_dir.join("ca"),
     );
     let done = tokio::task::spawn_blocking(move || -> Result<(u64, usize), String> {
-        let file = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let (body, _) = store::backup::open(&file)?;
+        // Checked whole first, then read line by line (never whole in memory).
+        let checked = store::backup::check_file(&path)?;
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let body = std::io::BufReader::new(std::io::Read::take(file, checked.bytes));
         let restored = store.restore(body, info)?;
         // The backup carries the cluster CA; this node keeps using it.
         if let (Some(kv), None) = (

@@ -526,7 +526,8 @@ pub async fn compaction(
 }
 
 /// `GET /api/v1/snapshot`: a consistent, checksummed backup of the whole store (see
-/// `store::backup`). It holds the cluster CA key and token hashes: admin only.
+/// `store::backup`), streamed from a file. It holds the cluster CA key and token hashes:
+/// admin only.
 pub async fn snapshot(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -537,19 +538,30 @@ pub async fn snapshot(
     if let Some(answer) = linearize_or_forward(&s, Method::GET, &uri, &headers).await? {
         return Ok(answer);
     }
+    // Written to a file (never whole in memory), sent from it, and gone once sent: the
+    // file is unlinked as soon as it is open.
     let store = s.node.store().clone();
-    let (file, rev) = tokio::task::spawn_blocking(move || store.backup())
+    let dir = store.control_dir().join("backups");
+    let (path, rev, size) = tokio::task::spawn_blocking(move || store.backup_file(&dir))
         .await
         .map_err(|e| ApiError::internal("snapshot task", e))?
         .map_err(|e| ApiError::internal("snapshot", e))?;
-    tracing::info!(revision = rev, bytes = file.len(), user = %caller.user, "Served a snapshot");
+    let file = tokio::fs::File::open(&path).await;
+    let _ = tokio::fs::remove_file(&path).await;
+    let file = file.map_err(|e| ApiError::internal("snapshot file", e))?;
+    tracing::info!(revision = rev, bytes = size, user = %caller.user, "Serving a snapshot");
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10));
     let mut r = (
         [(http::header::CONTENT_TYPE, "application/octet-stream")],
-        file,
+        body,
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&rev.to_string()) {
         r.headers_mut().insert("x-tessera-revision", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
+        r.headers_mut().insert(http::header::CONTENT_LENGTH, v);
     }
     Ok(r)
 }

@@ -274,20 +274,56 @@ impl Store {
         read::read_compaction(&self.db)
     }
 
-    /// A consistent backup of the whole state, sealed with its checksum (see [`backup`]),
-    /// and the revision it is consistent at. Blocking.
-    pub fn backup(&self) -> Result<(Vec<u8>, u64), String> {
-        let (body, revision, keys) = sm::export(&self.db)?;
-        Ok((
-            backup::seal(body, revision, keys, &self.cluster_id()),
-            revision,
-        ))
+    /// Writes a consistent backup of the whole state to a new file in `dir`, the body
+    /// streamed through its checksum and then the trailer (see [`backup`]); returns the
+    /// file, the revision it is consistent at and its size. Files older than an hour
+    /// that an interrupted backup left in `dir` are removed first. Blocking.
+    pub fn backup_file(&self, dir: &std::path::Path) -> Result<(PathBuf, u64, u64), String> {
+        use std::io::Write;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+                if old {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let nonce = crate::util::hex(&crate::util::random_bytes::<8>().map_err(|e| e.to_string())?);
+        let path = dir.join(format!("backup-{nonce}.snap"));
+        let written = (|| {
+            let at = |e: std::io::Error| format!("{}: {e}", path.display());
+            let f = std::fs::File::create(&path).map_err(at)?;
+            let mut w = backup::Hashing::new(std::io::BufWriter::with_capacity(256 << 10, f));
+            let (revision, keys) = sm::export(&self.db, &mut w)?;
+            let (sha, bytes) = (w.sha256(), w.bytes);
+            let mut f = w.inner;
+            let t = backup::trailer(bytes, sha, revision, keys, &self.cluster_id());
+            f.write_all(&t).and_then(|_| f.flush()).map_err(at)?;
+            Ok((revision, bytes + t.len() as u64))
+        })();
+        match written {
+            Ok((revision, size)) => Ok((path, revision, size)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
     }
 
-    /// Loads a backup body (from [`backup::open`]) into this fresh store, as a new
-    /// one-member cluster whose only member is this node, described by `me`. Returns the
-    /// revision restored and the number of keys. Blocking.
-    pub fn restore(&self, body: &[u8], me: NodeInfo) -> Result<(u64, usize), String> {
+    /// Loads a backup body (a checked backup file's body, read line by line) into this
+    /// fresh store, as a new one-member cluster whose only member is this node, described
+    /// by `me`. Returns the revision restored and the number of keys. Blocking.
+    pub fn restore(
+        &self,
+        body: impl std::io::BufRead,
+        me: NodeInfo,
+    ) -> Result<(u64, usize), String> {
         sm::restore(&self.db, &self.snapshot_dir(), body, (self.node_id, me))
     }
 }

@@ -368,12 +368,12 @@ fn serialize(r: &SnapRead, out: &mut dyn Write) -> Result<(SnapshotHeader, usize
     Ok((header, keys))
 }
 
-/// A consistent copy of the whole state (as a Raft snapshot carries it), for backups.
-pub(super) fn export(db: &DB) -> Result<(Vec<u8>, u64, usize), String> {
+/// Writes a consistent copy of the whole state (as a Raft snapshot carries it) to `out`,
+/// for backups; returns its revision and number of keys.
+pub(super) fn export(db: &DB, out: &mut dyn Write) -> Result<(u64, usize), String> {
     let r = SnapRead::new(db);
-    let mut data = Vec::new();
-    let (header, keys) = serialize(&r, &mut data)?;
-    Ok((data, header.revision, keys))
+    let (header, keys) = serialize(&r, out)?;
+    Ok((header.revision, keys))
 }
 
 fn build(db: &DB, dir: &Path, lock: &std::sync::Mutex<()>) -> Result<Snapshot, String> {
@@ -512,8 +512,7 @@ fn put_lines(
 }
 
 /// Checks that `data` is a snapshot: its header and every key line parse.
-pub(super) fn check_snapshot(data: &[u8]) -> Result<(), String> {
-    let mut lines = data;
+pub(super) fn check_snapshot(mut lines: impl BufRead) -> Result<(), String> {
     read_header(&mut lines)?;
     for (n, line) in lines.lines().enumerate() {
         let line = line.map_err(|e| e.to_string())?;
@@ -548,7 +547,7 @@ fn read_header(lines: &mut impl BufRead) -> Result<SnapshotHeader, String> {
 pub(super) fn restore(
     db: &DB,
     dir: &std::path::Path,
-    body: &[u8],
+    mut lines: impl BufRead,
     me: (NodeId, NodeInfo),
 ) -> Result<(u64, usize), String> {
     let sm = cf(db, CF_SM)?;
@@ -559,7 +558,6 @@ pub(super) fn restore(
     {
         return Err("the store is not empty: restore only into a fresh data_dir".into());
     }
-    let mut lines = body;
     let header = read_header(&mut lines)?;
     let last = header
         .last_applied
