@@ -1320,6 +1320,34 @@ fn every_shard_writes_commit_everywhere_or_nowhere() {
     // Inside a transaction it is refused, the transaction untouched.
     let (ok, _, err) = app(&e, "BEGIN; INSERT INTO t_dict VALUES ('KRW', 'won')");
     assert!(!ok && err.contains("transaction"), "{err}");
+    // A shard that is down: a clear error naming it, nothing written on the other,
+    // nothing left prepared there.
+    e.b.stop();
+    let (ok, _, err) = app(&e, "INSERT INTO t_dict VALUES ('SEK', 'krona')");
+    assert!(!ok && err.contains("rz01"), "{err}");
+    assert_eq!(
+        e.a.sql("SELECT COUNT(*) FROM acct_00.t_dict WHERE code = 'SEK'")
+            .trim(),
+        "0"
+    );
+    assert_eq!(e.a.sql("XA RECOVER").trim(), "");
+    e.b.restart();
+    // Back once the proxy's checker sees the server again (every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, _, err) = app(&e, "INSERT INTO t_dict VALUES ('SEK', 'krona')");
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not resume: {err}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        e.b.sql("SELECT label FROM acct_01.t_dict WHERE code = 'SEK'")
+            .trim(),
+        "krona"
+    );
+    app_ok(&e, "DELETE FROM t_dict WHERE code = 'SEK'");
 
     // What a proxy that died mid-commit leaves: prepared transactions on shard rz00.
     // This proxy (dbp-1) decided to commit the first; it never decided the second; the
