@@ -271,9 +271,17 @@ fn install(
     received: Option<PathBuf>,
 ) -> Result<usize, String> {
     file.rewind().map_err(|e| e.to_string())?;
-    // Where the bytes are on disk: the file they were received into, or a copy.
+    // Where the bytes are on disk: the file they were received into (the same inode as
+    // the handle), or a copy.
+    let same = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(p), file.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    };
     let path = match received {
-        Some(p) if p.exists() => p,
+        Some(p) if same(&p) => p,
         _ => {
             let p = dir.join(format!(".copy-{}.tmp", nonce()?));
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
