@@ -730,6 +730,35 @@ fn a_rust_client_with_prepared_statements_is_routed_by_its_parameters() {
             .await
             .unwrap();
         assert_eq!(second, [("fifty-three".to_string(),)]);
+        // LIMIT and OFFSET as parameters (what paging code binds), in both spellings.
+        for sql in [
+            "SELECT name FROM t_user WHERE balance >= ? ORDER BY balance DESC LIMIT ? OFFSET ?",
+            "SELECT name FROM t_user WHERE balance >= ? ORDER BY balance DESC LIMIT ?, ?",
+        ] {
+            // (balance floor, then LIMIT 1 OFFSET 1 or OFFSET 1, LIMIT 1: the same values)
+            let args = (0, 1, 1);
+            let page: Vec<(String,)> = conn.exec(sql, args).await.unwrap();
+            assert_eq!(page, [("fifty-three".to_string(),)], "{sql}");
+        }
+        let first: Vec<(String,)> = conn
+            .exec(
+                "SELECT name FROM t_user WHERE balance >= ? ORDER BY balance DESC LIMIT ?",
+                (0, 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(first, [("three".to_string(),)]);
+        let err = conn
+            .exec_drop(
+                "SELECT name FROM t_user WHERE balance >= ? LIMIT ?",
+                (0, -1),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("Incorrect arguments to LIMIT"),
+            "{err}"
+        );
         // A prepared write that reaches two shards is refused with a clear error.
         let err = conn
             .exec_drop(

@@ -346,6 +346,7 @@ mod tests {
             offset,
             shard_sql: String::new(),
             hidden: 0,
+            ..Default::default()
         };
         let ids = |rows: Vec<Vec<u8>>| -> Vec<Option<String>> {
             rows.iter()
@@ -457,6 +458,7 @@ mod tests {
             offset: 0,
             shard_sql: String::new(),
             hidden,
+            ..Default::default()
         };
         let ids = |rows: &[Vec<u8>], n: usize| -> Vec<i64> {
             let c: Vec<Column> = cols[..n].iter().map(|d| column(d).unwrap()).collect();

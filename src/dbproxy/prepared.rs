@@ -79,6 +79,76 @@ pub fn exec_for_backend(
     with
 }
 
+/// The EXECUTE `p` (of `nparams` parameters bound with `types`) with its parameters
+/// from `kept` on replaced by one unsigned LONGLONG `value`, types sent: what a shard's
+/// statement takes whose trailing `LIMIT ?` stands for the client's LIMIT and OFFSET
+/// parameters (the statement's last ones).
+pub fn with_trailing_limit(
+    p: &[u8],
+    nparams: usize,
+    types: &[[u8; 2]],
+    kept: usize,
+    value: u64,
+) -> Result<Vec<u8>, Malformed> {
+    let mut r = Reader::new(p);
+    let head = r.bytes(10)?;
+    let bitmap = r.bytes(nparams.div_ceil(8))?.to_vec();
+    let types: Vec<[u8; 2]> = if r.u8()? == 1 {
+        r.bytes(2 * nparams)?
+            .chunks(2)
+            .map(|c| [c[0], c[1]])
+            .collect()
+    } else {
+        types.to_vec()
+    };
+    if types.len() != nparams || kept > nparams {
+        return Err(Malformed("EXECUTE without parameter types"));
+    }
+    let null = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
+    let mut values = Vec::new();
+    for (i, [ty, _]) in types.iter().enumerate() {
+        if null(i) {
+            continue;
+        }
+        let start = r.pos;
+        skip_value(&mut r, *ty)?;
+        if i < kept {
+            values.extend_from_slice(&p[start..r.pos]);
+        }
+    }
+    let mut out = head.to_vec();
+    let mut nulls = vec![0u8; (kept + 1).div_ceil(8)];
+    for i in (0..kept).filter(|i| null(*i)) {
+        nulls[i / 8] |= 1 << (i % 8);
+    }
+    out.extend_from_slice(&nulls);
+    out.push(1);
+    for t in &types[..kept] {
+        out.extend_from_slice(t);
+    }
+    out.extend_from_slice(&[0x08, 0x80]);
+    out.extend_from_slice(&values);
+    out.extend_from_slice(&value.to_le_bytes());
+    Ok(out)
+}
+
+/// Moves past one parameter value of type `ty` (binary protocol).
+fn skip_value(r: &mut Reader, ty: u8) -> Result<(), Malformed> {
+    match ty {
+        0x01 => drop(r.bytes(1)?),
+        0x02 | 0x0d => drop(r.bytes(2)?),
+        0x03 | 0x09 | 0x04 => drop(r.bytes(4)?),
+        0x08 | 0x05 => drop(r.bytes(8)?),
+        0x06 => {}
+        0x07 | 0x0a | 0x0b | 0x0c | 0x11 | 0x12 | 0x13 => {
+            let n = r.u8()? as usize;
+            r.bytes(n)?;
+        }
+        _ => drop(r.lenenc_str()?),
+    }
+    Ok(())
+}
+
 /// The parameter values of an EXECUTE as text (None = NULL, or a type that cannot be a
 /// shard key such as a date). `types` holds the types the client bound last time; they
 /// are updated when this EXECUTE binds new ones.
@@ -231,6 +301,32 @@ mod tests {
         );
         // A truncated packet is passed on as it is, never a panic.
         assert_eq!(exec_for_backend(&later[..8], 44, 2, &types, false).len(), 8);
+    }
+
+    #[test]
+    fn trailing_limit_parameters_become_one_for_the_shards() {
+        // (name VARCHAR, limit LONG, offset LONG), name NULL-free.
+        let types = [[0xfd, 0], [0x03, 0], [0x03, 0]];
+        let mut values = vec![2, b'h', b'i'];
+        values.extend_from_slice(&10u32.to_le_bytes());
+        values.extend_from_slice(&5u32.to_le_bytes());
+        let p = execute(9, Some(&types), 0, &values);
+        let out = with_trailing_limit(&p, 3, &types, 1, 15).unwrap();
+        let mut want = vec![0x17];
+        want.extend_from_slice(&9u32.to_le_bytes());
+        want.push(0);
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.extend_from_slice(&[0, 1, 0xfd, 0, 0x08, 0x80, 2, b'h', b'i']);
+        want.extend_from_slice(&15u64.to_le_bytes());
+        assert_eq!(out, want);
+        // Types bound earlier; a NULL kept parameter stays NULL.
+        let later = execute(9, None, 0b001, &values[3..]);
+        let out = with_trailing_limit(&later, 3, &types, 1, 15).unwrap();
+        assert_eq!(&out[10..14], &[0b1, 1, 0xfd, 0]);
+        assert_eq!(&out[16..], &15u64.to_le_bytes());
+        // Truncated: an error, not a panic.
+        assert!(with_trailing_limit(&p[..p.len() - 2], 3, &types, 1, 15).is_err());
+        assert!(with_trailing_limit(&later, 3, &[], 1, 15).is_err());
     }
 
     #[test]

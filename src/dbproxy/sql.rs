@@ -67,6 +67,44 @@ pub struct Merge {
     pub shard_sql: String,
     /// How many columns were appended for ORDER BY (dropped after the merge).
     pub hidden: usize,
+    /// A prepared statement's LIMIT and OFFSET given as parameters (their indexes);
+    /// [`Merge::bind`] reads them from an EXECUTE.
+    pub limit_param: Option<usize>,
+    pub offset_param: Option<usize>,
+    /// With either: how many parameters the shard statement keeps before its own
+    /// `LIMIT ?` (the LIMIT clause's parameters are the statement's last ones, and the
+    /// shards get one in their place: offset + limit).
+    pub kept_params: Option<usize>,
+}
+
+impl Merge {
+    /// This plan with its LIMIT and OFFSET parameters bound to an EXECUTE's `values`,
+    /// and the shards' LIMIT (offset + limit) when it is a parameter too.
+    pub fn bind(&self, values: &[Option<String>]) -> Result<(Merge, Option<u64>), String> {
+        if self.kept_params.is_none() {
+            return Ok((self.clone(), None));
+        }
+        let value = |i: usize, what: &str| -> Result<u64, String> {
+            values
+                .get(i)
+                .cloned()
+                .flatten()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| format!("Incorrect arguments to {what}: the parameter must be a non-negative integer"))
+        };
+        let mut m = self.clone();
+        if let Some(i) = self.limit_param {
+            m.limit = Some(value(i, "LIMIT")?);
+        }
+        if let Some(i) = self.offset_param {
+            m.offset = value(i, "OFFSET")?;
+        }
+        let push = m
+            .limit
+            .map(|l| l.saturating_add(m.offset))
+            .unwrap_or(u64::MAX);
+        Ok((m, Some(push)))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -488,18 +526,39 @@ fn scatter_plan(stmt: &Statement) -> Result<Merge, String> {
             .and_then(|n| n.parse::<u64>().ok())
             .ok_or_else(|| format!("LIMIT {e} across shards: use a number"))
     };
-    let (limit, offset) = match &q.limit_clause {
-        None => (None, 0),
-        Some(LimitClause::LimitOffset { limit, offset, .. }) => (
-            limit.as_ref().map(number).transpose()?,
-            offset
+    // A prepared statement's `?` (numbered `?N` by then) is bound at EXECUTE.
+    let param = |e: &Expr| -> Option<usize> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                Value::Placeholder(p) => p.strip_prefix('?')?.parse().ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let bound = |e: &Expr| -> Result<(u64, Option<usize>), String> {
+        match param(e) {
+            Some(i) => Ok((0, Some(i))),
+            None => number(e).map(|n| (n, None)),
+        }
+    };
+    let ((limit, limit_param), (offset, offset_param)) = match &q.limit_clause {
+        None => ((None, None), (0, None)),
+        Some(LimitClause::LimitOffset { limit, offset, .. }) => {
+            let l = match limit.as_ref().map(bound).transpose()? {
+                Some((n, p)) => (p.is_none().then_some(n), p),
+                None => (None, None),
+            };
+            let o = offset
                 .as_ref()
-                .map(|o| number(&o.value))
+                .map(|o| bound(&o.value))
                 .transpose()?
-                .unwrap_or(0),
-        ),
+                .unwrap_or((0, None));
+            (l, o)
+        }
         Some(LimitClause::OffsetCommaLimit { offset, limit }) => {
-            (Some(number(limit)?), number(offset)?)
+            let (n, p) = bound(limit)?;
+            ((p.is_none().then_some(n), p), bound(offset)?)
         }
     };
     let mut shard_q = q.clone();
@@ -509,13 +568,39 @@ fn scatter_plan(stmt: &Statement) -> Result<Merge, String> {
             sel.projection.extend(hidden_exprs);
         }
     }
-    if let Some(l) = limit {
+    let in_limit = [limit_param, offset_param].iter().flatten().count();
+    let kept_params = if in_limit > 0 {
+        // The LIMIT clause's parameters must be the statement's last ones (they are,
+        // unless a parameter follows LIMIT): the shards get one `?` in their place.
+        let mut total = 0;
+        let _ = sqlparser::ast::visit_expressions(stmt, |e: &Expr| {
+            if param(e).is_some() {
+                total += 1;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        let kept = total - in_limit;
+        let mut trailing: Vec<usize> = [limit_param, offset_param].into_iter().flatten().collect();
+        trailing.sort_unstable();
+        if trailing != (kept..total).collect::<Vec<_>>() {
+            return Err("a parameter after LIMIT cannot be scattered across shards".into());
+        }
         shard_q.limit_clause = Some(LimitClause::LimitOffset {
-            limit: Some(Expr::value(Value::Number((l + offset).to_string(), false))),
+            limit: Some(Expr::value(Value::Placeholder(format!("?{kept}")))),
             offset: None,
             limit_by: Vec::new(),
         });
-    }
+        Some(kept)
+    } else {
+        if let Some(l) = limit {
+            shard_q.limit_clause = Some(LimitClause::LimitOffset {
+                limit: Some(Expr::value(Value::Number((l + offset).to_string(), false))),
+                offset: None,
+                limit_by: Vec::new(),
+            });
+        }
+        None
+    };
     let mut shard_stmt = Statement::Query(shard_q);
     let shard_sql = unnumber_placeholders(&mut shard_stmt)?;
     Ok(Merge {
@@ -524,6 +609,9 @@ fn scatter_plan(stmt: &Statement) -> Result<Merge, String> {
         offset,
         shard_sql,
         hidden,
+        limit_param,
+        offset_param,
+        kept_params,
     })
 }
 

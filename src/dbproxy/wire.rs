@@ -94,6 +94,7 @@ pub mod er {
     pub const PARSE: (u16, &str) = (1064, "42000");
     pub const UNKNOWN: (u16, &str) = (1105, "HY000");
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
+    pub const WRONG_ARGUMENTS: (u16, &str) = (1210, "HY000");
     pub const NOT_SUPPORTED_YET: (u16, &str) = (1235, "42000");
     pub const UNKNOWN_STMT_HANDLER: (u16, &str) = (1243, "HY000");
     pub const STMT_HAS_NO_OPEN_CURSOR: (u16, &str) = (1421, "HY000");

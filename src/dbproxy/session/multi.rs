@@ -382,6 +382,8 @@ impl Session {
         // What each connection is sent: packets without an answer (long data), then the
         // statement.
         let mut sends: Vec<(Vec<Vec<u8>>, Vec<u8>)> = Vec::with_capacity(pools.len());
+        // The plan with an EXECUTE's LIMIT and OFFSET parameters bound.
+        let mut bound: Option<sql::Merge> = None;
         match how {
             Scatter::Text => {
                 let mut p = vec![com::QUERY];
@@ -394,8 +396,42 @@ impl Session {
                         .error(1, er::UNKNOWN_STMT_HANDLER, "Unknown prepared statement")
                         .await;
                 };
+                let (nparams, mut types) = (st.params as usize, st.types.clone());
+                // LIMIT and OFFSET given as parameters: read them, and give the shards
+                // one parameter for both.
+                let values = match prepared::exec_params(payload, nparams, &mut types) {
+                    Ok(v) => v,
+                    Err(m) => {
+                        let msg = format!("Malformed COM_STMT_EXECUTE: {}", m.0);
+                        return self.error(1, er::HANDSHAKE, &msg).await;
+                    }
+                };
+                let push = match plan.bind(&values) {
+                    Ok((b, push)) => {
+                        bound = Some(b);
+                        push
+                    }
+                    Err(m) => return self.error(1, er::WRONG_ARGUMENTS, &m).await,
+                };
+                let rewritten = match (plan.kept_params, push) {
+                    (Some(k), Some(v)) => {
+                        match prepared::with_trailing_limit(payload, nparams, &types, k, v) {
+                            Ok(p) => Some((p, k + 1)),
+                            Err(m) => {
+                                let msg = format!("Malformed COM_STMT_EXECUTE: {}", m.0);
+                                return self.error(1, er::HANDSHAKE, &msg).await;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let Some(st) = self.stmts.get_mut(&id) else {
+                    return self
+                        .error(1, er::UNKNOWN_STMT_HANDLER, "Unknown prepared statement")
+                        .await;
+                };
                 let long_data = std::mem::take(&mut st.long_data);
-                let (nparams, types) = (st.params as usize, st.types.clone());
+                let expected = rewritten.as_ref().map_or(nparams, |(_, n)| *n);
                 for (shard, pool) in &pools {
                     let k = key(pool);
                     let Some(held) = self.held.get_mut(&k) else {
@@ -410,7 +446,7 @@ impl Session {
                                 Ok(Ok((b, packets))) => {
                                     let (_, _, n) =
                                         prepared::parse_prepare_ok(&packets[0]).unwrap_or_default();
-                                    if n as usize != nparams {
+                                    if n as usize != expected {
                                         // Never run it with its parameters misplaced.
                                         let close = prepared::with_stmt_id(
                                             &[com::STMT_CLOSE, 0, 0, 0, 0],
@@ -439,7 +475,12 @@ impl Session {
                         .iter()
                         .map(|c| prepared::with_stmt_id(c, backend_id))
                         .collect();
-                    let p = prepared::exec_for_backend(payload, backend_id, nparams, &types, true);
+                    let p = match &rewritten {
+                        Some((p, n)) => prepared::exec_for_backend(p, backend_id, *n, &[], true),
+                        None => {
+                            prepared::exec_for_backend(payload, backend_id, nparams, &types, true)
+                        }
+                    };
                     sends.push((chunks, p));
                 }
             }
@@ -515,6 +556,7 @@ impl Session {
             Scatter::Text => merge::Rows::Text,
             Scatter::Exec { .. } => merge::Rows::Binary,
         };
+        let plan = bound.as_ref().unwrap_or(plan);
         let rows = match merge::merge(&columns, rows, plan, encoding) {
             Ok(r) => r,
             Err(m) => return self.error(1, er::UNKNOWN, &m).await,

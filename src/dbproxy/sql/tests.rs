@@ -123,8 +123,66 @@ fn scatter_plans_widen_limits_and_refuse_what_cannot_merge() {
         m.shard_sql,
         "SELECT name, c AS __tessera_order_0 FROM t WHERE a = ? AND b IN (?, ?) ORDER BY c LIMIT 4"
     );
+    // LIMIT and OFFSET as parameters: the shards get one `?` for both (offset + limit).
+    for (sql, limit_param, offset_param, limit, offset) in [
+        (
+            "SELECT a FROM t WHERE b = ? ORDER BY a LIMIT ?",
+            Some(1),
+            None,
+            None,
+            0,
+        ),
+        (
+            "SELECT a FROM t WHERE b = ? ORDER BY a LIMIT ? OFFSET ?",
+            Some(1),
+            Some(2),
+            None,
+            0,
+        ),
+        (
+            "SELECT a FROM t WHERE b = ? ORDER BY a LIMIT ?, ?",
+            Some(2),
+            Some(1),
+            None,
+            0,
+        ),
+        (
+            "SELECT a FROM t WHERE b = ? ORDER BY a LIMIT 10 OFFSET ?",
+            None,
+            Some(1),
+            Some(10),
+            0,
+        ),
+    ] {
+        let m = analyze(sql).unwrap().merge.unwrap();
+        assert_eq!(
+            (m.limit_param, m.offset_param, m.limit, m.offset),
+            (limit_param, offset_param, limit, offset),
+            "{sql}"
+        );
+        assert_eq!(m.kept_params, Some(1), "{sql}");
+        assert_eq!(
+            m.shard_sql, "SELECT a FROM t WHERE b = ? ORDER BY a LIMIT ?",
+            "{sql}"
+        );
+    }
+    let m = analyze("SELECT a FROM t WHERE b = ? ORDER BY a LIMIT ?, ?")
+        .unwrap()
+        .merge
+        .unwrap();
+    let (b, push) = m
+        .bind(&[Some("x".into()), Some("20".into()), Some("5".into())])
+        .unwrap();
+    assert_eq!((b.offset, b.limit, push), (20, Some(5), Some(25)));
+    assert!(m
+        .bind(&[None, None, Some("5".into())])
+        .unwrap_err()
+        .contains("OFFSET"));
+    assert!(m
+        .bind(&[None, Some("1".into()), Some("-1".into())])
+        .unwrap_err()
+        .contains("LIMIT"));
     for bad in [
-        "SELECT a FROM t LIMIT ?",
         "SELECT a FROM t ORDER BY ?",
         "SELECT COUNT(*) FROM t",
         "SELECT a, SUM(b) FROM t GROUP BY a",
