@@ -78,21 +78,7 @@ fn binary_cells(p: &[u8], columns: &[Column]) -> Result<Vec<Option<Range<usize>>
             continue;
         }
         let start = r.pos;
-        match c.ty {
-            0x01 => drop(r.bytes(1)?),
-            0x02 | 0x0d => drop(r.bytes(2)?),
-            0x03 | 0x09 | 0x04 => drop(r.bytes(4)?),
-            0x08 | 0x05 => drop(r.bytes(8)?),
-            0x06 => {}
-            // DATE, DATETIME, TIMESTAMP, TIME (and their *2 forms): a length byte, then
-            // that many bytes.
-            0x07 | 0x0a | 0x0b | 0x0c | 0x11 | 0x12 | 0x13 => {
-                let n = r.u8()? as usize;
-                r.bytes(n)?;
-            }
-            // Strings, decimals, blobs, JSON, enums, sets, bit, geometry: length-encoded.
-            _ => drop(r.lenenc_str()?),
-        }
+        super::prepared::skip_value(&mut r, c.ty)?;
         out.push(Some(start..r.pos));
     }
     if !r.is_empty() {

@@ -132,8 +132,10 @@ pub fn with_trailing_limit(
     Ok(out)
 }
 
-/// Moves past one parameter value of type `ty` (binary protocol).
-fn skip_value(r: &mut Reader, ty: u8) -> Result<(), Malformed> {
+/// Moves past one value of column or parameter type `ty` (binary protocol): fixed-size
+/// numbers; DATE, DATETIME, TIMESTAMP, TIME as a length byte and that many bytes;
+/// everything else (strings, decimals, blobs, JSON, enums, sets, bit) length-encoded.
+pub(super) fn skip_value(r: &mut Reader, ty: u8) -> Result<(), Malformed> {
     match ty {
         0x01 => drop(r.bytes(1)?),
         0x02 | 0x0d => drop(r.bytes(2)?),

@@ -103,23 +103,8 @@ pub fn check_file(path: &std::path::Path) -> Result<BackupInfo, String> {
         None if tail_len == len => 0,
         None => return Err("not a tessera snapshot: no trailer line at its end".into()),
     };
-    let info: BackupInfo =
-        serde_json::from_slice(&without_newline[start_in_tail..]).map_err(|_| {
-            "not a tessera snapshot, or cut short: the last line is not its trailer".to_string()
-        })?;
-    if info.tessera_snapshot != 1 {
-        return Err(format!(
-            "snapshot format {} is not supported by this binary",
-            info.tessera_snapshot
-        ));
-    }
     let body_len = len - tail_len + start_in_tail as u64;
-    if body_len != info.bytes {
-        return Err(format!(
-            "the snapshot body is {body_len} bytes but its trailer says {}: the file is damaged",
-            info.bytes
-        ));
-    }
+    let info = read_trailer(&without_newline[start_in_tail..], body_len)?;
     f.rewind().map_err(at)?;
     let mut h = Sha256::new();
     let mut body = (&mut f).take(body_len);
@@ -144,15 +129,9 @@ pub fn check_file(path: &std::path::Path) -> Result<BackupInfo, String> {
     Ok(info)
 }
 
-/// Checks a backup file and returns its body and trailer.
-pub fn open(file: &[u8]) -> Result<(&[u8], BackupInfo), String> {
-    let without_newline = file.strip_suffix(b"\n").unwrap_or(file);
-    let start = without_newline
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |p| p + 1);
-    let trailer = &without_newline[start..];
-    let info: BackupInfo = serde_json::from_slice(trailer).map_err(|_| {
+/// The trailer line `line` of a file whose body is `body_len` bytes, checked.
+fn read_trailer(line: &[u8], body_len: u64) -> Result<BackupInfo, String> {
+    let info: BackupInfo = serde_json::from_slice(line).map_err(|_| {
         "not a tessera snapshot, or cut short: the last line is not its trailer".to_string()
     })?;
     if info.tessera_snapshot != 1 {
@@ -161,14 +140,24 @@ pub fn open(file: &[u8]) -> Result<(&[u8], BackupInfo), String> {
             info.tessera_snapshot
         ));
     }
-    let body = &file[..start];
-    if body.len() as u64 != info.bytes {
+    if body_len != info.bytes {
         return Err(format!(
-            "the snapshot body is {} bytes but its trailer says {}: the file is damaged",
-            body.len(),
+            "the snapshot body is {body_len} bytes but its trailer says {}: the file is damaged",
             info.bytes
         ));
     }
+    Ok(info)
+}
+
+/// Checks a backup file and returns its body and trailer.
+pub fn open(file: &[u8]) -> Result<(&[u8], BackupInfo), String> {
+    let without_newline = file.strip_suffix(b"\n").unwrap_or(file);
+    let start = without_newline
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |p| p + 1);
+    let body = &file[..start];
+    let info = read_trailer(&without_newline[start..], body.len() as u64)?;
     let sum = crate::util::hex(&Sha256::digest(body));
     if sum != info.sha256 {
         return Err(format!(
