@@ -382,9 +382,7 @@ impl Backend {
         &mut self,
         sql: &str,
     ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), BackendError> {
-        let mut p = vec![com::QUERY];
-        p.extend_from_slice(sql.as_bytes());
-        match self.collect(&p).await? {
+        match self.collect(&wire::command(com::QUERY, sql)).await? {
             Collected::Ok(_) => Ok((Vec::new(), Vec::new())),
             Collected::Err(e) => {
                 let (code, msg) = wire::parse_err(&e).unwrap_or((0, String::new()));

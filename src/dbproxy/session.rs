@@ -80,9 +80,14 @@ struct Held {
 enum Scatter<'a> {
     /// As the text of the plan's shard statement (COM_QUERY); rows come back as text.
     Text,
-    /// As the client's EXECUTE of statement `id`, run on each shard as a statement
-    /// prepared from the plan's shard statement; rows come back binary.
-    Exec { id: u32, payload: &'a [u8] },
+    /// As the client's EXECUTE of statement `id` (its parameter `values` decoded), run
+    /// on each shard as a statement prepared from the plan's shard statement; rows come
+    /// back binary.
+    Exec {
+        id: u32,
+        payload: &'a [u8],
+        values: &'a [Option<String>],
+    },
 }
 
 /// What a routed command sends to the chosen backend.
@@ -769,8 +774,12 @@ impl Session {
                         .with_label_values(&[&db.name, u, "scatter"])
                         .inc();
                 }
-                let how = match cmd {
-                    Cmd::Exec { id, payload } => Scatter::Exec { id, payload },
+                let how = match (cmd, params) {
+                    (Cmd::Exec { id, payload }, Some(values)) => Scatter::Exec {
+                        id,
+                        payload,
+                        values,
+                    },
                     _ => Scatter::Text,
                 };
                 self.scatter(&db, &units, &plan, how).await
@@ -888,9 +897,7 @@ impl Session {
                 .await
                 .map_err(|e| format!("{}: {e}", pool.target.addr))?;
             for s in &self.sets {
-                let mut p = vec![com::QUERY];
-                p.extend_from_slice(s.as_bytes());
-                match lease.conn.collect(&p).await {
+                match lease.conn.collect(&wire::command(com::QUERY, s)).await {
                     Ok(Collected::Ok(_)) => {}
                     Ok(_) => return Err(format!("replaying `{s}` on {} failed", pool.target.addr)),
                     Err(e) => {
@@ -1141,8 +1148,7 @@ impl Session {
             .ok_or_else(|| {
                 format!("shard {unit} is no longer configured; the transaction was abandoned")
             })?;
-        let mut p = vec![com::QUERY];
-        p.extend_from_slice(word.as_bytes());
+        let p = wire::command(com::QUERY, word);
         let h = self.conn(&pool).await?;
         match h.lease.conn.collect(&p).await {
             Ok(Collected::Ok(_)) => Ok(()),

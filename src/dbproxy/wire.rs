@@ -150,6 +150,14 @@ impl std::fmt::Display for PacketTooLarge {
 }
 impl std::error::Error for PacketTooLarge {}
 
+/// The payload of command `com` carrying `sql` (COM_QUERY, COM_STMT_PREPARE).
+pub fn command(com: u8, sql: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1 + sql.len());
+    p.push(com);
+    p.extend_from_slice(sql.as_bytes());
+    p
+}
+
 /// Appends `payload` framed as one or more packets starting at `seq`; returns the next
 /// sequence id.
 pub fn frame(out: &mut Vec<u8>, mut seq: u8, payload: &[u8]) -> u8 {

@@ -4,6 +4,11 @@
 
 use super::*;
 
+/// A COM_QUERY of `sql`.
+fn query(sql: &str) -> Vec<u8> {
+    wire::command(com::QUERY, sql)
+}
+
 /// Why an every-shard write did not commit.
 enum TwoPhase {
     /// A shard refused it: its ERR (rewritten to name the shard), for the client.
@@ -64,8 +69,7 @@ impl Session {
             return self.ok(1).await;
         }
         // Apply to every held connection; check it on one shard when none is held.
-        let mut p = vec![com::QUERY];
-        p.extend_from_slice(text.as_bytes());
+        let p = wire::command(com::QUERY, text);
         let mut pools: Vec<Arc<Pool>> = self.held.values().map(|h| h.pool.clone()).collect();
         if pools.is_empty() {
             if let Some(s) = self
@@ -169,11 +173,6 @@ impl Session {
         payload: &[u8],
         xid: &str,
     ) -> Result<u64, TwoPhase> {
-        let q = |sql: String| {
-            let mut p = vec![com::QUERY];
-            p.extend_from_slice(sql.as_bytes());
-            p
-        };
         let limit = self.shared.statement_timeout;
         let mut affected = 0u64;
         let mut begun: Vec<(Arc<ShardRoute>, Arc<Pool>)> = Vec::new();
@@ -189,10 +188,10 @@ impl Session {
                 break;
             };
             let steps = [
-                q(format!("XA START '{xid}'")),
+                query(&format!("XA START '{xid}'")),
                 payload.to_vec(),
-                q(format!("XA END '{xid}'")),
-                q(format!("XA PREPARE '{xid}'")),
+                query(&format!("XA END '{xid}'")),
+                query(&format!("XA PREPARE '{xid}'")),
             ];
             begun.push((s.clone(), pool.clone()));
             for (i, step) in steps.iter().enumerate() {
@@ -265,7 +264,7 @@ impl Session {
                 Some(h) => matches!(
                     bounded(
                         limit,
-                        h.lease.conn.collect(&q(format!("XA COMMIT '{xid}'")))
+                        h.lease.conn.collect(&query(&format!("XA COMMIT '{xid}'")))
                     )
                     .await,
                     Some(Ok(Collected::Ok(_)))
@@ -293,17 +292,18 @@ impl Session {
             let Some(h) = self.held.get_mut(&key(pool)) else {
                 continue;
             };
-            let q = |sql: String| {
-                let mut p = vec![com::QUERY];
-                p.extend_from_slice(sql.as_bytes());
-                p
-            };
             // Fails harmlessly when the transaction already ended (prepared).
             let limit = self.shared.statement_timeout;
-            let _ = bounded(limit, h.lease.conn.collect(&q(format!("XA END '{xid}'")))).await;
+            let _ = bounded(
+                limit,
+                h.lease.conn.collect(&query(&format!("XA END '{xid}'"))),
+            )
+            .await;
             let rolled = bounded(
                 limit,
-                h.lease.conn.collect(&q(format!("XA ROLLBACK '{xid}'"))),
+                h.lease
+                    .conn
+                    .collect(&query(&format!("XA ROLLBACK '{xid}'"))),
             )
             .await;
             if !matches!(rolled, Some(Ok(Collected::Ok(_)))) {
@@ -386,27 +386,25 @@ impl Session {
         let mut bound: Option<sql::Merge> = None;
         match how {
             Scatter::Text => {
-                let mut p = vec![com::QUERY];
-                p.extend_from_slice(plan.shard_sql.as_bytes());
+                let p = wire::command(com::QUERY, &plan.shard_sql);
                 sends.resize(pools.len(), (Vec::new(), p));
             }
-            Scatter::Exec { id, payload } => {
+            Scatter::Exec {
+                id,
+                payload,
+                values,
+            } => {
                 let Some(st) = self.stmts.get_mut(&id) else {
                     return self
                         .error(1, er::UNKNOWN_STMT_HANDLER, "Unknown prepared statement")
                         .await;
                 };
-                let (nparams, mut types) = (st.params as usize, st.types.clone());
+                // The types as this EXECUTE (or an earlier one) bound them: execute()
+                // has decoded its parameters already.
+                let (nparams, types) = (st.params as usize, st.types.clone());
                 // LIMIT and OFFSET given as parameters: read them, and give the shards
                 // one parameter for both.
-                let values = match prepared::exec_params(payload, nparams, &mut types) {
-                    Ok(v) => v,
-                    Err(m) => {
-                        let msg = format!("Malformed COM_STMT_EXECUTE: {}", m.0);
-                        return self.error(1, er::HANDSHAKE, &msg).await;
-                    }
-                };
-                let push = match plan.bind(&values) {
+                let push = match plan.bind(values) {
                     Ok((b, push)) => {
                         bound = Some(b);
                         push
@@ -440,8 +438,7 @@ impl Session {
                     let backend_id = match held.scatter_stmts.get(&id) {
                         Some(b) => *b,
                         None => {
-                            let mut p = vec![com::STMT_PREPARE];
-                            p.extend_from_slice(plan.shard_sql.as_bytes());
+                            let p = wire::command(com::STMT_PREPARE, &plan.shard_sql);
                             match held.lease.conn.prepare(&p).await {
                                 Ok(Ok((b, packets))) => {
                                     let (_, _, n) =

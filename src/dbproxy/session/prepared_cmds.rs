@@ -22,8 +22,7 @@ impl Session {
         let backend_id = match held.stmts.get(&id) {
             Some(b) => *b,
             None => {
-                let mut p = vec![com::STMT_PREPARE];
-                p.extend_from_slice(st.sql.as_bytes());
+                let p = wire::command(com::STMT_PREPARE, &st.sql);
                 match held.lease.conn.prepare(&p).await {
                     Ok(Ok((b, _))) => {
                         held.stmts.insert(id, b);
@@ -186,8 +185,7 @@ impl Session {
             | Class::Autocommit(_)
             | Class::Use(_)
             | Class::Session => {
-                let mut p = vec![com::QUERY];
-                p.extend_from_slice(sql.as_bytes());
+                let p = wire::command(com::QUERY, &sql);
                 Box::pin(self.route(&p, &sql, Ok((*a).clone()))).await
             }
             _ => {
