@@ -20,7 +20,9 @@ pub struct BackupInfo {
     pub cluster_id: String,
 }
 
-/// Appends the trailer to a snapshot body.
+/// Appends the trailer to a snapshot body (the whole file in memory: what the format's
+/// tests build; the server writes through [`Hashing`] and [`trailer`]).
+#[cfg(test)]
 pub fn seal(mut body: Vec<u8>, revision: u64, keys: usize, cluster_id: &str) -> Vec<u8> {
     let sha = crate::util::hex(&Sha256::digest(&body));
     let t = trailer(body.len() as u64, sha, revision, keys, cluster_id);
@@ -149,7 +151,9 @@ fn read_trailer(line: &[u8], body_len: u64) -> Result<BackupInfo, String> {
     Ok(info)
 }
 
-/// Checks a backup file and returns its body and trailer.
+/// Checks a backup file held in memory and returns its body and trailer (the format's
+/// tests; files on disk go through [`check_file`]).
+#[cfg(test)]
 pub fn open(file: &[u8]) -> Result<(&[u8], BackupInfo), String> {
     let without_newline = file.strip_suffix(b"\n").unwrap_or(file);
     let start = without_newline
