@@ -1310,3 +1310,126 @@ fn https_certificates_come_from_the_control_plane_with_their_keys_sealed() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Reads one answer from `r`: (status line, head lowercased, body). The body is read by
+/// its `content-length` (none for `head_only`).
+fn read_answer(r: &mut BufReader<TcpStream>, head_only: bool) -> (String, String, String) {
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let len: usize = header(&head, "content-length")
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0; if head_only { 0 } else { len }];
+    r.read_exact(&mut body).unwrap();
+    (
+        status.trim().to_string(),
+        head,
+        String::from_utf8(body).unwrap(),
+    )
+}
+
+#[test]
+fn one_connection_carries_pipelined_head_and_http10_requests_in_order() {
+    // The gateway serves plain HTTP/1.1 in its own loop and hands a connection to hyper
+    // at the first request that needs it (here HTTP/1.0): answers stay in order and
+    // routed, whoever serves them.
+    let e = estate(&[]);
+    let a0 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    let b1 = Backend::start("127.0.0.2", "echo", "rz01", "hz-b", "v1");
+    e.apply(
+        &[
+            app(
+                "echo",
+                &[(&a0, "rz00", None, "v1"), (&b1, "rz01", None, "v1")],
+                false,
+            ),
+            rule(
+                "echo",
+                "{app: echo, routingKey: {source: query, name: uid}}",
+            ),
+        ]
+        .concat(),
+    );
+    let s = TcpStream::connect(e.gw).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    // Three requests in one write: two GETs to different units and a HEAD.
+    w.write_all(
+        b"GET /a?uid=2088000000000007 HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /b?uid=2088000000000057 HTTP/1.1\r\nHost: x\r\n\r\n\
+          HEAD /c?uid=2088000000000057 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let (st, head, body) = read_answer(&mut r, false);
+    assert_eq!(
+        (st.as_str(), header(&head, "x-tessera-unit")),
+        ("HTTP/1.1 200 OK", Some("rz00")),
+        "{head}"
+    );
+    assert!(body.contains("\"unit\":\"rz00\""), "{body}");
+    assert!(head.contains("date: "), "{head}");
+    let (st, head, body) = read_answer(&mut r, false);
+    assert_eq!(
+        (st.as_str(), header(&head, "x-tessera-unit")),
+        ("HTTP/1.1 200 OK", Some("rz01"))
+    );
+    assert!(body.contains("\"unit\":\"rz01\""), "{body}");
+    let (st, head, _) = read_answer(&mut r, true);
+    assert_eq!(
+        (st.as_str(), header(&head, "x-tessera-unit")),
+        ("HTTP/1.1 200 OK", Some("rz01"))
+    );
+    // A POST with a small body on the same connection.
+    w.write_all(
+        b"POST /p?uid=2088000000000007 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .unwrap();
+    let (st, head, _) = read_answer(&mut r, false);
+    assert_eq!(
+        (st.as_str(), header(&head, "x-tessera-unit")),
+        ("HTTP/1.1 200 OK", Some("rz00")),
+        "{head}"
+    );
+    // HTTP/1.0 with keep-alive: hyper takes the connection over and keeps serving it.
+    w.write_all(
+        b"GET /d?uid=2088000000000057 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .unwrap();
+    let (st, head, _) = read_answer(&mut r, false);
+    assert!(st.starts_with("HTTP/1.") && st.contains(" 200"), "{st}");
+    assert_eq!(header(&head, "x-tessera-unit"), Some("rz01"), "{head}");
+    w.write_all(b"GET /e?uid=2088000000000007 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (st, head, _) = read_answer(&mut r, false);
+    assert_eq!(
+        (st.as_str(), header(&head, "x-tessera-unit")),
+        ("HTTP/1.1 200 OK", Some("rz00"))
+    );
+    // Then the gateway closes.
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // A fresh connection asking to close is closed after its answer, by the own loop.
+    let s = TcpStream::connect(e.gw).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(b"GET /f?uid=2088000000000007 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (st, head, _) = read_answer(&mut r, false);
+    assert_eq!(st, "HTTP/1.1 200 OK");
+    assert_eq!(header(&head, "connection"), Some("close"), "{head}");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}

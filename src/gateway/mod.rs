@@ -1,7 +1,8 @@
 //! The gateway role: the L7 entrance that routes every user to the unit owning their data.
 //!
 //! - `table.rs`: the route table, compiled from resources (pure); matching and unit choice.
-//! - `proxy.rs`: the data plane (hyper: HTTP/1.1 and h2c on one port), retries, mirror,
+//! - `h1.rs`: the entrance's own HTTP/1.1 loop for plain requests; the rest to hyper.
+//! - `proxy.rs`: the data plane (one `handle` for both), retries, mirror,
 //!   passive ejection, in-flight accounting, metrics and access log.
 //! - `crate::api::feed`: credential, list + watch of the control plane, the on-disk route
 //!   cache (`routes.json`).
@@ -11,6 +12,7 @@
 //! The gateway is ready once it has a route table, from the control plane or from its
 //! cache; it never needs the control plane to keep serving.
 
+mod h1;
 mod proxy;
 pub mod table;
 mod tls;
@@ -223,6 +225,12 @@ async fn serve_entrance(
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let limits = h1::Limits {
+        header_timeout: Duration::from_secs(cfg.header_read_timeout_secs),
+        max_head: cfg.max_header_bytes.max(8192),
+        max_body: cfg.max_body_bytes,
+    };
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -243,56 +251,63 @@ async fn serve_entrance(
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
         let secure = tls.is_some();
-        let service = hyper::service::service_fn(move |req| gw.clone().handle(req, peer, secure));
-        match &tls {
-            None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(client = %peer, error = %e, "Client connection ended with an error");
-                    }
-                    drop(permit);
-                });
-            }
-            Some(config) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-                let (builder, watcher, failures) = (
-                    builder.clone(),
-                    graceful.watcher(),
-                    gateway.metrics.tls_failures.clone(),
-                );
-                tokio::spawn(async move {
-                    let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                failures.inc();
-                                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                failures.inc();
-                                tracing::debug!(client = %peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
-                        .into_owned();
+        let (builder, watcher, stop) = (builder.clone(), graceful.watcher(), shutdown.clone());
+        let failures = gateway.metrics.tls_failures.clone();
+        let acceptor = tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        tasks.spawn(async move {
+            let service = {
+                let gw = gw.clone();
+                hyper::service::service_fn(move |req| gw.clone().handle(req, peer, secure))
+            };
+            let Some(acceptor) = acceptor else {
+                // HTTP/1.1 in the gateway's own loop; h2c and the unusual to hyper.
+                if let h1::End::Hyper(io) = h1::serve(stream, &gw, peer, false, limits, &stop).await {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(client = %peer, error = %e, "Client connection ended with an error");
                     }
-                    drop(permit);
-                });
+                }
+                drop(permit);
+                return;
+            };
+            let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    failures.inc();
+                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    failures.inc();
+                    tracing::debug!(client = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = if h2 {
+                h1::Prefixed::plain(tls_stream)
+            } else {
+                match h1::serve(tls_stream, &gw, peer, true, limits, &stop).await {
+                    h1::End::Closed => {
+                        drop(permit);
+                        return;
+                    }
+                    h1::End::Hyper(io) => io,
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(client = %peer, error = %e, "Client connection ended with an error");
             }
-        }
+            drop(permit);
+        });
     }
     drop(listener);
-    // In-flight requests finish; the process's drain deadline bounds this.
+    // In-flight requests finish; the process's drain deadline bounds this. The own loop
+    // sees `shutdown` and closes each connection after the request it is on.
     graceful.shutdown().await;
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
 

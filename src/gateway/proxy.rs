@@ -22,7 +22,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -406,12 +406,18 @@ impl Gateway {
             .set(down);
     }
 
-    pub async fn handle(
+    /// Serves one request (from hyper, `Incoming` bodies, or from the HTTP/1.1 loop in
+    /// `h1.rs`, bodies read in full).
+    pub async fn handle<B>(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<B>,
         client: SocketAddr,
         secure: bool,
-    ) -> Result<Response<RespBody>, Infallible> {
+    ) -> Result<Response<RespBody>, Infallible>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + std::fmt::Display,
+    {
         let start = Instant::now();
         let table = self.table.load_full();
         let (parts, body) = req.into_parts();
