@@ -13,8 +13,9 @@
 //! rejects or that are too long (hyper answers 400 or 431), and the HTTP/2 preface (h2c).
 //! So every unusual case keeps hyper's behaviour, and one request never mixes the two.
 //!
-//! Timeouts as hyper's `header_read_timeout`: a head (and here also a small body) must
-//! arrive within `header_timeout` of starting to wait for it, idle keep-alive included.
+//! Timeouts as hyper's `header_read_timeout`, coarser: a head (and here also a small
+//! body) must arrive within one to two `header_timeout`s of starting to wait for it, idle
+//! keep-alive included (the first request of a connection: one).
 //! On shutdown a connection finishes the request it is on and closes
 //! (`connection: close`).
 
@@ -72,11 +73,12 @@ where
     let mut out: Vec<u8> = Vec::with_capacity(4 << 10);
     let mut wait = Wait {
         timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
-        deadline: tokio::time::Instant::now(),
+        timeout: limits.header_timeout,
+        served: 0,
+        served_when_armed: 0,
         stopped: Box::pin(stop.clone().cancelled_owned()),
     };
     loop {
-        wait.deadline = tokio::time::Instant::now() + limits.header_timeout;
         // A head.
         let parsed = loop {
             match parse(&buf, limits) {
@@ -111,6 +113,7 @@ where
             Ok(r) => r,
             Err(never) => match never {},
         };
+        wait.served += 1;
         let close = parsed.close || stop.is_cancelled();
         if write_answer(&mut io, &mut out, resp, head_only, close)
             .await
@@ -212,12 +215,15 @@ fn request(head: &Bytes, body: Bytes) -> Option<Request<Full<Bytes>>> {
     Some(r)
 }
 
-/// The waits of one connection. The timer is armed once and moved only when it fires
-/// before `deadline` (which each head pushes back): re-arming a timer per request costs
-/// more than the rest of reading it.
+/// The waits of one connection. Its timer is not re-armed per request (a timer-wheel
+/// insert and a clock read each time): when it fires, the connection times out unless a
+/// request was served since it was armed, in which case it is armed again. So a head
+/// (or small body) gets between one and two `timeout`s.
 struct Wait {
     timer: Pin<Box<tokio::time::Sleep>>,
-    deadline: tokio::time::Instant,
+    timeout: Duration,
+    served: u64,
+    served_when_armed: u64,
     stopped: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
@@ -240,10 +246,11 @@ async fn read_more<IO: AsyncRead + Unpin>(
             Poll::Pending => {}
         }
         while wait.timer.as_mut().poll(cx).is_ready() {
-            if tokio::time::Instant::now() >= wait.deadline {
+            if wait.served == wait.served_when_armed {
                 return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
             }
-            let at = wait.deadline;
+            wait.served_when_armed = wait.served;
+            let at = tokio::time::Instant::now() + wait.timeout;
             wait.timer.as_mut().reset(at);
         }
         if idle && wait.stopped.as_mut().poll(cx).is_ready() {

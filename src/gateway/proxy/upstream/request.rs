@@ -142,30 +142,51 @@ impl RequestHead<'_> {
                 line(&mut out, b"host", a.as_bytes());
             }
         }
-        let ip = self.client.to_string();
-        match xff {
-            Some(mut x) => {
-                x.extend_from_slice(b", ");
-                x.extend_from_slice(ip.as_bytes());
-                line(&mut out, b"x-forwarded-for", &x);
-            }
-            None => line(&mut out, b"x-forwarded-for", ip.as_bytes()),
+        let mut x = xff.unwrap_or_default();
+        if !x.is_empty() {
+            x.extend_from_slice(b", ");
         }
+        write_ip(&mut x, self.client);
+        line(&mut out, b"x-forwarded-for", &x);
         let proto: &[u8] = if self.secure { b"https" } else { b"http" };
         line(&mut out, b"x-forwarded-proto", proto);
         line(&mut out, b"x-tessera-unit", field(self.unit));
         line(&mut out, b"x-tessera-zone", field(self.zone));
         if let Some(s) = self.slot {
-            line(&mut out, b"x-tessera-slot", format!("{s:02}").as_bytes());
+            line(
+                &mut out,
+                b"x-tessera-slot",
+                &[b'0' + s / 10 % 10, b'0' + s % 10],
+            );
         }
         match framed {
             Framed::Length(0)
                 if !matches!(*self.method, Method::POST | Method::PUT | Method::PATCH) => {}
-            Framed::Length(n) => line(&mut out, b"content-length", n.to_string().as_bytes()),
+            Framed::Length(n) => line(
+                &mut out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            ),
             Framed::Chunked => line(&mut out, b"transfer-encoding", b"chunked"),
         }
         out.extend_from_slice(b"\r\n");
         out
+    }
+}
+
+/// An address as text; IPv4 without `fmt` (this runs for every request).
+fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut b = itoa::Buffer::new();
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(b.format(o).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(_) => out.extend_from_slice(ip.to_string().as_bytes()),
     }
 }
 
