@@ -62,11 +62,12 @@ pub(super) fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<H
         keep_alive: false,
     };
     let mut named_hop: Vec<HeaderName> = Vec::new();
+    // Values are kept as offsets and then cut from the head without copying.
+    let base = buf.as_ptr() as usize;
+    let mut kept: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(r.headers.len());
     for raw in r.headers.iter() {
         let name = HeaderName::from_bytes(raw.name.as_bytes())
             .map_err(|_| format!("the answer has an invalid header name {:?}", raw.name))?;
-        let value = HeaderValue::from_bytes(raw.value)
-            .map_err(|_| format!("the answer's header {name} has an invalid value"))?;
         if name == header::CONTENT_LENGTH {
             for part in raw.value.split(|b| *b == b',') {
                 match std::str::from_utf8(part).ok().map(str::trim).and_then(|s| {
@@ -102,12 +103,26 @@ pub(super) fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<H
         } else if super::super::is_hop_by_hop(&name) {
             continue;
         }
+        let start = if raw.value.is_empty() {
+            0
+        } else {
+            (raw.value.as_ptr() as usize).wrapping_sub(base)
+        };
+        let end = start.saturating_add(raw.value.len());
+        if end > n {
+            return Err(format!("the answer's header {name} is outside its head"));
+        }
+        kept.push((name, start, end));
+    }
+    let head = buf.split_to(n).freeze();
+    for (name, start, end) in kept {
+        if named_hop.contains(&name) {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| format!("the answer's header {name} has an invalid value"))?;
         h.headers.append(name, value);
     }
-    for n in &named_hop {
-        h.headers.remove(n);
-    }
-    buf.advance(n);
     Ok(Some(h))
 }
 
