@@ -1433,3 +1433,44 @@ fn one_connection_carries_pipelined_head_and_http10_requests_in_order() {
     r.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
 }
+
+#[test]
+fn on_shutdown_a_request_in_flight_finishes_and_idle_connections_close() {
+    let mut e = estate(&[]);
+    let a0 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
+    e.apply(
+        &[
+            app("echo", &[(&a0, "rz00", None, "v1")], false),
+            rule(
+                "echo",
+                "{app: echo, routingKey: {source: query, name: uid}}",
+            ),
+        ]
+        .concat(),
+    );
+    let open = |path: &str| {
+        let s = TcpStream::connect(e.gw).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        w.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        (w, BufReader::new(s))
+    };
+    // One idle keep-alive connection (answered once), one request taking 1.5 s.
+    let (_idle_w, mut idle) = open("/a?uid=2088000000000007");
+    assert_eq!(read_answer(&mut idle, false).0, "HTTP/1.1 200 OK");
+    let (_slow_w, mut slow) = open("/b?uid=2088000000000007&delay_ms=1500");
+    std::thread::sleep(Duration::from_millis(300));
+    e.gateway.signal("TERM");
+    // The slow request is answered, told the connection closes, and then it does.
+    let (st, head, _) = read_answer(&mut slow, false);
+    assert_eq!(st, "HTTP/1.1 200 OK", "{}", e.gateway.logs());
+    assert_eq!(header(&head, "connection"), Some("close"), "{head}");
+    let mut rest = Vec::new();
+    assert_eq!(slow.read_to_end(&mut rest).unwrap(), 0);
+    // The idle one was closed without an answer.
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0);
+    let (status, took) = e.gateway.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?} after {took:?}");
+}
