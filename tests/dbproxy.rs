@@ -1425,3 +1425,95 @@ fn every_shard_writes_commit_everywhere_or_nowhere() {
     }
     e.a.sql("XA ROLLBACK 'tessera.dbp-2.dead.3'");
 }
+
+/// A one-sided partition: the proxy loses its primary (a relay between them blackholes
+/// the link) while the primary lives on and its replica still replicates. With
+/// failover on, the proxy promotes the replica and writes resume there; nothing is
+/// written to the old primary after the cut; the old primary cannot be fenced while
+/// unreachable, and is fenced read-only as soon as the link heals.
+#[test]
+fn a_primary_cut_off_from_the_proxy_is_failed_over_and_fenced_once_reachable() {
+    use crate::relay::Relay;
+    let e = estate_full(
+        [134, 135, 136],
+        false,
+        "",
+        "  failover: auto\n  failoverAfterMs: 1500\n",
+    );
+    // The proxy reaches the primary only through the relay (on the primary's IP).
+    let relay = Relay::start(SocketAddr::new(e.a.addr.ip(), 0), e.a.addr);
+    let spec = e
+        .datasource
+        .replace(&e.a.addr.to_string(), &relay.addr().to_string());
+    let (code, _, out) = http(e.api, "POST", "/api/v1/apply", Some(&e.token), &spec).unwrap();
+    assert_eq!(code, 200, "{out}");
+    app_ok(&e, SCHEMA);
+    let t0 = Instant::now();
+    while relay.stats().accepted == 0 {
+        app_ok(&e, "SELECT 1 FROM t_user LIMIT 1");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the proxy never went through the relay\n{}",
+            e.proxy.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    app_ok(
+        &e,
+        "INSERT INTO t_user (uid, name) VALUES (2088000000000011, 'before')",
+    );
+    e.a_replica.wait_caught_up(&e.a);
+    relay.block_all();
+    let t0 = Instant::now();
+    loop {
+        let (ok, _, err) = app(
+            &e,
+            "INSERT INTO t_user (uid, name) VALUES (2088000000000012, 'after')",
+        );
+        if ok {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "writes did not resume: {err}\n{}",
+            e.proxy.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("writes resumed {:?} after the cut", t0.elapsed());
+    assert_eq!(
+        e.a_replica
+            .sql("SELECT name FROM acct_00.t_user ORDER BY uid")
+            .trim(),
+        "before\nafter"
+    );
+    assert!(e.a_replica.slave_status().is_none());
+    // The old primary got nothing after the cut, and is still writable: the proxy
+    // cannot reach it to fence it.
+    assert_eq!(
+        e.a.sql("SELECT name FROM acct_00.t_user ORDER BY uid")
+            .trim(),
+        "before"
+    );
+    assert_eq!(e.a.sql("SELECT @@GLOBAL.read_only").trim(), "0");
+    // The link heals: the proxy fences it.
+    relay.heal();
+    let t0 = Instant::now();
+    loop {
+        if e.a.sql("SELECT @@GLOBAL.read_only").trim() == "1" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the old primary was never fenced\n{}",
+            e.proxy.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Writes keep going to the new primary.
+    app_ok(
+        &e,
+        "INSERT INTO t_user (uid, name) VALUES (2088000000000013, 'healed')",
+    );
+    assert_eq!(e.a.sql("SELECT COUNT(*) FROM acct_00.t_user").trim(), "1");
+}
