@@ -1517,3 +1517,130 @@ fn a_primary_cut_off_from_the_proxy_is_failed_over_and_fenced_once_reachable() {
     );
     assert_eq!(e.a.sql("SELECT COUNT(*) FROM acct_00.t_user").trim(), "1");
 }
+
+/// The real one-sided partition: two proxies, and only the first loses the primary (a
+/// relay in front of it blackholes connections from that proxy's source address). The
+/// control plane refuses the first proxy's failover while the second still reaches the
+/// primary: no promotion, the first proxy's clients get clear errors within their
+/// timeout, the second proxy's clients keep writing, and the first recovers when the
+/// link heals.
+#[test]
+fn a_primary_cut_off_from_one_proxy_of_two_is_not_failed_over() {
+    use crate::relay::Relay;
+    let (src1, src2) = (ip(143), ip(144));
+    let e = estate_full(
+        [140, 141, 142],
+        false,
+        &format!("backend_source_ip = \"{src1}\"\n"),
+        "  failover: auto\n  failoverAfterMs: 1500\n",
+    );
+    let relay = Relay::start(SocketAddr::new(e.a.addr.ip(), 0), e.a.addr);
+    let spec = e
+        .datasource
+        .replace(&e.a.addr.to_string(), &relay.addr().to_string());
+    let (code, _, out) = http(e.api, "POST", "/api/v1/apply", Some(&e.token), &spec).unwrap();
+    assert_eq!(code, 200, "{out}");
+    // The second proxy, leaving from its own address.
+    let join = crate::harness::join_token(e.api, &e.token, "dbproxy");
+    let profile = format!(
+        "node_name = \"dbp-2\"\nroles = [\"dbproxy\"]\ndata_dir = \"DATA\"\n[dbproxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol = [\"http://{}\"]\njoin_token = \"{join}\"\nbackend_connect_timeout_ms = 1000\nbackend_source_ip = \"{src2}\"\n",
+        e.api
+    );
+    let mut proxy2 = Node::run_profile(&profile, &[], &[]);
+    let mysql2 = proxy2.addr("dbproxy", "mysql");
+    let admin2 = proxy2.addr("dbproxy", "admin");
+    proxy2.wait_ready(admin2);
+    let via = |addr: SocketAddr, sql: &str| client(addr, APP, APP_PASSWORD, Some("accountdb"), sql);
+    app_ok(&e, SCHEMA);
+    let insert = |uid: u64| format!("INSERT INTO t_user (uid, name) VALUES ({uid}, 'x')");
+    // Both proxies write through the relay, each from its own address.
+    let t0 = Instant::now();
+    let mut uid = 2088000000000100u64;
+    loop {
+        uid += 100;
+        let (ok1, _, _) = via(e.mysql, &insert(uid));
+        let (ok2, _, _) = via(mysql2, &insert(uid + 1));
+        if ok1 && ok2 && relay.stats().forwarded >= 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "both proxies should write through the relay: {:?}\n{}",
+            relay.stats(),
+            proxy2.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    e.a_replica.wait_caught_up(&e.a);
+    relay.block(src1);
+    // For longer than failoverAfterMs plus a retry: proxy 1 fails clearly and in time,
+    // proxy 2 keeps writing.
+    let t0 = Instant::now();
+    let mut failed = 0;
+    let mut last_err = String::new();
+    while t0.elapsed() < Duration::from_secs(9) {
+        uid += 100;
+        let t = Instant::now();
+        let (ok1, _, err1) = via(e.mysql, &insert(uid));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a client hung {:?}",
+            t.elapsed()
+        );
+        if !ok1 {
+            failed += 1;
+            last_err = err1;
+        }
+        let (ok2, _, err2) = via(mysql2, &insert(uid + 1));
+        assert!(ok2, "proxy 2 lost its writes: {err2}\n{}", proxy2.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(failed > 0, "proxy 1 never noticed the cut");
+    assert!(
+        last_err.contains("rz00") || last_err.to_lowercase().contains("unreachable"),
+        "unclear error: {last_err}"
+    );
+    // No failover: the replica still replicates, the spec names the same primary, and
+    // proxy 1 counted its failover as blocked.
+    assert!(
+        e.a_replica.slave_status().is_some(),
+        "the replica was promoted"
+    );
+    let (_, _, body) = http(
+        e.api,
+        "GET",
+        "/api/v1/datasources/accountdb",
+        Some(&e.token),
+        "",
+    )
+    .unwrap();
+    let ds: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        ds["spec"]["shards"][0]["primary"],
+        relay.addr().to_string(),
+        "{ds}"
+    );
+    let (_, _, metrics) = http(e.admin, "GET", "/metrics", None, "").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tessera_dbproxy_failovers_total")
+                && l.contains("outcome=\"blocked\"")),
+        "{metrics}"
+    );
+    // The link heals: proxy 1 writes again.
+    relay.heal();
+    let t0 = Instant::now();
+    loop {
+        uid += 100;
+        if via(e.mysql, &insert(uid)).0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "proxy 1 did not recover\n{}",
+            e.proxy.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -438,6 +438,9 @@ pub struct DbproxyConfig {
     pub backend_wait_ms: u64,
     /// How long connecting and logging in to a backend may take.
     pub backend_connect_timeout_ms: u64,
+    /// The local IP backend connections leave from, for MySQL accounts restricted by
+    /// host and for firewalls; default: the kernel's choice (the route's address).
+    pub backend_source_ip: Option<std::net::IpAddr>,
     /// Statements slower than this are logged (target `tessera::slowquery`); 0 = off.
     pub slow_query_ms: u64,
     /// The largest packet a client may send (MySQL's max_allowed_packet).
@@ -466,6 +469,7 @@ impl Default for DbproxyConfig {
             max_backend_connections: 256,
             backend_wait_ms: 2_000,
             backend_connect_timeout_ms: 2_000,
+            backend_source_ip: None,
             slow_query_ms: 1_000,
             max_packet_bytes: 64 << 20,
             statement_timeout_ms: 0,

@@ -55,6 +55,8 @@ impl From<Malformed> for BackendError {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
     pub addr: String,
+    /// Where connections leave from (None: the kernel's choice).
+    pub source: Option<std::net::IpAddr>,
     pub database: String,
     pub user: String,
     pub password: String,
@@ -90,7 +92,10 @@ pub enum Collected {
 impl Backend {
     pub async fn connect(t: &Target, timeout: Duration) -> Result<Backend, BackendError> {
         let fut = async {
-            let sock = TcpStream::connect(&t.addr).await?;
+            let sock = match t.addr.parse::<std::net::SocketAddr>() {
+                Ok(addr) => crate::net::connect_from(addr, t.source).await?,
+                Err(_) => TcpStream::connect(&t.addr).await?,
+            };
             let _ = sock.set_nodelay(true);
             let mut b = Backend {
                 io: BufStream::with_capacity(32 * 1024, 16 * 1024, Io::Plain(sock)),

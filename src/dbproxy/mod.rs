@@ -86,6 +86,16 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
     let d = cfg.dbproxy.clone();
     let health = ctx.metrics.health(Role::Dbproxy);
     let mysql = bind_tcp("dbproxy.listen", d.listen.0).await?;
+    if let Some(ip) = d.backend_source_ip {
+        // Not an address of this machine: every backend connection would fail; say so now.
+        let probe = std::net::SocketAddr::new(ip, 0);
+        std::net::TcpListener::bind(probe).map_err(|e| RoleError::Failed {
+            role: Role::Dbproxy,
+            message: format!(
+                "dbproxy.backend_source_ip {ip} cannot be used as a source address here: {e}"
+            ),
+        })?;
+    }
     let admin_l = bind_tcp("dbproxy.admin_listen", d.admin_listen.0).await?;
     let listeners = vec![
         ("mysql", local_addr(&mysql, d.listen.0)),
@@ -120,6 +130,7 @@ pub async fn bind(ctx: &RoleContext) -> Result<Bound, RoleError> {
         )),
     });
     let pools = Arc::new(Pools::new(PoolSettings {
+        source: d.backend_source_ip,
         max_per_server: d.max_backend_connections,
         connect_timeout: Duration::from_millis(d.backend_connect_timeout_ms),
         wait: Duration::from_millis(d.backend_wait_ms),

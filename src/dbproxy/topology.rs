@@ -19,6 +19,8 @@ pub const INPUT_KINDS: [Kind; 4] = [Kind::Zone, Kind::Unit, Kind::ShardMap, Kind
 
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
+    /// The IP backend connections leave from (`dbproxy.backend_source_ip`).
+    pub source: Option<std::net::IpAddr>,
     pub max_per_server: usize,
     pub connect_timeout: Duration,
     pub wait: Duration,
@@ -199,6 +201,7 @@ pub fn compile(inputs: &Inputs, pools: &Pools) -> Topology {
             let db = s.database.clone().unwrap_or_else(|| ds.database.clone());
             let target = |addr: &str| Target {
                 addr: addr.to_string(),
+                source: pools.settings.source,
                 database: db.clone(),
                 user: user.clone(),
                 password: password.clone(),
