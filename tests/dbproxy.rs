@@ -1173,15 +1173,7 @@ fn with_automatic_failover_the_replica_is_promoted_and_writes_resume() {
     );
     // Recorded in the control plane: the spec names the new primary; the audit trail
     // has the failover by the proxy.
-    let (_, _, body) = http(
-        e.api,
-        "GET",
-        "/api/v1/datasources/accountdb",
-        Some(&e.token),
-        "",
-    )
-    .unwrap();
-    let ds: Value = serde_json::from_str(&body).unwrap();
+    let ds = datasource(&e);
     assert_eq!(
         ds["spec"]["shards"][0]["primary"],
         e.a_replica.addr.to_string(),
@@ -1426,6 +1418,51 @@ fn every_shard_writes_commit_everywhere_or_nowhere() {
     e.a.sql("XA ROLLBACK 'tessera.dbp-2.dead.3'");
 }
 
+/// Puts a relay (on the primary's IP, another port) between the proxies and shard
+/// rz00's primary: the data source is applied again naming the relay as the primary.
+fn primary_through_relay(e: &Estate) -> crate::relay::Relay {
+    let relay = crate::relay::Relay::start(SocketAddr::new(e.a.addr.ip(), 0), e.a.addr);
+    let spec = e
+        .datasource
+        .replace(&e.a.addr.to_string(), &relay.addr().to_string());
+    let (code, _, out) = http(e.api, "POST", "/api/v1/apply", Some(&e.token), &spec).unwrap();
+    assert_eq!(code, 200, "{out}");
+    relay
+}
+
+/// The data source as the control plane has it.
+fn datasource(e: &Estate) -> Value {
+    let (_, _, body) = http(
+        e.api,
+        "GET",
+        "/api/v1/datasources/accountdb",
+        Some(&e.token),
+        "",
+    )
+    .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Runs `sql` through the proxy until it succeeds (every 300 ms, at most `limit`);
+/// returns how long that took.
+fn until_ok(e: &Estate, sql: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let (ok, _, err) = app(e, sql);
+        if ok {
+            return t0.elapsed();
+        }
+        if t0.elapsed() >= limit {
+            let (_, _, view) = http(e.admin, "GET", "/datasources", None, "").unwrap();
+            panic!(
+                "`{sql}` did not succeed within {limit:?}: {err}\n{view}\n{}",
+                e.proxy.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// A one-sided partition: the proxy loses its primary (a relay between them blackholes
 /// the link) while the primary lives on and its replica still replicates. With
 /// failover on, the proxy promotes the replica and writes resume there; nothing is
@@ -1433,20 +1470,14 @@ fn every_shard_writes_commit_everywhere_or_nowhere() {
 /// unreachable, and is fenced read-only as soon as the link heals.
 #[test]
 fn a_primary_cut_off_from_the_proxy_is_failed_over_and_fenced_once_reachable() {
-    use crate::relay::Relay;
     let e = estate_full(
         [134, 135, 136],
         false,
         "",
         "  failover: auto\n  failoverAfterMs: 1500\n",
     );
-    // The proxy reaches the primary only through the relay (on the primary's IP).
-    let relay = Relay::start(SocketAddr::new(e.a.addr.ip(), 0), e.a.addr);
-    let spec = e
-        .datasource
-        .replace(&e.a.addr.to_string(), &relay.addr().to_string());
-    let (code, _, out) = http(e.api, "POST", "/api/v1/apply", Some(&e.token), &spec).unwrap();
-    assert_eq!(code, 200, "{out}");
+    // The proxy reaches the primary only through the relay.
+    let relay = primary_through_relay(&e);
     app_ok(&e, SCHEMA);
     let t0 = Instant::now();
     while relay.stats().accepted == 0 {
@@ -1464,23 +1495,12 @@ fn a_primary_cut_off_from_the_proxy_is_failed_over_and_fenced_once_reachable() {
     );
     e.a_replica.wait_caught_up(&e.a);
     relay.block_all();
-    let t0 = Instant::now();
-    loop {
-        let (ok, _, err) = app(
-            &e,
-            "INSERT INTO t_user (uid, name) VALUES (2088000000000012, 'after')",
-        );
-        if ok {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(40),
-            "writes did not resume: {err}\n{}",
-            e.proxy.logs()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    eprintln!("writes resumed {:?} after the cut", t0.elapsed());
+    let took = until_ok(
+        &e,
+        "INSERT INTO t_user (uid, name) VALUES (2088000000000012, 'after')",
+        Duration::from_secs(40),
+    );
+    eprintln!("writes resumed {took:?} after the cut");
     assert_eq!(
         e.a_replica
             .sql("SELECT name FROM acct_00.t_user ORDER BY uid")
@@ -1526,7 +1546,6 @@ fn a_primary_cut_off_from_the_proxy_is_failed_over_and_fenced_once_reachable() {
 /// link heals.
 #[test]
 fn a_primary_cut_off_from_one_proxy_of_two_is_not_failed_over() {
-    use crate::relay::Relay;
     let (src1, src2) = (ip(143), ip(144));
     let e = estate_full(
         [140, 141, 142],
@@ -1534,12 +1553,7 @@ fn a_primary_cut_off_from_one_proxy_of_two_is_not_failed_over() {
         &format!("backend_source_ip = \"{src1}\"\n"),
         "  failover: auto\n  failoverAfterMs: 1500\n",
     );
-    let relay = Relay::start(SocketAddr::new(e.a.addr.ip(), 0), e.a.addr);
-    let spec = e
-        .datasource
-        .replace(&e.a.addr.to_string(), &relay.addr().to_string());
-    let (code, _, out) = http(e.api, "POST", "/api/v1/apply", Some(&e.token), &spec).unwrap();
-    assert_eq!(code, 200, "{out}");
+    let relay = primary_through_relay(&e);
     // The second proxy, leaving from its own address.
     let join = crate::harness::join_token(e.api, &e.token, "dbproxy");
     let profile = format!(
@@ -1606,15 +1620,7 @@ fn a_primary_cut_off_from_one_proxy_of_two_is_not_failed_over() {
         e.a_replica.slave_status().is_some(),
         "the replica was promoted"
     );
-    let (_, _, body) = http(
-        e.api,
-        "GET",
-        "/api/v1/datasources/accountdb",
-        Some(&e.token),
-        "",
-    )
-    .unwrap();
-    let ds: Value = serde_json::from_str(&body).unwrap();
+    let ds = datasource(&e);
     assert_eq!(
         ds["spec"]["shards"][0]["primary"],
         relay.addr().to_string(),

@@ -1003,8 +1003,9 @@ fn sha256_hex(b: &[u8]) -> String {
         .collect()
 }
 
-#[test]
-fn bodies_of_every_size_and_framing_pass_through_both_ways() {
+/// An estate with app `echo` (one `demo-app` per unit, rz00 in hz-a and rz01 in hz-b)
+/// routed by the query parameter `uid`; the backends live as long as the tuple.
+fn echo_by_query() -> (Estate, [Backend; 2]) {
     let e = estate(&[]);
     let a0 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
     let b1 = Backend::start("127.0.0.2", "echo", "rz01", "hz-b", "v1");
@@ -1022,6 +1023,12 @@ fn bodies_of_every_size_and_framing_pass_through_both_ways() {
         ]
         .concat(),
     );
+    (e, [a0, b1])
+}
+
+#[test]
+fn bodies_of_every_size_and_framing_pass_through_both_ways() {
+    let (e, _backends) = echo_by_query();
     let dir = tempfile::tempdir().unwrap();
     let small: Vec<u8> = (0..100u32).map(|i| (i % 251) as u8).collect();
     // Over the 64 KiB the gateway buffers: streamed upstream.
@@ -1342,23 +1349,7 @@ fn one_connection_carries_pipelined_head_and_http10_requests_in_order() {
     // The gateway serves plain HTTP/1.1 in its own loop and hands a connection to hyper
     // at the first request that needs it (here HTTP/1.0): answers stay in order and
     // routed, whoever serves them.
-    let e = estate(&[]);
-    let a0 = Backend::start("127.0.0.1", "echo", "rz00", "hz-a", "v1");
-    let b1 = Backend::start("127.0.0.2", "echo", "rz01", "hz-b", "v1");
-    e.apply(
-        &[
-            app(
-                "echo",
-                &[(&a0, "rz00", None, "v1"), (&b1, "rz01", None, "v1")],
-                false,
-            ),
-            rule(
-                "echo",
-                "{app: echo, routingKey: {source: query, name: uid}}",
-            ),
-        ]
-        .concat(),
-    );
+    let (e, _backends) = echo_by_query();
     let s = TcpStream::connect(e.gw).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut w = s.try_clone().unwrap();
