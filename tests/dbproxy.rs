@@ -1210,19 +1210,7 @@ fn with_automatic_failover_the_replica_is_promoted_and_writes_resume() {
     e.admin = e.proxy.addr("dbproxy", "admin");
     e.proxy.wait_ready(e.admin);
     e.a.restart();
-    let t0 = Instant::now();
-    loop {
-        let ro = e.a.sql("SELECT @@GLOBAL.read_only");
-        if ro.trim() == "1" {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the old primary was never fenced: read_only = {ro}\n{}",
-            e.proxy.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_fenced(&e, Duration::from_secs(20));
 }
 
 /// A raw protocol session: after a good login, unknown commands, unknown statement ids,
@@ -1430,6 +1418,23 @@ fn primary_through_relay(e: &Estate) -> crate::relay::Relay {
     relay
 }
 
+/// Waits (at most `limit`) until the proxy has set shard rz00's old primary read-only.
+fn wait_fenced(e: &Estate, limit: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let ro = e.a.sql("SELECT @@GLOBAL.read_only");
+        if ro.trim() == "1" {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "the old primary was never fenced: read_only = {ro}\n{}",
+            e.proxy.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The data source as the control plane has it.
 fn datasource(e: &Estate) -> Value {
     let (_, _, body) = http(
@@ -1518,18 +1523,7 @@ fn a_primary_cut_off_from_the_proxy_is_failed_over_and_fenced_once_reachable() {
     assert_eq!(e.a.sql("SELECT @@GLOBAL.read_only").trim(), "0");
     // The link heals: the proxy fences it.
     relay.heal();
-    let t0 = Instant::now();
-    loop {
-        if e.a.sql("SELECT @@GLOBAL.read_only").trim() == "1" {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the old primary was never fenced\n{}",
-            e.proxy.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_fenced(&e, Duration::from_secs(30));
     // Writes keep going to the new primary.
     app_ok(
         &e,

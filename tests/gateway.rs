@@ -1318,6 +1318,13 @@ fn https_certificates_come_from_the_control_plane_with_their_keys_sealed() {
     }
 }
 
+/// A connection to `gw`: its writing half and a buffered reader (reads time out in 10 s).
+fn connection(gw: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(gw).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (s.try_clone().unwrap(), BufReader::new(s))
+}
+
 /// Reads one answer from `r`: (status line, head lowercased, body). The body is read by
 /// its `content-length` (none for `head_only`).
 fn read_answer(r: &mut BufReader<TcpStream>, head_only: bool) -> (String, String, String) {
@@ -1350,10 +1357,7 @@ fn one_connection_carries_pipelined_head_and_http10_requests_in_order() {
     // at the first request that needs it (here HTTP/1.0): answers stay in order and
     // routed, whoever serves them.
     let (e, _backends) = echo_by_query();
-    let s = TcpStream::connect(e.gw).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
+    let (mut w, mut r) = connection(e.gw);
     // Three requests in one write: two GETs to different units and a HEAD.
     w.write_all(
         b"GET /a?uid=2088000000000007 HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -1411,10 +1415,7 @@ fn one_connection_carries_pipelined_head_and_http10_requests_in_order() {
     r.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     // A fresh connection asking to close is closed after its answer, by the own loop.
-    let s = TcpStream::connect(e.gw).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
+    let (mut w, mut r) = connection(e.gw);
     w.write_all(b"GET /f?uid=2088000000000007 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let (st, head, _) = read_answer(&mut r, false);
@@ -1440,12 +1441,10 @@ fn on_shutdown_a_request_in_flight_finishes_and_idle_connections_close() {
         .concat(),
     );
     let open = |path: &str| {
-        let s = TcpStream::connect(e.gw).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut w = s.try_clone().unwrap();
+        let (mut w, r) = connection(e.gw);
         w.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .unwrap();
-        (w, BufReader::new(s))
+        (w, r)
     };
     // One idle keep-alive connection (answered once), one request taking 1.5 s.
     let (_idle_w, mut idle) = open("/a?uid=2088000000000007");
