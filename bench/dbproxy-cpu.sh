@@ -20,6 +20,9 @@ DB_PORT=$BASE_PORT HA_PORT=$((BASE_PORT + 1)) TS_PORT=$((BASE_PORT + 4))
 T=$(mktemp -d /tmp/dbproxy-cpu.XXXXXX)
 PIDS=()
 cleanup() {
+  # Not under `set -e`: a process that is already gone must not end the cleanup early
+  # (it did: a proxy that failed to start left the gateway and its control node running).
+  set +e
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM -- "-$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; done
   sleep 1
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -KILL -- "-$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done

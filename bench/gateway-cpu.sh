@@ -21,6 +21,9 @@ BACKEND_PORT=$BASE_PORT NGINX_PORT=$((BASE_PORT + 1)) GW_PORT=$((BASE_PORT + 10)
 T=$(mktemp -d /tmp/gateway-cpu.XXXXXX)
 PIDS=()
 cleanup() {
+  # Not under `set -e`: a process that is already gone must not end the cleanup early
+  # (it did: a proxy that failed to start left the gateway and its control node running).
+  set +e
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM -- "-$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; done
   sleep 0.5
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -KILL -- "-$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
@@ -64,6 +67,7 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 curl -sf "$url_tessera" >/dev/null || { echo "the gateway did not come up; see $T/gateway.log" >&2; cat "$T/gateway.log" >&2; exit 1; }
+curl -sf "$url_nginx" >/dev/null || { echo "nginx did not come up (installed? port $NGINX_PORT or $BACKEND_PORT free?)" >&2; cat "$T"/*.err >&2 2>/dev/null; exit 1; }
 worker_of() { pgrep -P "$(cat "$1")" | head -1; }
 backend=$(worker_of "$T/backend.pid")
 nginx_proxy=$(worker_of "$T/proxy.pid")

@@ -359,7 +359,10 @@ batch = 7
         ca = ca.ca_pem().display(),
         token_file = token_file.display(),
     );
-    let mut agent = crate::harness::agent(api, &token, "host-a", "hz-a", AGENT_IP, &sinks);
+    // Its instance stops with it (before the sink tables: keys after `[[agent.log_sinks]]`
+    // would belong to the last sink), so the test leaves no process behind.
+    let extra = format!("{}{sinks}", crate::harness::STOP_WORKLOADS);
+    let mut agent = crate::harness::agent(api, &token, "host-a", "hz-a", AGENT_IP, &extra);
 
     // 40 lines: every sink gets them, in order, once; the collector's two 503s are retried.
     let app_log = log_dir.join("app.log");
