@@ -13,6 +13,7 @@ mod cluster;
 mod config_errors;
 mod console;
 mod dbproxy;
+mod disk_full;
 mod faults;
 mod fuzz;
 mod gateway;

@@ -358,8 +358,18 @@ async fn track_readiness(
             .get(http::join::CA_KEY)
             .map(|(kv, _)| kv.is_some())
             .unwrap_or(false);
+    let mut fatal_logged = false;
     loop {
-        if !joined.load(Ordering::SeqCst) {
+        if let Some(e) = node.fatal() {
+            // Terminal until a restart: this node neither votes nor writes any more.
+            if !fatal_logged {
+                tracing::error!(error = %e, "Raft stopped on this node after a storage error; free the disk (or fix the device) and restart the node: every acknowledged write is on disk");
+                fatal_logged = true;
+            }
+            health.set_not_ready(format!(
+                "Raft stopped after a storage error (restart the node once it is fixed): {e}"
+            ));
+        } else if !joined.load(Ordering::SeqCst) {
             health.set_not_ready("joining the cluster");
         } else if node.has_leader() {
             if let (Some(c), false, true) = (&ca, ca_done, node.is_leader()) {

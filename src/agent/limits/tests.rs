@@ -166,7 +166,9 @@ fn cgroup_v1_hierarchies_are_used_without_cgroup_v2() {
     assert!(m.reap("echo-rz00-0", me));
 
     // Without a pids hierarchy, pids limits are reported as not applied.
-    let (m, why) = Mechanism::detect(fake_v1(false).path());
+    // (The stand-in is kept alive: `apply` below writes into it.)
+    let without_pids = fake_v1(false);
+    let (m, why) = Mechanism::detect(without_pids.path());
     assert!(why.contains("no pids hierarchy"), "{why}");
     let applied = m.apply("x", me, &all());
     assert!(

@@ -273,7 +273,7 @@ pub(super) async fn replicate(
         }
         // The client must treat the write as maybe applied (read before retrying a
         // non-idempotent change).
-        Err(e @ RaftFailure::OutcomeUnknown) => Err(ApiError::new(
+        Err(e @ RaftFailure::OutcomeUnknown(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "outcome_unknown",
             e.to_string(),

@@ -33,12 +33,11 @@ pub enum RaftFailure {
     NoQuorum(String),
     #[error("refused: {0}")]
     Refused(String),
-    /// The write was proposed, then this node stopped leading before it was answered: it
-    /// may or may not be applied (the new leader may commit it).
-    #[error(
-        "leadership changed while the write was in flight; it may or may not have been applied"
-    )]
-    OutcomeUnknown,
+    /// The write was proposed, then this node stopped leading (or Raft stopped on it)
+    /// before it was answered: it may or may not be applied (the new leader may commit
+    /// it). The text says what happened.
+    #[error("{0}; it may or may not have been applied")]
+    OutcomeUnknown(String),
     #[error("raft: {0}")]
     Fatal(String),
 }
@@ -121,22 +120,33 @@ async fn write_while_leading(raft: &Raft, cmd: Command) -> Result<CommandResult,
             .map(|r| r.data)
             .map_err(write_failure);
     }
+    // Resolves to true when Raft itself stopped (its metrics channel closed), false when
+    // the term or role changed.
     let deposed = async {
         loop {
             {
                 let m = metrics.borrow_and_update();
                 if m.vote.leader_id().term != term || m.state != ServerState::Leader {
-                    return;
+                    return false;
                 }
             }
             if metrics.changed().await.is_err() {
-                return;
+                return true;
             }
         }
     };
     tokio::select! {
         r = raft.client_write(cmd) => r.map(|r| r.data).map_err(write_failure),
-        _ = deposed => Err(RaftFailure::OutcomeUnknown),
+        stopped = deposed => Err(RaftFailure::OutcomeUnknown(if stopped {
+            // openraft records why before its core goes away (a storage error, such as
+            // a full disk).
+            match raft.metrics().borrow().running_state.as_ref().err() {
+                Some(e) => format!("Raft stopped on this node while the write was in flight: {e}"),
+                None => "Raft stopped on this node while the write was in flight".into(),
+            }
+        } else {
+            "leadership changed while the write was in flight".into()
+        })),
     }
 }
 
@@ -392,6 +402,14 @@ impl RaftNode {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
         m.membership_config.membership().get_node(&leader).cloned()
+    }
+
+    /// Why Raft stopped on this node, if it did: openraft stops its core for good on a
+    /// storage error (a full disk, a failing device), and only a restart brings it back.
+    pub fn fatal(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.running_state.as_ref().err().map(|e| e.to_string())
     }
 
     pub fn has_leader(&self) -> bool {

@@ -140,7 +140,7 @@ pub(in crate::control::http) async fn commit(
             // Another change committed since the read: validate again.
             Ok(_) => continue,
             Err(RaftFailure::NotLeader { .. }) => return forward(s, original).await.map(Err),
-            Err(e @ RaftFailure::OutcomeUnknown) => {
+            Err(e @ RaftFailure::OutcomeUnknown(_)) => {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "outcome_unknown",
