@@ -58,54 +58,37 @@ fn value(i: usize) -> String {
     format!("{i:06}-{}", "v".repeat(60_000))
 }
 
-#[test]
-fn a_full_disk_refuses_writes_clearly_and_loses_no_acknowledged_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let Some(disk) = Tmpfs::mount(&data, "96m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (the test needs root)");
-        return;
-    };
-    let profile = dir.path().join("profile.toml");
-    std::fs::write(
-        &profile,
-        format!(
-            "node_name = \"full-1\"\nroles = [\"control\"]\ndata_dir = \"{}\"\n[control]\nbootstrap = true\nlisten = \"127.0.0.1:0\"\npeer_listen = \"127.0.0.1:0\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    let args = [
-        "run".to_string(),
-        "--profile".into(),
-        profile.display().to_string(),
-    ];
-    let mut n = Node::start(dir, &args, &[]);
-    let api = n.addr("control", "api");
-    n.wait_ready(api);
-    let token = n.admin_token();
-
-    let filler = fill(&disk.0);
-    // Writes until the first refusal (bounded: 3,000 x 60 kB is far beyond 96 MiB).
+/// Writes `full/<i>` (60 kB each) through `api` until one is refused (bounded: 3,000 x 60
+/// kB is far beyond 96 MiB): the acknowledged `i`s, and the refusal (status, body).
+fn write_until_refused(api: SocketAddr, token: &str) -> (Vec<usize>, Option<(u16, String)>) {
     let mut acknowledged = Vec::new();
-    let mut refusal = None;
     for i in 0..3000 {
         let (code, _, body) = http(
             api,
             "PUT",
             &format!("/api/v1/kv/full/{i}"),
-            Some(&token),
+            Some(token),
             &value(i),
         )
         .unwrap();
-        if code == 200 {
-            acknowledged.push(i);
-        } else {
-            refusal = Some((code, body));
-            break;
+        if code != 200 {
+            return (acknowledged, Some((code, body)));
         }
+        acknowledged.push(i);
     }
+    (acknowledged, None)
+}
+
+#[test]
+fn a_full_disk_refuses_writes_clearly_and_loses_no_acknowledged_one() {
+    let Some((mut n, api, disk)) = member(0, None) else {
+        eprintln!("skipped: cannot mount a tmpfs here (the test needs root)");
+        return;
+    };
+    let token = admin_token(&disk);
+
+    let filler = fill(&disk.0);
+    let (acknowledged, refusal) = write_until_refused(api, &token);
     // The write that met the full disk: refused (`unavailable`), or, when Raft stopped
     // while it was in flight, `outcome_unknown` (on a cluster the entry may already be on
     // other members); either way the answer names the cause.
@@ -167,8 +150,8 @@ fn a_full_disk_refuses_writes_clearly_and_loses_no_acknowledged_one() {
     drop(n);
 }
 
-/// A control node of a 3-node cluster on 127.0.0.(60+i), its data directory on a tmpfs of
-/// its own: (node, API address, the tmpfs).
+/// Control node `i` on 127.0.0.(60+i) (bootstrapping, or joining through `join`), its data
+/// directory on a tmpfs of its own, ready: (node, API address, the tmpfs).
 fn member(i: u8, join: Option<(SocketAddr, &str)>) -> Option<(Node, SocketAddr, Tmpfs)> {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -202,6 +185,14 @@ fn member(i: u8, join: Option<(SocketAddr, &str)>) -> Option<(Node, SocketAddr, 
     Some((node, api, disk))
 }
 
+/// The admin token the bootstrap node wrote into its data directory.
+fn admin_token(disk: &Tmpfs) -> String {
+    std::fs::read_to_string(disk.0.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -212,10 +203,7 @@ fn a_leader_whose_disk_fills_gives_way_and_no_acknowledged_write_is_lost() {
         eprintln!("skipped: cannot mount a tmpfs here (the test needs root)");
         return;
     };
-    let admin = std::fs::read_to_string(disk1.0.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let admin = admin_token(&disk1);
     let token = |api: SocketAddr| {
         let (code, _, body) = http(
             api,
@@ -259,26 +247,9 @@ fn a_leader_whose_disk_fills_gives_way_and_no_acknowledged_write_is_lost() {
 
     // Writes through the leader until one is refused; then through the others, which
     // elect a leader among themselves and take writes again.
-    let mut acknowledged = Vec::new();
-    let mut refused = false;
-    for i in 0..3000 {
-        let (code, _, body) = http(
-            leader_api,
-            "PUT",
-            &format!("/api/v1/kv/full/{i}"),
-            Some(&admin),
-            &value(i),
-        )
-        .unwrap();
-        if code == 200 {
-            acknowledged.push(i);
-        } else {
-            assert_eq!(code, 503, "{body}");
-            refused = true;
-            break;
-        }
-    }
-    assert!(refused, "no write was refused on the leader's full disk");
+    let (acknowledged, refusal) = write_until_refused(leader_api, &admin);
+    let (code, body) = refusal.expect("a write was refused on the leader's full disk");
+    assert_eq!(code, 503, "{body}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut after = None;
     'wait: while Instant::now() < deadline {
