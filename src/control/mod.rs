@@ -363,11 +363,11 @@ async fn track_readiness(
         if let Some(e) = node.fatal() {
             // Terminal until a restart: this node neither votes nor writes any more.
             if !fatal_logged {
-                tracing::error!(error = %e, "Raft stopped on this node after a storage error; free the disk (or fix the device) and restart the node: every acknowledged write is on disk");
+                tracing::error!(cause = %e, "Raft stopped on this node; fix the cause (a full disk: free space) and restart the node: every acknowledged write is on disk");
                 fatal_logged = true;
             }
             health.set_not_ready(format!(
-                "Raft stopped after a storage error (restart the node once it is fixed): {e}"
+                "Raft stopped after {e} (restart the node once the cause is fixed)"
             ));
         } else if !joined.load(Ordering::SeqCst) {
             health.set_not_ready("joining the cluster");

@@ -404,12 +404,17 @@ impl RaftNode {
         m.membership_config.membership().get_node(&leader).cloned()
     }
 
-    /// Why Raft stopped on this node, if it did: openraft stops its core for good on a
-    /// storage error (a full disk, a failing device), and only a restart brings it back.
+    /// Why Raft stopped on this node, if it failed: openraft stops its core for good on a
+    /// storage error (a full disk, a failing device) or a panic, and only a restart brings
+    /// it back. A normal stop (shutdown) is not a failure.
     pub fn fatal(&self) -> Option<String> {
         let m = self.raft.metrics();
         let m = m.borrow();
-        m.running_state.as_ref().err().map(|e| e.to_string())
+        match &m.running_state {
+            Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+            Err(openraft::error::Fatal::StorageError(e)) => Some(format!("a storage error: {e}")),
+            Err(e) => Some(e.to_string()),
+        }
     }
 
     pub fn has_leader(&self) -> bool {
