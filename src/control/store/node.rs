@@ -140,13 +140,25 @@ async fn write_while_leading(raft: &Raft, cmd: Command) -> Result<CommandResult,
         stopped = deposed => Err(RaftFailure::OutcomeUnknown(if stopped {
             // openraft records why before its core goes away (a storage error, such as
             // a full disk).
-            match raft.metrics().borrow().running_state.as_ref().err() {
-                Some(e) => format!("Raft stopped on this node while the write was in flight: {e}"),
+            match failure(raft) {
+                Some(e) => format!("Raft stopped on this node while the write was in flight after {e}"),
                 None => "Raft stopped on this node while the write was in flight".into(),
             }
         } else {
             "leadership changed while the write was in flight".into()
         })),
+    }
+}
+
+/// Why Raft's core stopped, if it failed ("a storage error: ...", or a panic); `None`
+/// while it runs or after a normal stop.
+fn failure(raft: &Raft) -> Option<String> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    match &m.running_state {
+        Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+        Err(openraft::error::Fatal::StorageError(e)) => Some(format!("a storage error: {e}")),
+        Err(e) => Some(e.to_string()),
     }
 }
 
@@ -408,13 +420,7 @@ impl RaftNode {
     /// storage error (a full disk, a failing device) or a panic, and only a restart brings
     /// it back. A normal stop (shutdown) is not a failure.
     pub fn fatal(&self) -> Option<String> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        match &m.running_state {
-            Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
-            Err(openraft::error::Fatal::StorageError(e)) => Some(format!("a storage error: {e}")),
-            Err(e) => Some(e.to_string()),
-        }
+        failure(&self.raft)
     }
 
     pub fn has_leader(&self) -> bool {
