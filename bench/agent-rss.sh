@@ -8,7 +8,12 @@
 # already in the page cache from the control node's process: as on a workload machine
 # that runs the agent alone (the kernel maps up to 16 neighbouring cached pages on each
 # code page fault, so a warm cache inflates the resident set).
-# Usage: TESSERA_BIN=path [OWN_COPY=1] bench/agent-rss.sh [IDLE]
+# With COLD=1 (root) the page cache is dropped before the agent starts, so its code comes
+# from disk as after a reboot (read-ahead then decides how much more is mapped).
+# Measure a plain `cargo build --release` binary: its functions are laid out by
+# scripts/link-order.txt (build.rs), which names them as that build does; a test build
+# (dev-dependencies' features) names generic functions differently and is not laid out.
+# Usage: TESSERA_BIN=path [OWN_COPY=1] [COLD=1] bench/agent-rss.sh [IDLE]
 set -euo pipefail
 N=2
 IDLE=${1:-30}
@@ -33,6 +38,10 @@ if [ "${OWN_COPY:-0}" = 1 ]; then
   AGENT_BIN=$W/tessera-agent
   cp "$TESSERA_BIN" "$AGENT_BIN"
 fi
+if [ "${COLD:-0}" = 1 ]; then
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+fi
 "$AGENT_BIN" run --profile "$W/agent.toml" >"$W/agent.log" 2>&1 &
 agent=$!
 "$TESSERA_BIN" apply -f "$(dirname "$0")/../src/cli/demo.yaml" >/dev/null
@@ -51,5 +60,5 @@ printf 'Private_Dirty %6d KiB  (anonymous: heap, stacks; what the agent costs)\n
 printf 'Shared_Clean  %6d KiB  (the binary'"'"'s code pages, shared and reclaimable)\n' "$(kb Shared_Clean)"
 printf 'Pss           %6d KiB\n' "$(kb Pss)"
 printf 'RssAnon       %6d KiB\n' "$(kb RssAnon status)"
-printf 'RssFile       %6d KiB  (own copy of the binary: %s)\n' "$(kb RssFile status)" "${OWN_COPY:-0}"
+printf 'RssFile       %6d KiB  (own copy of the binary: %s, cold cache: %s)\n' "$(kb RssFile status)" "${OWN_COPY:-0}" "${COLD:-0}"
 printf 'Threads       %6d\n' "$(kb Threads status)"
