@@ -7,8 +7,12 @@ pub use metrics::{Health, Metrics};
 use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
+// Statics, not consts: a const's text is copied into every module that uses it, so each
+// commit would change the compiled code of all of them (and the names ThinLTO gives their
+// local functions, which scripts/link-order.txt lists); a static lives in this module only.
+
 /// `tessera --version`: version, git commit, build date.
-pub const VERSION: &str = concat!(
+pub static VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("TESSERA_GIT_COMMIT"),
@@ -16,8 +20,8 @@ pub const VERSION: &str = concat!(
     env!("TESSERA_BUILD_DATE"),
     ")"
 );
-pub const GIT_COMMIT: &str = env!("TESSERA_GIT_COMMIT");
-pub const BUILD_DATE: &str = env!("TESSERA_BUILD_DATE");
+pub static GIT_COMMIT: &str = env!("TESSERA_GIT_COMMIT");
+pub static BUILD_DATE: &str = env!("TESSERA_BUILD_DATE");
 
 /// Installs the global subscriber: logs go to stderr, `RUST_LOG` overrides `level`.
 /// Calling it twice is harmless (the second call is ignored).
