@@ -21,18 +21,7 @@ TESSERA_BIN=${TESSERA_BIN:-${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
 source "$(dirname "$0")/control-node.sh"
-join=$(curl -sf -X POST -H "Authorization: Bearer $TESSERA_TOKEN" -d '{"role":"agent"}' \
-  "$TESSERA_SERVER/api/v1/tokens" | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
-cat >"$W/agent.toml" <<TOML
-node_name = "bench-agent"
-roles = ["agent"]
-data_dir = "$W/agent"
-[agent]
-listen = "127.0.0.1:17402"
-control = ["$TESSERA_SERVER"]
-join_token = "$join"
-stop_workloads_on_exit = true
-TOML
+source "$(dirname "$0")/agent-node.sh"
 AGENT_BIN=$TESSERA_BIN
 if [ "${OWN_COPY:-0}" = 1 ]; then
   AGENT_BIN=$W/tessera-agent

@@ -68,4 +68,6 @@ access_log = false
 TOML
 # PIN=1: the baseline pins nginx and haproxy to CPU 0 and wrk to CPU 1; the gateway too.
 pin=(); [ "${PIN:-0}" != 1 ] || pin=(taskset -c 0)
-"${pin[@]}" "$TESSERA_BIN" run --profile "$W/gateway.toml" 2>"$W/gateway.log"
+# GW_WRAP: a command to run the gateway under, for profiling (valgrind --tool=callgrind ...).
+# shellcheck disable=SC2086
+"${pin[@]}" ${GW_WRAP:-} "$TESSERA_BIN" run --profile "$W/gateway.toml" 2>"$W/gateway.log"

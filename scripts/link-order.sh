@@ -48,18 +48,7 @@ cleanup() {
 }
 trap cleanup EXIT
 source bench/control-node.sh
-join=$(curl -sf -X POST -H "Authorization: Bearer $TESSERA_TOKEN" -d '{"role":"agent"}' \
-  "$TESSERA_SERVER/api/v1/tokens" | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])')
-cat >"$W/agent.toml" <<TOML
-node_name = "order-agent"
-roles = ["agent"]
-data_dir = "$W/agent"
-[agent]
-listen = "127.0.0.1:17402"
-control = ["$TESSERA_SERVER"]
-join_token = "$join"
-stop_workloads_on_exit = true
-TOML
+source bench/agent-node.sh
 mkdir -p "$W/cg"
 valgrind --tool=callgrind --trace-children=yes --demangle=no \
   --callgrind-out-file="$W/cg/out.%p" \
