@@ -10,9 +10,8 @@
 # code page fault, so a warm cache inflates the resident set).
 # With COLD=1 (root) the page cache is dropped before the agent starts, so its code comes
 # from disk as after a reboot (read-ahead then decides how much more is mapped).
-# Measure a plain `cargo build --release` binary: its functions are laid out by
-# scripts/link-order.txt (build.rs), which names them as that build does; a test build
-# (dev-dependencies' features) names generic functions differently and is not laid out.
+# The binary's functions are laid out by scripts/link-order.txt (build.rs); after a
+# dependency or toolchain change, `scripts/link-order.sh check` says if it is still current.
 # Usage: TESSERA_BIN=path [OWN_COPY=1] [COLD=1] bench/agent-rss.sh [IDLE]
 set -euo pipefail
 N=2

@@ -16,11 +16,11 @@
 # idles IDLE seconds (default 10) and is stopped; every function callgrind saw, by its
 # mangled name, goes into the file in the order of first sight.
 #
-# The names are those of a plain `cargo build --release` (which this script runs): a build
-# with other features (the test build, which adds dev-dependencies' features) names its
-# generic functions differently, and lld ignores names it does not find. After a change of
-# dependencies or of the toolchain, run this again; `scripts/link-order.sh check` says how
-# many of the file's names the current release binary has.
+# The names are those of `cargo build --release` (which this script runs; the test build
+# makes the same binary): they depend on Cargo.lock, the enabled features and the
+# toolchain, and lld ignores names it does not find. After a change of any of these, run
+# this again; `scripts/link-order.sh check` says how many of the file's names the current
+# release binary has.
 #
 # Usage: scripts/link-order.sh [check] [IDLE]    (needs valgrind: apt-get install valgrind)
 set -euo pipefail
