@@ -1,7 +1,7 @@
 //! Multi-process control clusters on 127.0.0.x: forming with join tokens, forwarding,
 //! leader loss, full restarts, member removal, and refused tokens.
 
-use crate::harness::{free_port, http, Node};
+use crate::harness::{control_profile, http, Node};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -23,17 +23,8 @@ fn control(i: u8, join: Option<(&SocketAddr, &str)>) -> Member {
 /// [`control`] with extra `[control]` settings.
 fn control_with(i: u8, join: Option<(&SocketAddr, &str)>, extra: &str) -> Member {
     let ip = format!("127.0.0.{}", 10 + i);
-    let api: SocketAddr = format!("{ip}:{}", free_port(ip.parse().unwrap()))
-        .parse()
-        .unwrap();
-    let peer = format!("{ip}:{}", free_port(ip.parse().unwrap()));
-    let membership = match join {
-        None => "bootstrap = true".to_string(),
-        Some((url, token)) => format!("join = [\"http://{url}\"]\njoin_token = \"{token}\""),
-    };
-    let profile = format!(
-        "node_name = \"c{i}\"\nroles = [\"control\"]\ndata_dir = \"DATA\"\nzone = \"z{i}\"\n[control]\nlisten = \"{api}\"\npeer_listen = \"{peer}\"\n{membership}\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n{extra}\n"
-    );
+    let (profile, api) =
+        control_profile(&format!("c{i}"), &format!("z{i}"), &ip, "DATA", join, extra);
     Member {
         node: Node::run_profile(&profile, &[], &[]),
         api,

@@ -5,7 +5,7 @@
 //! The disk is a small tmpfs mounted for the test (this needs root, as CI has; without
 //! it the test says it was skipped).
 
-use crate::harness::{free_port, http, http_get, Node};
+use crate::harness::{control_profile, http, http_get, Node};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -158,23 +158,11 @@ fn member(i: u8, join: Option<(SocketAddr, &str)>) -> Option<(Node, SocketAddr, 
     std::fs::create_dir(&data).unwrap();
     let disk = Tmpfs::mount(&data, "96m")?;
     let ip = format!("127.0.0.{}", 60 + i);
-    let api: SocketAddr = format!("{ip}:{}", free_port(ip.parse().unwrap()))
-        .parse()
-        .unwrap();
-    let peer = format!("{ip}:{}", free_port(ip.parse().unwrap()));
-    let membership = match join {
-        None => "bootstrap = true".to_string(),
-        Some((url, token)) => format!("join = [\"http://{url}\"]\njoin_token = \"{token}\""),
-    };
+    let data_dir = data.display().to_string();
+    let join = join.as_ref().map(|(url, token)| (url, *token));
+    let (text, api) = control_profile(&format!("d{i}"), "z1", &ip, &data_dir, join, "");
     let profile = dir.path().join("profile.toml");
-    std::fs::write(
-        &profile,
-        format!(
-            "node_name = \"d{i}\"\nroles = [\"control\"]\ndata_dir = \"{}\"\n[control]\nlisten = \"{api}\"\npeer_listen = \"{peer}\"\n{membership}\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n",
-            data.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&profile, text).unwrap();
     let args = [
         "run".to_string(),
         "--profile".into(),

@@ -36,6 +36,31 @@ pub fn free_port(ip: std::net::IpAddr) -> u16 {
     panic!("no free port on {ip} in 10000-19999");
 }
 
+/// A control node's profile for the multi-node tests: `name` in `zone`, listening on `ip`
+/// (API and peer ports free), bootstrapping (no `join`) or joining through `join` with its
+/// token, with Raft timeouts for loopback; `extra` adds `[control]` settings. Returns the
+/// profile's text and the API address.
+pub fn control_profile(
+    name: &str,
+    zone: &str,
+    ip: &str,
+    data_dir: &str,
+    join: Option<(&std::net::SocketAddr, &str)>,
+    extra: &str,
+) -> (String, std::net::SocketAddr) {
+    let addr: std::net::IpAddr = ip.parse().unwrap();
+    let api = std::net::SocketAddr::new(addr, free_port(addr));
+    let peer = std::net::SocketAddr::new(addr, free_port(addr));
+    let membership = match join {
+        None => "bootstrap = true".to_string(),
+        Some((url, token)) => format!("join = [\"http://{url}\"]\njoin_token = \"{token}\""),
+    };
+    let profile = format!(
+        "node_name = \"{name}\"\nroles = [\"control\"]\ndata_dir = \"{data_dir}\"\nzone = \"{zone}\"\n[control]\nlisten = \"{api}\"\npeer_listen = \"{peer}\"\n{membership}\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n{extra}\n"
+    );
+    (profile, api)
+}
+
 /// Runs `tessera ARGS` to completion (bounded) with extra environment.
 pub fn tessera(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
