@@ -6,8 +6,11 @@
 //! its callback goes to a syncer thread. The syncer takes every callback queued so far,
 //! syncs the WAL once (`FlushWAL(sync)`, which covers every write made before it), and
 //! only then reports those appends durable. Under concurrent writes one fsync serves
-//! many entries; alone, an append costs one fsync as before. Votes, truncation and
-//! purges stay synced writes of their own.
+//! many entries; alone, an append costs one fsync as before. That is for the leader's
+//! own proposals, whose replication must not wait for the local disk. Entries another
+//! leader proposed (this node is a follower, and its answer waits for the flush anyway)
+//! are written synced in place: two thread hand-offs fewer on the path of every commit.
+//! Votes, truncation and purges stay synced writes of their own.
 
 use super::types::*;
 use super::{decode, encode, CF_LOG, CF_RAFT};
@@ -26,6 +29,8 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 pub struct LogStore {
     db: Arc<DB>,
     syncer: Arc<Syncer>,
+    /// This node's Raft id: entries proposed under it go through the syncer.
+    me: NodeId,
 }
 
 /// The syncer thread's inbox. When the last [`LogStore`] clone goes, dropping this closes
@@ -92,9 +97,9 @@ fn synced() -> WriteOptions {
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<DB>) -> Self {
+    pub(super) fn new(db: Arc<DB>, me: NodeId) -> Self {
         let syncer = Arc::new(spawn_syncer(&db));
-        LogStore { db, syncer }
+        LogStore { db, syncer, me }
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
@@ -212,8 +217,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.cf(CF_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut own = false;
         for e in entries {
+            own |= e.log_id.leader_id.node_id == self.me;
             batch.put_cf(cf, idx(e.log_id.index), encode(&e));
+        }
+        if !own {
+            // Replicated from a leader: synced here, reported at once.
+            let written = self.db.write_opt(batch, &synced());
+            let result = written.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            callback.log_io_completed(result.map_err(std::io::Error::other));
+            return written.map_err(|e| StorageIOError::write_logs(&e).into());
         }
         // Not synced here: the syncer makes it durable before the callback fires.
         match self.db.write(batch) {

@@ -199,7 +199,7 @@ impl Store {
 
     /// The Raft log and vote storage.
     pub fn log_store(&self) -> LogStore {
-        LogStore::new(self.db.clone())
+        LogStore::new(self.db.clone(), self.node_id)
     }
 
     /// The replicated state machine (one per Raft instance).
