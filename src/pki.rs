@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use time::{Duration, OffsetDateTime};
 
+/// ALPN name of the control nodes' Raft channel on the peer listener
+/// (`control::store::frame`).
+pub const RAFT_ALPN: &[u8] = b"tessera-raft/1";
+
 const CA_YEARS: i64 = 10;
 const NODE_DAYS: i64 = 365;
 
@@ -276,7 +280,8 @@ impl NodeTls {
     /// served only the join endpoints (see `control::store::rpc::serve_tls`), so a joining
     /// node can send its token over TLS to a server it authenticated.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
-        self.mutual_server_config(true, &[b"h2"])
+        // The Raft channel first: a server picks the first of its own it is offered.
+        self.mutual_server_config(true, &[RAFT_ALPN, b"h2"])
     }
 
     /// A server that checks client certificates against our CA (a client without one
@@ -506,6 +511,8 @@ struct Configs {
     client: Arc<rustls::ClientConfig>,
     /// `client` speaking HTTP/1.1 (the API client's protocol), for agents' listeners.
     client_http1: Arc<rustls::ClientConfig>,
+    /// `client` offering the Raft channel first, then HTTP/2 (a member not yet upgraded).
+    client_raft: Arc<rustls::ClientConfig>,
     server: Arc<rustls::ServerConfig>,
     api: Arc<rustls::ServerConfig>,
 }
@@ -515,9 +522,12 @@ impl TlsHandle {
         let client = tls.client_config()?;
         let mut client_http1 = client.clone();
         client_http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut client_raft = client.clone();
+        client_raft.alpn_protocols = vec![RAFT_ALPN.to_vec(), b"h2".to_vec()];
         let configs = Configs {
             client: Arc::new(client),
             client_http1: Arc::new(client_http1),
+            client_raft: Arc::new(client_raft),
             server: Arc::new(tls.server_config()?),
             api: Arc::new(tls.api_server_config()?),
         };
@@ -540,6 +550,14 @@ impl TlsHandle {
             .read()
             .ok()
             .and_then(|g| g.as_ref().map(|c| c.client_http1.clone()))
+    }
+
+    /// [`TlsHandle::client`] offering the Raft channel (control nodes' appends and votes).
+    pub fn client_raft(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.inner
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|c| c.client_raft.clone()))
     }
 
     pub fn server(&self) -> Option<Arc<rustls::ServerConfig>> {

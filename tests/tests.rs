@@ -24,6 +24,7 @@ mod lincheck;
 mod log_sinks;
 mod logs;
 mod mariadb;
+mod raft_channel;
 mod relay;
 mod resources;
 mod static_binary;

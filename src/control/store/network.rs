@@ -1,6 +1,7 @@
 //! Raft RPC client: one persistent HTTP/2 connection per peer, shared by every client
 //! openraft creates for that peer (it creates one per replication stream, vote round and
-//! leadership check), JSON bodies. API requests a follower forwards to the leader travel
+//! leadership check), JSON bodies; appends and votes travel on the Raft channel instead
+//! (`frame.rs`: length-prefixed frames on pooled mutual-TLS connections of their own). API requests a follower forwards to the leader travel
 //! over the same connection (`Network::forward`). Peers are addressed by `IP:PORT` (their advertised
 //! peer address), so no name lookup is involved.
 //! mTLS between control nodes wraps this same connection (see `rpc.rs` for the server).
@@ -60,6 +61,32 @@ pub struct Network {
     /// The IP outgoing peer connections leave from (`peer_listen`'s, when specific).
     pub source: Option<std::net::IpAddr>,
     pub pool: Pool,
+    /// Idle Raft-channel connections by peer address (`frame.rs`).
+    pub frames: FramePool,
+}
+
+/// Connections of the Raft channel: a call takes one (or dials), and gives it back when
+/// the answer came. A peer that answered the channel's ALPN with HTTP/2 (a member not yet
+/// upgraded) is remembered for a minute and called over HTTP/2 meanwhile.
+pub type FramePool = Arc<Mutex<FrameConns>>;
+
+#[derive(Default)]
+pub struct FrameConns {
+    idle: HashMap<String, Vec<FrameConn>>,
+    http_only: HashMap<String, std::time::Instant>,
+}
+
+type FrameConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Idle connections kept per peer: one per replication stream, plus a few for votes and
+/// leadership checks.
+const IDLE_FRAME_CONNS: usize = 8;
+
+/// How long a peer that speaks only HTTP/2 is called over it before trying again.
+const HTTP_ONLY_RECHECK: Duration = Duration::from_secs(60);
+
+fn frames_lock(pool: &FramePool) -> std::sync::MutexGuard<'_, FrameConns> {
+    pool.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Open HTTP/2 connections by peer address; a connection multiplexes every call to it.
@@ -98,14 +125,14 @@ enum CallError {
 }
 
 impl Network {
-    /// An open connection to `peer` (IP:PORT): the pooled one, or a new one, dialed from
-    /// this node's IP, mutual TLS with the cluster CA, the peer's certificate naming its IP.
-    async fn sender(&self, peer: &str, ttl: Duration) -> Result<SendRequest<PeerBody>, CallError> {
-        if let Some(s) = pool_lock(&self.pool).get(peer) {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
-        }
+    /// A TLS connection to `peer` (IP:PORT), dialed from this node's IP within `ttl`,
+    /// mutual TLS with the cluster CA, the peer's certificate naming its IP.
+    async fn dial(
+        &self,
+        peer: &str,
+        config: Option<Arc<rustls::ClientConfig>>,
+        ttl: Duration,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, CallError> {
         let addr: std::net::SocketAddr = peer.parse().map_err(|_| {
             CallError::Unreachable(TransportError(format!(
                 "peer address `{peer}` is not IP:PORT"
@@ -119,12 +146,12 @@ impl Network {
             .map_err(|e| {
                 CallError::Unreachable(TransportError(format!("connect to {addr}: {e}")))
             })?;
-        let config = self.tls.client().ok_or_else(|| {
+        let config = config.ok_or_else(|| {
             CallError::Unreachable(TransportError("this node has no certificate yet".into()))
         })?;
         // The peer's certificate must name its IP: a node cannot pose as another.
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let stream = tokio::time::timeout(
+        tokio::time::timeout(
             ttl,
             tokio_rustls::TlsConnector::from(config).connect(name, stream),
         )
@@ -136,7 +163,101 @@ impl Network {
         })?
         .map_err(|e| {
             CallError::Unreachable(TransportError(format!("TLS handshake with {addr}: {e}")))
-        })?;
+        })
+    }
+
+    /// One call on the Raft channel to `peer`: the answer's body, or `None` when the peer
+    /// speaks only HTTP/2 (the caller uses that). A pooled connection that fails before
+    /// answering (the peer restarted, say) is retried once on a fresh one: appends and
+    /// votes may be repeated.
+    async fn frame_call(
+        &self,
+        peer: &str,
+        kind: u8,
+        body: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Vec<u8>>, CallError> {
+        let deadline = tokio::time::Instant::now() + ttl;
+        {
+            let mut g = frames_lock(&self.frames);
+            if let Some(since) = g.http_only.get(peer) {
+                if since.elapsed() < HTTP_ONLY_RECHECK {
+                    return Ok(None);
+                }
+                g.http_only.remove(peer);
+            }
+        }
+        for attempt in 0..2 {
+            let pooled = frames_lock(&self.frames)
+                .idle
+                .get_mut(peer)
+                .and_then(|v| v.pop());
+            let reused = pooled.is_some();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let c = self.dial(peer, self.tls.client_raft(), left).await?;
+                    if c.get_ref().1.alpn_protocol() != Some(super::frame::ALPN) {
+                        frames_lock(&self.frames)
+                            .http_only
+                            .insert(peer.to_string(), std::time::Instant::now());
+                        return Ok(None);
+                    }
+                    c
+                }
+            };
+            let exchange = async {
+                super::frame::write_frame(&mut conn, kind, body).await?;
+                super::frame::read_frame(&mut conn).await?.ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection",
+                    )
+                })
+            };
+            match tokio::time::timeout_at(deadline, exchange).await {
+                Err(_) => {
+                    return Err(CallError::Network(TransportError(format!(
+                        "{peer} did not answer within {ttl:?}"
+                    ))))
+                }
+                Ok(Err(_)) if reused && attempt == 0 => continue,
+                Ok(Err(e)) => {
+                    return Err(CallError::Network(TransportError(format!(
+                        "Raft channel to {peer}: {e}"
+                    ))))
+                }
+                Ok(Ok((super::frame::OK, answer))) => {
+                    let mut g = frames_lock(&self.frames);
+                    let idle = g.idle.entry(peer.to_string()).or_default();
+                    if idle.len() < IDLE_FRAME_CONNS {
+                        idle.push(conn);
+                    }
+                    return Ok(Some(answer));
+                }
+                Ok(Ok((_, why))) => {
+                    return Err(CallError::Network(TransportError(format!(
+                        "{peer} refused the call: {}",
+                        String::from_utf8_lossy(&why[..why.len().min(200)])
+                    ))))
+                }
+            }
+        }
+        Err(CallError::Network(TransportError(format!(
+            "Raft channel to {peer}: no answer"
+        ))))
+    }
+
+    /// An open connection to `peer` (IP:PORT): the pooled one, or a new one, dialed from
+    /// this node's IP, mutual TLS with the cluster CA, the peer's certificate naming its IP.
+    async fn sender(&self, peer: &str, ttl: Duration) -> Result<SendRequest<PeerBody>, CallError> {
+        if let Some(s) = pool_lock(&self.pool).get(peer) {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let stream = self.dial(peer, self.tls.client(), ttl).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(5)))
@@ -144,7 +265,7 @@ impl Network {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| {
-                CallError::Unreachable(TransportError(format!("handshake with {addr}: {e}")))
+                CallError::Unreachable(TransportError(format!("handshake with {peer}: {e}")))
             })?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -264,6 +385,25 @@ impl PeerClient {
     ) -> Result<Resp, CallError> {
         let body = serde_json::to_vec(req)
             .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+        let kind = match path {
+            PATH_APPEND => Some(super::frame::APPEND),
+            PATH_VOTE => Some(super::frame::VOTE),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            if let Some(answer) = self
+                .network
+                .frame_call(&self.peer, kind, &body, ttl)
+                .await?
+            {
+                return serde_json::from_slice(&answer).map_err(|e| {
+                    CallError::Network(TransportError(format!(
+                        "bad response from {}: {e}",
+                        self.peer
+                    )))
+                });
+            }
+        }
         let request = http::Request::post(path)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))

@@ -262,6 +262,7 @@ impl RaftNode {
             tls: tls.clone(),
             source: s.source,
             pool: Default::default(),
+            frames: Default::default(),
         };
         let raft = Raft::new(
             id,
@@ -348,6 +349,7 @@ impl RaftNode {
                 .merge(join.clone())
                 .merge(forwarded),
             join,
+            self.raft.clone(),
             self.tls.clone(),
             shutdown,
         )

@@ -47,11 +47,14 @@ async fn snapshot(
 /// Serves the peer listener over TLS until `shutdown`: a connection that presents a
 /// certificate from the cluster CA gets `router` (Raft RPCs, and the join endpoints for
 /// forwarding); one without a certificate gets only `anonymous` (the join endpoints); a
-/// certificate from another CA fails the handshake. There is no plaintext mode.
+/// certificate from another CA fails the handshake. There is no plaintext mode. A member
+/// that negotiates the Raft channel's ALPN (`frame::ALPN`) gets `raft`'s appends and votes
+/// as frames instead of HTTP/2.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     router: Router,
     anonymous: Router,
+    raft: Raft,
     tls: crate::pki::TlsHandle,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -73,7 +76,7 @@ pub async fn serve_tls(
             tracing::debug!(%remote, "Peer connection refused: no certificate yet");
             continue;
         };
-        let (router, anonymous) = (router.clone(), anonymous.clone());
+        let (router, anonymous, raft) = (router.clone(), anonymous.clone(), raft.clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
@@ -88,6 +91,15 @@ pub async fn serve_tls(
                     Err(_) => return,
                 };
             let authenticated = stream.get_ref().1.peer_certificates().is_some();
+            if stream.get_ref().1.alpn_protocol() == Some(super::frame::ALPN) {
+                // The Raft channel is for members only.
+                if authenticated {
+                    super::frame::serve(stream, raft, remote, shutdown).await;
+                } else {
+                    tracing::warn!(%remote, "Raft channel refused: no member certificate");
+                }
+                return;
+            }
             let router = if authenticated { router } else { anonymous };
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
