@@ -1,7 +1,8 @@
 //! Raft RPC client: one persistent HTTP/2 connection per peer, shared by every client
 //! openraft creates for that peer (it creates one per replication stream, vote round and
-//! leadership check), JSON bodies; appends and votes travel on the Raft channel instead
-//! (`frame.rs`: length-prefixed frames on pooled mutual-TLS connections of their own). API requests a follower forwards to the leader travel
+//! leadership check), JSON bodies; a client's appends and votes after its first call
+//! travel on a Raft channel connection of its own instead (`frame.rs`: length-prefixed
+//! frames on a mutual-TLS connection). API requests a follower forwards to the leader travel
 //! over the same connection (`Network::forward`). Peers are addressed by `IP:PORT` (their advertised
 //! peer address), so no name lookup is involved.
 //! mTLS between control nodes wraps this same connection (see `rpc.rs` for the server).
@@ -61,32 +62,24 @@ pub struct Network {
     /// The IP outgoing peer connections leave from (`peer_listen`'s, when specific).
     pub source: Option<std::net::IpAddr>,
     pub pool: Pool,
-    /// Idle Raft-channel connections by peer address (`frame.rs`).
-    pub frames: FramePool,
+    /// Peers that answered the Raft channel's ALPN with HTTP/2 (`frame.rs`).
+    pub frames: FramePeers,
 }
 
-/// Connections of the Raft channel: a call takes one (or dials), and gives it back when
-/// the answer came. A peer that answered the channel's ALPN with HTTP/2 (a member not yet
-/// upgraded) is remembered for a minute and called over HTTP/2 meanwhile.
-pub type FramePool = Arc<Mutex<FrameConns>>;
+/// Peers that answered the Raft channel's ALPN with HTTP/2 (a member not yet upgraded),
+/// and when: they are called over HTTP/2 for a minute before the channel is tried again.
+pub type FramePeers = Arc<Mutex<HashMap<String, std::time::Instant>>>;
 
-#[derive(Default)]
-pub struct FrameConns {
-    idle: HashMap<String, Vec<FrameConn>>,
-    http_only: HashMap<String, std::time::Instant>,
-}
-
+/// The connection of the Raft channel owned by one client.
 type FrameConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-/// Idle connections kept per peer: one per replication stream, plus a few for votes and
-/// leadership checks.
-const IDLE_FRAME_CONNS: usize = 8;
 
 /// How long a peer that speaks only HTTP/2 is called over it before trying again.
 const HTTP_ONLY_RECHECK: Duration = Duration::from_secs(60);
 
-fn frames_lock(pool: &FramePool) -> std::sync::MutexGuard<'_, FrameConns> {
-    pool.lock().unwrap_or_else(|p| p.into_inner())
+fn frames_lock(
+    peers: &FramePeers,
+) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+    peers.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Open HTTP/2 connections by peer address; a connection multiplexes every call to it.
@@ -104,14 +97,23 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             peer: node.peer.clone(),
             network: self.clone(),
+            calls: 0,
+            conn: None,
         }
     }
 }
 
+/// A client openraft made for one peer. Its first call goes over the shared HTTP/2
+/// connection; from its second on it has a Raft channel connection of its own. openraft
+/// makes a client per replication stream (long-lived: every append and heartbeat to that
+/// peer) and one per vote round and leadership check (one call each, and many at once
+/// under concurrent linearizable reads, which HTTP/2 multiplexes on one connection).
 pub struct PeerClient {
     target: NodeId,
     peer: String,
     network: Network,
+    calls: u64,
+    conn: Option<FrameConn>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,89 +166,6 @@ impl Network {
         .map_err(|e| {
             CallError::Unreachable(TransportError(format!("TLS handshake with {addr}: {e}")))
         })
-    }
-
-    /// One call on the Raft channel to `peer`: the answer's body, or `None` when the peer
-    /// speaks only HTTP/2 (the caller uses that). A pooled connection that fails before
-    /// answering (the peer restarted, say) is retried once on a fresh one: appends and
-    /// votes may be repeated.
-    async fn frame_call(
-        &self,
-        peer: &str,
-        kind: u8,
-        body: &[u8],
-        ttl: Duration,
-    ) -> Result<Option<Vec<u8>>, CallError> {
-        let deadline = tokio::time::Instant::now() + ttl;
-        {
-            let mut g = frames_lock(&self.frames);
-            if let Some(since) = g.http_only.get(peer) {
-                if since.elapsed() < HTTP_ONLY_RECHECK {
-                    return Ok(None);
-                }
-                g.http_only.remove(peer);
-            }
-        }
-        for attempt in 0..2 {
-            let pooled = frames_lock(&self.frames)
-                .idle
-                .get_mut(peer)
-                .and_then(|v| v.pop());
-            let reused = pooled.is_some();
-            let mut conn = match pooled {
-                Some(c) => c,
-                None => {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let c = self.dial(peer, self.tls.client_raft(), left).await?;
-                    if c.get_ref().1.alpn_protocol() != Some(super::frame::ALPN) {
-                        frames_lock(&self.frames)
-                            .http_only
-                            .insert(peer.to_string(), std::time::Instant::now());
-                        return Ok(None);
-                    }
-                    c
-                }
-            };
-            let exchange = async {
-                super::frame::write_frame(&mut conn, kind, body).await?;
-                super::frame::read_frame(&mut conn).await?.ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the peer closed the connection",
-                    )
-                })
-            };
-            match tokio::time::timeout_at(deadline, exchange).await {
-                Err(_) => {
-                    return Err(CallError::Network(TransportError(format!(
-                        "{peer} did not answer within {ttl:?}"
-                    ))))
-                }
-                Ok(Err(_)) if reused && attempt == 0 => continue,
-                Ok(Err(e)) => {
-                    return Err(CallError::Network(TransportError(format!(
-                        "Raft channel to {peer}: {e}"
-                    ))))
-                }
-                Ok(Ok((super::frame::OK, answer))) => {
-                    let mut g = frames_lock(&self.frames);
-                    let idle = g.idle.entry(peer.to_string()).or_default();
-                    if idle.len() < IDLE_FRAME_CONNS {
-                        idle.push(conn);
-                    }
-                    return Ok(Some(answer));
-                }
-                Ok(Ok((_, why))) => {
-                    return Err(CallError::Network(TransportError(format!(
-                        "{peer} refused the call: {}",
-                        String::from_utf8_lossy(&why[..why.len().min(200)])
-                    ))))
-                }
-            }
-        }
-        Err(CallError::Network(TransportError(format!(
-            "Raft channel to {peer}: no answer"
-        ))))
     }
 
     /// An open connection to `peer` (IP:PORT): the pooled one, or a new one, dialed from
@@ -377,6 +296,81 @@ fn absolute(peer: &str, uri: &http::Uri) -> Result<http::Uri, String> {
 }
 
 impl PeerClient {
+    /// One call on this client's Raft channel connection (dialed when it has none): the
+    /// answer's body, or `None` when the peer speaks only HTTP/2 (the caller uses that).
+    /// A connection that fails before answering after serving earlier calls (the peer
+    /// restarted, say) is replaced once: appends and votes may be repeated.
+    async fn frame_call(
+        &mut self,
+        kind: u8,
+        body: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Vec<u8>>, CallError> {
+        let peer = self.peer.clone();
+        let deadline = tokio::time::Instant::now() + ttl;
+        {
+            let mut g = frames_lock(&self.network.frames);
+            if let Some(since) = g.get(&peer) {
+                if since.elapsed() < HTTP_ONLY_RECHECK {
+                    return Ok(None);
+                }
+                g.remove(&peer);
+            }
+        }
+        for attempt in 0..2 {
+            let reused = self.conn.is_some();
+            let mut conn = match self.conn.take() {
+                Some(c) => c,
+                None => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let tls = self.network.tls.client_raft();
+                    let c = self.network.dial(&peer, tls, left).await?;
+                    if c.get_ref().1.alpn_protocol() != Some(super::frame::ALPN) {
+                        frames_lock(&self.network.frames)
+                            .insert(peer.clone(), std::time::Instant::now());
+                        return Ok(None);
+                    }
+                    c
+                }
+            };
+            let exchange = async {
+                super::frame::write_frame(&mut conn, kind, body).await?;
+                super::frame::read_frame(&mut conn).await?.ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection",
+                    )
+                })
+            };
+            match tokio::time::timeout_at(deadline, exchange).await {
+                Err(_) => {
+                    return Err(CallError::Network(TransportError(format!(
+                        "{peer} did not answer within {ttl:?}"
+                    ))))
+                }
+                Ok(Err(_)) if reused && attempt == 0 => continue,
+                Ok(Err(e)) => {
+                    return Err(CallError::Network(TransportError(format!(
+                        "Raft channel to {peer}: {e}"
+                    ))))
+                }
+                Ok(Ok((super::frame::OK, answer))) => {
+                    self.conn = Some(conn);
+                    return Ok(Some(answer));
+                }
+                Ok(Ok((_, why))) => {
+                    return Err(CallError::Network(TransportError(format!(
+                        "{peer} refused the call: {}",
+                        String::from_utf8_lossy(&why[..why.len().min(200)])
+                    ))))
+                }
+            }
+        }
+        Err(CallError::Network(TransportError(format!(
+            "Raft channel to {peer}: no answer"
+        ))))
+    }
+
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &mut self,
         path: &str,
@@ -390,12 +384,9 @@ impl PeerClient {
             PATH_VOTE => Some(super::frame::VOTE),
             _ => None,
         };
-        if let Some(kind) = kind {
-            if let Some(answer) = self
-                .network
-                .frame_call(&self.peer, kind, &body, ttl)
-                .await?
-            {
+        self.calls += 1;
+        if let Some(kind) = kind.filter(|_| self.calls > 1) {
+            if let Some(answer) = self.frame_call(kind, &body, ttl).await? {
                 return serde_json::from_slice(&answer).map_err(|e| {
                     CallError::Network(TransportError(format!(
                         "bad response from {}: {e}",
