@@ -475,3 +475,80 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         self.rpc(PATH_VOTE, &rpc, &option).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::Vote;
+
+    /// A member on an older release: its peer listener speaks HTTP/2 only (no Raft
+    /// channel) and answers votes. Returns its address.
+    async fn http2_only_peer(tls: &crate::pki::NodeTls) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Arc::new(tls.agent_server_config().unwrap());
+        let router = axum::Router::new().route(
+            PATH_VOTE,
+            axum::routing::post(
+                |axum::Json(req): axum::Json<VoteRequest<NodeId>>| async move {
+                    let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+                        Ok(VoteResponse {
+                            vote: req.vote,
+                            vote_granted: false,
+                            last_log_id: None,
+                        });
+                    axum::Json(answer)
+                },
+            ),
+        );
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (config, router) = (config.clone(), router.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(
+                            TokioIo::new(tls),
+                            hyper_util::service::TowerToHyperService::new(router),
+                        )
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_raft_channel_is_called_over_http2() {
+        let ca = crate::pki::Ca::generate("test-cluster").unwrap();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let member = ca.issue("n1", &[ip]).unwrap();
+        let peer = http2_only_peer(&member).await;
+        let tls = TlsHandle::default();
+        tls.set(&member).unwrap();
+        let mut network = Network {
+            tls,
+            source: None,
+            pool: Default::default(),
+            frames: Default::default(),
+        };
+        let node = NodeInfo {
+            name: "old".into(),
+            api: "http://127.0.0.1:1".into(),
+            peer: peer.to_string(),
+            zone: None,
+        };
+        let mut client = network.new_client(2, &node).await;
+        let req = VoteRequest::new(Vote::new(3, 1), None);
+        // The first call goes over HTTP/2; the second asks for the channel, is answered
+        // with h2, and is made over HTTP/2 as well; the peer is remembered as HTTP/2-only.
+        for _ in 0..3 {
+            let option = RPCOption::new(Duration::from_secs(5));
+            let answer = client.vote(req.clone(), option).await.expect("answered");
+            assert!(!answer.vote_granted);
+        }
+        assert!(frames_lock(&network.frames).contains_key(&peer.to_string()));
+    }
+}
