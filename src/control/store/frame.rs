@@ -113,7 +113,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let (kind, body) = match frame {
             Ok(Ok(Some(f))) => f,
-            // Closed, or idle too long (a caller that vanished): a pooled caller dials
+            // Closed, or idle too long (a caller that vanished): a live client dials
             // again.
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(e)) => {
