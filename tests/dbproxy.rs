@@ -157,9 +157,12 @@ fn client_with(
         .expect("mariadb CLI");
     {
         use std::io::Write;
+        // A CLI refused at login exits without reading its statements: a broken pipe
+        // here is that, and its stderr says why.
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(sql.as_bytes()).unwrap();
-        stdin.write_all(b";\n").unwrap();
+        let _ = stdin
+            .write_all(sql.as_bytes())
+            .and_then(|_| stdin.write_all(b";\n"));
     }
     let out = wait_bounded(child, Duration::from_secs(30));
     // With --force the exit code is 0 even after errors: an ERROR line is the failure.
