@@ -33,9 +33,51 @@ pub type PeerBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 pub const PATH_APPEND: &str = "/raft/v1/append";
 
-/// Payload bytes (commands' own size) sent in one append: a quarter of what the peer
-/// server accepts (`rpc::MAX_RPC_BODY`), leaving room for JSON's escaping.
+/// Payload bytes (commands' own size) sent in one append at most: a quarter of what the
+/// peer server accepts (`rpc::MAX_RPC_BODY`), leaving room for JSON's escaping.
 const MAX_APPEND_PAYLOAD: usize = 16 << 20;
+/// What a replication stream's appends start with, and the least they shrink to (an append
+/// carries one entry however large).
+const FIRST_APPEND_PAYLOAD: usize = 1 << 20;
+const MIN_APPEND_PAYLOAD: usize = 64 << 10;
+
+/// How many payload bytes a replication stream puts in one append. openraft drops an
+/// append that outlasts its timeout (the heartbeat interval, 50-100 ms), so a follower owed
+/// a lot is sent what can arrive in time: halved after an append that did not finish
+/// (dropped, or failed), doubled after one cut to the budget that finished within a
+/// quarter of its time.
+#[derive(Debug)]
+struct AppendBudget {
+    bytes: usize,
+    /// An append is out, not yet known to have finished.
+    open: bool,
+}
+
+impl AppendBudget {
+    fn new() -> Self {
+        AppendBudget {
+            bytes: FIRST_APPEND_PAYLOAD,
+            open: false,
+        }
+    }
+
+    /// The budget for the next append, which is now out.
+    fn start(&mut self) -> usize {
+        if std::mem::replace(&mut self.open, true) {
+            self.bytes = (self.bytes / 2).max(MIN_APPEND_PAYLOAD);
+        }
+        self.bytes
+    }
+
+    /// The append finished (the peer answered) in `took` of `ttl`; `cut` when it carried
+    /// fewer entries than it was given, for the budget.
+    fn finished(&mut self, cut: bool, took: Duration, ttl: Duration) {
+        self.open = false;
+        if cut && took < ttl / 4 {
+            self.bytes = (self.bytes * 2).min(MAX_APPEND_PAYLOAD);
+        }
+    }
+}
 
 /// How many of `entries` (at least one) fit in `budget` payload bytes.
 fn entries_within(entries: &[Entry], budget: usize) -> usize {
@@ -73,6 +115,34 @@ pub type FramePeers = Arc<Mutex<HashMap<String, std::time::Instant>>>;
 /// The connection of the Raft channel owned by one client.
 type FrameConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
+/// One call on the Raft channel (the frame written, the answer read), owning the
+/// connection, which it hands back with the answer.
+type Exchange = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (std::io::Result<(u8, Vec<u8>)>, FrameConn)> + Send + Sync,
+    >,
+>;
+
+fn exchange_on(mut conn: FrameConn, kind: u8, body: Bytes) -> Exchange {
+    Box::pin(async move {
+        let answer = async {
+            super::frame::write_frame(&mut conn, kind, &body).await?;
+            super::frame::read_frame(&mut conn).await?.ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection",
+                )
+            })
+        }
+        .await;
+        (answer, conn)
+    })
+}
+
+/// How long a call a dropped call left in flight is waited for (by the calls after it)
+/// before its connection is given up.
+const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(10);
+
 /// How long a peer that speaks only HTTP/2 is called over it before trying again.
 const HTTP_ONLY_RECHECK: Duration = Duration::from_secs(60);
 
@@ -99,6 +169,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             network: self.clone(),
             calls: 0,
             conn: None,
+            in_flight: None,
+            append: AppendBudget::new(),
         }
     }
 }
@@ -114,6 +186,11 @@ pub struct PeerClient {
     network: Network,
     calls: u64,
     conn: Option<FrameConn>,
+    /// A call on `conn` that openraft dropped before its answer (when it began), left to
+    /// finish: cutting a frame off midway would cost the connection, and the next call
+    /// would dial afresh only to be dropped the same way.
+    in_flight: Option<(tokio::time::Instant, Exchange)>,
+    append: AppendBudget,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -299,11 +376,13 @@ impl PeerClient {
     /// One call on this client's Raft channel connection (dialed when it has none): the
     /// answer's body, or `None` when the peer speaks only HTTP/2 (the caller uses that).
     /// A connection that fails before answering after serving earlier calls (the peer
-    /// restarted, say) is replaced once: appends and votes may be repeated.
+    /// restarted, say) is replaced once: appends and votes may be repeated. A call dropped
+    /// or out of time leaves its exchange in flight; the next call first waits for it (its
+    /// answer is stale: openraft sends again what it needs).
     async fn frame_call(
         &mut self,
         kind: u8,
-        body: &[u8],
+        body: Bytes,
         ttl: Duration,
     ) -> Result<Option<Vec<u8>>, CallError> {
         let peer = self.peer.clone();
@@ -317,9 +396,26 @@ impl PeerClient {
                 g.remove(&peer);
             }
         }
+        if let Some((since, exchange)) = self.in_flight.as_mut() {
+            let until = deadline.min(*since + IN_FLIGHT_LIMIT);
+            match tokio::time::timeout_at(until, exchange).await {
+                Err(_) if until < deadline => self.in_flight = None,
+                Err(_) => {
+                    return Err(CallError::Network(TransportError(format!(
+                        "{peer} did not answer an earlier call within {ttl:?}"
+                    ))))
+                }
+                Ok((answer, conn)) => {
+                    self.in_flight = None;
+                    if answer.is_ok() {
+                        self.conn = Some(conn);
+                    }
+                }
+            }
+        }
         for attempt in 0..2 {
             let reused = self.conn.is_some();
-            let mut conn = match self.conn.take() {
+            let conn = match self.conn.take() {
                 Some(c) => c,
                 None => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -333,32 +429,28 @@ impl PeerClient {
                     c
                 }
             };
-            let exchange = async {
-                super::frame::write_frame(&mut conn, kind, body).await?;
-                super::frame::read_frame(&mut conn).await?.ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the peer closed the connection",
-                    )
-                })
+            let (_, exchange) = self.in_flight.insert((
+                tokio::time::Instant::now(),
+                exchange_on(conn, kind, body.clone()),
+            ));
+            let Ok((answer, conn)) = tokio::time::timeout_at(deadline, exchange).await else {
+                return Err(CallError::Network(TransportError(format!(
+                    "{peer} did not answer within {ttl:?}"
+                ))));
             };
-            match tokio::time::timeout_at(deadline, exchange).await {
-                Err(_) => {
-                    return Err(CallError::Network(TransportError(format!(
-                        "{peer} did not answer within {ttl:?}"
-                    ))))
-                }
-                Ok(Err(_)) if reused && attempt == 0 => continue,
-                Ok(Err(e)) => {
+            self.in_flight = None;
+            match answer {
+                Err(_) if reused && attempt == 0 => continue,
+                Err(e) => {
                     return Err(CallError::Network(TransportError(format!(
                         "Raft channel to {peer}: {e}"
                     ))))
                 }
-                Ok(Ok((super::frame::OK, answer))) => {
+                Ok((super::frame::OK, answer)) => {
                     self.conn = Some(conn);
                     return Ok(Some(answer));
                 }
-                Ok(Ok((_, why))) => {
+                Ok((_, why)) => {
                     return Err(CallError::Network(TransportError(format!(
                         "{peer} refused the call: {}",
                         String::from_utf8_lossy(&why[..why.len().min(200)])
@@ -377,8 +469,10 @@ impl PeerClient {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, CallError> {
-        let body = serde_json::to_vec(req)
-            .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+        let body = Bytes::from(
+            serde_json::to_vec(req)
+                .map_err(|e| CallError::Network(TransportError(e.to_string())))?,
+        );
         let kind = match path {
             PATH_APPEND => Some(super::frame::APPEND),
             PATH_VOTE => Some(super::frame::VOTE),
@@ -386,7 +480,7 @@ impl PeerClient {
         };
         self.calls += 1;
         if let Some(kind) = kind.filter(|_| self.calls > 1) {
-            if let Some(answer) = self.frame_call(kind, &body, ttl).await? {
+            if let Some(answer) = self.frame_call(kind, body.clone(), ttl).await? {
                 return serde_json::from_slice(&answer).map_err(|e| {
                     CallError::Network(TransportError(format!(
                         "bad response from {}: {e}",
@@ -397,7 +491,7 @@ impl PeerClient {
         }
         let request = http::Request::post(path)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
         let resp = self.network.exchange(&self.peer, request, ttl).await?;
         let (status, bytes) = (resp.status(), resp.into_body());
@@ -440,20 +534,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        // A lagging follower may be owed more than one body can carry: send a prefix
-        // that fits and report how far it got (openraft continues from there).
-        let keep = entries_within(&rpc.entries, MAX_APPEND_PAYLOAD);
-        if keep < rpc.entries.len() {
-            let last = rpc.entries[keep - 1].log_id;
-            rpc.entries.truncate(keep);
-            return match self.rpc(PATH_APPEND, &rpc, &option).await? {
-                AppendEntriesResponse::Success => {
-                    Ok(AppendEntriesResponse::PartialSuccess(Some(last)))
-                }
-                other => Ok(other),
-            };
+        // A lagging follower may be owed more than one append can carry in time: send a
+        // prefix that fits the budget and report how far it got (openraft continues from
+        // there).
+        let keep = entries_within(&rpc.entries, self.append.start());
+        let cut = (keep < rpc.entries.len()).then(|| rpc.entries[keep - 1].log_id);
+        rpc.entries.truncate(keep);
+        let started = std::time::Instant::now();
+        let result = self.rpc(PATH_APPEND, &rpc, &option).await;
+        if !matches!(result, Err(RPCError::Network(_) | RPCError::Unreachable(_))) {
+            self.append
+                .finished(cut.is_some(), started.elapsed(), option.hard_ttl());
         }
-        self.rpc(PATH_APPEND, &rpc, &option).await
+        match (result?, cut) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                Ok(AppendEntriesResponse::PartialSuccess(Some(last)))
+            }
+            (other, _) => Ok(other),
+        }
     }
 
     async fn install_snapshot(
@@ -550,5 +648,112 @@ mod tests {
             assert!(!answer.vote_granted);
         }
         assert!(frames_lock(&network.frames).contains_key(&peer.to_string()));
+    }
+
+    /// A peer whose Raft channel echoes each frame, after `delay` when it starts with
+    /// `slow`; counts its connections.
+    async fn slow_channel_peer(
+        tls: &crate::pki::NodeTls,
+        delay: Duration,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Arc::new(tls.server_config().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let config = config.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+                    else {
+                        return;
+                    };
+                    while let Ok(Some((_, body))) = super::super::frame::read_frame(&mut tls).await
+                    {
+                        if body.starts_with(b"slow") {
+                            tokio::time::sleep(delay).await;
+                        }
+                        let ok = super::super::frame::OK;
+                        if super::super::frame::write_frame(&mut tls, ok, &body)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_call_out_of_time_keeps_its_connection_for_the_next() {
+        let ca = crate::pki::Ca::generate("test-cluster").unwrap();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let member = ca.issue("n1", &[ip]).unwrap();
+        let (peer, accepted) = slow_channel_peer(&member, Duration::from_millis(200)).await;
+        let tls = TlsHandle::default();
+        tls.set(&member).unwrap();
+        let mut network = Network {
+            tls,
+            source: None,
+            pool: Default::default(),
+            frames: Default::default(),
+        };
+        let node = NodeInfo {
+            name: "slow".into(),
+            api: "http://127.0.0.1:1".into(),
+            peer: peer.to_string(),
+            zone: None,
+        };
+        let mut client = network.new_client(2, &node).await;
+        let long = Duration::from_secs(5);
+        let warm = Bytes::from_static(b"warm");
+        let answer = client
+            .frame_call(super::super::frame::APPEND, warm, long)
+            .await;
+        assert!(matches!(answer, Ok(Some(_))), "the first call failed");
+        let slow = Bytes::from_static(b"slow");
+        let short = Duration::from_millis(50);
+        assert!(client
+            .frame_call(super::super::frame::APPEND, slow, short)
+            .await
+            .is_err());
+        // The next call waits out the first one's answer on the same connection, then
+        // makes its own.
+        let second = Bytes::from_static(b"second");
+        let answer = client
+            .frame_call(super::super::frame::APPEND, second, long)
+            .await
+            .unwrap_or_else(|_| panic!("the second call failed"));
+        assert_eq!(answer.as_deref(), Some(&b"second"[..]));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_append_budget_shrinks_after_a_dropped_append_and_grows_after_quick_ones() {
+        let ttl = Duration::from_millis(100);
+        let mut b = AppendBudget::new();
+        assert_eq!(b.start(), FIRST_APPEND_PAYLOAD);
+        // Dropped before it finished: the next one gets half.
+        assert_eq!(b.start(), FIRST_APPEND_PAYLOAD / 2);
+        b.finished(true, Duration::from_millis(10), ttl);
+        assert_eq!(b.start(), FIRST_APPEND_PAYLOAD);
+        // A slow append, or one that was not cut, leaves it where it is.
+        b.finished(true, Duration::from_millis(60), ttl);
+        assert_eq!(b.start(), FIRST_APPEND_PAYLOAD);
+        b.finished(false, Duration::from_millis(1), ttl);
+        for _ in 0..20 {
+            b.start();
+        }
+        assert_eq!(b.start(), MIN_APPEND_PAYLOAD);
+        for _ in 0..20 {
+            b.finished(true, Duration::from_millis(1), ttl);
+            b.start();
+        }
+        assert_eq!(b.bytes, MAX_APPEND_PAYLOAD);
     }
 }
