@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+mod client;
 mod frame;
 pub mod kv;
 mod log;
