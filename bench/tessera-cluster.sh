@@ -55,7 +55,13 @@ unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY
 log() { echo "[$(date +%H:%M:%S)] tessera-cluster: $*" >&2; }
 event() { echo "$(date +%H:%M:%S.%3N) $*" >>"$DIR/events.log"; [ "${QUIET:-0}" = 1 ] || log "$*"; }
 ms_now() { echo $(($(date +%s%N) / 1000000)); }
-die() { echo "tessera-cluster: $*" >&2; exit 1; }
+# A failure is also an event, so that the bench's report says why (the baseline discards
+# the restore command's output).
+die() {
+  echo "tessera-cluster: $*" >&2
+  if [ -d "${DIR:-}" ]; then echo "$(date +%H:%M:%S.%3N) FAILED: $*" >>"$DIR/events.log"; fi
+  exit 1
+}
 
 resolve_bin() {
   local rel=x86_64-unknown-linux-gnu/release/tessera c
