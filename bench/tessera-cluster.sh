@@ -139,7 +139,16 @@ spawn() {  # i: start node i from its run line (same profile and data dir every 
   d=$(ndir "$i")
   rm -f "$d/data/listeners.json"
   bash "$d/run.sh" </dev/null >>"$d/node.out" 2>>"$d/node.log" &
-  echo $! >"$d/pid"
+  local pid=$! n=0
+  echo "$pid" >"$d/pid"
+  # Until it execs run.sh the job is a copy of this script, whose command line does not
+  # name the node's directory: wait for the exec (2 s at most), or node_pid would take a
+  # node that is starting for one that exited (seen: "n1 exited during bootstrap" while
+  # n1 went on to start, and restores that failed the same way).
+  while [ $n -lt 100 ] && [ -z "$(node_pid "$i")" ] && [ -e "/proc/$pid" ]; do
+    sleep 0.02
+    n=$((n + 1))
+  done
 }
 
 write_node() {  # i membership_toml
