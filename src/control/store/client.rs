@@ -25,9 +25,9 @@ use std::time::Duration;
 /// Payload bytes (commands' own size) sent in one append at most: a quarter of what the
 /// peer server accepts (`rpc::MAX_RPC_BODY`), leaving room for JSON's escaping.
 const MAX_APPEND_PAYLOAD: usize = 16 << 20;
-/// What a replication stream's appends start with, and the least they shrink to (an append
-/// carries one entry however large).
+/// What a replication stream's appends start with.
 const FIRST_APPEND_PAYLOAD: usize = 1 << 20;
+/// The least they shrink to (an append still carries one entry, however large).
 const MIN_APPEND_PAYLOAD: usize = 64 << 10;
 
 /// How many payload bytes a replication stream puts in one append. openraft drops an
@@ -82,6 +82,7 @@ fn entries_within(entries: &[Entry], budget: usize) -> usize {
     }
     entries.len()
 }
+
 /// The connection of the Raft channel owned by one client.
 type FrameConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
@@ -109,8 +110,8 @@ fn exchange_on(mut conn: FrameConn, kind: u8, body: Bytes) -> Exchange {
     })
 }
 
-/// How long a call a dropped call left in flight is waited for (by the calls after it)
-/// before its connection is given up.
+/// How long the calls after a dropped one wait for its exchange to finish before they give
+/// up its connection.
 const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long a peer that speaks only HTTP/2 is called over it before trying again.
@@ -396,14 +397,20 @@ mod tests {
         addr
     }
 
-    #[tokio::test]
-    async fn a_peer_without_the_raft_channel_is_called_over_http2() {
+    /// A member's certificate from a new cluster CA, naming 127.0.0.1.
+    fn member() -> crate::pki::NodeTls {
         let ca = crate::pki::Ca::generate("test-cluster").unwrap();
         let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        let member = ca.issue("n1", &[ip]).unwrap();
-        let peer = http2_only_peer(&member).await;
+        ca.issue("n1", &[ip]).unwrap()
+    }
+
+    /// The client a member with `member`'s certificate makes for the peer at `peer`.
+    async fn client_of(
+        member: &crate::pki::NodeTls,
+        peer: std::net::SocketAddr,
+    ) -> (Network, PeerClient) {
         let tls = TlsHandle::default();
-        tls.set(&member).unwrap();
+        tls.set(member).unwrap();
         let mut network = Network {
             tls,
             source: None,
@@ -411,12 +418,20 @@ mod tests {
             frames: Default::default(),
         };
         let node = NodeInfo {
-            name: "old".into(),
+            name: "peer".into(),
             api: "http://127.0.0.1:1".into(),
             peer: peer.to_string(),
             zone: None,
         };
-        let mut client = network.new_client(2, &node).await;
+        let client = network.new_client(2, &node).await;
+        (network, client)
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_raft_channel_is_called_over_http2() {
+        let member = member();
+        let peer = http2_only_peer(&member).await;
+        let (network, mut client) = client_of(&member, peer).await;
         let req = VoteRequest::new(Vote::new(3, 1), None);
         // The first call goes over HTTP/2; the second asks for the channel, is answered
         // with h2, and is made over HTTP/2 as well; the peer is remembered as HTTP/2-only.
@@ -469,25 +484,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_out_of_time_keeps_its_connection_for_the_next() {
-        let ca = crate::pki::Ca::generate("test-cluster").unwrap();
-        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        let member = ca.issue("n1", &[ip]).unwrap();
+        let member = member();
         let (peer, accepted) = slow_channel_peer(&member, Duration::from_millis(200)).await;
-        let tls = TlsHandle::default();
-        tls.set(&member).unwrap();
-        let mut network = Network {
-            tls,
-            source: None,
-            pool: Default::default(),
-            frames: Default::default(),
-        };
-        let node = NodeInfo {
-            name: "slow".into(),
-            api: "http://127.0.0.1:1".into(),
-            peer: peer.to_string(),
-            zone: None,
-        };
-        let mut client = network.new_client(2, &node).await;
+        let (_, mut client) = client_of(&member, peer).await;
         let long = Duration::from_secs(5);
         let warm = Bytes::from_static(b"warm");
         let answer = client
