@@ -4,8 +4,15 @@
 # on $GW_IP:$GW_PORT in the foreground (the baseline stops the whole process group).
 set -euo pipefail
 : "${TESSERA_BIN:?}" "${BACKEND_ADDR:?}" "${GW_PORT:?}" "${GW_IP:?}"
+# The baseline stops this script with SIGTERM and, half a second later, SIGKILL, which
+# leaves no time for the EXIT trap; so first remove what earlier runs left (a directory no
+# running process names: every process of a run has it in its command line).
+for old in /tmp/tessera-gw-bench.*; do
+  [ -d "$old" ] && ! pgrep -f -- "$old/" >/dev/null && rm -rf "$old"
+done
 W=$(mktemp -d /tmp/tessera-gw-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
+trap 'exit 143' TERM INT
 # shellcheck source=bench/control-node.sh
 . "$(dirname "${BASH_SOURCE[0]}")/control-node.sh"
 "$TESSERA_BIN" apply -f - >/dev/null <<YAML
