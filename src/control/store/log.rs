@@ -125,6 +125,12 @@ pub(super) fn anyerror(msg: String) -> openraft::AnyError {
     openraft::AnyError::error(msg)
 }
 
+/// Ranges of at most this many entries are read by key (one batched lookup) rather than
+/// through an iterator: replicating and applying a commit read one or a few entries, and
+/// creating and seeking a rocksdb iterator cost more than the lookups (a profile of
+/// sequential puts had iterator setup at 4% of the leader's CPU).
+const POINT_READ_MAX: u64 = 16;
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -135,10 +141,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        // Exclusive; `None` for an unbounded range.
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
         let cf = self.cf(CF_LOG)?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
+        if let Some(end) = end.filter(|e| e.saturating_sub(start) <= POINT_READ_MAX) {
+            let keys: Vec<[u8; 8]> = (start..end).map(idx).collect();
+            let values = self.db.batched_multi_get_cf(cf, &keys, true);
+            for (i, v) in (start..end).zip(values) {
+                // A missing index is skipped, as the iterator below would skip it.
+                if let Some(v) = v.map_err(|e| StorageIOError::read_logs(&e))? {
+                    out.push(
+                        decode(&v)
+                            .map_err(|e| StorageIOError::read_log_at_index(i, anyerror(e)))?,
+                    );
+                }
+            }
+            return Ok(out);
+        }
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(idx(end).to_vec());
+        }
+        for item in self.db.iterator_cf_opt(
             cf,
+            opts,
             IteratorMode::From(&idx(start), rocksdb::Direction::Forward),
         ) {
             let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
@@ -302,4 +333,70 @@ pub(super) fn seed(
     batch.put_cf(raft, KEY_COMMITTED, encode(&Some(last)));
     batch.put_cf(raft, KEY_VOTE, encode(vote));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u64) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 7), i),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    /// Point reads (small ranges) and the iterator (large or open ranges) return the same
+    /// entries, in order, for every kind of bound, also across a purged prefix.
+    #[tokio::test]
+    async fn ranges_read_the_same_by_key_and_by_iterator() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = super::super::Store::open(&dir.path().join("store"), "n").expect("open");
+        let mut log = store.log_store();
+        let cf = log.cf(CF_LOG).expect("cf");
+        // Entries 10..=60: 0..10 purged.
+        for i in 10..=60 {
+            log.db.put_cf(cf, idx(i), encode(&entry(i))).expect("put");
+        }
+        let ids = |v: Vec<Entry>| v.into_iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        let want = |r: std::ops::Range<u64>| r.collect::<Vec<_>>();
+        assert_eq!(
+            ids(log.try_get_log_entries(20..21).await.unwrap()),
+            want(20..21)
+        );
+        assert_eq!(
+            ids(log.try_get_log_entries(20..=35).await.unwrap()),
+            want(20..36)
+        );
+        assert_eq!(
+            ids(log.try_get_log_entries(20..37).await.unwrap()),
+            want(20..37)
+        );
+        assert_eq!(
+            ids(log.try_get_log_entries(5..15).await.unwrap()),
+            want(10..15)
+        );
+        assert_eq!(
+            ids(log.try_get_log_entries(0..40).await.unwrap()),
+            want(10..40)
+        );
+        assert_eq!(
+            ids(log.try_get_log_entries(55..70).await.unwrap()),
+            want(55..61)
+        );
+        assert_eq!(
+            ids(log.try_get_log_entries(58..).await.unwrap()),
+            want(58..61)
+        );
+        assert_eq!(
+            ids(log.try_get_log_entries(..).await.unwrap()),
+            want(10..61)
+        );
+        assert!(log.try_get_log_entries(30..30).await.unwrap().is_empty());
+        let excluded = (Bound::Excluded(40), Bound::Excluded(44));
+        assert_eq!(
+            ids(log.try_get_log_entries(excluded).await.unwrap()),
+            want(41..44)
+        );
+    }
 }
