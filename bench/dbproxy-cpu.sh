@@ -73,7 +73,7 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 ha_pid=$(pgrep -f "haproxy -db -f $T/haproxy.cfg" | head -1)
-ts_pid=$(pgrep -f "tessera run --profile /tmp/tessera-dbproxy-bench.*/dbproxy.toml" | head -1)
+ts_pid=$(pgrep -f -- "run --profile /tmp/tessera-dbproxy-bench.*/dbproxy.toml" | head -1)
 [ -n "$ts_pid" ] || { echo "the DB proxy did not come up; see $T/tessera.log" >&2; cat "$T/tessera.log" >&2; exit 1; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)

@@ -3,7 +3,8 @@
 # tessera's gateway, each in front of the same nginx backend, pinned as the baseline's
 # PIN=1 does (backend and proxy on core 0, wrk on core 1). For each proxy and round:
 # requests/s, and CPU microseconds per request of the proxy process and of the backend's
-# worker (utime+stime from /proc/PID/stat around a wrk run). With SYSCALLS=1 it also
+# worker (utime+stime from /proc/PID/stat around a wrk run), and context switches per
+# request of each (voluntary+preempted, all threads). With SYSCALLS=1 it also
 # counts the proxy's system calls per request over one extra run (strace -c; the run is
 # slower under strace, the ratio per request is what counts).
 #
@@ -71,9 +72,13 @@ curl -sf "$url_nginx" >/dev/null || { echo "nginx did not come up (installed? po
 worker_of() { pgrep -P "$(cat "$1")" | head -1; }
 backend=$(worker_of "$T/backend.pid")
 nginx_proxy=$(worker_of "$T/proxy.pid")
-gateway=$(pgrep -f "tessera run --profile /tmp/tessera-gw-bench.*/gateway.toml" | head -1)
+# By its profile, not the binary's name (TESSERA_BIN may be any copy of it).
+gateway=$(pgrep -f -- "run --profile /tmp/tessera-gw-bench.*/gateway.toml" | head -1)
+[ -n "$gateway" ] || { echo "the gateway process was not found; see $T/gateway.log" >&2; exit 1; }
 taskset -p -c 0 "$gateway" >/dev/null
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of all of a process's threads: voluntary (it waited) and not (preempted).
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v, n}'; }
 hz=$(getconf CLK_TCK)
 echo "# gateway-cpu $(date -u +%FT%TZ) nproc=$(nproc) cpu=\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\" tessera: $("$TESSERA_BIN" --version | head -1)"
 echo "# wrk -t1 -c$CONNECTIONS -d${DURATION}s on core 1; backend nginx worker, nginx proxy and the gateway on core 0; CPU from /proc (CLK_TCK=$hz)"
@@ -81,13 +86,16 @@ for round in $(seq 1 "$ROUNDS"); do
   for name in nginx tessera; do
     if [ "$name" = nginx ]; then pid=$nginx_proxy url=$url_nginx; else pid=$gateway url=$url_tessera; fi
     taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "$url" >/dev/null
-    b0=$(ticks "$backend") p0=$(ticks "$pid")
+    b0=$(ticks "$backend") p0=$(ticks "$pid") bs0=$(switches "$backend") ps0=$(switches "$pid")
     out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$url")
-    b1=$(ticks "$backend") p1=$(ticks "$pid")
+    b1=$(ticks "$backend") p1=$(ticks "$pid") bs1=$(switches "$backend") ps1=$(switches "$pid")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     awk -v n="$name" -v r="$round" -v q="$reqs" -v rps="$rps" -v b=$((b1 - b0)) -v p=$((p1 - p0)) -v hz="$hz" \
-      'BEGIN { printf "round %d %-8s %9.0f req/s  proxy %6.2f us/req  backend %6.2f us/req\n", r, n, rps, p * 1e6 / hz / q, b * 1e6 / hz / q }'
+      -v ps0="$ps0" -v ps1="$ps1" -v bs0="$bs0" -v bs1="$bs1" \
+      'BEGIN { split(ps0, a); split(ps1, c); split(bs0, d); split(bs1, e)
+        printf "round %d %-8s %9.0f req/s  proxy %6.2f us/req  backend %6.2f us/req  switches/req proxy %.3f+%.3f backend %.3f+%.3f\n",
+          r, n, rps, p * 1e6 / hz / q, b * 1e6 / hz / q, (c[1] - a[1]) / q, (c[2] - a[2]) / q, (e[1] - d[1]) / q, (e[2] - d[2]) / q }'
   done
 done
 if [ "$SYSCALLS" = 1 ]; then

@@ -15,7 +15,7 @@
 mod upgrade;
 mod upstream;
 
-use super::table::{pick, Decision, EndpointState, EndpointStates, RequestView, RouteTable};
+use super::table::{pick, Decision, EndpointState, EndpointStates, RequestView, Route, RouteTable};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -276,8 +276,8 @@ fn upstream_headers(
         "x-forwarded-proto",
         HeaderValue::from_static(if secure { "https" } else { "http" }),
     );
-    headers.insert(X_UNIT, value(&route.unit));
-    headers.insert(X_ZONE, value(&route.zone));
+    headers.insert(X_UNIT, route.unit_hv.clone());
+    headers.insert(X_ZONE, route.zone_hv.clone());
     if let Some(s) = route.slot {
         headers.insert("x-tessera-slot", value(&format!("{s:02}")));
     }
@@ -436,7 +436,12 @@ impl Gateway {
                 Some((h, p)) if !h.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => h,
                 _ => raw,
             };
-            h.to_ascii_lowercase()
+            // Hosts are nearly always sent in lower case already: no copy then.
+            if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(h.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(h)
+            }
         };
         let decision = {
             let view = RequestView {
@@ -457,6 +462,7 @@ impl Gateway {
             } => {
                 let name = rule.map_or("-", |r| &r.name);
                 self.finish(
+                    None,
                     &parts.method,
                     &host,
                     parts.uri.path(),
@@ -478,6 +484,7 @@ impl Gateway {
         if let Some(protocol) = upgrade::requested(&parts) {
             // Boxed: the tunnel's state would otherwise make every request's future
             // larger (it is moved into hyper's dispatcher per request).
+            let host = host.into_owned();
             return Ok(
                 Box::pin(self.tunnel(parts, protocol, route, host, client, secure, start)).await,
             );
@@ -485,6 +492,7 @@ impl Gateway {
         // The body: read it now if small, else stream it.
         let refuse = |status: u16, reason: &'static str, message: String| {
             self.finish(
+                Some(&route),
                 &parts.method,
                 &host,
                 parts.uri.path(),
@@ -519,12 +527,12 @@ impl Gateway {
                 Some(Limited::new(body, self.max_body as usize).boxed_unsync()),
             ),
         };
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         if let (Some(shadow), Some(b)) = (&route.shadow, &buffered) {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
             let mut headers = parts.headers.clone();
             upstream_headers(&mut headers, &parts.uri, client, secure, &route);
             self.mirror(
@@ -537,7 +545,7 @@ impl Gateway {
         }
         let head = upstream::RequestHead {
             method: &parts.method,
-            target: pq.as_str(),
+            target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
             headers: &parts.headers,
             authority: parts.uri.authority().map(|a| a.as_str()),
             client: client.ip(),
@@ -576,9 +584,13 @@ impl Gateway {
                 (None, None) => break,
             };
             let guard = InFlight::new(&ep.state);
-            let sent = tokio::time::timeout(
-                route.rule.timeout,
-                self.upstreams.send(ep.addr, &parts.method, &head, body),
+            // The first attempt reuses `start` (a clock read per request fewer) for its
+            // deadline and the pool's idle accounting; each retry gets its own timeout.
+            let t0 = if attempt == 0 { start } else { Instant::now() };
+            let sent = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(t0) + route.rule.timeout,
+                self.upstreams
+                    .send_at(ep.addr, &parts.method, &head, body, t0),
             )
             .await;
             let failure = match sent {
@@ -597,9 +609,10 @@ impl Gateway {
                         self.states.success(&ep.state);
                     }
                     let (mut rp, rb) = resp.into_parts();
-                    rp.headers.insert(X_UNIT, value(&route.unit));
-                    rp.headers.insert(X_ZONE, value(&route.zone));
+                    rp.headers.insert(X_UNIT, route.unit_hv.clone());
+                    rp.headers.insert(X_ZONE, route.zone_hv.clone());
                     self.finish(
+                        Some(&route),
                         &parts.method,
                         &host,
                         parts.uri.path(),
@@ -663,6 +676,7 @@ impl Gateway {
             Failed::Other(e) => (502, "upstream-error", format!("unit {}: {e}", route.unit)),
         };
         self.finish(
+            Some(&route),
             &parts.method,
             &host,
             parts.uri.path(),
@@ -729,9 +743,12 @@ impl Gateway {
         });
     }
 
+    /// Counts and logs a request. `route`, when it was routed, carries the metric series
+    /// resolved once per table (no label hashing per request).
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
+        route: Option<&Route<'_>>,
         method: &Method,
         host: &str,
         path: &str,
@@ -747,14 +764,24 @@ impl Gateway {
     ) {
         let elapsed = start.elapsed();
         let code = itoa_status(status);
-        self.metrics
-            .requests
-            .with_label_values(&[rule, unit, code])
-            .inc();
-        self.metrics
-            .duration
-            .with_label_values(&[rule])
-            .observe(elapsed.as_secs_f64());
+        let m = &self.metrics;
+        match route.and_then(|r| r.ok_requests) {
+            Some(ok) if status == 200 => ok
+                .get_or_init(|| m.requests.with_label_values(&[rule, unit, code]))
+                .inc(),
+            _ => m.requests.with_label_values(&[rule, unit, code]).inc(),
+        }
+        match route {
+            Some(r) => r
+                .rule
+                .duration
+                .get_or_init(|| m.duration.with_label_values(&[rule]))
+                .observe(elapsed.as_secs_f64()),
+            None => m
+                .duration
+                .with_label_values(&[rule])
+                .observe(elapsed.as_secs_f64()),
+        }
         if self.access_log {
             tracing::info!(
                 target: "tessera::access",

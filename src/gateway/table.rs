@@ -15,10 +15,13 @@ use crate::model::specs::{
     UnitSpec, UnitType, ZoneSpec,
 };
 use crate::model::{Kind, Resource};
+use http::HeaderValue;
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The kinds a route table is built from (exactly what the gateway role may read).
@@ -83,6 +86,11 @@ impl EndpointStates {
     pub fn success(&self, s: &EndpointState) {
         s.failures.store(0, Ordering::Relaxed);
         s.ejections.store(0, Ordering::Relaxed);
+        // It answered, so its ejection (if any) is over: back to "never ejected", which
+        // spares the next requests a clock read (`usable`).
+        if s.ejected_until_ms.load(Ordering::Relaxed) != 0 {
+            s.ejected_until_ms.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Records a failure; returns true when it ejected the endpoint.
@@ -99,8 +107,20 @@ impl EndpointStates {
         true
     }
 
-    fn usable(&self, s: &EndpointState, now: u64) -> bool {
-        !s.unhealthy.load(Ordering::Relaxed) && s.ejected_until_ms.load(Ordering::Relaxed) <= now
+    /// Not failing health checks and not ejected. `now` is read from the clock only
+    /// when an endpoint has an ejection time to compare, at most once per `now` cell.
+    fn usable(&self, s: &EndpointState, now: &Cell<Option<u64>>) -> bool {
+        if s.unhealthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = s.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0
+            || until
+                <= now.get().unwrap_or_else(|| {
+                    let n = self.now_ms();
+                    now.set(Some(n));
+                    n
+                })
     }
 }
 
@@ -114,6 +134,9 @@ pub struct Endpoint {
     /// The unit it serves (`-` when it serves any).
     pub unit: Arc<str>,
     pub zone: Arc<str>,
+    /// `unit` and `zone` as response header values (built once, not per request).
+    pub unit_hv: HeaderValue,
+    pub zone_hv: HeaderValue,
     pub version: Option<Arc<str>>,
     /// The instance it belongs to (absent for static endpoints).
     pub instance: Option<String>,
@@ -152,10 +175,17 @@ struct UnitTarget {
     unit: Arc<str>,
     zone: Arc<str>,
     standby_zone: Option<Arc<str>>,
+    /// The three above as response header values.
+    unit_hv: HeaderValue,
+    zone_hv: HeaderValue,
+    standby_zone_hv: Option<HeaderValue>,
     primary: Vec<Ep>,
     standby: Vec<Ep>,
     /// Mirror candidates in this unit.
     shadow: Vec<Ep>,
+    /// The rule's `requests_total{code="200"}` series for this unit, resolved by the
+    /// proxy on first use (a table lives until the next change).
+    ok_requests: OnceLock<prometheus::IntCounter>,
 }
 
 #[derive(Debug)]
@@ -187,6 +217,8 @@ pub struct Rule {
     pub failover: bool,
     /// Mirror sampling, percent.
     pub mirror_percent: u8,
+    /// This rule's request-duration series, resolved by the proxy on first use.
+    pub duration: OnceLock<prometheus::Histogram>,
 }
 
 impl Rule {
@@ -245,11 +277,17 @@ pub struct Route<'t> {
     pub unit: Arc<str>,
     /// The zone served (the standby zone after a failover).
     pub zone: Arc<str>,
+    /// `unit` and `zone` as response header values.
+    pub unit_hv: HeaderValue,
+    pub zone_hv: HeaderValue,
+    /// The rule's `requests_total{code="200"}` series for this unit (unit routes).
+    pub ok_requests: Option<&'t OnceLock<prometheus::IntCounter>>,
     pub slot: Option<u8>,
     pub canary: bool,
     pub failed_over: bool,
-    /// Usable endpoints, best first is not implied: the proxy picks among them.
-    pub candidates: Vec<Ep>,
+    /// Usable endpoints, best first is not implied: the proxy picks among them. The
+    /// table's own list when every endpoint of it is usable (no copy per request).
+    pub candidates: Cow<'t, [Ep]>,
     /// Where a copy goes, if this request is sampled for mirroring.
     pub shadow: Option<Ep>,
 }
@@ -307,6 +345,8 @@ pub fn compile(inputs: &Inputs, local_zone: Option<&str>, states: &EndpointState
             app: app.into(),
             unit: unit.unwrap_or("-").into(),
             zone: zone.into(),
+            unit_hv: header_value(unit.unwrap_or("-")),
+            zone_hv: header_value(zone),
             version: version.map(Into::into),
             instance,
             draining,
@@ -411,9 +451,13 @@ pub fn compile(inputs: &Inputs, local_zone: Option<&str>, states: &EndpointState
             unit: unit.into(),
             zone: u.zone.as_str().into(),
             standby_zone: u.standby_zone.as_deref().map(Into::into),
+            unit_hv: header_value(unit),
+            zone_hv: header_value(&u.zone),
+            standby_zone_hv: u.standby_zone.as_deref().map(header_value),
             primary,
             standby,
             shadow,
+            ok_requests: OnceLock::new(),
         }))
     };
 
@@ -448,12 +492,22 @@ pub fn compile(inputs: &Inputs, local_zone: Option<&str>, states: &EndpointState
             )
         } else {
             match s.route_by.as_str() {
-                "unit" => Mode::Unit(
-                    slot_unit
-                        .iter()
-                        .map(|u| u.as_deref().and_then(|u| target(&s, u, shadow)))
-                        .collect(),
-                ),
+                "unit" => {
+                    // One target per unit, shared by its slots.
+                    let mut per_unit: HashMap<&str, Option<Arc<UnitTarget>>> = HashMap::new();
+                    Mode::Unit(
+                        slot_unit
+                            .iter()
+                            .map(|u| {
+                                let u = u.as_deref()?;
+                                per_unit
+                                    .entry(u)
+                                    .or_insert_with(|| target(&s, u, shadow))
+                                    .clone()
+                            })
+                            .collect(),
+                    )
+                }
                 "global" => match units
                     .iter()
                     .find(|(_, u)| u.unit_type == UnitType::GZone)
@@ -541,6 +595,7 @@ pub fn compile(inputs: &Inputs, local_zone: Option<&str>, states: &EndpointState
             mirror_percent: s.mirror.as_ref().map_or(0, |m| m.percent),
             key: s,
             mode,
+            duration: OnceLock::new(),
         });
     }
     rules.sort_by(|a, b| {
@@ -684,10 +739,13 @@ impl Rule {
                     }
             }
         };
-        let now = states.now_ms();
-        let usable = |e: &&Ep| !e.draining && states.usable(&e.state, now);
-        let filter = |eps: &[Ep]| -> Vec<Ep> {
+        let now = Cell::new(None);
+        let usable = |e: &&Ep| !e.draining && states.usable(&e.state, &now);
+        let filter = |eps: &'t [Ep]| -> Cow<'t, [Ep]> {
             if self.key.active_version.is_none() && self.key.canary.is_none() {
+                if eps.iter().all(|e| usable(&e)) {
+                    return Cow::Borrowed(eps);
+                }
                 return eps.iter().filter(usable).cloned().collect();
             }
             let live: Vec<&Ep> = eps.iter().filter(usable).collect();
@@ -711,7 +769,7 @@ impl Rule {
                     }
                 }
             };
-            out.into_iter().cloned().collect()
+            out.into_iter().cloned().collect::<Vec<_>>().into()
         };
         let sample = |shadow: &[Ep]| -> Option<Ep> {
             if self.mirror_percent == 0
@@ -723,13 +781,16 @@ impl Rule {
             let live: Vec<&Ep> = shadow.iter().filter(usable).collect();
             (!live.is_empty()).then(|| live[fastrand::usize(..live.len())].clone())
         };
-        let unit_route = |t: &Arc<UnitTarget>| -> Decision<'t> {
+        let unit_route = |t: &'t Arc<UnitTarget>| -> Decision<'t> {
             let primary = filter(&t.primary);
             if !primary.is_empty() {
                 return Decision::Route(Route {
                     rule: self,
                     unit: t.unit.clone(),
                     zone: t.zone.clone(),
+                    unit_hv: t.unit_hv.clone(),
+                    zone_hv: t.zone_hv.clone(),
+                    ok_requests: Some(&t.ok_requests),
                     slot,
                     canary,
                     failed_over: false,
@@ -739,11 +800,16 @@ impl Rule {
             }
             if self.failover {
                 let standby = filter(&t.standby);
-                if let (false, Some(z)) = (standby.is_empty(), &t.standby_zone) {
+                if let (false, Some(z), Some(zhv)) =
+                    (standby.is_empty(), &t.standby_zone, &t.standby_zone_hv)
+                {
                     return Decision::Route(Route {
                         rule: self,
                         unit: t.unit.clone(),
                         zone: z.clone(),
+                        unit_hv: t.unit_hv.clone(),
+                        zone_hv: zhv.clone(),
+                        ok_requests: Some(&t.ok_requests),
                         slot,
                         canary,
                         failed_over: true,
@@ -793,7 +859,7 @@ impl Rule {
                 local,
                 shadow,
             } => {
-                let live: Vec<(usize, Vec<Ep>)> = zones
+                let live: Vec<(usize, Cow<'t, [Ep]>)> = zones
                     .iter()
                     .enumerate()
                     .map(|(i, (_, _, eps))| (i, filter(eps)))
@@ -836,15 +902,21 @@ impl Rule {
                     );
                 };
                 let zone = zones[i].0.clone();
-                let unit = if candidates.iter().all(|e| e.unit == candidates[0].unit) {
-                    candidates[0].unit.clone()
+                // Not empty (`live` keeps zones with endpoints); all of one zone.
+                let first = &candidates[0];
+                let zone_hv = first.zone_hv.clone();
+                let (unit, unit_hv) = if candidates.iter().all(|e| e.unit == first.unit) {
+                    (first.unit.clone(), first.unit_hv.clone())
                 } else {
-                    "-".into()
+                    ("-".into(), HeaderValue::from_static("-"))
                 };
                 Decision::Route(Route {
                     rule: self,
                     unit,
                     zone,
+                    unit_hv,
+                    zone_hv,
+                    ok_requests: None,
                     slot,
                     canary,
                     failed_over: false,
@@ -854,6 +926,11 @@ impl Rule {
             }
         }
     }
+}
+
+/// A name as a header value; names that cannot be one (never, for valid resources) as `-`.
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Picks one of `candidates` not yet `tried`: the less loaded of two at random.

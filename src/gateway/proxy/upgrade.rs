@@ -55,6 +55,7 @@ impl Gateway {
         let path = parts.uri.path().to_string();
         let log = |g: &Gateway, upstream: Option<&SocketAddr>, status: u16, reason: &str| {
             g.finish(
+                Some(&route),
                 &method,
                 &host,
                 &path,

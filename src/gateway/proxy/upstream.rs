@@ -126,11 +126,11 @@ impl Upstreams {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
+    fn checkout(&self, addr: SocketAddr, now: Instant) -> Option<Conn> {
         let mut idle = self.lock();
         let conns = idle.get_mut(&addr)?;
         while let Some(c) = conns.pop() {
-            if c.last_used.elapsed() < self.idle_timeout && c.alive() {
+            if now.saturating_duration_since(c.last_used) < self.idle_timeout && c.alive() {
                 return Some(c);
             }
         }
@@ -144,7 +144,6 @@ impl Upstreams {
         if conn.buf.capacity() > 4 * READ_CHUNK {
             conn.buf = BytesMut::new();
         }
-        conn.last_used = Instant::now();
         let mut idle = self.lock();
         let conns = idle.entry(addr).or_default();
         if conns.len() < self.max_idle_per_host {
@@ -174,6 +173,7 @@ impl Upstreams {
 
     /// Sends one request (its head already serialized, framing headers included) and
     /// reads the answer's head. The answer's body reads on from the same connection.
+    #[cfg(test)]
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -181,13 +181,29 @@ impl Upstreams {
         head: &[u8],
         body: OutBody,
     ) -> Result<Response<UpstreamBody>, UpError> {
+        self.send_at(addr, method, head, body, Instant::now()).await
+    }
+
+    /// [`send`](Self::send) for a request that started at `now` (one clock read per
+    /// request, the caller's). A connection's idle time counts from the start of the
+    /// last request it carried, which closes it a little early after a long one, never
+    /// late.
+    pub async fn send_at(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        method: &Method,
+        head: &[u8],
+        body: OutBody,
+        now: Instant,
+    ) -> Result<Response<UpstreamBody>, UpError> {
         let idempotent = super::idempotent(method);
-        let pooled = self.checkout(addr);
+        let pooled = self.checkout(addr, now);
         let reused = pooled.is_some();
-        let conn = match pooled {
+        let mut conn = match pooled {
             Some(c) => c,
             None => self.connect(addr).await?,
         };
+        conn.last_used = now;
         if reused && idempotent && body.replayable() {
             let OutBody::Full(b) = &body else {
                 unreachable!("checked replayable") // ok: replayable() is exactly Full

@@ -145,6 +145,9 @@ fn route(
         Decision::Route(r) => {
             let mut ports: Vec<u16> = r.candidates.iter().map(|e| e.addr.port()).collect();
             ports.sort();
+            // The header values the proxy answers with say the same.
+            assert_eq!(r.unit_hv.as_bytes(), r.unit.as_bytes());
+            assert_eq!(r.zone_hv.as_bytes(), r.zone.as_bytes());
             Ok((r.unit.to_string(), r.zone.to_string(), ports))
         }
         Decision::Refuse { reason, .. } => Err(reason),
@@ -241,6 +244,18 @@ fn global_city_and_parallel() {
     assert_eq!(
         route(&t, &s, &req("/w", &[])),
         Ok(("-".into(), "hz-b".into(), vec![1001]))
+    );
+    // Its ejection over: usable again; an answer from it clears the ejection time.
+    ep.ejected_until_ms.store(s.now_ms(), Ordering::Relaxed);
+    assert_eq!(
+        route(&t, &s, &req("/w", &[])),
+        Ok(("-".into(), "hz-a".into(), vec![1000]))
+    );
+    s.success(&ep);
+    assert_eq!(ep.ejected_until_ms.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        route(&t, &s, &req("/w", &[])),
+        Ok(("-".into(), "hz-a".into(), vec![1000]))
     );
 }
 

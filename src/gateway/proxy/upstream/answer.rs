@@ -17,8 +17,10 @@ pub(super) struct Head {
     pub(super) status: StatusCode,
     minor: u8,
     headers: HeaderMap,
-    /// `Content-Length` values seen, all of them.
-    lengths: Vec<u64>,
+    /// The first `Content-Length` value seen, and how many were seen (in all fields).
+    length: Option<u64>,
+    lengths: u32,
+    /// A value that is not a number, or two that differ.
     bad_length: bool,
     /// `Transfer-Encoding` with `chunked` last, and whether it was present at all.
     chunked: bool,
@@ -54,7 +56,8 @@ pub(super) fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<H
         status,
         minor,
         headers: HeaderMap::with_capacity(r.headers.len() + 2),
-        lengths: Vec::new(),
+        length: None,
+        lengths: 0,
         bad_length: false,
         chunked: false,
         transfer_encoding: false,
@@ -75,7 +78,14 @@ pub(super) fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<H
                         .then(|| s.parse::<u64>().ok())
                         .flatten()
                 }) {
-                    Some(v) => h.lengths.push(v),
+                    Some(v) => {
+                        h.lengths += 1;
+                        match h.length {
+                            None => h.length = Some(v),
+                            Some(first) if first != v => h.bad_length = true,
+                            Some(_) => {}
+                        }
+                    }
                     None => h.bad_length = true,
                 }
             }
@@ -149,26 +159,29 @@ impl Head {
         let mut headers = self.headers;
         let (framing, reusable) = if no_body {
             // A HEAD answer's length describes the GET answer: it goes through as is.
-            if let Some(v) = self.lengths.first().filter(|_| !self.bad_length) {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(*v));
+            if let Some(v) = self.length.filter(|_| !self.bad_length) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(v));
             }
             (Framing::Length(0), persistent)
         } else if self.transfer_encoding {
             // Transfer-Encoding overrides Content-Length; the pair is a smuggling
             // attempt or a broken endpoint, so the connection is not reused.
-            let reusable = persistent && self.lengths.is_empty() && !self.bad_length;
+            let reusable = persistent && self.lengths == 0 && !self.bad_length;
             if self.chunked {
                 (Framing::Chunked(Chunk::Size), reusable)
             } else {
                 (Framing::Close, false)
             }
-        } else if self.bad_length || self.lengths.windows(2).any(|w| w[0] != w[1]) {
+        } else if self.bad_length {
             return Err(Exchange::Failed(
                 "the answer's Content-Length is invalid or ambiguous".into(),
             ));
-        } else if let Some(n) = self.lengths.first() {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(*n));
-            (Framing::Length(*n), persistent)
+        } else if let Some(n) = self.length {
+            // One plain value goes through as sent; repeated ones (equal) become one.
+            if self.lengths > 1 {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            (Framing::Length(n), persistent)
         } else {
             (Framing::Close, false)
         };

@@ -181,6 +181,28 @@ async fn a_length_framed_answer_is_read_and_its_connection_reused() {
 }
 
 #[tokio::test]
+async fn repeated_equal_lengths_become_one_and_a_single_one_goes_through_as_sent() {
+    let ep = endpoint(vec![
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nxy"),
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 004\r\n\r\nwxyz"),
+    ])
+    .await;
+    let pool = Arc::new(Upstreams::new(8192));
+    for (want_len, want_body) in [("3", "abc"), ("2", "xy"), ("004", "wxyz")] {
+        let (r, body) = send(&pool, ep.addr, Method::GET).await.expect("send");
+        let lengths: Vec<_> = r.headers().get_all("content-length").iter().collect();
+        assert_eq!(lengths, [want_len], "one content-length for {want_body}");
+        assert_eq!(body.expect("body").0, want_body);
+    }
+    assert_eq!(
+        ep.accepts.load(Ordering::SeqCst),
+        1,
+        "all on one connection"
+    );
+}
+
+#[tokio::test]
 async fn a_chunked_answer_is_decoded_with_extensions_and_trailers_across_reads() {
     let ep = endpoint(vec![
         trickled(
