@@ -12,11 +12,13 @@
 #   bash bench/gateway-cpu.sh
 #   DURATION=8 ROUNDS=2 SYSCALLS=1 bash bench/gateway-cpu.sh
 # Environment: TESSERA_BIN (see bench/tessera-cluster.sh), DURATION [8], ROUNDS [2],
-# CONNECTIONS [64], SYSCALLS [0], BASE_PORT [18180].
+# CONNECTIONS [64], SYSCALLS [0], BASE_PORT [18180], SAME_HEADERS [0]: 1 makes nginx add
+# to each proxied request the five headers the gateway adds (x-forwarded-for,
+# x-forwarded-proto, x-tessera-unit, -zone, -slot), so the backend parses the same request.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DURATION=${DURATION:-8} ROUNDS=${ROUNDS:-2} CONNECTIONS=${CONNECTIONS:-64}
-SYSCALLS=${SYSCALLS:-0} BASE_PORT=${BASE_PORT:-18180}
+SYSCALLS=${SYSCALLS:-0} BASE_PORT=${BASE_PORT:-18180} SAME_HEADERS=${SAME_HEADERS:-0}
 TESSERA_BIN=$(TESSERA_CLUSTER_DIR=/nonexistent bash "$HERE/tessera-cluster.sh" bin)
 BACKEND_PORT=$BASE_PORT NGINX_PORT=$((BASE_PORT + 1)) GW_PORT=$((BASE_PORT + 10))
 T=$(mktemp -d /tmp/gateway-cpu.XXXXXX)
@@ -49,13 +51,19 @@ http { $http_common
   server { listen 127.0.0.1:$BACKEND_PORT reuseport backlog=4096;
     location / { default_type text/plain; return 200 'ok'; } } }
 EOF
+extra_headers=""
+if [ "$SAME_HEADERS" = 1 ]; then
+  extra_headers='proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Tessera-Unit rz00; proxy_set_header X-Tessera-Zone hz-a; proxy_set_header X-Tessera-Slot 07;'
+fi
 cat >"$T/proxy.conf" <<EOF
 $common
 pid $T/proxy.pid;
 http { $http_common
   upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 256; keepalive_requests 100000000; }
   server { listen 127.0.0.1:$NGINX_PORT backlog=4096;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+      $extra_headers } } }
 EOF
 setsid taskset -c 0 nginx -p "$T" -c "$T/backend.conf" -e "$T/backend.err" & PIDS+=($!)
 setsid taskset -c 0 nginx -p "$T" -c "$T/proxy.conf" -e "$T/proxy.err" & PIDS+=($!)
@@ -81,7 +89,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v, n}'; }
 hz=$(getconf CLK_TCK)
 echo "# gateway-cpu $(date -u +%FT%TZ) nproc=$(nproc) cpu=\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\" tessera: $("$TESSERA_BIN" --version | head -1)"
-echo "# wrk -t1 -c$CONNECTIONS -d${DURATION}s on core 1; backend nginx worker, nginx proxy and the gateway on core 0; CPU from /proc (CLK_TCK=$hz)"
+echo "# wrk -t1 -c$CONNECTIONS -d${DURATION}s on core 1; backend nginx worker, nginx proxy and the gateway on core 0; CPU from /proc (CLK_TCK=$hz); SAME_HEADERS=$SAME_HEADERS"
 for round in $(seq 1 "$ROUNDS"); do
   for name in nginx tessera; do
     if [ "$name" = nginx ]; then pid=$nginx_proxy url=$url_nginx; else pid=$gateway url=$url_tessera; fi
