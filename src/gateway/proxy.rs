@@ -584,9 +584,14 @@ impl Gateway {
                 (None, None) => break,
             };
             let guard = InFlight::new(&ep.state);
-            // The first attempt reuses `start` (a clock read per request fewer) for its
-            // deadline and the pool's idle accounting; each retry gets its own timeout.
-            let t0 = if attempt == 0 { start } else { Instant::now() };
+            // A first attempt without a body reuses `start` (a clock read per request
+            // fewer) for its deadline and the pool's idle accounting: nothing was waited
+            // for since. After reading a body, and for each retry, the timeout starts now.
+            let t0 = if attempt == 0 && declared == Some(0) {
+                start
+            } else {
+                Instant::now()
+            };
             let sent = tokio::time::timeout_at(
                 tokio::time::Instant::from_std(t0) + route.rule.timeout,
                 self.upstreams
