@@ -15,7 +15,9 @@
 mod upgrade;
 mod upstream;
 
-use super::table::{pick, Decision, EndpointState, EndpointStates, RequestView, Route, RouteTable};
+use super::table::{
+    header_value, pick, Decision, EndpointState, EndpointStates, RequestView, Route, RouteTable,
+};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -271,7 +273,7 @@ fn upstream_headers(
         Some(prev) => format!("{prev}, {}", client.ip()),
         None => client.ip().to_string(),
     };
-    headers.insert("x-forwarded-for", value(&xff));
+    headers.insert("x-forwarded-for", header_value(&xff));
     headers.insert(
         "x-forwarded-proto",
         HeaderValue::from_static(if secure { "https" } else { "http" }),
@@ -279,7 +281,7 @@ fn upstream_headers(
     headers.insert(X_UNIT, route.unit_hv.clone());
     headers.insert(X_ZONE, route.zone_hv.clone());
     if let Some(s) = route.slot {
-        headers.insert("x-tessera-slot", value(&format!("{s:02}")));
+        headers.insert("x-tessera-slot", header_value(&format!("{s:02}")));
     }
 }
 
@@ -309,10 +311,6 @@ fn idempotent(m: &Method) -> bool {
 const X_UNIT: HeaderName = HeaderName::from_static("x-tessera-unit");
 const X_ZONE: HeaderName = HeaderName::from_static("x-tessera-zone");
 
-fn value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
-}
-
 /// An answer the gateway gives itself, JSON with a reason header.
 fn own(
     status: u16,
@@ -330,7 +328,7 @@ fn own(
     );
     h.insert("x-tessera-reason", HeaderValue::from_static(reason));
     for (k, v) in extra {
-        h.insert(*k, value(v));
+        h.insert(*k, header_value(v));
     }
     r
 }

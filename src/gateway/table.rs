@@ -928,8 +928,8 @@ impl Rule {
     }
 }
 
-/// A name as a header value; names that cannot be one (never, for valid resources) as `-`.
-fn header_value(s: &str) -> HeaderValue {
+/// A string as a header value; one that cannot be (never, for valid resource names) as `-`.
+pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
 }
 

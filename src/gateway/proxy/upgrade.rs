@@ -5,9 +5,7 @@
 //! tunnel counts as in flight on its endpoint while it lasts, so a draining endpoint is
 //! not reported drained under an open WebSocket. No retries: a switch is not idempotent.
 
-use super::{
-    own, pick, strip_hop_by_hop, upstream_headers, upstream_uri, value, Gateway, InFlight,
-};
+use super::{own, pick, strip_hop_by_hop, upstream_headers, upstream_uri, Gateway, InFlight};
 use super::{RespBody, UpBody};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -130,8 +128,8 @@ impl Gateway {
             }
         };
         let status = resp.status();
-        let unit = value(&route.unit);
-        let zone = value(&route.zone);
+        let unit = route.unit_hv.clone();
+        let zone = route.zone_hv.clone();
         if status != StatusCode::SWITCHING_PROTOCOLS {
             // The endpoint declined: its answer goes back as is.
             log(&self, Some(&ep.addr), status.as_u16(), "");
