@@ -590,14 +590,13 @@ impl Gateway {
             } else {
                 Instant::now()
             };
-            let sent = tokio::time::timeout_at(
-                tokio::time::Instant::from_std(t0) + route.rule.timeout,
-                self.upstreams
-                    .send_at(ep.addr, &parts.method, &head, body, t0),
-            )
-            .await;
+            let deadline = tokio::time::Instant::from_std(t0) + route.rule.timeout;
+            let sent = self
+                .upstreams
+                .send_at(ep.addr, &parts.method, &head, body, t0, deadline)
+                .await;
             let failure = match sent {
-                Ok(Ok(resp)) => {
+                Ok(resp) => {
                     let status = resp.status().as_u16();
                     if matches!(status, 502..=504) {
                         self.metrics
@@ -637,9 +636,9 @@ impl Gateway {
                         }),
                     ));
                 }
-                Ok(Err(upstream::UpError::Connect(e))) => Failed::Connect(e),
-                Ok(Err(upstream::UpError::Failed(e))) => Failed::Other(e),
-                Err(_) => Failed::Timeout,
+                Err(upstream::UpError::Connect(e)) => Failed::Connect(e),
+                Err(upstream::UpError::Failed(e)) => Failed::Other(e),
+                Err(upstream::UpError::Timeout) => Failed::Timeout,
             };
             drop(guard);
             let kind = match &failure {

@@ -32,6 +32,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, Response, StatusCode};
 use request::write_request;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::time::{Instant as TokioInstant, Sleep};
 
 /// Bodies up to this size are written with the head in one system call.
 const COALESCE_MAX: usize = 16 << 10;
@@ -62,6 +64,8 @@ pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     last_used: Instant,
+    /// The connection's deadline timer, kept across requests (see [`Deadline`]).
+    timer: Pin<Box<Sleep>>,
 }
 
 /// How an upstream exchange failed.
@@ -71,12 +75,15 @@ pub enum UpError {
     Connect(String),
     /// Sent, or partly sent, and then failed: a reset, a close, a malformed answer.
     Failed(String),
+    /// No answer's head before the deadline.
+    Timeout,
 }
 
 impl std::fmt::Display for UpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpError::Connect(m) | UpError::Failed(m) => f.write_str(m),
+            UpError::Timeout => f.write_str("no answer before the deadline"),
         }
     }
 }
@@ -151,6 +158,21 @@ impl Upstreams {
         }
     }
 
+    /// A new connection, by the deadline. Boxed: connecting is rare next to reusing a
+    /// pooled connection, and its state would otherwise make every request's future larger
+    /// (which is copied as it is built and awaited).
+    fn connect_by(
+        &self,
+        addr: SocketAddr,
+        deadline: TokioInstant,
+    ) -> Pin<Box<dyn Future<Output = Result<Conn, UpError>> + Send + '_>> {
+        Box::pin(async move {
+            tokio::time::timeout_at(deadline, self.connect(addr))
+                .await
+                .unwrap_or(Err(UpError::Timeout))
+        })
+    }
+
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, UpError> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -168,6 +190,7 @@ impl Upstreams {
             stream,
             buf: BytesMut::new(),
             last_used: Instant::now(),
+            timer: Box::pin(tokio::time::sleep_until(TokioInstant::now())),
         })
     }
 
@@ -181,13 +204,15 @@ impl Upstreams {
         head: &[u8],
         body: OutBody,
     ) -> Result<Response<UpstreamBody>, UpError> {
-        self.send_at(addr, method, head, body, Instant::now()).await
+        let deadline = TokioInstant::now() + Duration::from_secs(30);
+        self.send_at(addr, method, head, body, Instant::now(), deadline)
+            .await
     }
 
     /// [`send`](Self::send) for a request that started at `now` (one clock read per
-    /// request, the caller's). A connection's idle time counts from the start of the
-    /// last request it carried, which closes it a little early after a long one, never
-    /// late.
+    /// request, the caller's), whose answer's head must arrive by `deadline`. A
+    /// connection's idle time counts from the start of the last request it carried, which
+    /// closes it a little early after a long one, never late.
     pub async fn send_at(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -195,34 +220,42 @@ impl Upstreams {
         head: &[u8],
         body: OutBody,
         now: Instant,
+        deadline: TokioInstant,
     ) -> Result<Response<UpstreamBody>, UpError> {
         let idempotent = super::idempotent(method);
         let pooled = self.checkout(addr, now);
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
-            None => self.connect(addr).await?,
+            None => self.connect_by(addr, deadline).await?,
         };
         conn.last_used = now;
-        if reused && idempotent && body.replayable() {
-            let OutBody::Full(b) = &body else {
-                unreachable!("checked replayable") // ok: replayable() is exactly Full
-            };
-            let replay = b.clone();
-            match self.exchange(addr, conn, method, head, body).await {
-                Err(Exchange::Silent(e)) => {
-                    tracing::debug!(endpoint = %addr, error = %e, "A pooled connection was closed; retrying on a new one");
-                    let conn = self.connect(addr).await?;
-                    self.exchange(addr, conn, method, head, OutBody::Full(replay))
+        if !(reused && idempotent && body.replayable()) {
+            return self
+                .exchange(addr, conn, method, head, body, deadline)
+                .await
+                .map_err(Exchange::into_error);
+        }
+        let OutBody::Full(b) = &body else {
+            unreachable!("checked replayable") // ok: replayable() is exactly Full
+        };
+        let replay = b.clone();
+        match self
+            .exchange(addr, conn, method, head, body, deadline)
+            .await
+        {
+            Err(Exchange::Silent(e)) => {
+                tracing::debug!(endpoint = %addr, error = %e, "A pooled connection was closed; retrying on a new one");
+                // Boxed, as connecting: rare, and it would double this future's size.
+                Box::pin(async move {
+                    let conn = self.connect_by(addr, deadline).await?;
+                    self.exchange(addr, conn, method, head, OutBody::Full(replay), deadline)
                         .await
                         .map_err(Exchange::into_error)
-                }
-                r => r.map_err(Exchange::into_error),
-            }
-        } else {
-            self.exchange(addr, conn, method, head, body)
+                })
                 .await
-                .map_err(Exchange::into_error)
+            }
+            r => r.map_err(Exchange::into_error),
         }
     }
 
@@ -233,17 +266,26 @@ impl Upstreams {
         method: &Method,
         head: &[u8],
         body: OutBody,
+        deadline: TokioInstant,
     ) -> Result<Response<UpstreamBody>, Exchange> {
-        write_request(&mut conn.stream, head, body).await?;
-        let (resp, framing, keep_alive) = loop {
-            let parsed = read_head(&mut conn, self.max_head).await?;
-            // An interim answer (100, 103) was consumed: the real one follows.
-            if parsed.status.is_informational() && parsed.status != StatusCode::SWITCHING_PROTOCOLS
-            {
-                continue;
+        let max_head = self.max_head;
+        let Conn {
+            stream, buf, timer, ..
+        } = &mut conn;
+        let (resp, framing, keep_alive) = by_deadline(timer, deadline, async {
+            write_request(stream, head, body).await?;
+            loop {
+                let parsed = read_head(stream, buf, max_head).await?;
+                // An interim answer (100, 103) was consumed: the real one follows.
+                if parsed.status.is_informational()
+                    && parsed.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                break parsed.into_response(method);
             }
-            break parsed.into_response(method)?;
-        };
+        })
+        .await?;
         let mut body = UpstreamBody {
             conn: Some(conn),
             framing,
@@ -256,18 +298,52 @@ impl Upstreams {
     }
 }
 
+/// `inner`, or [`Exchange::Timeout`] at `deadline` if it has not ended by then.
+///
+/// The timer is the connection's and outlives the request: it is not registered in
+/// tokio's timer wheel and removed again per request (which `tokio::time::timeout_at`
+/// costs) but only moved when it fires. A timer still set for an earlier request's
+/// deadline is moved on to this one's when it fires before it; one set later is moved
+/// back at once. So a busy connection costs one timer event per timeout, not two per
+/// request, and every request still times out on time.
+async fn by_deadline<T>(
+    timer: &mut Pin<Box<Sleep>>,
+    deadline: TokioInstant,
+    inner: impl Future<Output = Result<T, Exchange>>,
+) -> Result<T, Exchange> {
+    let mut inner = std::pin::pin!(inner);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = inner.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= deadline {
+                return Poll::Ready(Err(Exchange::Timeout));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// An exchange's failure, and whether the endpoint had said anything at all.
 enum Exchange {
     /// Nothing came back (a closed or reset connection): safe to replay an idempotent
     /// request on a fresh connection.
     Silent(String),
     Failed(String),
+    Timeout,
 }
 
 impl Exchange {
     fn into_error(self) -> UpError {
         match self {
             Exchange::Silent(m) | Exchange::Failed(m) => UpError::Failed(m),
+            Exchange::Timeout => UpError::Timeout,
         }
     }
 }
@@ -289,15 +365,19 @@ impl Conn {
     }
 }
 
-async fn read_head(conn: &mut Conn, max_head: usize) -> Result<Head, Exchange> {
-    let mut got_any = !conn.buf.is_empty();
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> Result<Head, Exchange> {
+    let mut got_any = !buf.is_empty();
     loop {
-        if !conn.buf.is_empty() {
-            if let Some(h) = parse_head(&mut conn.buf, max_head).map_err(Exchange::Failed)? {
+        if !buf.is_empty() {
+            if let Some(h) = parse_head(buf, max_head).map_err(Exchange::Failed)? {
                 return Ok(h);
             }
         }
-        let n = read_some(&mut conn.stream, &mut conn.buf).await;
+        let n = read_some(stream, buf).await;
         match n {
             Ok(0) if !got_any => {
                 return Err(Exchange::Silent(

@@ -31,54 +31,65 @@ pub(super) async fn write_request(
             stream.write_all(head).await.map_err(silent)?;
             stream.write_all(&b).await.map_err(silent)
         }
-        OutBody::Stream(mut body, declared) => {
-            stream.write_all(head).await.map_err(silent)?;
-            let failed = |m: String| Exchange::Failed(format!("sending the request body: {m}"));
-            let chunked = declared.is_none();
-            let mut sent = 0u64;
-            while let Some(frame) =
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-            {
-                let frame = frame.map_err(|e| failed(e.to_string()))?;
-                let Ok(data) = frame.into_data() else {
-                    continue; // trailers of a streamed request are not forwarded
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                sent += data.len() as u64;
-                if chunked {
-                    let size = format!("{:x}\r\n", data.len());
-                    stream
-                        .write_all(size.as_bytes())
-                        .await
-                        .map_err(|e| failed(e.to_string()))?;
-                    stream
-                        .write_all(&data)
-                        .await
-                        .map_err(|e| failed(e.to_string()))?;
-                    stream
-                        .write_all(b"\r\n")
-                        .await
-                        .map_err(|e| failed(e.to_string()))?;
-                } else {
-                    stream
-                        .write_all(&data)
-                        .await
-                        .map_err(|e| failed(e.to_string()))?;
-                }
-            }
-            match declared {
-                None => stream
-                    .write_all(b"0\r\n\r\n")
-                    .await
-                    .map_err(|e| failed(e.to_string())),
-                Some(n) if n == sent => Ok(()),
-                Some(n) => Err(failed(format!(
-                    "the client sent {sent} of {n} declared bytes"
-                ))),
-            }
+        // Boxed: a streamed body is rare next to a small one read in full, and this state
+        // would otherwise make every request's future larger.
+        OutBody::Stream(body, declared) => {
+            Box::pin(write_streamed(stream, head, body, declared)).await
         }
+    }
+}
+
+/// The head, then a body as it arrives: chunked unless its length was declared.
+async fn write_streamed(
+    stream: &mut TcpStream,
+    head: &[u8],
+    mut body: super::UpBody,
+    declared: Option<u64>,
+) -> Result<(), Exchange> {
+    let silent = |e: io::Error| Exchange::Silent(format!("writing the request: {e}"));
+    stream.write_all(head).await.map_err(silent)?;
+    let failed = |m: String| Exchange::Failed(format!("sending the request body: {m}"));
+    let chunked = declared.is_none();
+    let mut sent = 0u64;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| failed(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers of a streamed request are not forwarded
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            stream
+                .write_all(size.as_bytes())
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            stream
+                .write_all(&data)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            stream
+                .write_all(b"\r\n")
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        } else {
+            stream
+                .write_all(&data)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+    }
+    match declared {
+        None => stream
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(|e| failed(e.to_string())),
+        Some(n) if n == sent => Ok(()),
+        Some(n) => Err(failed(format!(
+            "the client sent {sent} of {n} declared bytes"
+        ))),
     }
 }
 

@@ -583,3 +583,77 @@ fn the_request_head_drops_hop_by_hop_headers_and_adds_the_route() {
     let text = String::from_utf8(head.encode(Framed::Chunked)).expect("utf8");
     assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
 }
+
+/// An endpoint that answers each request `ok` after the next of `delays`, on one
+/// connection after another.
+async fn slow_endpoint(delays: Vec<Duration>) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let delays = Arc::new(Mutex::new(std::collections::VecDeque::from(delays)));
+    let a = accepts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let delays = delays.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_request(&mut s, &mut buf).await.is_some() {
+                    let Some(d) = delays.lock().expect("lock").pop_front() else {
+                        return;
+                    };
+                    tokio::time::sleep(d).await;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepts)
+}
+
+async fn send_by(
+    pool: &Arc<Upstreams>,
+    addr: SocketAddr,
+    within: Duration,
+) -> Result<Bytes, UpError> {
+    let deadline = TokioInstant::now() + within;
+    let resp = pool
+        .send_at(
+            addr,
+            &Method::GET,
+            &get_head("/"),
+            OutBody::Full(Bytes::new()),
+            Instant::now(),
+            deadline,
+        )
+        .await?;
+    let body = resp.into_body().collect().await.expect("body");
+    Ok(body.to_bytes())
+}
+
+#[tokio::test]
+async fn each_request_times_out_at_its_own_deadline_on_a_reused_connection() {
+    let ms = Duration::from_millis;
+    let (addr, accepts) = slow_endpoint(vec![ms(0), ms(400), ms(0), ms(2000)]).await;
+    let pool = Arc::new(Upstreams::new(8192));
+    // A short deadline, met: the connection's timer is left set for it.
+    assert_eq!(send_by(&pool, addr, ms(200)).await.expect("first"), "ok");
+    // A longer one on the same connection: the timer fires at the first request's
+    // deadline, which is not this one's, so the answer after 400 ms is taken.
+    assert_eq!(send_by(&pool, addr, ms(3000)).await.expect("second"), "ok");
+    assert_eq!(send_by(&pool, addr, ms(3000)).await.expect("third"), "ok");
+    assert_eq!(accepts.load(Ordering::SeqCst), 1, "one connection, reused");
+    // A shorter one than the timer is set for: moved back, it ends the wait on time.
+    let t = Instant::now();
+    let r = send_by(&pool, addr, ms(150)).await;
+    assert!(matches!(r, Err(UpError::Timeout)), "{r:?}");
+    assert!(t.elapsed() < ms(1500), "timed out after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= ms(150),
+        "timed out early, after {:?}",
+        t.elapsed()
+    );
+}
