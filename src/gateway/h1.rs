@@ -19,7 +19,7 @@
 //! On shutdown a connection finishes the request it is on and closes
 //! (`connection: close`).
 
-use super::proxy::{Gateway, RespBody, BUFFER_MAX};
+use super::proxy::{rewind, Gateway, RespBody, BUFFER_MAX};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
@@ -79,6 +79,7 @@ where
         stopped: Box::pin(stop.clone().cancelled_owned()),
     };
     loop {
+        rewind(&mut buf);
         // A head.
         let parsed = loop {
             match parse(&buf, limits) {

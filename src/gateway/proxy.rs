@@ -307,6 +307,20 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
+/// Moves an empty read buffer's start back to the beginning of its allocation, when no
+/// request's bytes still point into it.
+///
+/// Each request is cut from the front of the buffer, so without this the next one is read
+/// behind it, into memory not touched for a while: over a few hundred connections that
+/// is a cache miss or two for every request the kernel copies in. Rewound, a
+/// connection reads into the same few cache lines every time. Costs nothing when the
+/// buffer is shared or already at its start (`try_reclaim` then does not allocate).
+pub fn rewind(buf: &mut bytes::BytesMut) {
+    if buf.is_empty() {
+        let _ = buf.try_reclaim(buf.capacity() + 1);
+    }
+}
+
 /// Parsed once: inserting by `&'static str` validates the name on every request.
 const X_UNIT: HeaderName = HeaderName::from_static("x-tessera-unit");
 const X_ZONE: HeaderName = HeaderName::from_static("x-tessera-zone");

@@ -112,3 +112,27 @@ async fn prefixed_reads_the_prefix_first() {
     p.read_to_string(&mut s).await.unwrap();
     assert_eq!(s, "abcdef");
 }
+
+#[test]
+fn an_empty_buffer_is_rewound_only_when_nothing_points_into_it() {
+    let mut buf = BytesMut::with_capacity(8 << 10);
+    let full = buf.capacity();
+    buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    let head = buf.split_to(buf.len()).freeze();
+    // The request's bytes are still in use: the buffer stays where it is.
+    rewind(&mut buf);
+    assert!(buf.capacity() < full);
+    assert_eq!(&head[..], b"GET / HTTP/1.1\r\n\r\n");
+    drop(head);
+    rewind(&mut buf);
+    assert_eq!(
+        buf.capacity(),
+        full,
+        "the next read goes to the front again"
+    );
+    // Bytes not yet used are never dropped.
+    buf.extend_from_slice(b"GET /next");
+    let _ = buf.split_to(4);
+    rewind(&mut buf);
+    assert_eq!(&buf[..], b"/next");
+}

@@ -370,6 +370,7 @@ async fn read_head(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Head, Exchange> {
+    super::rewind(buf);
     let mut got_any = !buf.is_empty();
     loop {
         if !buf.is_empty() {
