@@ -12,26 +12,26 @@
 //! - An endpoint counts as in flight until its answer's body has been sent on, which is
 //!   what draining waits for.
 
+mod headers;
+mod metrics;
 mod upgrade;
 mod upstream;
 
-use super::table::{
-    header_value, pick, Decision, EndpointState, EndpointStates, RequestView, Route, RouteTable,
-};
+use super::table::{pick, Decision, EndpointState, EndpointStates, RequestView, RouteTable};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use headers::{
+    is_hop_by_hop, own, strip_hop_by_hop, upstream_headers, upstream_uri, X_UNIT, X_ZONE,
+};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
-use serde_json::json;
+pub use metrics::GatewayMetrics;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -50,116 +50,6 @@ pub const BUFFER_MAX: u64 = 64 << 10;
 /// Mirror copies in flight at most; beyond, a sampled request is not copied.
 const MIRRORS_IN_FLIGHT: usize = 64;
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub struct GatewayMetrics {
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    upstream_failures: IntCounterVec,
-    mirrors: IntCounterVec,
-    pub table_revision: IntGauge,
-    pub table_swaps: IntGauge,
-    pub endpoints: IntGaugeVec,
-    pub ejections: prometheus::IntCounter,
-    pub tls_failures: prometheus::IntCounter,
-    /// Open protocol-switch tunnels (WebSocket).
-    pub tunnels: IntGauge,
-    /// Idle pooled connections to endpoints (sampled every 5 s).
-    pub upstream_idle: IntGauge,
-}
-
-impl GatewayMetrics {
-    pub fn new(registry: &Registry) -> GatewayMetrics {
-        // ok: constant, valid metric names and labels
-        let m = GatewayMetrics {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "tessera_gateway_requests_total",
-                    "Requests by rule, unit and status.",
-                ),
-                &["rule", "unit", "code"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "tessera_gateway_request_seconds",
-                    "Request latency by rule, as seen by the gateway.",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ]),
-                &["rule"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            upstream_failures: IntCounterVec::new(
-                Opts::new(
-                    "tessera_gateway_upstream_failures_total",
-                    "Failed upstream attempts by kind (connect, timeout, reset, 5xx).",
-                ),
-                &["kind"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            mirrors: IntCounterVec::new(
-                Opts::new(
-                    "tessera_gateway_mirrored_total",
-                    "Mirror copies by outcome (sent, failed, dropped).",
-                ),
-                &["outcome"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            table_revision: IntGauge::new(
-                "tessera_gateway_table_revision",
-                "Store revision of the active route table.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            table_swaps: IntGauge::new(
-                "tessera_gateway_table_swaps",
-                "Route tables applied since start.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            endpoints: IntGaugeVec::new(
-                Opts::new(
-                    "tessera_gateway_endpoints",
-                    "Endpoints in the active table by state.",
-                ),
-                &["state"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            tls_failures: prometheus::IntCounter::new(
-                "tessera_gateway_tls_handshake_failures_total",
-                "Client TLS handshakes that failed or timed out.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            tunnels: IntGauge::new(
-                "tessera_gateway_tunnels",
-                "Open protocol-switch (WebSocket) tunnels.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            upstream_idle: IntGauge::new(
-                "tessera_gateway_upstream_idle_connections",
-                "Idle pooled connections to endpoints.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            ejections: prometheus::IntCounter::new(
-                "tessera_gateway_ejections_total",
-                "Endpoints ejected after consecutive failures.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-        };
-        let _ = registry.register(Box::new(m.requests.clone()));
-        let _ = registry.register(Box::new(m.duration.clone()));
-        let _ = registry.register(Box::new(m.upstream_failures.clone()));
-        let _ = registry.register(Box::new(m.mirrors.clone()));
-        let _ = registry.register(Box::new(m.table_revision.clone()));
-        let _ = registry.register(Box::new(m.table_swaps.clone()));
-        let _ = registry.register(Box::new(m.endpoints.clone()));
-        let _ = registry.register(Box::new(m.ejections.clone()));
-        let _ = registry.register(Box::new(m.tls_failures.clone()));
-        let _ = registry.register(Box::new(m.tunnels.clone()));
-        let _ = registry.register(Box::new(m.upstream_idle.clone()));
-        m
-    }
-}
 
 /// Shared state of the gateway's data plane.
 pub struct Gateway {
@@ -223,77 +113,6 @@ where
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-
-/// A header that concerns one connection only, never forwarded.
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(n) || matches!(n.as_str(), "keep-alive" | "proxy-connection")
-}
-
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in HOP_BY_HOP.iter().chain(named.iter()) {
-        h.remove(n);
-    }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
-}
-
-/// The request's headers as the upstream gets them: hop-by-hop headers removed, `Host`
-/// kept, `x-forwarded-for`/`-proto` and the unit, zone and slot added.
-fn upstream_headers(
-    headers: &mut HeaderMap,
-    uri: &http::Uri,
-    client: SocketAddr,
-    secure: bool,
-    route: &super::table::Route<'_>,
-) {
-    strip_hop_by_hop(headers);
-    if !headers.contains_key(header::HOST) {
-        if let Some(a) = uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                headers.insert(header::HOST, v);
-            }
-        }
-    }
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", client.ip()),
-        None => client.ip().to_string(),
-    };
-    headers.insert("x-forwarded-for", header_value(&xff));
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if secure { "https" } else { "http" }),
-    );
-    headers.insert(X_UNIT, route.unit_hv.clone());
-    headers.insert(X_ZONE, route.zone_hv.clone());
-    if let Some(s) = route.slot {
-        headers.insert("x-tessera-slot", header_value(&format!("{s:02}")));
-    }
-}
-
-fn upstream_uri(authority: &http::uri::Authority, pq: &http::uri::PathAndQuery) -> http::Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(pq.clone());
-    // ok: scheme, authority and path are all set, which is all from_parts checks
-    http::Uri::from_parts(parts).unwrap_or_default()
-}
-
 fn full(b: Bytes) -> UpBody {
     Full::new(b)
         .map_err(|e: Infallible| -> BoxError { match e {} })
@@ -319,32 +138,6 @@ pub fn rewind(buf: &mut bytes::BytesMut) {
     if buf.is_empty() {
         let _ = buf.try_reclaim(buf.capacity() + 1);
     }
-}
-
-/// Parsed once: inserting by `&'static str` validates the name on every request.
-const X_UNIT: HeaderName = HeaderName::from_static("x-tessera-unit");
-const X_ZONE: HeaderName = HeaderName::from_static("x-tessera-zone");
-
-/// An answer the gateway gives itself, JSON with a reason header.
-fn own(
-    status: u16,
-    reason: &'static str,
-    message: &str,
-    extra: &[(&'static str, &str)],
-) -> Response<RespBody> {
-    let body = json!({"code": reason, "message": message}).to_string();
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert("x-tessera-reason", HeaderValue::from_static(reason));
-    for (k, v) in extra {
-        h.insert(*k, header_value(v));
-    }
-    r
 }
 
 /// How one upstream attempt failed.
@@ -757,89 +550,5 @@ impl Gateway {
             counter.with_label_values(&[outcome]).inc();
             drop(permit);
         });
-    }
-
-    /// Counts and logs a request. `route`, when it was routed, carries the metric series
-    /// resolved once per table (no label hashing per request).
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        route: Option<&Route<'_>>,
-        method: &Method,
-        host: &str,
-        path: &str,
-        rule: &str,
-        unit: &str,
-        zone: &str,
-        upstream: Option<&SocketAddr>,
-        status: u16,
-        reason: &str,
-        start: Instant,
-        attempts: usize,
-        client: SocketAddr,
-    ) {
-        let elapsed = start.elapsed();
-        let code = itoa_status(status);
-        let m = &self.metrics;
-        match route.and_then(|r| r.ok_requests) {
-            Some(ok) if status == 200 => ok
-                .get_or_init(|| m.requests.with_label_values(&[rule, unit, code]))
-                .inc(),
-            _ => m.requests.with_label_values(&[rule, unit, code]).inc(),
-        }
-        match route {
-            Some(r) => r
-                .rule
-                .duration
-                .get_or_init(|| m.duration.with_label_values(&[rule]))
-                .observe(elapsed.as_secs_f64()),
-            None => m
-                .duration
-                .with_label_values(&[rule])
-                .observe(elapsed.as_secs_f64()),
-        }
-        if self.access_log {
-            tracing::info!(
-                target: "tessera::access",
-                method = %method,
-                host,
-                path,
-                rule,
-                unit,
-                zone,
-                upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
-                status,
-                reason,
-                attempts,
-                duration_us = elapsed.as_micros() as u64,
-                client = %client.ip(),
-                "request"
-            );
-        }
-    }
-}
-
-fn itoa_status(s: u16) -> &'static str {
-    match s {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s if s < 300 => "2xx",
-        s if s < 400 => "3xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
     }
 }
