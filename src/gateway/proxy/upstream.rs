@@ -64,7 +64,7 @@ pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     last_used: Instant,
-    /// The connection's deadline timer, kept across requests (see [`Deadline`]).
+    /// The connection's deadline timer, kept across requests (see [`by_deadline`]).
     timer: Pin<Box<Sleep>>,
 }
 
