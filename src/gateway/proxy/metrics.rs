@@ -4,8 +4,9 @@
 use super::Gateway;
 use crate::gateway::table::Route;
 use http::Method;
+use prometheus::core::Collector;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -18,8 +19,8 @@ pub struct GatewayMetrics {
     pub table_revision: IntGauge,
     pub table_swaps: IntGauge,
     pub endpoints: IntGaugeVec,
-    pub ejections: prometheus::IntCounter,
-    pub tls_failures: prometheus::IntCounter,
+    pub ejections: IntCounter,
+    pub tls_failures: IntCounter,
     /// Open protocol-switch tunnels (WebSocket).
     pub tunnels: IntGauge,
     /// Idle pooled connections to endpoints (sampled every 5 s).
@@ -27,97 +28,79 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    pub fn new(registry: &Registry) -> GatewayMetrics {
-        // ok: constant, valid metric names and labels
-        let m = GatewayMetrics {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "tessera_gateway_requests_total",
-                    "Requests by rule, unit and status.",
-                ),
+    pub fn new(r: &Registry) -> GatewayMetrics {
+        let gauge = |name: &str, help: &str| registered(r, IntGauge::new(name, help));
+        let counter = |name: &str, help: &str| registered(r, IntCounter::new(name, help));
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            registered(r, IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        let latency = HistogramOpts::new(
+            "tessera_gateway_request_seconds",
+            "Request latency by rule, as seen by the gateway.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        GatewayMetrics {
+            requests: counters(
+                "tessera_gateway_requests_total",
+                "Requests by rule, unit and status.",
                 &["rule", "unit", "code"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "tessera_gateway_request_seconds",
-                    "Request latency by rule, as seen by the gateway.",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ]),
-                &["rule"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            upstream_failures: IntCounterVec::new(
-                Opts::new(
-                    "tessera_gateway_upstream_failures_total",
-                    "Failed upstream attempts by kind (connect, timeout, reset, 5xx).",
-                ),
+            ),
+            duration: registered(r, HistogramVec::new(latency, &["rule"])),
+            upstream_failures: counters(
+                "tessera_gateway_upstream_failures_total",
+                "Failed upstream attempts by kind (connect, timeout, reset, 5xx).",
                 &["kind"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            mirrors: IntCounterVec::new(
-                Opts::new(
-                    "tessera_gateway_mirrored_total",
-                    "Mirror copies by outcome (sent, failed, dropped).",
-                ),
+            ),
+            mirrors: counters(
+                "tessera_gateway_mirrored_total",
+                "Mirror copies by outcome (sent, failed, dropped).",
                 &["outcome"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            table_revision: IntGauge::new(
+            ),
+            table_revision: gauge(
                 "tessera_gateway_table_revision",
                 "Store revision of the active route table.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            table_swaps: IntGauge::new(
+            ),
+            table_swaps: gauge(
                 "tessera_gateway_table_swaps",
                 "Route tables applied since start.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            endpoints: IntGaugeVec::new(
-                Opts::new(
-                    "tessera_gateway_endpoints",
-                    "Endpoints in the active table by state.",
+            ),
+            endpoints: registered(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tessera_gateway_endpoints",
+                        "Endpoints in the active table by state.",
+                    ),
+                    &["state"],
                 ),
-                &["state"],
-            )
-            .expect("static metric"), // ok: constant name and labels
-            tls_failures: prometheus::IntCounter::new(
+            ),
+            tls_failures: counter(
                 "tessera_gateway_tls_handshake_failures_total",
                 "Client TLS handshakes that failed or timed out.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            tunnels: IntGauge::new(
+            ),
+            tunnels: gauge(
                 "tessera_gateway_tunnels",
                 "Open protocol-switch (WebSocket) tunnels.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            upstream_idle: IntGauge::new(
+            ),
+            upstream_idle: gauge(
                 "tessera_gateway_upstream_idle_connections",
                 "Idle pooled connections to endpoints.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-            ejections: prometheus::IntCounter::new(
+            ),
+            ejections: counter(
                 "tessera_gateway_ejections_total",
                 "Endpoints ejected after consecutive failures.",
-            )
-            .expect("static metric"), // ok: constant name and labels
-        };
-        let _ = registry.register(Box::new(m.requests.clone()));
-        let _ = registry.register(Box::new(m.duration.clone()));
-        let _ = registry.register(Box::new(m.upstream_failures.clone()));
-        let _ = registry.register(Box::new(m.mirrors.clone()));
-        let _ = registry.register(Box::new(m.table_revision.clone()));
-        let _ = registry.register(Box::new(m.table_swaps.clone()));
-        let _ = registry.register(Box::new(m.endpoints.clone()));
-        let _ = registry.register(Box::new(m.ejections.clone()));
-        let _ = registry.register(Box::new(m.tls_failures.clone()));
-        let _ = registry.register(Box::new(m.tunnels.clone()));
-        let _ = registry.register(Box::new(m.upstream_idle.clone()));
-        m
+            ),
+        }
     }
+}
+
+/// A metric of constant, valid name and labels (so creating it cannot fail), registered.
+fn registered<C: Collector + Clone + 'static>(r: &Registry, made: prometheus::Result<C>) -> C {
+    let c = made.expect("static metric"); // ok: constant, valid name and labels
+    let _ = r.register(Box::new(c.clone()));
+    c
 }
 
 impl Gateway {
